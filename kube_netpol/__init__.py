@@ -1,0 +1,3 @@
+"""kube-netpol: a Kubernetes network policy agent."""
+
+__version__ = "0.1.0"

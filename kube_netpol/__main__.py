@@ -1,0 +1,5 @@
+import sys
+
+from kube_netpol.cli import main
+
+sys.exit(main())

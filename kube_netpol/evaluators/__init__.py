@@ -1,0 +1,1 @@
+"""The built-in evaluators; registered through the same entry points as plugins."""

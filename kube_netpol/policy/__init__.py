@@ -1,0 +1,1 @@
+"""Policy objects parsed from Kubernetes JSON into compiled, validated forms."""

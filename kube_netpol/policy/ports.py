@@ -1,0 +1,74 @@
+"""Which protocol and destination port a rule admits, compiled once per policy."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from kube_netpol.api.packet import PROTOCOL_BY_NAME
+from kube_netpol.api.podinfo import PodInfo
+from kube_netpol.policy.errors import InvalidObject
+
+
+def parse_protocol(value: object, path: str, default: str = "TCP") -> int:
+    """A Kubernetes protocol name (TCP, UDP, SCTP; absent means ``default``) as its IP number."""
+    if value is None or value == "":
+        value = default
+    number = PROTOCOL_BY_NAME.get(value) if isinstance(value, str) else None
+    if number is None:
+        raise InvalidObject(f"unsupported protocol {value!r} (expected TCP, UDP or SCTP)", path)
+    return number
+
+
+def check_port_number(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidObject(f"invalid port {value!r}: must be a number from 1 to 65535", path)
+    return value
+
+
+class PortMatcher:
+    """A union of port ranges per protocol and of named container ports.
+
+    ``ranges`` holds (protocol, first, last) with both ends included; a named
+    port is (name, protocol or None for any protocol), resolved on the pod
+    that receives the traffic: it matches when that pod declares a container
+    port with that name, the packet's protocol and the packet's port.
+    """
+
+    __slots__ = ("_ranges", "_named", "matches_all")
+
+    def __init__(
+        self,
+        ranges: Iterable[tuple[int, int, int]] = (),
+        named: Iterable[tuple[str, int | None]] = (),
+        matches_all: bool = False,
+    ) -> None:
+        self._ranges = tuple(ranges)
+        self._named = tuple(named)
+        self.matches_all = matches_all
+
+    def matches(self, protocol: int, port: int, receiver: PodInfo | None) -> bool:
+        if self.matches_all:
+            return True
+        for proto, first, last in self._ranges:
+            if proto == protocol and first <= port <= last:
+                return True
+        if self._named and receiver is not None:
+            for name, proto in self._named:
+                if proto is not None and proto != protocol:
+                    continue
+                for container_port in receiver.container_ports:
+                    if (
+                        container_port.name == name
+                        and container_port.port == port
+                        and PROTOCOL_BY_NAME.get(container_port.protocol or "TCP") == protocol
+                    ):
+                        return True
+        return False
+
+    def __repr__(self) -> str:
+        if self.matches_all:
+            return "PortMatcher(all)"
+        return f"PortMatcher(ranges={self._ranges}, named={self._named})"
+
+
+ALL_PORTS = PortMatcher(matches_all=True)
