@@ -6,6 +6,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Mapping, Sequence
 
 from kube_netpol.api.evaluator import EvaluatorContext, PolicyEvaluator
+from kube_netpol.engine import PolicyEngine
 
 GROUP = "kube_netpol.evaluators"
 
@@ -48,3 +49,12 @@ def build_pipeline(
             raise PluginError(f"evaluator {name!r} does not implement the PolicyEvaluator protocol")
         pipeline.append(evaluator)
     return pipeline
+
+
+def build_engine(
+    state: Any,
+    names: Sequence[str] = DEFAULT_PIPELINE,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PolicyEngine:
+    """The engine exactly as the agent assembles it: ``state`` is also the PodInfo provider."""
+    return PolicyEngine(state, build_pipeline(names, state, settings))
