@@ -112,6 +112,14 @@ class PolicyEngine:
             self.cache_hits += 1
             return judgement
         self.cache_misses += 1
+        judgement = self.evaluate_uncached(packet)
+        if len(cache) >= self._cache_size:
+            cache.clear()
+        cache[key] = judgement
+        return judgement
+
+    def evaluate_uncached(self, packet: Packet) -> Judgement:
+        """Run both pipelines for one packet, bypassing the verdict cache."""
         src = self._provider.pod_info_by_ip(packet.src)
         dst = self._provider.pod_info_by_ip(packet.dst)
         egress, egress_by = END_OF_PIPELINE, ""
@@ -131,11 +139,7 @@ class PolicyEngine:
             if egress.verdict is Verdict.ACCEPT and ingress.verdict is Verdict.ACCEPT
             else Verdict.DENY
         )
-        judgement = Judgement(verdict, egress, egress_by, ingress, ingress_by)
-        if len(cache) >= self._cache_size:
-            cache.clear()
-        cache[key] = judgement
-        return judgement
+        return Judgement(verdict, egress, egress_by, ingress, ingress_by)
 
     def explain(self, packet: Packet) -> Explanation:
         """Walk both pipelines uncached, keeping every answer up to the deciding one."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command of the README and of CI: set up, then run every test and
+# the conformance corpus.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+SHARED_EXAMPLES=../shared/conformance/examples
+[ -d "$SHARED_EXAMPLES" ] || { echo "test: $SHARED_EXAMPLES is missing (shared/ must sit beside the repository)"; exit 2; }
+
+kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
+python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests
