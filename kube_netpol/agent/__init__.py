@@ -1,0 +1,1 @@
+"""The agent process: verdict loop, control loop and the `run` command."""
