@@ -10,6 +10,7 @@ from typing import Sequence
 # Each module has ``register(subparsers)`` that adds its parser and sets
 # ``func`` (args -> exit code) on it.
 SUBCOMMAND_MODULES = (
+    "kube_netpol.agent.run",
     "kube_netpol.conformance.cli",
 )
 

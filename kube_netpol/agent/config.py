@@ -1,0 +1,156 @@
+"""The agent's flags: names and defaults compatible with the reference implementation, plus ours."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kube_netpol.plugins import DEFAULT_PIPELINE
+
+_TRUE = {"true", "t", "1", "yes", "y", "on"}
+_FALSE = {"false", "f", "0", "no", "n", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    """Go-style boolean flag values, so `--fail-open=false` works as with the reference."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+
+
+def parse_bind_address(text: str) -> tuple[str, int]:
+    """`:9080`, `0.0.0.0:9080`, `[::1]:9080`, or `0` to disable: (host, port)."""
+    if text == "0":
+        return ("", 0)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid bind address {text!r} (expected [host]:port, e.g. :9080)")
+    return (host.strip("[]"), int(port_text))
+
+
+def parse_queue_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid queue number {text!r} (0 to 65535)")
+    return value
+
+
+def parse_evaluators(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("at least one evaluator is needed")
+    return names
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    kubeconfig: str | None = None
+    manifests: str | None = None
+    fail_open: bool = True
+    nfqueue_id: int = 100
+    metrics_bind_address: tuple[str, int] = ("", 9080)
+    hostname_override: str | None = None
+    strict_mode: bool = True
+    netfilter_bug_1766_fix: bool = True
+    enable_admin_network_policy: bool = False
+    enable_baseline_admin_network_policy: bool = False
+    queue_backend: str = "auto"
+    nftables_table: str = "kube-netpol"
+    evaluators: tuple[str, ...] | None = None
+    evaluator_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exempt_root_traffic: bool = True
+    audit: bool = False
+    log_format: str = "text"
+    verbosity: int = 0
+
+    @property
+    def node_name(self) -> str:
+        """--hostname-override, else NODE_NAME (the downward API), else the host name."""
+        return self.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()
+
+    @property
+    def pipeline(self) -> tuple[str, ...]:
+        if self.evaluators is not None:
+            return self.evaluators
+        enabled = {
+            "adminnetworkpolicy": self.enable_admin_network_policy,
+            "baselineadminnetworkpolicy": self.enable_baseline_admin_network_policy,
+        }
+        return tuple(name for name in DEFAULT_PIPELINE if enabled.get(name, True))
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    bool_flag: dict[str, Any] = {"nargs": "?", "const": True, "type": parse_bool, "metavar": "BOOL"}
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
+    parser.add_argument("--manifests", metavar="DIR", help="read objects from YAML/JSON files in DIR instead of the API server")
+    parser.add_argument("--fail-open", default=True, help="let traffic through when the agent cannot judge it (default true)", **bool_flag)
+    parser.add_argument("--nfqueue-id", type=parse_queue_id, default=100, help="NFQUEUE number (default 100)")
+    parser.add_argument("--metrics-bind-address", type=parse_bind_address, default=("", 9080),
+                        help="address of /metrics, /healthz and /readyz (default :9080; 0 disables)")
+    parser.add_argument("--hostname-override", help="this node's name (default: $NODE_NAME, else the host name)")
+    parser.add_argument("--strict-mode", default=True, help="cut established connections that policies no longer allow (default true)", **bool_flag)
+    parser.add_argument("--netfilter-bug-1766-fix", default=True,
+                        help="work around netfilter bug 1766 (conntrack races on parallel UDP, e.g. DNS; not needed from kernel 6.12) (default true)", **bool_flag)
+    parser.add_argument("--enable-admin-network-policy", default=False, help="enforce AdminNetworkPolicy (default false)", **bool_flag)
+    parser.add_argument("--enable-baseline-admin-network-policy", default=False,
+                        help="enforce BaselineAdminNetworkPolicy (default false)", **bool_flag)
+    parser.add_argument("--queue-backend", choices=("auto", "nft", "xt"), default="auto",
+                        help="how packets reach the queue: native nftables queue, xtables NFQUEUE, or detect (default auto)")
+    parser.add_argument("--nftables-table", default="kube-netpol", help="name of our inet table (default kube-netpol)")
+    parser.add_argument("--evaluators", type=parse_evaluators,
+                        help="comma-separated pipeline order (default: adminnetworkpolicy,networkpolicy,baselineadminnetworkpolicy as enabled)")
+    parser.add_argument("--evaluator-config", metavar="FILE", help="YAML file: evaluator name -> its settings")
+    parser.add_argument("--exempt-root-traffic", default=True,
+                        help="never judge traffic of the node's root-owned sockets, e.g. kubelet probes (default true)", **bool_flag)
+    parser.add_argument("--audit", default=False, help="judge and record every connection but accept all (default false)", **bool_flag)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity", help="more logs (-v, -vv)")
+
+
+def load_evaluator_settings(path: str | None) -> dict[str, dict[str, Any]]:
+    if not path:
+        return {}
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"--evaluator-config {path}: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"--evaluator-config {path}: expected a mapping of evaluator name to settings")
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    if args.kubeconfig and args.manifests:
+        raise ValueError("--kubeconfig and --manifests exclude each other")
+    return AgentConfig(
+        kubeconfig=args.kubeconfig,
+        manifests=args.manifests,
+        fail_open=args.fail_open,
+        nfqueue_id=args.nfqueue_id,
+        metrics_bind_address=args.metrics_bind_address,
+        hostname_override=args.hostname_override,
+        strict_mode=args.strict_mode,
+        netfilter_bug_1766_fix=args.netfilter_bug_1766_fix,
+        enable_admin_network_policy=args.enable_admin_network_policy,
+        enable_baseline_admin_network_policy=args.enable_baseline_admin_network_policy,
+        queue_backend=args.queue_backend,
+        nftables_table=args.nftables_table,
+        evaluators=args.evaluators,
+        evaluator_settings=load_evaluator_settings(args.evaluator_config),
+        exempt_root_traffic=args.exempt_root_traffic,
+        audit=args.audit,
+        log_format=args.log_format,
+        verbosity=args.verbosity,
+    )

@@ -1,0 +1,224 @@
+"""The agent: state fed by a source, the engine, the dataplane and the verdict loop, wired together.
+
+Threads: the packet thread runs the verdict loop and nothing else; the
+control thread applies source updates, keeps the nftables sets in step with
+the managed pods and, in strict mode, cuts connections that are no longer
+allowed. Sources that watch from their own threads hand work to the control
+thread through ``submit`` so that the state has a single writer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import queue
+import subprocess
+import threading
+import time
+from typing import Callable, Protocol
+
+from kube_netpol.agent.config import AgentConfig
+from kube_netpol.agent.verdict_loop import VerdictLoop, VerdictObserver
+from kube_netpol.api.packet import Packet
+from kube_netpol.dataplane import Dataplane, DataplaneConfig
+from kube_netpol.dataplane import conntrack
+from kube_netpol.engine import PolicyEngine
+from kube_netpol.plugins import build_engine
+from kube_netpol.state.store import ClusterState
+
+log = logging.getLogger(__name__)
+
+#: How often the control thread looks at its source when nothing else wakes it.
+CONTROL_INTERVAL = 0.05
+#: Strict mode re-judges conntrack at most this often, so a burst of changes costs one pass.
+STRICT_MODE_MIN_INTERVAL = 0.2
+
+
+def node_addresses() -> frozenset[bytes]:
+    """Addresses of this network namespace's interfaces (the node's own addresses)."""
+    try:
+        result = subprocess.run(["ip", "-j", "address", "show"], capture_output=True, text=True, timeout=10, check=True)
+        interfaces = json.loads(result.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        log.warning("cannot list the node's addresses; strict mode treats none as the node's")
+        return frozenset()
+    found = set()
+    for interface in interfaces:
+        for info in interface.get("addr_info", []):
+            try:
+                found.add(ipaddress.ip_address(info.get("local", "")).packed)
+            except ValueError:
+                continue
+    return frozenset(found)
+
+
+class Source(Protocol):
+    """Something that feeds the ClusterState (manifests folder, Kubernetes API)."""
+
+    def start(self, submit: Callable[[Callable[[], None]], None]) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        source_factory: Callable[[ClusterState], Source],
+        observer: VerdictObserver | None = None,
+        dataplane: Dataplane | None = None,
+    ) -> None:
+        self.config = config
+        self.state = ClusterState(node_name=config.node_name)
+        self.engine: PolicyEngine = build_engine(self.state, config.pipeline, config.evaluator_settings)
+        self.source = source_factory(self.state)
+        self.dataplane = dataplane or Dataplane(
+            DataplaneConfig(
+                table=config.nftables_table,
+                queue_num=config.nfqueue_id,
+                fail_open=config.fail_open,
+                accept_root=config.exempt_root_traffic,
+                queue_backend=config.queue_backend,  # type: ignore[arg-type]
+            )
+        )
+        self.verdict_loop = VerdictLoop(self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer)
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._dirty = threading.Event()
+        self._strict_due = 0.0
+        self._last_strict = 0.0
+        self._node_addresses: frozenset[bytes] = frozenset()
+        self._dataplane_ready = threading.Event()
+        self.sync_listeners: list[Callable[[float, bool], None]] = []  # (seconds, ok)
+        self.engine.add_sync_listener(self._dirty.set)
+
+    # ------------------------------------------------------------ health
+
+    def healthy(self) -> bool:
+        return self._threads_alive()
+
+    def ready(self) -> bool:
+        return self._dataplane_ready.is_set() and self.source.ready() and self.engine.ready()
+
+    def _threads_alive(self) -> bool:
+        return all(t.is_alive() for t in getattr(self, "_threads", []))
+
+    # ------------------------------------------------------------ running
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the control thread (the state's only writer)."""
+        self._work.put(work)
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set; then leave the dataplane as fail-open/closed asks."""
+        self.source.start(self.submit)
+        while not self.source.ready():
+            self._drain_work()
+            self.source.poll()
+            if stop.wait(CONTROL_INTERVAL):
+                self.source.stop()
+                return
+        self._drain_work()
+        # Bind the queue before the rules divert anything to it.
+        self.verdict_loop.bind()
+        packet_thread = threading.Thread(target=self.verdict_loop.run, args=(stop,), name="verdict-loop", daemon=True)
+        packet_thread.start()
+        self._threads = [packet_thread]
+        try:
+            v4, v6, divert_all = self._desired_managed()
+            backend = self.dataplane.start(v4, v6, divert_all)
+            self._dataplane_ready.set()
+            log.info("agent ready: pipeline %s, queue backend %s, node %s",
+                     ",".join(self.config.pipeline), backend, self.config.node_name)
+            self._dirty.clear()
+            while not stop.is_set():
+                self._drain_work()
+                self.source.poll()
+                if self._dirty.is_set():
+                    self._dirty.clear()
+                    self._sync_dataplane()
+                    if self.config.strict_mode and not self.config.audit:
+                        # A burst of changes costs one pass, at most every STRICT_MODE_MIN_INTERVAL.
+                        self._strict_due = self._strict_due or max(
+                            time.monotonic(), self._last_strict + STRICT_MODE_MIN_INTERVAL
+                        )
+                if self._strict_due and time.monotonic() >= self._strict_due:
+                    self._strict_due = 0.0
+                    self._last_strict = time.monotonic()
+                    self._node_addresses = node_addresses()
+                    self._enforce_strict_mode()
+                stop.wait(CONTROL_INTERVAL)
+        finally:
+            stop.set()
+            packet_thread.join(timeout=5)
+            self.source.stop()
+            self.dataplane.stop()
+            log.info("agent stopped (%s)", "rules kept: fail-open" if self.config.fail_open else "rules removed")
+
+    def _drain_work(self) -> None:
+        while True:
+            try:
+                work = self._work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - one bad update must not stop the control loop
+                log.exception("state update failed")
+
+    def _desired_managed(self) -> tuple[list[bytes], list[bytes], bool]:
+        managed = self.engine.managed_ips()
+        local = self.state.local_pod_ips()
+        ips = managed.ips & local
+        return [ip for ip in ips if len(ip) == 4], [ip for ip in ips if len(ip) == 16], managed.divert_all
+
+    def _sync_dataplane(self) -> None:
+        started = time.perf_counter()
+        ok = True
+        try:
+            v4, v6, divert_all = self._desired_managed()
+            changed = self.dataplane.sync(v4, v6, divert_all)
+            if changed:
+                log.info("dataplane synced: %d IPv4 and %d IPv6 managed addresses%s in %.1f ms",
+                         len(v4), len(v6), ", divert all" if divert_all else "",
+                         (time.perf_counter() - started) * 1000)
+        except Exception:  # noqa: BLE001 - keep enforcing the last good ruleset and retry
+            ok = False
+            log.exception("dataplane sync failed; retrying")
+            self._dirty.set()
+        for listener in self.sync_listeners:
+            listener(time.perf_counter() - started, ok)
+
+    def _enforce_strict_mode(self) -> None:
+        """Delete conntrack entries of connections the current policies deny."""
+        try:
+            flows = conntrack.list_flows()
+        except Exception:  # noqa: BLE001
+            log.exception("strict mode: cannot list conntrack entries")
+            return
+        denied = [flow for flow in flows if not self._flow_allowed(flow)]
+        if not denied:
+            return
+        try:
+            removed = conntrack.flush_flows(denied)
+        except Exception:  # noqa: BLE001
+            log.exception("strict mode: cannot delete conntrack entries")
+            return
+        log.info("strict mode: cut %d connection(s) that policies no longer allow", removed)
+
+    def _flow_allowed(self, flow: conntrack.Flow) -> bool:
+        src = ipaddress.ip_address(flow.src).packed
+        dst = ipaddress.ip_address(flow.dst).packed
+        if self.config.exempt_root_traffic and src in self._node_addresses:
+            # The node's own connections (kubelet probes) were never judged: the
+            # ruleset exempts root-owned sockets, so strict mode leaves them too.
+            return True
+        packet = Packet(flow.family, flow.protocol, src, dst, flow.sport, flow.dport)
+        try:
+            return self.engine.evaluate(packet).allowed
+        except Exception:  # noqa: BLE001 - fail-open/closed applies to re-judging too
+            return self.config.fail_open
