@@ -178,15 +178,16 @@ class ClusterState:
             old_ns = self.namespaces.pop(name, None)
             if old_ns is None:
                 return False
-            self._emit(Change(kind, ("", name), old_ns, None))
+            # Rebuild the pods first: listeners read them when they hear of the change.
             self._refresh_namespace_pods(name)
+            self._emit(Change(kind, ("", name), old_ns, None))
             return True
         if kind == "Node":
             old_node = self.nodes.pop(name, None)
             if old_node is None:
                 return False
-            self._emit(Change(kind, ("", name), old_node, None))
             self._refresh_node_pods(name)
+            self._emit(Change(kind, ("", name), old_node, None))
             return True
         if kind == "Pod":
             old_pod = self.pods.pop(key, None)

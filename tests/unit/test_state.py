@@ -158,3 +158,18 @@ def test_replace_makes_the_kind_exactly_the_list(state: ClusterState) -> None:
     state.replace("Pod", [pod("x", "b", ["10.0.0.2"]), item])
     assert set(state.pods) == {("x", "b"), ("x", "c")}
     assert state.pod_info_by_ip(ip("10.0.0.1")) is None
+
+
+def test_listeners_see_rebuilt_pods_when_a_namespace_or_node_goes(state: ClusterState) -> None:
+    state.apply(pod("x", "a", ["10.0.0.1"]))
+    state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}}})
+    seen: list[tuple[str, dict]] = []
+
+    def listener(change: Change) -> None:
+        info = state.pod_info_by_ip(ip("10.0.0.1"))
+        seen.append((change.kind, dict(info.namespace.labels) if change.kind == "Namespace" else dict(info.node.labels)))
+
+    state.subscribe(listener)
+    state.delete("Namespace", "", "x")
+    state.delete("Node", "", "node-1")
+    assert seen == [("Namespace", {}), ("Node", {})]

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Engine evaluation time per packet as the number of policies grows.
+
+A cluster of 10,000 pods (100 namespaces of 100 pods). A few policies select
+the pods of the measured packets; all the others select pods in the same
+namespaces by labels no measured pod has. The measured call is
+``PolicyEngine.evaluate_uncached`` (both pipelines, no verdict cache) after a
+warm-up, so per-pod indexes are built; ``evaluate`` with its verdict cache is
+reported too. Not a test: run it and copy the table into docs/performance.md.
+
+    python bench/bench_engine.py [--policies 10,100,1000,10000] [--packets 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+from kube_netpol.api.packet import Packet
+from kube_netpol.plugins import build_engine
+from kube_netpol.state import ClusterState
+
+NAMESPACES = 100
+PODS_PER_NAMESPACE = 100
+
+
+def pod_ip(ns: int, pod: int) -> bytes:
+    return bytes([10, 100 + ns // 250, ns % 250, pod + 1])
+
+
+def build_cluster(policies: int) -> ClusterState:
+    state = ClusterState(node_name="node-1")
+    for ns in range(NAMESPACES):
+        state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{ns}", "labels": {"team": f"t{ns % 7}"}}})
+        for p in range(PODS_PER_NAMESPACE):
+            state.apply({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"namespace": f"ns-{ns}", "name": f"pod-{p}", "labels": {"app": f"app-{p % 10}", "pod": f"pod-{p}"}},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
+                "status": {"podIPs": [{"ip": ".".join(map(str, pod_ip(ns, p)))}]},
+            })
+    # The few policies that select the measured pods (ns-0 app-0 receives from ns-1 app-0).
+    hot = [
+        ("ns-0", "hot-ingress", {"podSelector": {"matchLabels": {"app": "app-0"}}, "policyTypes": ["Ingress"],
+                                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns-1"}},
+                                                        "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["app-0", "app-1"]}]}}],
+                                              "ports": [{"port": "http"}]}]}),
+        ("ns-0", "hot-ingress-2", {"podSelector": {}, "policyTypes": ["Ingress"],
+                                   "ingress": [{"from": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}]}),
+        ("ns-1", "hot-egress", {"podSelector": {"matchLabels": {"app": "app-0"}}, "policyTypes": ["Egress"],
+                                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "t0"}}}],
+                                            "ports": [{"protocol": "TCP", "port": 80, "endPort": 90}]}]}),
+    ]
+    for ns, name, spec in hot:
+        state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"namespace": ns, "name": name}, "spec": spec})
+    for i in range(max(0, policies - len(hot))):
+        state.apply({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": f"ns-{i % NAMESPACES}", "name": f"cold-{i}"},
+            "spec": {"podSelector": {"matchLabels": {"app": f"cold-{i}"}}, "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "pod-1"}}}], "ports": [{"port": 8080}]}],
+                     "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]},
+        })
+    return state
+
+
+def packets() -> list[Packet]:
+    """Flows from ns-1's app-0 pods to ns-0's app-0 pods (selected in both directions) and unselected pairs."""
+    flows = []
+    for s in range(0, PODS_PER_NAMESPACE, 10):
+        for d in range(0, PODS_PER_NAMESPACE, 10):
+            flows.append(Packet(4, 6, pod_ip(1, s), pod_ip(0, d), 40000 + s, 80))  # allowed
+            flows.append(Packet(4, 6, pod_ip(2, s), pod_ip(0, d), 40000 + s, 80))  # denied at ingress
+            flows.append(Packet(4, 6, pod_ip(3, s + 1), pod_ip(4, d + 1), 40000 + s, 80))  # nothing selects
+    return flows
+
+
+def measure(call, flows: list[Packet], rounds: int) -> list[int]:
+    timings = []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for packet in flows:
+                start = clock()
+                call(packet)
+                timings.append(clock() - start)
+    finally:
+        gc.enable()
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--policies", default="10,100,1000,10000")
+    parser.add_argument("--packets", type=int, default=30000, help="measured evaluations per size")
+    args = parser.parse_args()
+    print("| policies | build s | uncached median µs | uncached p99 µs | cached median µs | allowed/denied/unselected |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for count in (int(n) for n in args.policies.split(",")):
+        started = time.perf_counter()
+        state = build_cluster(count)
+        engine = build_engine(state)
+        build_seconds = time.perf_counter() - started
+        flows = packets()
+        verdicts = [engine.evaluate_uncached(p).allowed for p in flows]
+        assert verdicts[0::3] == [True] * (len(flows) // 3), "ns-1 app-0 -> ns-0 app-0 must be allowed"
+        assert verdicts[1::3] == [False] * (len(flows) // 3), "ns-2 -> ns-0 app-0 must be denied"
+        assert all(verdicts[2::3]), "unselected pods must be allowed"
+        rounds = max(1, args.packets // len(flows))
+        uncached = measure(engine.evaluate_uncached, flows, rounds)
+        cached = measure(engine.evaluate, flows, rounds)
+        q = statistics.quantiles(uncached, n=100)
+        print(f"| {count} | {build_seconds:.1f} | {statistics.median(uncached) / 1000:.2f} | {q[98] / 1000:.2f} | "
+              f"{statistics.median(cached) / 1000:.2f} | {len(flows) // 3}/{len(flows) // 3}/{len(flows) // 3} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The kernel side of kube-netpol: the nftables table that diverts packets to NFQUEUE.
+
+``Dataplane`` owns the table's lifecycle (start/reconcile, sync, stop) and, for
+the xtables queue backend, the iptables/ip6tables rules that queue marked
+packets. ``cleanup`` removes everything the agent ever creates. The ruleset
+itself is data in ``ruleset``; this module only sequences transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from kube_netpol.dataplane.nft import NftablesError, NftClient
+from kube_netpol.dataplane.queue_backend import (
+    BackendChoice,
+    QueueBackendUnavailable,
+    detect_queue_backend,
+    resolve_queue_backend,
+)
+from kube_netpol.dataplane.ruleset import (
+    DEFAULT_MARK,
+    DEFAULT_QUEUE_NUM,
+    DEFAULT_TABLE,
+    MANAGED_SET_BY_VERSION,
+    Address,
+    Backend,
+    RulesetSpec,
+    delete_table_commands,
+    installed_divert_all,
+    normalize_addresses,
+    parse_table,
+    reconcile_commands,
+    sync_commands,
+)
+from kube_netpol.dataplane.xtables import Xtables, XtablesError, queue_rule_args
+
+__all__ = [
+    "Dataplane",
+    "DataplaneConfig",
+    "DataplaneError",
+    "NftablesError",
+    "QueueBackendUnavailable",
+    "XtablesError",
+    "cleanup",
+    "detect_queue_backend",
+    "resolve_queue_backend",
+]
+
+log = logging.getLogger(__name__)
+
+_FAMILIES = (4, 6)
+_V4 = MANAGED_SET_BY_VERSION[4].name
+_V6 = MANAGED_SET_BY_VERSION[6].name
+
+
+class DataplaneError(RuntimeError):
+    """The dataplane is used out of order (e.g. sync before start)."""
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    table: str = DEFAULT_TABLE
+    queue_num: int = DEFAULT_QUEUE_NUM
+    fail_open: bool = True  # bypass: traffic flows while no queue reader runs
+    accept_root: bool = True  # never judge packets of uid-0 sockets (kubelet probes, node daemons)
+    queue_backend: BackendChoice = "auto"
+    mark: int = DEFAULT_MARK  # xt backend: the mark bit that asks iptables to queue
+    iptables: str = "iptables"
+    ip6tables: str = "ip6tables"
+
+    def spec(self, backend: Backend, divert_all: bool = False) -> RulesetSpec:
+        return RulesetSpec(
+            table=self.table,
+            backend=backend,
+            queue_num=self.queue_num,
+            fail_open=self.fail_open,
+            accept_root=self.accept_root,
+            mark=self.mark,
+            divert_all=divert_all,
+        )
+
+
+def _xt_comment(table: str) -> str:
+    # The table name tags our xt rules, so cleanup(table) finds exactly that agent's rules.
+    return table
+
+
+class Dataplane:
+    """The nftables table (and xt queue rules) of one agent.
+
+    Not for the per-packet path: every method is one or a few transactions.
+    Methods are serialised by a lock, so watch threads may call ``sync``.
+    """
+
+    def __init__(
+        self,
+        config: DataplaneConfig = DataplaneConfig(),
+        *,
+        nft: NftClient | None = None,
+        xtables: Xtables | None = None,
+    ) -> None:
+        config.spec("nft")  # validate early: table name, queue number, mark
+        self.config = config
+        self._nft = nft
+        self._xt = xtables or Xtables({4: config.iptables, 6: config.ip6tables})
+        self._lock = threading.Lock()
+        self._spec: RulesetSpec | None = None
+        self._elements: dict[str, frozenset[str]] = {}
+
+    # --- state ---------------------------------------------------------------
+
+    @property
+    def nft(self) -> NftClient:
+        if self._nft is None:
+            self._nft = NftClient()
+        return self._nft
+
+    @property
+    def started(self) -> bool:
+        return self._spec is not None
+
+    @property
+    def spec(self) -> RulesetSpec:
+        if self._spec is None:
+            raise DataplaneError("the dataplane is not started")
+        return self._spec
+
+    @property
+    def backend(self) -> Backend:
+        return self.spec.backend
+
+    @property
+    def divert_all(self) -> bool:
+        return self.spec.divert_all
+
+    @property
+    def managed(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The addresses our sets hold (as far as this process knows): (IPv4, IPv6)."""
+        return self._elements.get(_V4, frozenset()), self._elements.get(_V6, frozenset())
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(
+        self,
+        managed_v4: Iterable[Address] | None = None,
+        managed_v6: Iterable[Address] | None = None,
+        divert_all: bool | None = None,
+    ) -> Backend:
+        """Pick the queue backend and bring the kernel to our ruleset, whatever an earlier run left.
+
+        The table, sets and chain are created or repaired in one transaction.
+        Set elements: with ``managed_v4``/``managed_v6`` given, the sets end up
+        holding exactly those; with None, the elements an earlier run left are
+        kept (traffic stays diverted while the agent restarts) until the first
+        sync. ``divert_all`` None keeps the mode the kernel's rules are in.
+        Stale xt rules of ours are removed. Returns the backend in use.
+        """
+        with self._lock:
+            backend = resolve_queue_backend(self.config.queue_backend, self.nft)
+            listing = self.nft.list_table(self.config.table)
+            state = parse_table(listing) if listing is not None else None
+            base = self.config.spec(backend)
+            if divert_all is None:
+                divert_all = bool(installed_divert_all(base, state))
+            spec = replace(base, divert_all=divert_all)
+            desired = None
+            if managed_v4 is not None or managed_v6 is not None:
+                desired = _desired(managed_v4 or (), managed_v6 or ())
+
+            if backend == "xt":
+                self._ensure_xt(spec, remove_stale=False)  # queue the new mark before the table sets it
+            commands, elements = reconcile_commands(spec, state, desired)
+            if commands:
+                self.nft.run(commands)
+            if backend == "xt":
+                self._ensure_xt(spec, remove_stale=True)
+            else:
+                self._remove_xt(spec.table, tolerate_errors=True)  # left by an earlier xt-backend run
+            self._spec, self._elements = spec, elements
+            log.info(
+                "dataplane started: table inet %s, backend %s, queue %d%s, %d managed addresses",
+                spec.table, backend, spec.queue_num, " (bypass)" if spec.fail_open else "",
+                sum(len(e) for e in elements.values()),
+            )  # fmt: skip
+            return backend
+
+    def sync(self, managed_v4: Iterable[Address], managed_v6: Iterable[Address], divert_all: bool) -> bool:
+        """Make the sets hold exactly these addresses and set the divert-all mode.
+
+        One transaction: the elements that differ are added and removed
+        (switching divert-all also flushes and refills the chain's rules).
+        Returns whether anything was sent to the kernel.
+        """
+        desired = _desired(managed_v4, managed_v6)
+        with self._lock:
+            return self._sync(desired, divert_all)
+
+    def sync_managed(self, managed_v4: Iterable[Address], managed_v6: Iterable[Address]) -> bool:
+        """``sync`` keeping the current divert-all mode."""
+        desired = _desired(managed_v4, managed_v6)
+        with self._lock:
+            return self._sync(desired, self.spec.divert_all)
+
+    def set_divert_all(self, divert_all: bool) -> bool:
+        """``sync`` keeping the current managed addresses."""
+        with self._lock:
+            return self._sync(dict(self._elements), divert_all)
+
+    def stop(self) -> None:
+        """Fail-open: leave everything (bypass lets traffic flow until the next start).
+        Fail-closed: remove the table and our xt rules."""
+        with self._lock:
+            if self._spec is None:
+                return
+            if not self.config.fail_open:
+                _cleanup(self.config.table, self.nft, self._xt)
+            self._spec = None
+            self._elements = {}
+
+    # --- internals -------------------------------------------------------------
+
+    def _sync(self, desired: dict[str, frozenset[str]], divert_all: bool) -> bool:
+        old = self.spec
+        new = replace(old, divert_all=divert_all)
+        commands = sync_commands(old, new, self._elements, desired)
+        if not commands:
+            return False
+        try:
+            self.nft.run(commands)
+        except NftablesError as e:
+            # Our picture of the kernel was wrong (someone flushed a set or deleted the table):
+            # read it back and repair in one transaction.
+            log.warning("dataplane sync failed (%s); reconciling with the kernel", e.message)
+            listing = self.nft.list_table(new.table)
+            state = parse_table(listing) if listing is not None else None
+            commands, _ = reconcile_commands(new, state, desired)
+            self.nft.run(commands)
+        self._spec, self._elements = new, desired
+        return True
+
+    def _ensure_xt(self, spec: RulesetSpec, *, remove_stale: bool) -> None:
+        comment = _xt_comment(spec.table)
+        rule = queue_rule_args(mark=spec.mark, queue_num=spec.queue_num, bypass=spec.fail_open, comment=comment)
+        for family in _FAMILIES:
+            self._xt.ensure(family, rule, comment, remove_stale=remove_stale)
+
+    def _remove_xt(self, table: str, *, tolerate_errors: bool) -> None:
+        _remove_xt_rules(self._xt, table, tolerate_errors=tolerate_errors)
+
+
+def _desired(v4: Iterable[Address], v6: Iterable[Address]) -> dict[str, frozenset[str]]:
+    return {_V4: normalize_addresses(v4, 4), _V6: normalize_addresses(v6, 6)}
+
+
+def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
+    errors = []
+    for family in _FAMILIES:
+        try:
+            xt.remove_ours(family, _xt_comment(table))
+        except FileNotFoundError:
+            pass  # no iptables/ip6tables binary: none of our rules can exist
+        except XtablesError as e:
+            if not tolerate_errors:
+                errors.append(str(e))
+            log.warning("could not remove xt rules: %s", e)
+    if errors:
+        raise XtablesError("; ".join(errors))
+
+
+def _cleanup(table: str, nft: NftClient, xt: Xtables) -> None:
+    nft.run(delete_table_commands(table))
+    _remove_xt_rules(xt, table, tolerate_errors=False)
+
+
+def cleanup(
+    table: str = DEFAULT_TABLE,
+    *,
+    iptables: str = "iptables",
+    ip6tables: str = "ip6tables",
+    nft: NftClient | None = None,
+    xtables: Xtables | None = None,
+) -> None:
+    """Remove everything an agent with this table name creates: the table and our xt rules.
+
+    Safe when nothing exists. Does not need a running or started Dataplane.
+    """
+    RulesetSpec(table=table)  # validate the name before touching anything
+    _cleanup(table, nft or NftClient(), xtables or Xtables({4: iptables, 6: ip6tables}))

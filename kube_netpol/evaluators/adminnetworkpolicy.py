@@ -1,0 +1,206 @@
+"""The AdminNetworkPolicy evaluator: the first stage of the default pipeline.
+
+Precedence: ANPs are walked by ``spec.priority`` ascending (0 is the most
+important). The API leaves the order of ANPs with equal priority to the
+implementation; kube-netpol breaks ties deterministically by name ascending,
+so a given set of objects always gives the same verdicts. Within an ANP the
+rules are walked in written order. The first rule that matches decides:
+Allow gives ACCEPT, Deny gives DENY, and Pass gives a NEXT decision at once
+(naming the policy and rule), skipping every remaining ANP rule so that
+NetworkPolicy, then BaselineAdminNetworkPolicy, decides. No match: NEXT.
+
+Hot path: the rules that apply to a pod (the ingress and egress rules of the
+ANPs whose subject selects it, flattened in precedence order) are memoised
+per PodInfo object, keyed by ``id(pod)`` with the PodInfo kept in the value
+to check identity (PodInfo messages are not hashable; the store builds a new
+one whenever the pod, its namespace or its node changes). The memo lives in
+an immutable snapshot together with the ordered policies and is replaced
+whole on a policy, Namespace or Node change, so a packet thread racing with a
+change stores into the old snapshot, never a stale entry into the new one.
+A pod change drops that pod's entry. Once memoised, an evaluation costs a
+dict lookup plus the rules of the ANPs that select the pod, however many
+ANPs exist. The same machinery serves the BaselineAdminNetworkPolicy
+evaluator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from kube_netpol.api.evaluator import EvaluatorContext, ManagedIPs
+from kube_netpol.api.packet import Packet
+from kube_netpol.api.podinfo import PodInfo
+from kube_netpol.api.verdict import NEXT, Decision
+from kube_netpol.evaluators.base import StateEvaluator
+from kube_netpol.policy.adminnetworkpolicy import AdminNetworkPolicy, EgressRule, IngressRule
+from kube_netpol.state.store import Change, ClusterState
+
+#: Per-pod memo entry: (the PodInfo itself, its ingress rules, its egress rules,
+#: its labels, its namespace's labels, selected by at least one subject).
+#: Labels are copied into dicts once: a dict lookup is several times cheaper
+#: than a lookup in a protobuf map.
+PodEntry = tuple[
+    PodInfo, tuple[IngressRule, ...], tuple[EgressRule, ...], dict[str, str], dict[str, str], bool
+]
+
+
+class _Snapshot:
+    """Policies in precedence order plus the per-pod memo built from them."""
+
+    __slots__ = ("policies", "memo")
+
+    def __init__(self, policies: tuple[Any, ...]) -> None:
+        self.policies = policies
+        self.memo: dict[int, PodEntry] = {}
+
+
+class SubjectRulesEvaluator(StateEvaluator):
+    """Shared by the ANP and BANP evaluators: subject-selected rules, first match decides.
+
+    Subclasses set ``name``, ``kind``, ``relevant_kinds`` and implement
+    ``ordered_policies`` (objects with ``subject``, ``ingress``, ``egress``).
+    """
+
+    kind = ""
+
+    def __init__(self, state: ClusterState) -> None:
+        super().__init__(state)
+        self._snapshot = _Snapshot(self.ordered_policies())
+        self._node_labels_by_ip = self._index_nodes()
+
+    def ordered_policies(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ per packet
+
+    def evaluate_ingress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
+        if dst is None or src is None:
+            # Ingress peers are pods only: traffic from outside the pod network matches no rule.
+            return NEXT
+        snapshot = self._snapshot
+        memo = snapshot.memo
+        entry = memo.get(id(dst))
+        if entry is None or entry[0] is not dst:
+            entry = self._remember(snapshot, dst)
+        rules = entry[1]
+        if not rules:
+            return NEXT
+        peer = memo.get(id(src))
+        if peer is None or peer[0] is not src:
+            peer = self._remember(snapshot, src)
+        protocol = packet.protocol
+        port = packet.dst_port
+        labels = peer[3]
+        namespace_labels = peer[4]
+        for rule in rules:
+            if rule.matches(protocol, port, labels, namespace_labels, dst):
+                return rule.decision
+        return NEXT
+
+    def evaluate_egress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
+        if src is None:
+            return NEXT
+        snapshot = self._snapshot
+        memo = snapshot.memo
+        entry = memo.get(id(src))
+        if entry is None or entry[0] is not src:
+            entry = self._remember(snapshot, src)
+        rules = entry[2]
+        if not rules:
+            return NEXT
+        labels: dict[str, str] | None = None
+        namespace_labels: dict[str, str] | None = None
+        if dst is not None:
+            peer = memo.get(id(dst))
+            if peer is None or peer[0] is not dst:
+                peer = self._remember(snapshot, dst)
+            labels = peer[3]
+            namespace_labels = peer[4]
+        address = packet.dst
+        node_labels = self._node_labels_by_ip.get(address, ())
+        protocol = packet.protocol
+        port = packet.dst_port
+        for rule in rules:
+            if rule.matches(protocol, port, address, dst, labels, namespace_labels, node_labels):
+                return rule.decision
+        return NEXT
+
+    def _remember(self, snapshot: _Snapshot, pod: PodInfo) -> PodEntry:
+        """Build and memoise ``pod``'s entry (once per PodInfo object and snapshot)."""
+        ingress: list[IngressRule] = []
+        egress: list[EgressRule] = []
+        selected = False
+        for policy in snapshot.policies:
+            if policy.subject.selects(pod):
+                selected = True
+                ingress.extend(policy.ingress)
+                egress.extend(policy.egress)
+        entry: PodEntry = (
+            pod, tuple(ingress), tuple(egress), dict(pod.labels), dict(pod.namespace.labels), selected
+        )
+        snapshot.memo[id(pod)] = entry
+        return entry
+
+    # ------------------------------------------------------------ on changes
+
+    def on_change(self, change: Change) -> None:
+        if change.kind == "Pod":
+            if change.old is not None:
+                self._snapshot.memo.pop(id(change.old.info), None)
+            return
+        if change.kind == "Node":
+            self._node_labels_by_ip = self._index_nodes()
+            policies = self._snapshot.policies
+        elif change.kind == self.kind:
+            policies = self.ordered_policies()
+        else:  # Namespace
+            policies = self._snapshot.policies
+        self._snapshot = _Snapshot(policies)
+
+    def compute_managed_ips(self) -> ManagedIPs:
+        snapshot = self._snapshot
+        if not snapshot.policies:
+            return ManagedIPs()
+        memo = snapshot.memo
+        ips: set[bytes] = set()
+        # list() first: the packet thread may call this while the control thread edits pods.
+        for pod in list(self.state.pods.values()):
+            if not pod.is_policy_target or not pod.ips:
+                continue
+            info = pod.info
+            entry = memo.get(id(info))
+            if entry is None or entry[0] is not info:
+                entry = self._remember(snapshot, info)
+            if entry[5]:
+                ips.update(pod.ips)
+        return ManagedIPs(frozenset(ips), divert_all=False)
+
+    def _index_nodes(self) -> dict[bytes, tuple[Mapping[str, str], ...]]:
+        """Node labels by node address, for ``nodes`` egress peers (a tuple: addresses may be shared)."""
+        index: dict[bytes, tuple[Mapping[str, str], ...]] = {}
+        for node in list(self.state.nodes.values()):
+            for ip in node.ips:
+                index[ip] = index.get(ip, ()) + (dict(node.labels),)
+        return index
+
+
+class AdminNetworkPolicyEvaluator(SubjectRulesEvaluator):
+    """ANPs by priority ascending, ties by name ascending; Allow/Deny final, Pass hands on."""
+
+    name = "adminnetworkpolicy"
+    kind = "AdminNetworkPolicy"
+    relevant_kinds = frozenset({"AdminNetworkPolicy", "Namespace", "Node", "Pod"})
+
+    def ordered_policies(self) -> tuple[AdminNetworkPolicy, ...]:
+        policies = list(self.state.policy_objects(self.kind).values())
+        policies.sort(key=_precedence)
+        return tuple(policies)
+
+
+def _precedence(policy: AdminNetworkPolicy) -> tuple[int, str]:
+    return (policy.priority, policy.name)
+
+
+def create(context: EvaluatorContext) -> AdminNetworkPolicyEvaluator:
+    """Entry point ``adminnetworkpolicy`` of the ``kube_netpol.evaluators`` group."""
+    return AdminNetworkPolicyEvaluator(context.state)

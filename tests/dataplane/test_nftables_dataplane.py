@@ -1,0 +1,535 @@
+"""The nftables dataplane against the real kernel, inside network namespaces made for each test.
+
+The Dataplane code runs in a forked child that entered the test's namespace
+(libnftables and iptables act on the caller's namespace); the checks read the
+kernel back with ``ip netns exec NAME nft -j ...`` / ``iptables -S``. Nothing
+here touches the host's own ruleset.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pickle
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from kube_netpol.dataplane import Dataplane, DataplaneConfig, QueueBackendUnavailable, cleanup, detect_queue_backend
+from kube_netpol.dataplane.conntrack import Flow, flush_flows, list_flows
+from kube_netpol.dataplane.nft import NftClient
+from kube_netpol.dataplane.queue_backend import kernel_supports
+from kube_netpol.dataplane.ruleset import PRIORITY_NATIVE, PRIORITY_XT, RulesetSpec, rule_comments
+from kube_netpol.dataplane.xtables import queue_rule_args
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "nft", "iptables", "ip6tables", "conntrack")),
+        reason="needs root, iproute2, nft, iptables, ip6tables and conntrack",
+    ),
+]
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# --- running code in a namespace ----------------------------------------------------
+
+
+def _enter_netns(name: str) -> None:
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def in_netns(name: str, fn: Callable[..., Any], *args: Any, timeout: float = 60) -> Any:
+    """Run ``fn(*args)`` in a forked child inside netns ``name``; return its result or re-raise its failure."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        os.close(r)
+        try:
+            _enter_netns(name)
+            payload = pickle.dumps(("ok", fn(*args)))
+        except BaseException:
+            payload = pickle.dumps(("error", traceback.format_exc()))
+        with os.fdopen(w, "wb") as out:
+            out.write(payload)
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    try:
+        with os.fdopen(r, "rb") as inp:
+            while True:
+                ready, _, _ = select.select([inp], [], [], timeout)
+                if not ready:
+                    os.kill(pid, signal.SIGKILL)
+                    raise TimeoutError(f"{fn.__name__} in netns {name} took over {timeout}s")
+                chunk = inp.read1(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.waitpid(pid, 0)
+    status, value = pickle.loads(b"".join(chunks))
+    if status == "error":
+        raise AssertionError(f"in netns {name}:\n{value}")
+    return value
+
+
+def spawn_in_netns(name: str, fn: Callable[[], None]) -> int:
+    """Start ``fn`` in a child inside netns ``name``; returns once fn signalled readiness (its return)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            _enter_netns(name)
+            fn()
+            os.write(w, b"r")
+            signal.pause()
+        finally:
+            os._exit(1)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], 10)
+    ok = bool(ready) and os.read(r, 1) == b"r"
+    os.close(r)
+    if not ok:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise RuntimeError(f"child in netns {name} did not get ready")
+    return pid
+
+
+def sh(*args: str, netns: str | None = None, check: bool = True) -> str:
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + list(args)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed: {result.stderr}")
+    return result.stdout
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid() % 100000}-{secrets.token_hex(3)}"
+
+
+# --- reading the kernel back ----------------------------------------------------------
+
+
+@dataclass
+class Listed:
+    sets: dict[str, dict]
+    chains: dict[str, dict]
+    rules: list[dict]
+
+    def elements(self, set_name: str) -> set[str]:
+        return set(self.sets[set_name].get("elem", []))
+
+    @property
+    def comments(self) -> list[str]:
+        return [r.get("comment", "") for r in self.rules]
+
+
+def list_table(netns: str, table: str) -> Listed | None:
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-j", "list", "table", "inet", table],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if result.returncode != 0:
+        assert "No such file or directory" in result.stderr, result.stderr
+        return None
+    items = json.loads(result.stdout)["nftables"]
+    return Listed(
+        sets={i["set"]["name"]: i["set"] for i in items if "set" in i},
+        chains={i["chain"]["name"]: i["chain"] for i in items if "chain" in i},
+        rules=[i["rule"] for i in items if "rule" in i],
+    )
+
+
+def tables(netns: str) -> list[tuple[str, str]]:
+    items = json.loads(sh("nft", "-j", "list", "tables", netns=netns))["nftables"]
+    return [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
+
+
+def xt_rules(netns: str, binary: str = "iptables", *, counters: bool = False) -> list[str]:
+    out = sh(binary, "-w", "5", "-t", "mangle", "-S", "POSTROUTING", *(["-v"] if counters else []), netns=netns)
+    return [line for line in out.splitlines() if line.startswith("-A POSTROUTING")]
+
+
+def xt_rule(comment: str, *, queue_num: int, bypass: bool, mark: int = 0x200000) -> str:
+    return "-A POSTROUTING " + " ".join(queue_rule_args(mark=mark, queue_num=queue_num, bypass=bypass, comment=comment))
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = unique("kn-dp")
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "link", "set", "lo", "up", netns=name)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def table() -> str:
+    return unique("kntest")
+
+
+def _native_queue_in(netns: str) -> bool:
+    """Independent oracle: ask the nft CLI to check (``-c``) a rule with a queue statement."""
+    probe = "add table inet kn_oracle\nadd chain inet kn_oracle c\nadd rule inet kn_oracle c queue num 0\n"
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-c", "-f", "-"], input=probe, capture_output=True, text=True, timeout=30
+    )
+    if result.returncode != 0:
+        assert "No such file or directory" in result.stderr, result.stderr
+    return result.returncode == 0
+
+
+def backends(netns: str) -> list[str]:
+    return ["nft", "xt"] if _native_queue_in(netns) else ["xt"]
+
+
+# --- detection --------------------------------------------------------------------------
+
+
+def test_detection_matches_kernel_and_leaves_nothing(netns: str) -> None:
+    native = _native_queue_in(netns)
+    assert in_netns(netns, lambda: detect_queue_backend()) == ("nft" if native else "xt")
+    # The probe transaction's add+delete really commits when the statement exists.
+    assert in_netns(netns, lambda: kernel_supports(NftClient(), {"counter": None})) is True
+    assert tables(netns) == []
+
+    def explicit_nft() -> str:
+        try:
+            return Dataplane(DataplaneConfig(queue_backend="nft")).start()
+        except QueueBackendUnavailable as e:
+            return f"unavailable: {e}"
+
+    outcome = in_netns(netns, explicit_nft)
+    if native:
+        assert outcome == "nft"
+    else:
+        assert outcome.startswith("unavailable:") and "no nftables queue expression" in outcome
+        assert tables(netns) == []
+
+
+# --- table lifecycle ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["nft", "xt"])
+def test_start_builds_table_sets_chain_and_rules(netns: str, table: str, backend: str) -> None:
+    if backend not in backends(netns):
+        pytest.skip("this kernel has no native nftables queue expression (the generated JSON is unit-tested)")
+    config = DataplaneConfig(table=table, queue_num=7, fail_open=False, queue_backend=backend)  # type: ignore[arg-type]
+
+    def start() -> str:
+        return Dataplane(config).start(["10.1.0.1", "10.1.0.2"], ["fd00::1"])
+
+    assert in_netns(netns, start) == backend
+    listed = list_table(netns, table)
+    assert listed is not None
+    assert {n: s["type"] for n, s in listed.sets.items()} == {"managed-v4": "ipv4_addr", "managed-v6": "ipv6_addr"}
+    assert listed.elements("managed-v4") == {"10.1.0.1", "10.1.0.2"} and listed.elements("managed-v6") == {"fd00::1"}
+    chain = listed.chains["postrouting"]
+    assert (chain["type"], chain["hook"], chain["policy"]) == ("filter", "postrouting", "accept")
+    assert chain["prio"] == (PRIORITY_NATIVE if backend == "nft" else PRIORITY_XT)
+    spec = RulesetSpec(table=table, backend=backend, queue_num=7, fail_open=False)  # type: ignore[arg-type]
+    assert listed.comments == rule_comments(spec)
+    statements = json.dumps([r["expr"] for r in listed.rules])
+    if backend == "xt":
+        assert '"mangle"' in statements and '"queue"' not in statements
+        want = [xt_rule(table, queue_num=7, bypass=False)]
+        assert xt_rules(netns) == want and xt_rules(netns, "ip6tables") == want
+    else:
+        assert '"queue"' in statements and xt_rules(netns) == [] and xt_rules(netns, "ip6tables") == []
+
+
+def test_sync_adds_and_removes_elements_and_switches_divert_all(netns: str, table: str) -> None:
+    config = DataplaneConfig(table=table, queue_backend="xt")
+
+    def scenario() -> list[Any]:
+        dp = Dataplane(config)
+        dp.start([], [])
+        steps = [dp.sync(["10.1.0.1", "10.1.0.2"], ["fd00::1"], False)]
+        steps.append(dp.sync(["10.1.0.2", "10.1.0.3"], [], False))
+        steps.append(dp.sync(["10.1.0.2", "10.1.0.3"], [], False))  # nothing to do
+        return steps
+
+    assert in_netns(netns, scenario) == [True, True, False]
+    listed = list_table(netns, table)
+    assert listed is not None
+    assert listed.elements("managed-v4") == {"10.1.0.2", "10.1.0.3"} and listed.elements("managed-v6") == set()
+    handle = listed.chains["postrouting"]["handle"]
+
+    def divert(on: bool) -> None:
+        dp = Dataplane(config)
+        dp.start()  # keeps the elements and mode the kernel has
+        dp.sync(["10.1.0.2", "10.1.0.3"], [], on)
+
+    spec = RulesetSpec(table=table, backend="xt")
+    in_netns(netns, divert, True)
+    listed = list_table(netns, table)
+    assert listed is not None and listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", divert_all=True))
+    assert listed.chains["postrouting"]["handle"] == handle  # flushed and refilled, not re-created
+    assert listed.elements("managed-v4") == {"10.1.0.2", "10.1.0.3"}
+    in_netns(netns, divert, False)
+    listed = list_table(netns, table)
+    assert listed is not None and listed.comments == rule_comments(spec)
+    assert listed.chains["postrouting"]["handle"] == handle
+
+
+def test_start_reconciles_what_an_earlier_run_left(netns: str, table: str) -> None:
+    earlier = DataplaneConfig(table=table, queue_num=5, fail_open=True, queue_backend="xt")
+    in_netns(netns, lambda: Dataplane(earlier).start(["10.1.0.1", "10.1.0.9"], ["fd00::9"]))
+    handle = list_table(netns, table).chains["postrouting"]["handle"]  # type: ignore[union-attr]
+    # Debris: a duplicate of our xt rule with another queue, and someone else's rule that must stay.
+    sh("iptables", "-w", "5", "-t", "mangle", "-A", "POSTROUTING", "-m", "comment", "--comment", table,
+       "-j", "NFQUEUE", "--queue-num", "3", netns=netns)  # fmt: skip
+    sh("ip6tables", "-w", "5", "-t", "mangle", "-A", "POSTROUTING", "-j", "ACCEPT", netns=netns)
+    foreign_v6 = "-A POSTROUTING -j ACCEPT"
+
+    # Restart without telling the state: the earlier elements stay (traffic keeps being diverted).
+    now = DataplaneConfig(table=table, queue_num=7, fail_open=False, queue_backend="xt")
+    assert in_netns(netns, lambda: Dataplane(now).start()) == "xt"
+    listed = list_table(netns, table)
+    assert listed is not None and listed.elements("managed-v4") == {"10.1.0.1", "10.1.0.9"}
+    assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", queue_num=7, fail_open=False))
+    assert listed.chains["postrouting"]["handle"] == handle
+    want = xt_rule(table, queue_num=7, bypass=False)
+    assert xt_rules(netns) == [want]
+    assert xt_rules(netns, "ip6tables") == [want, foreign_v6]
+
+    # Restart with the desired state: stale elements go, the current ones stay, new ones come.
+    in_netns(netns, lambda: Dataplane(now).start(["10.1.0.1", "10.1.0.2"], ["fd00::1"]))
+    listed = list_table(netns, table)
+    assert listed is not None
+    assert listed.elements("managed-v4") == {"10.1.0.1", "10.1.0.2"} and listed.elements("managed-v6") == {"fd00::1"}
+
+
+def test_start_repairs_wrong_sets_and_foreign_chains(netns: str, table: str) -> None:
+    # An earlier version's table: interval set, a hooked chain at the wrong priority, an extra chain.
+    earlier = f"""table inet {table} {{
+  set managed-v4 {{
+    type ipv4_addr
+    flags interval
+    elements = {{ 10.9.0.0/16 }}
+  }}
+  chain postrouting {{
+    type filter hook postrouting priority 0; policy accept;
+    ip daddr @managed-v4 counter
+  }}
+  chain old {{
+    counter
+  }}
+}}
+"""
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=earlier, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    in_netns(netns, lambda: Dataplane(DataplaneConfig(table=table, queue_backend="xt")).start(["10.1.0.1"], []))
+    listed = list_table(netns, table)
+    assert listed is not None
+    assert set(listed.chains) == {"postrouting"} and listed.chains["postrouting"]["prio"] == PRIORITY_XT
+    assert "flags" not in listed.sets["managed-v4"] and listed.elements("managed-v4") == {"10.1.0.1"}
+    assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt"))
+
+
+def test_stop_fail_open_keeps_and_fail_closed_removes(netns: str, table: str) -> None:
+    def run(fail_open: bool) -> None:
+        dp = Dataplane(DataplaneConfig(table=table, fail_open=fail_open, queue_backend="xt"))
+        dp.start(["10.1.0.1"], [])
+        dp.stop()
+
+    in_netns(netns, run, True)
+    listed = list_table(netns, table)
+    assert listed is not None and listed.elements("managed-v4") == {"10.1.0.1"}
+    assert xt_rules(netns) == [xt_rule(table, queue_num=100, bypass=True)]
+
+    in_netns(netns, run, False)
+    assert list_table(netns, table) is None
+    assert xt_rules(netns) == [] and xt_rules(netns, "ip6tables") == []
+
+
+def test_cleanup_removes_everything_and_is_safe_when_nothing_exists(netns: str, table: str) -> None:
+    in_netns(netns, lambda: cleanup(table))  # nothing exists yet
+    assert tables(netns) == []
+    sh("iptables", "-w", "5", "-t", "mangle", "-A", "POSTROUTING", "-j", "ACCEPT", netns=netns)
+    in_netns(netns, lambda: Dataplane(DataplaneConfig(table=table, queue_backend="xt")).start(["10.1.0.1"], ["fd00::1"]))
+    assert list_table(netns, table) is not None
+    in_netns(netns, lambda: cleanup(table))
+    in_netns(netns, lambda: cleanup(table))
+    assert (("inet", table)) not in tables(netns)
+    assert xt_rules(netns) == ["-A POSTROUTING -j ACCEPT"]  # only someone else's rule is left
+    assert xt_rules(netns, "ip6tables") == []
+
+
+# --- traffic through a node namespace -----------------------------------------------------
+
+
+@dataclass
+class Topology:
+    """client -- node -- server; the node forwards, and our table lives in the node."""
+
+    client: str
+    node: str
+    server: str
+
+
+SERVER_V4 = ("10.77.2.2", "10.77.2.3")
+SERVER_V6 = ("fd77:2::2", "fd77:2::3")
+PORT = 8080
+
+
+def _listen() -> None:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", PORT))
+    s.listen(128)  # the kernel completes handshakes; nothing needs to accept
+    globals()["_server_socket"] = s
+
+
+def connects(address: str, timeout: float = 1.5) -> int | None:
+    """The client's local port if a TCP connection to ``address`` gets established, else None."""
+    try:
+        with socket.create_connection((address, PORT), timeout=timeout) as s:
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    topo = Topology(unique("kn-c"), unique("kn-n"), unique("kn-s"))
+    server_pid = None
+    try:
+        for ns in (topo.client, topo.node, topo.server):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "set", "lo", "up", netns=ns)
+            for conf in ("all", "default"):  # no duplicate address detection: addresses usable at once
+                sh("sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0", netns=ns)
+        sh("ip", "link", "add", "c0", "netns", topo.client, "type", "veth", "peer", "name", "n0", "netns", topo.node)
+        sh("ip", "link", "add", "s0", "netns", topo.server, "type", "veth", "peer", "name", "n1", "netns", topo.node)
+        for ns, dev, v4, v6 in (
+            (topo.client, "c0", ["10.77.1.2/24"], ["fd77:1::2/64"]),
+            (topo.node, "n0", ["10.77.1.1/24"], ["fd77:1::1/64"]),
+            (topo.node, "n1", ["10.77.2.1/24"], ["fd77:2::1/64"]),
+            (topo.server, "s0", [a + "/24" for a in SERVER_V4], [a + "/64" for a in SERVER_V6]),
+        ):
+            for a in v4:
+                sh("ip", "addr", "add", a, "dev", dev, netns=ns)
+            for a in v6:
+                sh("ip", "-6", "addr", "add", a, "dev", dev, "nodad", netns=ns)
+            sh("ip", "link", "set", dev, "up", netns=ns)
+        for ns, gw4, gw6 in ((topo.client, "10.77.1.1", "fd77:1::1"), (topo.server, "10.77.2.1", "fd77:2::1")):
+            sh("ip", "route", "add", "default", "via", gw4, netns=ns)
+            sh("ip", "-6", "route", "add", "default", "via", gw6, netns=ns)
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=topo.node)
+        sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", netns=topo.node)
+        server_pid = spawn_in_netns(topo.server, _listen)
+        _wait_until_reachable(topo)
+        yield topo
+    finally:
+        if server_pid is not None:
+            os.kill(server_pid, signal.SIGKILL)
+            os.waitpid(server_pid, 0)
+        for ns in (topo.client, topo.node, topo.server):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _wait_until_reachable(topo: Topology) -> None:
+    deadline = time.monotonic() + 15
+    while not all(reachable(topo, SERVER_V4 + SERVER_V6).values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"lab not reachable: {reachable(topo, SERVER_V4 + SERVER_V6)}")
+        time.sleep(0.2)
+
+
+def reachable(topo: Topology, addresses: tuple[str, ...]) -> dict[str, bool]:
+    return {a: in_netns(topo.client, connects, a) is not None for a in addresses}
+
+
+def queued_packets(netns: str, binary: str) -> int:
+    """Packets that went through our NFQUEUE rule (``-c PKTS BYTES`` of ``-S -v``)."""
+    for line in xt_rules(netns, binary, counters=True):
+        tokens = line.split()
+        if "NFQUEUE" in tokens:
+            return int(tokens[tokens.index("-c") + 1])
+    raise AssertionError("no NFQUEUE rule")
+
+
+def test_xt_rule_queues_managed_traffic(topology: Topology) -> None:
+    node, table = topology.node, unique("kntest")
+    everything = SERVER_V4 + SERVER_V6
+
+    def start(fail_open: bool, divert_all: bool = False) -> None:
+        config = DataplaneConfig(table=table, queue_num=9, fail_open=fail_open, queue_backend="xt")
+        Dataplane(config).start([SERVER_V4[0]], [SERVER_V6[0]], divert_all)
+
+    # Fail-closed, no queue reader: the managed addresses are dropped, the others flow.
+    in_netns(node, start, False)
+    assert reachable(topology, everything) == {
+        SERVER_V4[0]: False, SERVER_V4[1]: True, SERVER_V6[0]: False, SERVER_V6[1]: True,
+    }  # fmt: skip
+    assert queued_packets(node, "iptables") > 0 and queued_packets(node, "ip6tables") > 0
+
+    # Divert-all: every new connection goes to the (absent) reader.
+    in_netns(node, start, False, True)
+    assert reachable(topology, everything) == dict.fromkeys(everything, False)
+
+    # Fail-open: the same packets are queued, and bypass lets them through.
+    in_netns(node, start, True)
+    before = queued_packets(node, "iptables"), queued_packets(node, "ip6tables")
+    assert before == (0, 0)  # the rule with --queue-bypass is a new rule
+    assert reachable(topology, everything) == dict.fromkeys(everything, True)
+    assert queued_packets(node, "iptables") > 0 and queued_packets(node, "ip6tables") > 0
+
+    # Not managed any more: no longer queued.
+    def unmanage() -> None:
+        config = DataplaneConfig(table=table, queue_num=9, fail_open=False, queue_backend="xt")
+        Dataplane(config).start([], [], False)
+
+    in_netns(node, unmanage)
+    assert reachable(topology, everything) == dict.fromkeys(everything, True)
+    assert queued_packets(node, "iptables") == 0
+
+
+def test_conntrack_list_and_flush(topology: Topology) -> None:
+    node, table = topology.node, unique("kntest")
+    # Our table's ct rule makes the node's conntrack track the forwarded flows.
+    in_netns(node, lambda: Dataplane(DataplaneConfig(table=table, queue_backend="xt")).start([], []))
+    port4 = in_netns(topology.client, connects, SERVER_V4[1])
+    port6 = in_netns(topology.client, connects, SERVER_V6[1])
+    assert port4 and port6
+    want = [
+        Flow(4, 6, "10.77.1.2", SERVER_V4[1], port4, PORT),
+        Flow(6, 6, "fd77:1::2", SERVER_V6[1], port6, PORT),
+    ]
+    flows = in_netns(node, list_flows)
+    assert all(f in flows for f in want), flows
+    assert in_netns(node, flush_flows, want) == 2
+    remaining = in_netns(node, list_flows)
+    assert not any(f in remaining for f in want)
+    assert in_netns(node, flush_flows, want) == 0  # already gone: not an error

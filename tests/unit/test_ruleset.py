@@ -1,0 +1,507 @@
+"""The generated nftables JSON and the Dataplane's transactions, without a kernel."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from kube_netpol.dataplane import Dataplane, DataplaneConfig, DataplaneError, NftablesError, cleanup
+from kube_netpol.dataplane import queue_backend
+from kube_netpol.dataplane.queue_backend import QueueBackendUnavailable, resolve_queue_backend
+from kube_netpol.dataplane.ruleset import (
+    CHAIN,
+    NATIVE_QUEUE_PROBE,
+    PRIORITY_NATIVE,
+    PRIORITY_XT,
+    RulesetSpec,
+    create_commands,
+    delete_table_commands,
+    diff_elements,
+    ElementDelta,
+    installed_divert_all,
+    normalize_addresses,
+    parse_table,
+    probe_commands,
+    reconcile_commands,
+    rule_comments,
+    rule_objects,
+    sync_commands,
+)
+from kube_netpol.dataplane.xtables import Xtables, parse_rules, queue_rule_args
+
+QUEUE_BYPASS = {"queue": {"num": 7, "flags": ["bypass"]}}
+QUEUE_CLOSED = {"queue": {"num": 7}}
+MARK_XT = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 0x200000]}}}
+ACCEPT = {"accept": None}
+
+
+def spec(**kw: Any) -> RulesetSpec:
+    return RulesetSpec(**{"table": "t1", "queue_num": 7, **kw})
+
+
+def exprs(s: RulesetSpec) -> list[list[dict]]:
+    return [o["rule"]["expr"] for o in rule_objects(s)]
+
+
+def names(s: RulesetSpec) -> list[str]:
+    return [c.split()[0] for c in rule_comments(s)]
+
+
+def all_statements(s: RulesetSpec) -> str:
+    return json.dumps(create_commands(s))
+
+
+# --- rules ---------------------------------------------------------------------
+
+
+def test_native_fail_open_rules_in_order() -> None:
+    s = spec(backend="nft", fail_open=True)
+    assert names(s) == [
+        "icmpv6-nd",
+        "root-uid",
+        "established",
+        "managed-v4-saddr",
+        "managed-v4-daddr",
+        "managed-v6-saddr",
+        "managed-v6-daddr",
+    ]
+    e = exprs(s)
+    assert e[0] == [
+        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": 58}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"range": [133, 137]}}},
+        ACCEPT,
+    ]
+    assert e[1] == [{"match": {"op": "==", "left": {"meta": {"key": "skuid"}}, "right": 0}}, ACCEPT]
+    assert e[2] == [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, ACCEPT]
+    assert e[3] == [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@managed-v4"}}, QUEUE_BYPASS]
+    assert e[4] == [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@managed-v4"}}, QUEUE_BYPASS]
+    assert e[5] == [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@managed-v6"}}, QUEUE_BYPASS]
+    assert e[6] == [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "@managed-v6"}}, QUEUE_BYPASS]
+
+
+def test_native_fail_closed_queues_without_bypass() -> None:
+    e = exprs(spec(backend="nft", fail_open=False))
+    assert [x[-1] for x in e[3:]] == [QUEUE_CLOSED] * 4
+    assert "bypass" not in json.dumps(e)
+
+
+def test_xt_backend_marks_instead_of_queueing() -> None:
+    s = spec(backend="xt", fail_open=True)
+    e = exprs(s)
+    assert [x[1:] for x in e[3:]] == [[MARK_XT, ACCEPT]] * 4
+    assert '"queue"' not in all_statements(s)  # this kernel would reject the whole transaction
+    custom = exprs(spec(backend="xt", mark=0x1000))
+    assert custom[3][1]["mangle"]["value"] == {"|": [{"meta": {"key": "mark"}}, 0x1000]}
+
+
+def test_skuid_rule_optional() -> None:
+    assert "root-uid" not in names(spec(accept_root=False))
+    assert '"skuid"' not in all_statements(spec(accept_root=False))
+    assert names(spec(accept_root=False))[:2] == ["icmpv6-nd", "established"]
+
+
+@pytest.mark.parametrize("backend,divert", [("nft", QUEUE_BYPASS), ("xt", MARK_XT)])
+def test_divert_all_diverts_everything_after_established(backend: str, divert: dict) -> None:
+    s = spec(backend=backend, divert_all=True)
+    assert names(s) == ["icmpv6-nd", "root-uid", "established", "divert-all"]
+    assert exprs(s)[-1][0] == divert  # no match before the divert statement
+    assert "@managed" not in json.dumps(rule_objects(s))
+
+
+def test_chain_priority_per_backend_and_table_layout() -> None:
+    for backend, prio in (("nft", PRIORITY_NATIVE), ("xt", PRIORITY_XT)):
+        cmds = create_commands(spec(backend=backend))
+        assert cmds[0] == {"add": {"table": {"family": "inet", "name": "t1"}}}
+        assert cmds[1] == {"add": {"set": {"family": "inet", "table": "t1", "name": "managed-v4", "type": "ipv4_addr"}}}
+        assert cmds[2] == {"add": {"set": {"family": "inet", "table": "t1", "name": "managed-v6", "type": "ipv6_addr"}}}
+        assert cmds[3] == {
+            "add": {
+                "chain": {
+                    "family": "inet", "table": "t1", "name": CHAIN,
+                    "type": "filter", "hook": "postrouting", "prio": prio, "policy": "accept",
+                }
+            }
+        }  # fmt: skip
+        assert all("rule" in c["add"] for c in cmds[4:]) and len(cmds) == 4 + 7
+    assert PRIORITY_NATIVE == 95 and PRIORITY_XT == -160  # srcnat - 5; before iptables mangle (-150)
+
+
+def test_rule_comments_fingerprint_the_expression() -> None:
+    assert rule_comments(spec()) == rule_comments(spec())
+    a, b = rule_comments(spec(queue_num=7)), rule_comments(spec(queue_num=8))
+    assert a[:3] == b[:3] and all(x != y for x, y in zip(a[3:], b[3:]))
+    assert rule_comments(spec(fail_open=False))[3] != a[3]
+    assert rule_comments(spec(backend="xt"))[3] != a[3]
+
+
+def test_spec_validation() -> None:
+    for bad in ({"table": "a b"}, {"table": 'x";'}, {"queue_num": 70000}, {"mark": 0}, {"mark": 0xFFFFFFFF}, {"backend": "q"}):
+        with pytest.raises(ValueError):
+            RulesetSpec(**bad)  # type: ignore[arg-type]
+
+
+def test_helper_commands() -> None:
+    assert delete_table_commands("t1") == [
+        {"add": {"table": {"family": "inet", "name": "t1"}}},
+        {"delete": {"table": {"family": "inet", "name": "t1"}}},
+    ]
+    probe = probe_commands("p", NATIVE_QUEUE_PROBE)
+    assert probe[0]["add"]["table"]["name"] == "p" and probe[-1] == {"delete": {"table": {"family": "inet", "name": "p"}}}
+    assert probe[2]["add"]["rule"]["expr"] == [NATIVE_QUEUE_PROBE]
+    assert "hook" not in probe[1]["add"]["chain"]  # the probe never sees traffic
+
+
+# --- elements -----------------------------------------------------------------
+
+
+def test_normalize_addresses() -> None:
+    assert normalize_addresses(["10.0.0.1", b"\x0a\x00\x00\x02"], 4) == {"10.0.0.1", "10.0.0.2"}
+    assert normalize_addresses(["FD00:0::0001"], 6) == {"fd00::1"}
+    with pytest.raises(ValueError):
+        normalize_addresses(["fd00::1"], 4)
+    with pytest.raises(ValueError):
+        normalize_addresses(["10.0.0.300"], 4)
+
+
+def test_diff_elements() -> None:
+    d = diff_elements({"a", "b"}, {"b", "c"})
+    assert d == ElementDelta(add=frozenset({"c"}), remove=frozenset({"a"}))
+    assert not diff_elements({"a"}, {"a"})
+
+
+def test_sync_commands_only_element_deltas() -> None:
+    s = spec()
+    cur = {"managed-v4": frozenset({"10.0.0.1", "10.0.0.2"}), "managed-v6": frozenset({"fd00::1"})}
+    want = {"managed-v4": frozenset({"10.0.0.2", "10.0.0.10", "10.0.0.3"}), "managed-v6": frozenset({"fd00::1"})}
+    cmds = sync_commands(s, s, cur, want)
+    ref = {"family": "inet", "table": "t1", "name": "managed-v4"}
+    assert cmds == [
+        {"delete": {"element": {**ref, "elem": ["10.0.0.1"]}}},
+        {"add": {"element": {**ref, "elem": ["10.0.0.3", "10.0.0.10"]}}},  # numeric order
+    ]
+    assert sync_commands(s, s, want, want) == []
+
+
+def test_sync_commands_divert_switch_flushes_and_refills_chain() -> None:
+    off, on = spec(), spec(divert_all=True)
+    cmds = sync_commands(off, on, {}, {})
+    assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "t1", "name": CHAIN}}}
+    assert [c["add"]["rule"]["comment"] for c in cmds[1:]] == rule_comments(on)
+    assert not any("delete" in c for c in cmds)  # the hooked chain is never deleted
+    assert sync_commands(on, off, {}, {})[1:] == [{"add": r} for r in rule_objects(off)]
+
+
+# --- reconcile -------------------------------------------------------------------
+
+
+def listing(s: RulesetSpec, v4: list[str] = (), v6: list[str] = ()) -> list[dict]:  # type: ignore[assignment]
+    """What libnftables lists for a table built from ``s`` (the parts the parser reads)."""
+    out: list[dict] = [{"table": {"family": "inet", "name": s.table, "handle": 1}}]
+    for name, typ, elems in (("managed-v4", "ipv4_addr", v4), ("managed-v6", "ipv6_addr", v6)):
+        st = {"family": "inet", "name": name, "table": s.table, "type": typ, "handle": 2}
+        if elems:
+            st["elem"] = list(elems)
+        out.append({"set": st})
+    out.append({"chain": {**create_commands(s)[3]["add"]["chain"], "handle": 3}})
+    for r in rule_objects(s):
+        out.append({"rule": {**r["rule"], "expr": [{"normalised": "differently"}], "handle": 9}})
+    return out
+
+
+def test_reconcile_from_nothing_creates_everything() -> None:
+    s = spec()
+    cmds, elems = reconcile_commands(s, None, {"managed-v4": frozenset({"10.0.0.1"}), "managed-v6": frozenset()})
+    assert cmds[: len(create_commands(s))] == create_commands(s)
+    assert cmds[len(create_commands(s)) :] == [
+        {"add": {"element": {"family": "inet", "table": "t1", "name": "managed-v4", "elem": ["10.0.0.1"]}}}
+    ]
+    assert elems == {"managed-v4": {"10.0.0.1"}, "managed-v6": frozenset()}
+
+
+def test_reconcile_up_to_date_table_sends_nothing() -> None:
+    s = spec()
+    state = parse_table(listing(s, ["10.0.0.1"]))
+    cmds, elems = reconcile_commands(s, state, None)
+    assert cmds == []
+    assert elems["managed-v4"] == {"10.0.0.1"}
+
+
+def test_reconcile_replaces_stale_elements_only() -> None:
+    s = spec()
+    state = parse_table(listing(s, ["10.0.0.1", "10.0.0.9"], ["fd00::9"]))
+    want = {"managed-v4": frozenset({"10.0.0.1", "10.0.0.2"}), "managed-v6": frozenset()}
+    cmds, elems = reconcile_commands(s, state, want)
+    ref = {"family": "inet", "table": "t1"}
+    assert cmds == [
+        {"delete": {"element": {**ref, "name": "managed-v4", "elem": ["10.0.0.9"]}}},
+        {"add": {"element": {**ref, "name": "managed-v4", "elem": ["10.0.0.2"]}}},
+        {"delete": {"element": {**ref, "name": "managed-v6", "elem": ["fd00::9"]}}},
+    ]
+    assert elems == want
+
+
+def test_reconcile_rewrites_rules_of_another_config_without_deleting_chain() -> None:
+    old, new = spec(fail_open=True), spec(fail_open=False)
+    cmds, _ = reconcile_commands(new, parse_table(listing(old, ["10.0.0.1"])), None)
+    assert cmds == [{"flush": {"chain": {"family": "inet", "table": "t1", "name": CHAIN}}}] + [
+        {"add": r} for r in rule_objects(new)
+    ]
+
+
+def test_reconcile_recreates_chain_with_wrong_priority() -> None:
+    old, new = spec(backend="nft"), spec(backend="xt")
+    cmds, elems = reconcile_commands(new, parse_table(listing(old, ["10.0.0.1"])), None)
+    chain_ref = {"family": "inet", "table": "t1", "name": CHAIN}
+    assert cmds[:2] == [{"flush": {"chain": chain_ref}}, {"delete": {"chain": chain_ref}}]
+    assert cmds[2]["add"]["chain"]["prio"] == PRIORITY_XT
+    assert [c["add"]["rule"]["comment"] for c in cmds[3:]] == rule_comments(new)
+    assert elems["managed-v4"] == {"10.0.0.1"}  # the sets are fine and keep their elements
+
+
+def test_reconcile_recreates_wrong_sets_and_drops_foreign_objects() -> None:
+    s = spec()
+    items = listing(s, ["10.0.0.1"], ["fd00::1"])
+    items[1]["set"]["flags"] = ["interval"]
+    items[1]["set"]["elem"] = [{"prefix": {"addr": "10.0.0.0", "len": 24}}]
+    items.append({"set": {"family": "inet", "name": "old-set", "table": "t1", "type": "ipv4_addr"}})
+    items.append({"chain": {"family": "inet", "table": "t1", "name": "old-chain", "handle": 5}})
+    cmds, elems = reconcile_commands(s, parse_table(items), None)
+    ref = {"family": "inet", "table": "t1"}
+    assert cmds[:5] == [
+        {"flush": {"chain": {**ref, "name": "old-chain"}}},
+        {"flush": {"chain": {**ref, "name": CHAIN}}},  # its rules use the set that goes
+        {"delete": {"chain": {**ref, "name": "old-chain"}}},
+        {"delete": {"set": {**ref, "name": "managed-v4"}}},
+        {"delete": {"set": {**ref, "name": "old-set"}}},
+    ]
+    assert cmds[5] == {"add": {"set": {**ref, "name": "managed-v4", "type": "ipv4_addr"}}}
+    assert [c["add"]["rule"]["comment"] for c in cmds[6:]] == rule_comments(s)
+    assert elems == {"managed-v4": frozenset(), "managed-v6": {"fd00::1"}}
+
+
+def test_installed_divert_all() -> None:
+    s = spec()
+    assert installed_divert_all(s, parse_table(listing(replace(s, divert_all=True)))) is True
+    assert installed_divert_all(s, parse_table(listing(s))) is False
+    assert installed_divert_all(s, parse_table(listing(spec(queue_num=9)))) is None
+    assert installed_divert_all(s, None) is None
+
+
+# --- xt rule arguments -------------------------------------------------------------
+
+
+def test_xt_queue_rule_args() -> None:
+    assert queue_rule_args(mark=0x200000, queue_num=7, bypass=True, comment="kube-netpol") == [
+        "-m", "mark", "--mark", "0x200000/0x200000",
+        "-m", "comment", "--comment", "kube-netpol",
+        "-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass",
+    ]  # fmt: skip
+    assert "--queue-bypass" not in queue_rule_args(mark=1, queue_num=0, bypass=False, comment="c")
+
+
+SAVE = """-P POSTROUTING ACCEPT
+-A POSTROUTING -m mark --mark 0x200000/0x200000 -m comment --comment kube-netpol -j NFQUEUE --queue-num 7
+-A POSTROUTING -m comment --comment "kube-netpol other" -j ACCEPT
+-A POSTROUTING -m comment --comment kube-netpol-2 -j ACCEPT
+-A KUBE-X -m comment --comment kube-netpol -j ACCEPT
+"""
+
+
+def test_xt_parse_rules_finds_exactly_our_comment() -> None:
+    assert parse_rules(SAVE, "kube-netpol") == [
+        ["-m", "mark", "--mark", "0x200000/0x200000", "-m", "comment", "--comment", "kube-netpol",
+         "-j", "NFQUEUE", "--queue-num", "7"],
+    ]  # fmt: skip
+
+
+class FakeRunner:
+    """Stands in for iptables and ip6tables: one POSTROUTING chain each, as argument lists."""
+
+    def __init__(self, rules: list[list[str]]) -> None:
+        self.chains: dict[str, list[list[str]]] = {"iptables": rules, "ip6tables": []}
+        self.calls: list[list[str]] = []
+
+    @property
+    def rules(self) -> list[list[str]]:
+        return self.chains["iptables"]
+
+    def __call__(self, args: list[str]) -> Any:
+        import subprocess
+
+        self.calls.append(args)
+        assert args[1:5] == ["-w", "5", "-t", "mangle"]
+        chain, op = self.chains[args[0]], args[5:]
+        if op[0] == "-S":
+            out = "-P POSTROUTING ACCEPT\n" + "".join("-A POSTROUTING " + " ".join(r) + "\n" for r in chain)
+            return subprocess.CompletedProcess(args, 0, out, "")
+        if op[0] == "-I":
+            chain.insert(int(op[2]) - 1, op[3:])
+        elif op[0] == "-D":
+            chain.remove(op[2:])
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+def test_xt_ensure_inserts_first_then_removes_stale() -> None:
+    want = queue_rule_args(mark=0x200000, queue_num=7, bypass=True, comment="kn")
+    stale = queue_rule_args(mark=0x200000, queue_num=3, bypass=True, comment="kn")
+    foreign = ["-j", "ACCEPT"]
+    run = FakeRunner([foreign, stale])
+    xt = Xtables(runner=run)
+    assert xt.ensure(4, want, "kn", remove_stale=False)
+    assert run.rules == [want, foreign, stale]
+    assert xt.ensure(4, want, "kn")
+    assert run.rules == [want, foreign]
+    assert not xt.ensure(4, want, "kn")
+    run.rules.append(list(want))  # a duplicate from some accident
+    assert xt.ensure(4, want, "kn") and sorted(run.rules) == sorted([want, foreign])  # one copy left
+    assert xt.remove_ours(4, "kn") == 1 and run.rules == [foreign]
+    assert {c[0] for c in run.calls} == {"iptables"}
+    Xtables(runner=run).list_ours(6, "kn")
+    assert run.calls[-1][0] == "ip6tables"
+
+
+# --- queue backend choice ------------------------------------------------------------
+
+
+class FakeNft:
+    """Records transactions; ``tables`` is what list_table answers."""
+
+    def __init__(self, native_queue: bool = True, tables: dict[str, list[dict]] | None = None) -> None:
+        self.native_queue = native_queue
+        self.tables = tables or {}
+        self.transactions: list[list[dict]] = []
+        self.fail_next = False
+
+    def run(self, commands: list[dict]) -> list[dict]:
+        commands = copy.deepcopy(list(commands))
+        if not self.native_queue and '"queue"' in json.dumps(commands):
+            raise NftablesError("Error: Could not process rule: No such file or directory", -1, commands)
+        if self.fail_next:
+            self.fail_next = False
+            raise NftablesError("Error: Could not process rule: No such file or directory", -1, commands)
+        self.transactions.append(commands)
+        return []
+
+    def list_table(self, table: str) -> list[dict] | None:
+        return self.tables.get(table)
+
+
+def test_resolve_queue_backend() -> None:
+    assert resolve_queue_backend("auto", FakeNft(native_queue=True)) == "nft"  # type: ignore[arg-type]
+    assert resolve_queue_backend("auto", FakeNft(native_queue=False)) == "xt"  # type: ignore[arg-type]
+    assert resolve_queue_backend("xt", FakeNft(native_queue=True)) == "xt"  # type: ignore[arg-type]
+    assert resolve_queue_backend("nft", FakeNft(native_queue=True)) == "nft"  # type: ignore[arg-type]
+    with pytest.raises(QueueBackendUnavailable, match="no nftables queue expression"):
+        resolve_queue_backend("nft", FakeNft(native_queue=False))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        resolve_queue_backend("bogus", FakeNft())  # type: ignore[arg-type]
+
+
+def test_probe_raises_other_errors() -> None:
+    class Broken(FakeNft):
+        def run(self, commands: list[dict]) -> list[dict]:
+            raise NftablesError("Error: Operation not permitted", -1, commands)
+
+    with pytest.raises(NftablesError, match="not permitted"):
+        queue_backend.detect_queue_backend(Broken())  # type: ignore[arg-type]
+
+
+# --- Dataplane transactions -------------------------------------------------------
+
+
+def make_dataplane(native: bool = True, tables: dict | None = None, **cfg: Any) -> tuple[Dataplane, FakeNft, FakeRunner]:
+    nft = FakeNft(native_queue=native, tables=tables)
+    run = FakeRunner([])
+    config = DataplaneConfig(table="t1", queue_num=7, **cfg)
+    return Dataplane(config, nft=nft, xtables=Xtables(runner=run)), nft, run  # type: ignore[arg-type]
+
+
+def test_dataplane_start_and_sync_are_single_transactions() -> None:
+    dp, nft, run = make_dataplane(native=True)
+    with pytest.raises(DataplaneError):
+        dp.sync([], [], False)
+    assert dp.start(["10.0.0.1"], []) == "nft"
+    assert len(nft.transactions) == 2  # the probe, then the table
+    assert nft.transactions[1][-1]["add"]["element"]["elem"] == ["10.0.0.1"]
+    assert not any(c[5] == "-I" for c in run.calls)  # native backend: no xt rule added
+
+    nft.transactions.clear()
+    assert dp.sync(["10.0.0.2"], ["fd00::1"], False)
+    assert len(nft.transactions) == 1
+    kinds = [(next(iter(c)), next(iter(c.values()))["element"]["name"]) for c in nft.transactions[0]]
+    assert kinds == [("delete", "managed-v4"), ("add", "managed-v4"), ("add", "managed-v6")]
+    assert dp.managed == ({"10.0.0.2"}, {"fd00::1"})
+
+    assert not dp.sync(["10.0.0.2"], ["fd00::1"], False)
+    assert len(nft.transactions) == 1  # nothing to do, nothing sent
+
+    assert dp.sync(["10.0.0.2"], ["fd00::1"], True)
+    assert nft.transactions[-1][0] == {"flush": {"chain": {"family": "inet", "table": "t1", "name": CHAIN}}}
+    assert dp.divert_all
+    assert dp.sync_managed(["10.0.0.3"], []) and dp.divert_all
+    assert dp.set_divert_all(False) and dp.managed == ({"10.0.0.3"}, frozenset())
+
+
+def test_dataplane_xt_backend_adds_xt_rules_for_both_families() -> None:
+    dp, nft, run = make_dataplane(native=False, fail_open=False, mark=0x100000)
+    assert dp.start() == "xt"
+    inserted = [c for c in run.calls if c[5] == "-I"]
+    assert [c[0] for c in inserted] == ["iptables", "ip6tables"]
+    rule = queue_rule_args(mark=0x100000, queue_num=7, bypass=False, comment="t1")
+    assert inserted[0][6:] == ["POSTROUTING", "1", *rule]
+    assert run.chains == {"iptables": [rule], "ip6tables": [rule]}
+    table_tx = nft.transactions[-1]
+    assert table_tx[3]["add"]["chain"]["prio"] == PRIORITY_XT
+
+
+def test_dataplane_sync_repairs_after_kernel_surprise() -> None:
+    dp, nft, _ = make_dataplane()
+    dp.start(["10.0.0.1"], [])
+    nft.fail_next = True  # e.g. someone flushed the set: deleting 10.0.0.1 fails
+    nft.tables["t1"] = listing(dp.spec)  # kernel: the table with empty sets
+    assert dp.sync(["10.0.0.2"], [], False)
+    assert nft.transactions[-1] == [
+        {"add": {"element": {"family": "inet", "table": "t1", "name": "managed-v4", "elem": ["10.0.0.2"]}}}
+    ]
+    assert dp.managed[0] == {"10.0.0.2"}
+
+
+def test_dataplane_start_keeps_earlier_elements_and_mode_when_not_told() -> None:
+    earlier = spec(backend="nft", divert_all=True)
+    dp, nft, _ = make_dataplane(tables={"t1": listing(earlier, ["10.0.0.5"], ["fd00::5"])})
+    dp.start()
+    assert len(nft.transactions) == 1  # only the probe: nothing to repair
+    assert dp.divert_all and dp.managed == ({"10.0.0.5"}, {"fd00::5"})
+
+
+def test_dataplane_stop_fail_open_keeps_fail_closed_removes() -> None:
+    dp, nft, run = make_dataplane(native=False, fail_open=True)
+    dp.start()
+    before = len(nft.transactions)
+    dp.stop()
+    assert len(nft.transactions) == before and not any(c[5] == "-D" for c in run.calls)
+    assert not dp.started
+
+    dp, nft, run = make_dataplane(native=False, fail_open=False)
+    dp.start()
+    dp.stop()
+    assert nft.transactions[-1] == delete_table_commands("t1")
+    assert run.chains == {"iptables": [], "ip6tables": []}
+    assert sum(c[5] == "-D" for c in run.calls) == 2
+
+
+def test_cleanup_is_idempotent_and_tolerates_missing_binaries() -> None:
+    nft = FakeNft()
+
+    def missing(args: list[str]) -> Any:
+        raise FileNotFoundError(args[0])
+
+    cleanup("t1", nft=nft, xtables=Xtables(runner=missing))  # type: ignore[arg-type]
+    cleanup("t1", nft=nft, xtables=Xtables(runner=missing))  # type: ignore[arg-type]
+    assert nft.transactions == [delete_table_commands("t1")] * 2
+    with pytest.raises(ValueError):
+        cleanup("bad name", nft=nft)  # type: ignore[arg-type]
