@@ -15,6 +15,9 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import Decision, Verdict
 
+ACCEPT = Verdict.ACCEPT
+DENY = Verdict.DENY
+
 #: What a direction gets when every evaluator said NEXT.
 END_OF_PIPELINE = Decision(Verdict.ACCEPT, reason="no evaluator decided; the end of the pipeline accepts")
 
@@ -22,19 +25,36 @@ END_OF_PIPELINE = Decision(Verdict.ACCEPT, reason="no evaluator decided; the end
 DEFAULT_CACHE_SIZE = 65536
 
 
-@dataclass(frozen=True, slots=True)
 class Judgement:
-    """The engine's answer for one packet; ``*_by`` names the deciding evaluator ("" at end of pipeline)."""
+    """The engine's answer for one packet; ``*_by`` names the deciding evaluator ("" at end of pipeline).
 
-    verdict: Verdict
-    egress: Decision
-    egress_by: str
-    ingress: Decision
-    ingress_by: str
+    A plain slotted class: one is built per uncached packet, and a frozen
+    dataclass's constructor costs several times more. Treat it as immutable.
+    """
+
+    __slots__ = ("verdict", "egress", "egress_by", "ingress", "ingress_by")
+
+    def __init__(self, verdict: Verdict, egress: Decision, egress_by: str, ingress: Decision, ingress_by: str) -> None:
+        self.verdict = verdict
+        self.egress = egress
+        self.egress_by = egress_by
+        self.ingress = ingress
+        self.ingress_by = ingress_by
 
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ACCEPT
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Judgement):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (
+            f"Judgement({self.verdict.name}, egress={self.egress_by or 'end'}:{self.egress.policy}/{self.egress.rule}, "
+            f"ingress={self.ingress_by or 'end'}:{self.ingress.policy}/{self.ingress.rule})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +154,7 @@ class PolicyEngine:
             if decision.verdict:
                 ingress, ingress_by = decision, evaluator.name
                 break
-        verdict = (
-            Verdict.ACCEPT
-            if egress.verdict is Verdict.ACCEPT and ingress.verdict is Verdict.ACCEPT
-            else Verdict.DENY
-        )
+        verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
         return Judgement(verdict, egress, egress_by, ingress, ingress_by)
 
     def explain(self, packet: Packet) -> Explanation:

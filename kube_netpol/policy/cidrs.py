@@ -9,7 +9,7 @@ from kube_netpol.policy.errors import InvalidObject
 
 
 def parse_cidr(text: object, path: str = "cidr") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A CIDR as the API server validates it: address/prefix, host bits allowed to be zero only."""
+    """A CIDR as address/prefix; host bits are masked off, as the API server's parser does."""
     if not isinstance(text, str) or "/" not in text:
         raise InvalidObject(f"invalid CIDR {text!r}: expected address/prefix", path)
     try:

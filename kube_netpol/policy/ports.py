@@ -10,8 +10,8 @@ from kube_netpol.policy.errors import InvalidObject
 
 
 def parse_protocol(value: object, path: str, default: str = "TCP") -> int:
-    """A Kubernetes protocol name (TCP, UDP, SCTP; absent means ``default``) as its IP number."""
-    if value is None or value == "":
+    """A Kubernetes protocol name (TCP, UDP, SCTP; absent means ``default``; "" is refused) as its IP number."""
+    if value is None:
         value = default
     number = PROTOCOL_BY_NAME.get(value) if isinstance(value, str) else None
     if number is None:

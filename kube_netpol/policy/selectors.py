@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from kube_netpol.policy.errors import InvalidObject
 
 _SET_OPERATORS = ("In", "NotIn")
+_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def check_label_key(key: object, path: str) -> str:
+    """A qualified name, as the API server requires: [prefix/]name."""
+    if not isinstance(key, str):
+        raise InvalidObject(f"invalid label key {key!r}", path)
+    prefix, _, name = key.rpartition("/")
+    if (
+        not name
+        or len(name) > 63
+        or not _NAME.match(name)
+        or ("/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)))
+    ):
+        raise InvalidObject(f"invalid label key {key!r}", path)
+    return key
+
+
+def check_label_value(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidObject(f"label value {value!r} must be a string", path)
+    if len(value) > 63 or (value and not _NAME.match(value)):
+        raise InvalidObject(f"invalid label value {value!r}", path)
+    return value
 _EXISTENCE_OPERATORS = ("Exists", "DoesNotExist")
 
 
@@ -68,31 +94,40 @@ def parse_label_selector(obj: Any, path: str = "selector") -> LabelSelector:
     unknown = set(obj) - {"matchLabels", "matchExpressions"}
     if unknown:
         raise InvalidObject(f"unknown field(s) {sorted(unknown)}", path)
-    match_labels = obj.get("matchLabels") or {}
+    match_labels = obj.get("matchLabels")
+    if match_labels is None:
+        match_labels = {}
     if not isinstance(match_labels, Mapping):
         raise InvalidObject("must be an object", f"{path}.matchLabels")
     equal: list[tuple[str, str]] = []
     for key, value in match_labels.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidObject(f"invalid label key {key!r}", f"{path}.matchLabels")
-        if not isinstance(value, str):
-            raise InvalidObject(f"label value for {key!r} must be a string", f"{path}.matchLabels")
-        equal.append((key, value))
+        where = f"{path}.matchLabels"
+        equal.append((check_label_key(key, where), check_label_value(value, where)))
     expressions: list[tuple[str, str, frozenset[str]]] = []
-    raw_expressions = obj.get("matchExpressions") or []
+    raw_expressions = obj.get("matchExpressions")
+    if raw_expressions is None:
+        raw_expressions = []
     if not isinstance(raw_expressions, list):
         raise InvalidObject("must be a list", f"{path}.matchExpressions")
     for i, expr in enumerate(raw_expressions):
         where = f"{path}.matchExpressions[{i}]"
         if not isinstance(expr, Mapping):
             raise InvalidObject("must be an object", where)
+        unknown_fields = set(expr) - {"key", "operator", "values"}
+        if unknown_fields:
+            raise InvalidObject(f"unknown field(s) {sorted(unknown_fields)}", where)
         key = expr.get("key")
         operator = expr.get("operator")
-        values = expr.get("values") or []
-        if not isinstance(key, str) or not key:
+        values = expr.get("values")
+        if values is None:
+            values = []
+        if not key:
             raise InvalidObject("key is required", where)
+        check_label_key(key, where)
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise InvalidObject("values must be a list of strings", where)
+        for value in values:
+            check_label_value(value, f"{where}.values")
         if operator in _SET_OPERATORS:
             if not values:
                 raise InvalidObject(f"operator {operator} needs at least one value", where)

@@ -250,9 +250,9 @@ class ClusterState:
     def _set_node(self, record: NodeRecord) -> None:
         old = self.nodes.get(record.name)
         self.nodes[record.name] = record
-        if old is not None and old.labels != record.labels:
-            self._refresh_node_pods(record.name)
-        elif old is None:
+        if old == record:
+            return  # status heartbeats change nothing policies read; keep the verdict cache
+        if old is None or old.labels != record.labels:
             self._refresh_node_pods(record.name)
         self._emit(Change("Node", ("", record.name), old, record))
 
