@@ -93,8 +93,13 @@ class Agent:
         self._last_strict = 0.0
         self._node_addresses: frozenset[bytes] = frozenset()
         self._dataplane_ready = threading.Event()
+        self._wake = threading.Event()
+        # When the oldest change not yet in the dataplane reached us (monotonic seconds).
+        self._pending_since = 0.0
         self.sync_listeners: list[Callable[[float, bool], None]] = []  # (seconds, ok)
-        self.engine.add_sync_listener(self._dirty.set)
+        self.apply_listeners: list[Callable[[float], None]] = []  # change received -> enforced, seconds
+        self.engine.add_sync_listener(self._engine_changed)
+        self.state.subscribe(lambda _change: self._note_pending())
 
     # ------------------------------------------------------------ health
 
@@ -111,7 +116,17 @@ class Agent:
 
     def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` on the control thread (the state's only writer)."""
+        self._note_pending()
         self._work.put(work)
+        self._wake.set()
+
+    def _note_pending(self) -> None:
+        if not self._pending_since:
+            self._pending_since = time.monotonic()
+
+    def _engine_changed(self) -> None:
+        self._dirty.set()
+        self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then leave the dataplane as fail-open/closed asks."""
@@ -135,6 +150,9 @@ class Agent:
             log.info("agent ready: pipeline %s, queue backend %s, node %s",
                      ",".join(self.config.pipeline), backend, self.config.node_name)
             self._dirty.clear()
+            self._pending_since = 0.0
+            stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
+            stop_waker.start()
             while not stop.is_set():
                 self._drain_work()
                 self.source.poll()
@@ -151,7 +169,10 @@ class Agent:
                     self._last_strict = time.monotonic()
                     self._node_addresses = node_addresses()
                     self._enforce_strict_mode()
-                stop.wait(CONTROL_INTERVAL)
+                if stop.is_set():
+                    break
+                self._wake.wait(CONTROL_INTERVAL)
+                self._wake.clear()
         finally:
             stop.set()
             packet_thread.join(timeout=5)
@@ -192,6 +213,11 @@ class Agent:
             self._dirty.set()
         for listener in self.sync_listeners:
             listener(time.perf_counter() - started, ok)
+        if ok and self._pending_since:
+            latency = time.monotonic() - self._pending_since
+            self._pending_since = 0.0
+            for apply_listener in self.apply_listeners:
+                apply_listener(latency)
 
     def _enforce_strict_mode(self) -> None:
         """Delete conntrack entries of connections the current policies deny."""

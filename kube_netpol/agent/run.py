@@ -49,6 +49,8 @@ def register(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from kube_netpol.agent.controller import Agent
     from kube_netpol.agent.http import serve_http
+    from kube_netpol.observability.metrics import AgentCollector, VerdictMetrics
+    from prometheus_client import REGISTRY
 
     try:
         config = config_from_args(args)
@@ -65,11 +67,21 @@ def run_command(args: argparse.Namespace) -> int:
         print("kube-netpol run: the Kubernetes API source is not available in this build; use --manifests DIR",
               file=sys.stderr)
         return 2
+    verdict_metrics = VerdictMetrics(audit=config.audit)
     try:
-        agent = Agent(config, source_factory)
+        agent = Agent(config, source_factory, observer=verdict_metrics.observe)
     except PluginError as err:
         print(f"kube-netpol run: {err}", file=sys.stderr)
         return 2
+    collector = AgentCollector(
+        verdict_metrics,
+        invalid_objects=lambda: dict(agent.state.invalid_objects),
+        managed_ips=lambda: tuple(len(s) for s in agent.dataplane.managed) if agent.dataplane.started else (0, 0),
+        cache_stats=lambda: (agent.engine.cache_hits, agent.engine.cache_misses),
+    )
+    REGISTRY.register(collector)
+    agent.sync_listeners.append(collector.record_sync)
+    agent.apply_listeners.append(collector.record_apply_latency)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -1,0 +1,1 @@
+"""What the agent tells operators: metrics, decision records, explanations."""

@@ -1,0 +1,105 @@
+"""Metrics: reference names, labels and values, gathered at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kube_netpol.api import Decision, Packet, Verdict
+from kube_netpol.engine import END_OF_PIPELINE, Judgement
+from kube_netpol.observability.metrics import AgentCollector, VerdictMetrics
+from kube_netpol.observability.nfqueue_proc import QueueStats, parse_nfqueue_stats
+
+DENY = Decision(Verdict.DENY, "x/deny-all", "", "isolated")
+ALLOW = Decision(Verdict.ACCEPT, "x/allow-y", "ingress[0]")
+TCP4 = Packet(4, 6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 40000, 80)
+UDP6 = Packet(6, 17, b"\x00" * 15 + b"\x01", b"\x00" * 15 + b"\x02", 40000, 53)
+
+
+def scrape(collector: AgentCollector) -> dict[str, list]:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def collector(verdicts: VerdictMetrics, queues: list[QueueStats] | None = None) -> AgentCollector:
+    return AgentCollector(
+        verdicts,
+        invalid_objects=lambda: {"NetworkPolicy": 2},
+        managed_ips=lambda: (3, 1),
+        cache_stats=lambda: (10, 4),
+        queue_stats=lambda: queues or [],
+    )
+
+
+def test_reference_names_labels_and_values() -> None:
+    verdicts = VerdictMetrics()
+    verdicts.observe(TCP4, Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", ALLOW, "networkpolicy"), True, 5_000)
+    verdicts.observe(TCP4, Judgement(Verdict.DENY, END_OF_PIPELINE, "", DENY, "networkpolicy"), False, 300_000)
+    verdicts.observe(UDP6, Judgement(Verdict.DENY, END_OF_PIPELINE, "", DENY, "networkpolicy"), False, 40_000)
+    samples = scrape(collector(verdicts, [QueueStats(100, 1, 2, 2, 128, 7, 1, 99)]))
+
+    counts = {(l["protocol"], l["family"], l["verdict"]): v for l, v in samples["kube_network_policies_packet_count"]}
+    assert counts == {("TCP", "IPv4", "accept"): 1, ("TCP", "IPv4", "drop"): 1, ("UDP", "IPv6", "drop"): 1}
+    buckets = {(l["protocol"], l["le"]): v for l, v in samples["kube_network_policies_packet_process_time_bucket"]}
+    assert buckets[("TCP", "10.0")] == 1 and buckets[("TCP", "500.0")] == 2 and buckets[("UDP", "50.0")] == 1
+    assert dict((l["protocol"], v) for l, v in samples["kube_network_policies_packet_process_time_count"]) == {"TCP": 2, "UDP": 1}
+    assert samples["kube_network_policies_packet_process_duration_microseconds_count"] == [({}, 3.0)]
+    quantiles = {l["quantile"]: v for l, v in samples["kube_network_policies_packet_process_duration_microseconds"]}
+    assert quantiles["0.5"] == 40.0 and quantiles["0.99"] == 300.0
+
+    by_policy = {(l["direction"], l["evaluator"], l["policy"], l["verdict"]): v
+                 for l, v in samples["kube_network_policies_verdicts_by_policy"]}
+    assert by_policy[("ingress", "networkpolicy", "x/deny-all", "deny")] == 2
+    assert by_policy[("ingress", "networkpolicy", "x/allow-y", "allow")] == 1
+    assert by_policy[("egress", "(none)", "(none)", "allow")] == 3
+
+    assert samples["kube_network_policies_nfqueue_queue_total"] == [({"queue": "100"}, 2)]
+    assert samples["kube_network_policies_nfqueue_queue_dropped"] == [({"queue": "100"}, 7)]
+    assert samples["kube_network_policies_nfqueue_user_dropped"] == [({"queue": "100"}, 1)]
+    assert samples["kube_network_policies_nfqueue_packet_id"] == [({"queue": "100"}, 99)]
+    assert samples["kube_network_policies_invalid_objects"] == [({"kind": "NetworkPolicy"}, 2)]
+    assert {l["family"]: v for l, v in samples["kube_network_policies_managed_pod_ips"]} == {"IPv4": 3, "IPv6": 1}
+    assert {l["result"]: v for l, v in samples["kube_network_policies_verdict_cache"]} == {"hit": 10, "miss": 4}
+    assert samples["kube_network_policies_build_info"][0][1] == 1
+
+
+def test_policy_labels_are_bounded() -> None:
+    verdicts = VerdictMetrics(top_policies=2)
+    decisions = [Decision(Verdict.DENY, f"x/p{i}", "") for i in range(5)]
+    for i, decision in enumerate(decisions):
+        for _ in range(10 - i):
+            verdicts.observe(TCP4, Judgement(Verdict.DENY, END_OF_PIPELINE, "", decision, "networkpolicy"), False, 1000)
+    samples = scrape(collector(verdicts))
+    policies = {l["policy"]: v for l, v in samples["kube_network_policies_verdicts_by_policy"] if l["direction"] == "ingress"}
+    assert policies == {"x/p0": 10, "x/p1": 9, "(other)": 8 + 7 + 6}
+
+
+def test_audit_marks_what_would_have_been_denied() -> None:
+    verdicts = VerdictMetrics(audit=True)
+    verdicts.observe(TCP4, Judgement(Verdict.DENY, END_OF_PIPELINE, "", DENY, "networkpolicy"), True, 1000)
+    samples = scrape(collector(verdicts))
+    assert samples["kube_network_policies_audit_would_deny_count"] == [({"protocol": "TCP", "family": "IPv4"}, 1)]
+    assert samples["kube_network_policies_packet_count"][0][0]["verdict"] == "accept"
+
+
+def test_sync_and_apply_latency() -> None:
+    agent_collector = collector(VerdictMetrics())
+    agent_collector.record_sync(0.002, True)
+    agent_collector.record_sync(0.2, False)
+    agent_collector.record_apply_latency(0.03)
+    samples = scrape(agent_collector)
+    assert samples["kube_network_policies_dataplane_sync_duration_seconds_count"] == [({}, 2)]
+    assert samples["kube_network_policies_dataplane_sync_errors"] == [({}, 1)]
+    buckets = {l["le"]: v for l, v in samples["kube_network_policies_policy_apply_latency_seconds_bucket"]}
+    assert buckets["0.025"] == 0 and buckets["0.05"] == 1
+
+
+def test_proc_parsing() -> None:
+    text = "  100  12345     0 2   128     3     4      250  1\n  101  1 0 2 128 0 0 0 1\ngarbage line\n"
+    assert parse_nfqueue_stats(text) == [QueueStats(100, 12345, 0, 2, 128, 3, 4, 250), QueueStats(101, 1, 0, 2, 128, 0, 0, 0)]
