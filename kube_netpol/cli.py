@@ -11,6 +11,7 @@ from typing import Sequence
 # ``func`` (args -> exit code) on it.
 SUBCOMMAND_MODULES = (
     "kube_netpol.agent.run",
+    "kube_netpol.agent.cleanup",
     "kube_netpol.conformance.cli",
 )
 
