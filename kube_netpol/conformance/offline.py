@@ -1,0 +1,79 @@
+"""The `offline` mode: no kernel; every probe's first packet is judged by the PolicyEngine.
+
+The engine is assembled exactly as the agent assembles it (``build_engine``
+over a ``ClusterState``), and the state is fed incrementally, step by step,
+so the engine's verdict cache must follow every change, as in the agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Sequence
+
+from kube_netpol.api.packet import PROTOCOL_BY_NAME, Packet
+from kube_netpol.api.verdict import Decision
+from kube_netpol.conformance.backend import BackendSetup
+from kube_netpol.conformance.cluster import StepChange
+from kube_netpol.conformance.probes import Probe
+from kube_netpol.plugins import DEFAULT_PIPELINE, build_engine
+from kube_netpol.state.store import ClusterState
+
+#: Source ports of probes: 40000, 40001, ... (the engine never looks at them; a lab would).
+EPHEMERAL_FIRST = 40000
+EPHEMERAL_COUNT = 20000
+
+
+class OfflineBackend:
+    def __init__(self, evaluators: Sequence[str] = DEFAULT_PIPELINE) -> None:
+        self.state = ClusterState()
+        self._refused: list[str] = []
+        self.state.subscribe_invalid(lambda kind, ref, reason: self._refused.append(f"{kind} {ref} refused: {reason}"))
+        self.engine = build_engine(self.state, evaluators)
+
+    def apply(self, change: StepChange) -> list[str]:
+        self._refused = []
+        for ref in change.deletes:
+            self.state.delete(ref.kind, ref.namespace, ref.name)
+        for obj in change.applies:
+            self.state.apply(obj)
+        return self._refused
+
+    def run(self, probes: Sequence[Probe]) -> list[bool]:
+        return [self.engine.evaluate(packet_of(probe, n)).allowed for n, probe in enumerate(probes)]
+
+    def explain(self, probe: Probe) -> str:
+        judgement = self.engine.explain(packet_of(probe, 0)).judgement
+        return (
+            f"egress: {_describe(judgement.egress_by, judgement.egress)}; "
+            f"ingress: {_describe(judgement.ingress_by, judgement.ingress)}"
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def create_backend(setup: BackendSetup) -> OfflineBackend:
+    return OfflineBackend()
+
+
+def packet_of(probe: Probe, n: int) -> Packet:
+    """The first packet of the probe's connection."""
+    src = ipaddress.ip_address(probe.src_ip)
+    return Packet(
+        src.version,
+        PROTOCOL_BY_NAME[probe.protocol],
+        src.packed,
+        ipaddress.ip_address(probe.dst_ip).packed,
+        EPHEMERAL_FIRST + n % EPHEMERAL_COUNT,
+        probe.port,
+    )
+
+
+def _describe(evaluator: str, decision: Decision) -> str:
+    if not evaluator:
+        return "ACCEPT (no evaluator decided)"
+    parts = [evaluator, decision.verdict.name]
+    parts += [text for text in (decision.policy, decision.rule) if text]
+    if decision.reason:
+        parts.append(f"({decision.reason})")
+    return " ".join(parts)
