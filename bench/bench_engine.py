@@ -3,7 +3,10 @@
 
 A cluster of 10,000 pods (100 namespaces of 100 pods). A few policies select
 the pods of the measured packets; all the others select pods in the same
-namespaces by labels no measured pod has. The measured call is
+namespaces by labels no measured pod has. The full default pipeline runs
+(AdminNetworkPolicy, NetworkPolicy, BaselineAdminNetworkPolicy), with one ANP
+and the BANP selecting the measured pods and policies/10 more ANPs selecting
+none. The measured call is
 ``PolicyEngine.evaluate_uncached`` (both pipelines, no verdict cache) after a
 warm-up, so per-pod indexes are built; ``evaluate`` with its verdict cache is
 reported too. Not a test: run it and copy the table into docs/performance.md.
@@ -55,6 +58,25 @@ def build_cluster(policies: int) -> ClusterState:
     ]
     for ns, name, spec in hot:
         state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"namespace": ns, "name": name}, "spec": spec})
+    # Admin policies: one that selects the measured destination (Pass from ns-1, Deny from ns-2,
+    # so NetworkPolicy still decides the measured flows), a BANP for every namespace that only
+    # denies a namespace the flows never come from, and a tenth of the count as ANPs whose
+    # subjects select no pod.
+    state.apply({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                 "metadata": {"name": "hot-anp"},
+                 "spec": {"priority": 5, "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns-0"}},
+                                                               "podSelector": {"matchLabels": {"app": "app-0"}}}},
+                          "ingress": [{"name": "pass-ns-1", "action": "Pass", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "ns-1"}}}]},
+                                      {"name": "deny-ns-2", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "ns-2"}}}]}]}})
+    state.apply({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+                 "metadata": {"name": "default"},
+                 "spec": {"subject": {"namespaces": {}},
+                          "ingress": [{"name": "deny-ns-99", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "ns-99"}}}]}]}})
+    for i in range(policies // 10):
+        state.apply({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                     "metadata": {"name": f"cold-anp-{i}"},
+                     "spec": {"priority": i % 1000, "subject": {"namespaces": {"matchLabels": {"team": f"none-{i}"}}},
+                              "ingress": [{"name": "deny", "action": "Deny", "from": [{"namespaces": {}}]}]}})
     for i in range(max(0, policies - len(hot))):
         state.apply({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
