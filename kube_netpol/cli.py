@@ -13,6 +13,8 @@ SUBCOMMAND_MODULES = (
     "kube_netpol.agent.run",
     "kube_netpol.agent.cleanup",
     "kube_netpol.conformance.cli",
+    "kube_netpol.lab.cli",
+    "kube_netpol.observability.explain_cli",
 )
 
 

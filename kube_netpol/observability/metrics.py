@@ -36,8 +36,14 @@ FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 
 def _counter(name: str, documentation: str, labels: Iterable[str]) -> Metric:
-    metric = Metric(name, documentation, "counter")
-    metric.name = name  # keep the reference's name: no "_total" suffix
+    """A counter under the reference's exact name.
+
+    The Go client exposes counters without a ``_total`` suffix; prometheus_client
+    would add one to the TYPE line of a ``counter``. Declaring the family
+    untyped keeps HELP, TYPE and samples under one name, so PromQL written for the
+    reference (``rate(kube_network_policies_packet_count[1m])``) works unchanged.
+    """
+    metric = Metric(name, documentation + " (counter)", "unknown")
     metric._labelnames = tuple(labels)  # type: ignore[attr-defined]
     return metric
 

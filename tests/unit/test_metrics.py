@@ -103,3 +103,15 @@ def test_sync_and_apply_latency() -> None:
 def test_proc_parsing() -> None:
     text = "  100  12345     0 2   128     3     4      250  1\n  101  1 0 2 128 0 0 0 1\ngarbage line\n"
     assert parse_nfqueue_stats(text) == [QueueStats(100, 12345, 0, 2, 128, 3, 4, 250), QueueStats(101, 1, 0, 2, 128, 0, 0, 0)]
+
+
+def test_counters_keep_the_reference_name_in_help_type_and_samples() -> None:
+    registry = CollectorRegistry()
+    verdicts = VerdictMetrics()
+    verdicts.observe(TCP4, Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", ALLOW, "networkpolicy"), True, 5_000)
+    registry.register(collector(verdicts))
+    text = generate_latest(registry).decode()
+    assert "# TYPE kube_network_policies_packet_count untyped" in text
+    assert "# HELP kube_network_policies_packet_count " in text
+    assert 'kube_network_policies_packet_count{family="IPv4",protocol="TCP",verdict="accept"} 1.0' in text
+    assert "_total" not in text.replace("nfqueue_queue_total", "")

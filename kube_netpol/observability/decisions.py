@@ -1,0 +1,325 @@
+"""Decision records: one JSON line per judged connection, rate-limited.
+
+The packet thread's share is ``DecisionLogger.observe``: a length check and
+one ``deque.append`` of a small tuple (the Packet and Judgement are shared,
+not copied). Everything else (pod names, JSON, I/O, the rate limit) happens
+on the logger's own thread, so a flood of connections can neither slow the
+verdict loop nor fill the disk: records beyond the queue's capacity are
+dropped and records beyond the rate are suppressed, both only counted, and a
+periodic summary line says how many were lost.
+
+Record layout (documented in docs/observability.md)::
+
+    {"time": "...Z", "level": "info", "logger": "kube_netpol.decisions", "msg": "connection denied",
+     "src": "x/a", "src_ip": "10.244.1.10", "dst": "y/b", "dst_ip": "10.244.2.11",
+     "family": "IPv4", "protocol": "TCP", "src_port": 40000, "dst_port": 80,
+     "verdict": "deny", "audit": false, "process_time_us": 12.5,
+     "egress": {"evaluator": null, "verdict": "allow", "policy": "", "rule": "", "reason": "..."},
+     "ingress": {"evaluator": "networkpolicy", "verdict": "deny", "policy": "y/deny-all", ...}}
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import logging
+import threading
+import time
+from typing import IO, Any, Callable, Deque
+
+from kube_netpol.api.evaluator import PodInfoProvider
+from kube_netpol.api.packet import PROTOCOL_NAMES, Packet
+from kube_netpol.api.verdict import Decision, Verdict
+from kube_netpol.engine import Judgement
+
+log = logging.getLogger(__name__)
+
+LOGGER_NAME = "kube_netpol.decisions"
+#: Records written per second at most, and the burst the bucket allows after a quiet spell.
+DEFAULT_RATE = 100.0
+#: Records waiting for the writer; beyond this the packet thread drops (and counts) them.
+DEFAULT_CAPACITY = 10000
+#: How often the writer wakes up.
+DEFAULT_INTERVAL = 0.1
+#: At most one "suppressed K records" line per this many seconds.
+DEFAULT_REPORT_INTERVAL = 10.0
+FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
+
+#: What the packet thread queues: (wall time, packet, judgement, accepted, nanoseconds spent).
+Pending = tuple[float, Packet, Judgement, bool, int]
+VerdictObserver = Callable[[Packet, Judgement, bool, int], None]
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def format_time(seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds, as the JSON log lines write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+def verdict_word(verdict: Verdict) -> str:
+    """"allow"/"deny" for a final verdict (NEXT never reaches here: the end of the pipeline accepts)."""
+    return "deny" if verdict is Verdict.DENY else "allow"
+
+
+def direction_fields(evaluator: str, decision: Decision) -> dict[str, Any]:
+    """What decided one direction; ``evaluator`` is None when the end of the pipeline did."""
+    return {
+        "evaluator": evaluator or None,
+        "verdict": verdict_word(decision.verdict),
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "reason": decision.reason,
+    }
+
+
+def endpoint_name(provider: PodInfoProvider | None, address: bytes) -> str:
+    """``namespace/pod`` of the pod owning ``address``, else the address as text."""
+    info = provider.pod_info_by_ip(address) if provider is not None else None
+    if info is not None and info.name:
+        return f"{info.namespace.name}/{info.name}"
+    return str(ipaddress.ip_address(address))
+
+
+def decision_record(
+    when: float,
+    packet: Packet,
+    judgement: Judgement,
+    accepted: bool,
+    elapsed_ns: int,
+    provider: PodInfoProvider | None,
+) -> dict[str, Any]:
+    """The record of one judged connection (names resolved now, at write time)."""
+    allowed = judgement.verdict is Verdict.ACCEPT
+    would_deny = accepted and not allowed
+    record: dict[str, Any] = {
+        "time": format_time(when),
+        "level": "info",
+        "logger": LOGGER_NAME,
+        "msg": "connection allowed" if allowed else ("connection would be denied (audit)" if would_deny else "connection denied"),
+        "src": endpoint_name(provider, packet.src),
+        "src_ip": str(ipaddress.ip_address(packet.src)),
+        "dst": endpoint_name(provider, packet.dst),
+        "dst_ip": str(ipaddress.ip_address(packet.dst)),
+        "family": FAMILY_NAMES.get(packet.family, str(packet.family)),
+        "protocol": PROTOCOL_NAMES.get(packet.protocol, str(packet.protocol)),
+        "src_port": packet.src_port,
+        "dst_port": packet.dst_port,
+    }
+    if packet.icmp_type >= 0:
+        record["icmp_type"] = packet.icmp_type
+        record["icmp_code"] = packet.icmp_code
+    record["verdict"] = "allow" if allowed else "deny"
+    record["audit"] = would_deny
+    record["process_time_us"] = round(elapsed_ns / 1000, 1)
+    record["egress"] = direction_fields(judgement.egress_by, judgement.egress)
+    record["ingress"] = direction_fields(judgement.ingress_by, judgement.ingress)
+    return record
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``burst``; starts full."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("the rate must be positive and the burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self._last = now
+
+    def refill(self, now: float) -> None:
+        if now > self._last:
+            self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def take(self) -> bool:
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+# -------------------------------------------------------------------- logger
+
+
+class DecisionLogger:
+    """A VerdictObserver that writes decision records as JSON lines from a background thread.
+
+    ``provider`` (e.g. the agent's ClusterState) names the pods behind
+    addresses; it may be set after construction, before ``start``.
+    ``only_denied`` keeps only denied connections (audit ones included).
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        provider: PodInfoProvider | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: float | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+        only_denied: bool = False,
+        interval: float = DEFAULT_INTERVAL,
+        report_interval: float = DEFAULT_REPORT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        close_stream: bool = False,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("the capacity must be at least 1")
+        self.stream = stream
+        self.provider = provider
+        self.only_denied = only_denied
+        self.interval = interval
+        self.report_interval = report_interval
+        self._capacity = capacity
+        self._pending: Deque[Pending] = collections.deque()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._bucket = TokenBucket(rate, burst if burst is not None else max(rate, 1.0), clock())
+        self._close_stream = close_stream
+        # Written by the packet thread only; the writer only reads it.
+        self.queue_full = 0
+        # Written by the writer thread only.
+        self.written = 0
+        self.rate_limited = 0
+        self.write_errors = 0
+        self._reported_full = 0
+        self._unreported_limited = 0
+        self._last_report = clock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drain_lock = threading.Lock()
+
+    @classmethod
+    def to_file(cls, path: str, **options: Any) -> "DecisionLogger":
+        """A logger appending to ``path`` (line-buffered; closed by ``stop``)."""
+        stream = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - owned by the logger
+        return cls(stream, close_stream=True, **options)
+
+    @property
+    def suppressed(self) -> int:
+        """Records never written: dropped when the queue was full plus rate-limited."""
+        return self.queue_full + self.rate_limited
+
+    # ------------------------------------------------------- packet thread
+
+    def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
+        if self.only_denied and judgement.verdict is Verdict.ACCEPT:
+            return
+        pending = self._pending
+        if len(pending) >= self._capacity:
+            self.queue_full += 1
+            return
+        pending.append((self._wall_clock(), packet, judgement, accepted, elapsed_ns))
+
+    # ------------------------------------------------------- writer thread
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what the budget still allows, report the losses, and close an owned file."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        else:
+            self.drain(final=True)
+        if self._close_stream:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.drain()
+        self.drain(final=True)
+
+    def drain(self, final: bool = False) -> int:
+        """Take every queued record, write those the bucket allows; returns how many were written."""
+        with self._drain_lock:
+            now = self._clock()
+            bucket = self._bucket
+            bucket.refill(now)
+            pending = self._pending
+            lines: list[str] = []
+            limited = 0
+            # Only what is queued now: the packet thread keeps appending meanwhile.
+            for _ in range(len(pending)):
+                item = pending.popleft()
+                if not bucket.take():
+                    limited += 1
+                    continue
+                try:
+                    record = decision_record(*item, provider=self.provider)
+                except Exception as err:  # noqa: BLE001 - a bad record must not end the writer
+                    log.debug("cannot format a decision record: %s", err)
+                    continue
+                lines.append(json.dumps(record, separators=(",", ":")))
+            self.rate_limited += limited
+            self._unreported_limited += limited
+            summary = self._summary(now, final)
+            if summary is not None:
+                lines.append(summary)
+            if lines:
+                self._write(lines)
+            written = len(lines) - (summary is not None)
+            self.written += written
+            return written
+
+    def _summary(self, now: float, final: bool) -> str | None:
+        """The "suppressed K records" line, at most once per report interval (and at the end)."""
+        full = self.queue_full - self._reported_full
+        limited = self._unreported_limited
+        if not (full or limited) or (not final and now - self._last_report < self.report_interval):
+            return None
+        self._reported_full += full
+        self._unreported_limited = 0
+        self._last_report = now
+        return json.dumps({
+            "time": format_time(self._wall_clock()),
+            "level": "warning",
+            "logger": LOGGER_NAME,
+            "msg": f"suppressed {full + limited} decision records",
+            "suppressed": full + limited,
+            "rate_limited": limited,
+            "queue_full": full,
+        }, separators=(",", ":"))
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError) as err:  # full disk, closed stream: count, keep serving
+            self.write_errors += 1
+            if self.write_errors == 1:
+                log.warning("cannot write decision records: %s", err)
+
+
+def chain_observers(*observers: VerdictObserver) -> VerdictObserver:
+    """One observer calling each of ``observers`` in order (the verdict loop takes one)."""
+    if len(observers) == 1:
+        return observers[0]
+    first, second, *rest = observers
+    if not rest:
+        def both(packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
+            first(packet, judgement, accepted, elapsed_ns)
+            second(packet, judgement, accepted, elapsed_ns)
+
+        return both
+
+    def each(packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
+        for observer in observers:
+            observer(packet, judgement, accepted, elapsed_ns)
+
+    return each

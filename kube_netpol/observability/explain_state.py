@@ -1,0 +1,154 @@
+"""Where `kube-netpol explain` gets the cluster from: a manifests folder, a scenario file, or the API server.
+
+Each loader returns a ``LoadedState``: a ClusterState filled once (no watch),
+a description of where it came from, and the objects the store refused (an
+ignored policy is often the answer to "why is this allowed?").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from kube_netpol.state.store import ClusterState
+
+#: Items per page when listing from the API server.
+LIST_PAGE_SIZE = 500
+#: The order kinds are listed and applied in: pods find their namespace and node.
+_LIST_ORDER = ("Namespace", "Node", "Pod", "NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
+
+
+class StateError(Exception):
+    """The state cannot be loaded (missing file, bad scenario, unreachable API server): a usage error."""
+
+
+class NotServed(StateError):
+    """The API server does not serve a resource (404): for a custom resource, its CRD is not installed."""
+
+
+@dataclass
+class LoadedState:
+    state: ClusterState
+    #: Human-readable origin, e.g. ``scenario s.yaml after step 2/3 ("deny all")``.
+    description: str
+    #: The same as data, for ``--output json``.
+    origin: dict[str, Any]
+    #: ``"<kind> <ref>: <reason>"`` for every object the store refused.
+    refused: list[str] = field(default_factory=list)
+    #: Anything else worth saying about the state (a policy kind the cluster does not serve).
+    notes: list[str] = field(default_factory=list)
+
+
+def _recording_state() -> tuple[ClusterState, list[str]]:
+    state = ClusterState()
+    refused: list[str] = []
+    state.subscribe_invalid(lambda kind, ref, reason: refused.append(f"{kind} {ref}: {reason}"))
+    return state, refused
+
+
+def load_manifests(folder: str) -> LoadedState:
+    from kube_netpol.sources.manifests import ManifestError, ManifestSource
+
+    state, refused = _recording_state()
+    try:
+        ManifestSource(folder, state).sync()
+    except ManifestError as err:
+        raise StateError(str(err)) from None
+    return LoadedState(state, f"manifests in {folder}", {"source": "manifests", "path": folder}, refused)
+
+
+def load_scenario(path: str, step: int | None = None) -> LoadedState:
+    """The cluster of a scenario after step ``step`` (1-based; 0: before any step; None: after the last)."""
+    from kube_netpol.conformance.cluster import Cluster
+    from kube_netpol.conformance.errors import ScenarioError
+    from kube_netpol.conformance.scenario import load_scenario as read_scenario
+
+    try:
+        scenario = read_scenario(path)
+        steps = scenario.steps
+        count = len(steps)
+        wanted = count if step is None else step
+        if not 0 <= wanted <= count:
+            raise StateError(f"{path}: --step {step} is out of range (the scenario has {count} steps; 0 is before the first)")
+        cluster, change = Cluster.from_spec(scenario.cluster)
+        for spec in steps[:wanted]:
+            change = cluster.apply_step(spec)
+    except ScenarioError as err:
+        raise StateError(str(err if err.source else err.in_file(path))) from None
+    state, refused = _recording_state()
+    for obj in change.cluster.objects():
+        state.apply(obj)
+    if wanted == 0:
+        description = f"scenario {path} before its first step"
+        step_name = None
+    else:
+        step_name = steps[wanted - 1].name
+        description = f"scenario {path} after step {wanted}/{count} ({step_name!r})"
+    origin = {"source": "scenario", "path": path, "step": wanted, "step_name": step_name}
+    return LoadedState(state, description, origin, refused)
+
+
+def load_live(kubeconfig: str, pipeline: Sequence[str]) -> LoadedState:
+    """One list of every kind the pipeline reads, from the API server ``kubeconfig`` points at."""
+    try:
+        from kube_netpol.sources import kubernetes as kube_source
+        from kube_netpol.sources.kube_apply import replace_all
+        from kube_netpol.sources.kube_resources import RESOURCES, kinds_for_pipeline
+    except ImportError as err:
+        raise StateError(
+            "reading a live cluster needs the Kubernetes source (kube_netpol.sources.kubernetes and the "
+            f"`kubernetes` package), which is not available: {err}; use --manifests DIR or --scenario FILE"
+        ) from None
+    try:
+        api_client = kube_source.api_client_from_config(kubeconfig)
+    except kube_source.KubernetesConfigError as err:
+        raise StateError(str(err)) from None
+    state, refused = _recording_state()
+    notes: list[str] = []
+    kinds = sorted(kinds_for_pipeline(pipeline), key=_LIST_ORDER.index)
+    try:
+        for kind in kinds:
+            resource = RESOURCES[kind]
+            try:
+                items = _list_all(kube_source.resource_request(api_client, resource))
+            except NotServed:
+                if not resource.is_custom:
+                    raise
+                # Most clusters do not install the AdminNetworkPolicy CRDs: then there are none.
+                notes.append(f"the API server does not serve {resource.path} (CRD not installed?): no {kind} objects")
+                continue
+            replace_all(state, kind, [resource.trim(item) for item in items])
+    finally:
+        api_client.close()
+    host = api_client.configuration.host
+    return LoadedState(state, f"the cluster at {host} (kubeconfig {kubeconfig})",
+                       {"source": "cluster", "kubeconfig": kubeconfig, "server": host}, refused, notes)
+
+
+def _list_all(request: Any) -> list[Mapping[str, Any]]:
+    """Every item of a collection, page by page."""
+    items: list[Mapping[str, Any]] = []
+    token: str | None = None
+    while True:
+        query: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "_request_timeout": (10, 60)}
+        if token:
+            query["_continue"] = token
+        try:
+            response = request(**query)
+            body = response.data
+            response.release_conn()
+        except Exception as err:  # noqa: BLE001 - HTTP errors, refused connections, TLS...
+            status = getattr(err, "status", None)
+            reason = getattr(err, "reason", None) or err
+            detail = f"HTTP {status}: {reason}" if status else str(reason)
+            error = NotServed if status == 404 else StateError
+            raise error(f"cannot list from the API server: {detail}") from None
+        try:
+            page = json.loads(body)
+        except ValueError:
+            raise StateError("the API server's list response is not JSON") from None
+        items.extend(item for item in page.get("items") or [] if isinstance(item, Mapping))
+        token = (page.get("metadata") or {}).get("continue") or None
+        if not token:
+            return items
