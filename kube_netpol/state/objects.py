@@ -91,7 +91,12 @@ def namespace_from_object(obj: Mapping[str, Any]) -> NamespaceRecord:
 
 def node_from_object(obj: Mapping[str, Any]) -> NodeRecord:
     _, name, labels = metadata_of(obj, namespaced=False)
-    addresses = (obj.get("status") or {}).get("addresses") or []
+    status = obj.get("status") or {}
+    if not isinstance(status, Mapping):
+        raise InvalidObject("must be an object", "status")
+    addresses = status.get("addresses") or []
+    if not isinstance(addresses, list):
+        raise InvalidObject("must be a list", "status.addresses")
     ips = tuple(
         _packed(a.get("address"), "status.addresses")
         for a in addresses
@@ -112,22 +117,40 @@ def pod_from_object(
     status = obj.get("status") or {}
     if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
         raise InvalidObject("spec and status must be objects")
-    ip_texts: list[object] = [entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, Mapping)]
+    pod_ips = status.get("podIPs") or []
+    if not isinstance(pod_ips, list):
+        raise InvalidObject("must be a list", "status.podIPs")
+    ip_texts: list[object] = [entry.get("ip") if isinstance(entry, Mapping) else entry for entry in pod_ips]
     if not ip_texts and status.get("podIP"):
         ip_texts = [status["podIP"]]
     ips = tuple(dict.fromkeys(_packed(text, "status.podIPs") for text in ip_texts))
     ports: list[tuple[str, int, str]] = []
-    for c, container in enumerate(spec.get("containers") or []):
-        for p, port in enumerate((container or {}).get("ports") or []):
+    containers = spec.get("containers") or []
+    if not isinstance(containers, list):
+        raise InvalidObject("must be a list", "spec.containers")
+    for c, container in enumerate(containers):
+        if not isinstance(container, Mapping):
+            raise InvalidObject("must be an object", f"spec.containers[{c}]")
+        container_ports = container.get("ports") or []
+        if not isinstance(container_ports, list):
+            raise InvalidObject("must be a list", f"spec.containers[{c}].ports")
+        for p, port in enumerate(container_ports):
             where = f"spec.containers[{c}].ports[{p}]"
+            if not isinstance(port, Mapping):
+                raise InvalidObject("must be an object", where)
             number = port.get("containerPort")
             if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
                 raise InvalidObject(f"invalid containerPort {number!r}", where)
             protocol = port.get("protocol") or "TCP"
             if protocol not in ("TCP", "UDP", "SCTP"):
                 raise InvalidObject(f"unsupported protocol {protocol!r}", where)
-            ports.append((port.get("name") or "", number, protocol))
+            port_name = port.get("name") or ""
+            if not isinstance(port_name, str):
+                raise InvalidObject(f"invalid port name {port_name!r}", where)
+            ports.append((port_name, number, protocol))
     node_name = spec.get("nodeName") or ""
+    if not isinstance(node_name, str):
+        raise InvalidObject("must be a string", "spec.nodeName")
     info = PodInfo(name=name, labels=labels, last_updated=now_ns, cluster_id=cluster_id)
     info.namespace.name = ns_name
     if namespace is not None:

@@ -21,6 +21,7 @@ from kube_netpol.state.objects import (
     NamespaceRecord,
     NodeRecord,
     PodRecord,
+    metadata_of,
     namespace_from_object,
     node_from_object,
     pod_from_object,
@@ -94,7 +95,6 @@ class ClusterState:
         # whose successor arrived first).
         self._ip_owners: dict[bytes, dict[Key, PodRecord]] = collections.defaultdict(dict)
         self._pods_by_namespace: dict[str, dict[str, PodRecord]] = collections.defaultdict(dict)
-        self._raw_pods: dict[Key, Mapping[str, Any]] = {}
         self._listeners: list[Listener] = []
         self._invalid_listeners: list[Callable[[str, str, str], None]] = []
 
@@ -191,7 +191,6 @@ class ClusterState:
             return True
         if kind == "Pod":
             old_pod = self.pods.pop(key, None)
-            self._raw_pods.pop(key, None)
             if old_pod is None:
                 return False
             self._unindex_pod(old_pod)
@@ -257,12 +256,11 @@ class ClusterState:
         self._emit(Change("Node", ("", record.name), old, record))
 
     def _set_pod(self, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        ns_name = meta.get("namespace") or ""
-        node_name = (obj.get("spec") or {}).get("nodeName") or ""
-        record = pod_from_object(
-            obj, self.namespaces.get(ns_name), self.nodes.get(node_name), self.cluster_id, time.time_ns()
-        )
+        ns_name, _, _ = metadata_of(obj, namespaced=True)
+        spec = obj.get("spec") or {}
+        node_name = spec.get("nodeName") if isinstance(spec, Mapping) else None
+        node = self.nodes.get(node_name) if isinstance(node_name, str) else None
+        record = pod_from_object(obj, self.namespaces.get(ns_name), node, self.cluster_id, time.time_ns())
         old = self.pods.get(record.key)
         if old is not None:
             self._unindex_pod(old)

@@ -173,3 +173,30 @@ def test_listeners_see_rebuilt_pods_when_a_namespace_or_node_goes(state: Cluster
     state.delete("Namespace", "", "x")
     state.delete("Node", "", "node-1")
     assert seen == [("Namespace", {}), ("Node", {})]
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda o: o.update(spec="garbage"), "spec and status must be objects"),
+        (lambda o: o["spec"].update(containers="garbage"), "spec.containers: must be a list"),
+        (lambda o: o["spec"].update(containers=["garbage"]), "spec.containers[0]: must be an object"),
+        (lambda o: o["spec"]["containers"][0].update(ports=[7]), "spec.containers[0].ports[0]: must be an object"),
+        (lambda o: o["status"].update(podIPs="10.0.0.1"), "status.podIPs: must be a list"),
+        (lambda o: o["spec"].update(nodeName=5), "spec.nodeName: must be a string"),
+        (lambda o: o.update(metadata="garbage"), "metadata is required"),
+    ],
+)
+def test_malformed_pods_are_refused_not_crashed_on(state: ClusterState, mutate, fragment) -> None:
+    obj = pod("x", "a", ["10.0.0.1"])
+    mutate(obj)
+    refused: list[str] = []
+    state.subscribe_invalid(lambda kind, ref, reason: refused.append(reason))
+    assert state.apply(obj) is False
+    assert fragment in refused[0]
+
+
+def test_malformed_nodes_are_refused(state: ClusterState) -> None:
+    assert not state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}, "status": "garbage"})
+    assert not state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}, "status": {"addresses": 5}})
+    assert state.invalid_objects["Node"] == 2

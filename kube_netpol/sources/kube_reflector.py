@@ -1,0 +1,356 @@
+"""List then watch one Kubernetes resource, on its own thread, feeding ClusterState through ``submit``.
+
+The loop:
+
+1. list the collection page by page (``limit``/``continue``), hand the whole
+   result to the control thread as one ``replace`` and remember the list's
+   resourceVersion;
+2. watch from that resourceVersion (with bookmarks), hand every event to the
+   control thread and remember each event's resourceVersion;
+3. when the watch ends or breaks, watch again from the last resourceVersion
+   (after a capped exponential backoff if it broke); when the server says 410
+   Gone, go back to 1.
+
+The state is never cleared because the server is unreachable: the last known
+objects stay in force until a list or an event changes them.
+
+The HTTP calls go through ``request(**query)``, a function that returns an
+unread urllib3-style response (``.data``, ``.stream()``, ``.close()``) or
+raises an exception with a ``.status`` for HTTP errors, as the official
+client's list methods do with ``_preload_content=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from kube_netpol.sources import kube_apply
+from kube_netpol.sources.kube_resources import WatchedResource
+from kube_netpol.sources.kube_watch_protocol import (
+    GONE,
+    BadEvent,
+    parse_event,
+    resource_version_of,
+    split_lines,
+    status_code,
+    status_text,
+)
+from kube_netpol.state.store import ClusterState
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[Callable[[], None]], None]
+Request = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    #: Objects per list page.
+    page_size: int = 500
+    #: Server-side watch duration (timeoutSeconds); each watch asks for a random
+    #: value between this and twice this so that agents do not reconnect in step.
+    watch_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    #: Read timeout of a list page.
+    list_read_timeout: float = 60.0
+    #: How much longer than its timeoutSeconds a silent watch may stay open before we give up on it.
+    watch_read_margin: float = 30.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    #: A watch that lasted this long (or delivered an event) was healthy: the backoff starts over.
+    healthy_watch: float = 1.0
+
+
+class Backoff:
+    """Capped exponential delays with jitter (so that a fleet of agents does not retry in step)."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._failures = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.initial * (2 ** min(self._failures, 30)))
+        self._failures += 1
+        return delay * self._rng.uniform(0.75, 1.0)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+class ResourceGone(Exception):
+    """The resourceVersion we watch from was compacted away (410): list again."""
+
+
+class WatchFailed(Exception):
+    """The server sent an ERROR event other than 410."""
+
+
+def describe_error(err: BaseException) -> str:
+    """A short reason for a log line: ``HTTP 403 Forbidden``, ``connection refused``..."""
+    status = getattr(err, "status", None)
+    if isinstance(status, int):
+        reason = getattr(err, "reason", None)
+        return f"HTTP {status} {reason}" if reason else f"HTTP {status}"
+    inner = getattr(err, "reason", None)  # urllib3.MaxRetryError wraps the real cause
+    if isinstance(inner, BaseException):
+        err = inner
+    text = str(err) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:300]
+
+
+class Reflector:
+    """Keeps ClusterState's objects of one kind equal to the API server's."""
+
+    def __init__(
+        self,
+        resource: WatchedResource,
+        request: Request,
+        state: ClusterState,
+        submit: Submit,
+        settings: WatchSettings | None = None,
+    ) -> None:
+        self.resource = resource
+        self._request = request
+        self._state = state
+        self._submit = submit
+        self._settings = settings or WatchSettings()
+        self._backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
+        self._stopping = threading.Event()
+        self._synced = threading.Event()
+        self._resource_version: str | None = None
+        self._response: Any = None
+        self._response_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._relist_reason = ""
+        self.lists_completed = 0
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def synced(self) -> bool:
+        """The first list has been applied to the state (by the control thread)."""
+        return self._synced.is_set()
+
+    @property
+    def resource_version(self) -> str | None:
+        """Where the next watch starts; None while a (re)list is due."""
+        return self._resource_version
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"watch-{self.resource.plural}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end and break its open watch, if any; see ``join``."""
+        self._stopping.set()
+        with self._response_lock:
+            if self._response is not None:
+                _abort(self._response)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    # --------------------------------------------------------------------- loop
+
+    def _run(self) -> None:
+        name = self.resource.plural
+        while not self._stopping.is_set():
+            phase = "list"
+            try:
+                if self._resource_version is None:
+                    self._list()
+                phase = "watch"
+                healthy = self._watch()
+                if self._stopping.is_set():
+                    break
+                if healthy:
+                    log.info("%s: watch closed by the server; reconnecting from resourceVersion %s",
+                             name, self._resource_version, extra=self._log_extra())
+                    continue
+                delay = self._backoff.next()
+                log.warning("%s: watch closed by the server at once; reconnecting from resourceVersion %s in %.2f s",
+                            name, self._resource_version, delay, extra=self._log_extra())
+                self._stopping.wait(delay)
+            except ResourceGone as gone:
+                if self._stopping.is_set():
+                    break
+                log.info("%s: resourceVersion %s is too old (%s); relisting", name, self._resource_version, gone,
+                         extra=self._log_extra())
+                self._resource_version = None
+                self._relist_reason = "410 Gone"
+            except Exception as err:  # noqa: BLE001 - any failure: keep the state, back off, retry
+                if self._stopping.is_set():
+                    break
+                delay = self._backoff.next()
+                reason = describe_error(err)
+                if getattr(err, "status", None) == 404 and self.resource.is_custom:
+                    reason += " (is the CustomResourceDefinition installed?)"
+                if phase == "list":
+                    log.warning("%s: list failed (%s); retrying in %.2f s", name, reason, delay, extra=self._log_extra())
+                else:
+                    log.warning("%s: watch failed (%s); reconnecting from resourceVersion %s in %.2f s",
+                                name, reason, self._resource_version, delay, extra=self._log_extra())
+                self._stopping.wait(delay)
+
+    def _log_extra(self) -> dict[str, Any]:
+        return {"resource": self.resource.plural, "resourceVersion": self._resource_version}
+
+    # --------------------------------------------------------------------- list
+
+    def _list(self) -> None:
+        """One consistent list, all pages, then one ``replace`` on the control thread."""
+        settings = self._settings
+        items: list[Any] = []
+        continue_token: str | None = None
+        version: str | None = None
+        while True:
+            query: dict[str, Any] = {
+                "limit": settings.page_size,
+                "_request_timeout": (settings.connect_timeout, settings.list_read_timeout),
+            }
+            if continue_token:
+                # An expired continue token answers 410: the generic error path
+                # backs off and starts the list over.
+                query["_continue"] = continue_token
+            response = self._request(**query)
+            try:
+                body = response.data
+            except BaseException:
+                response.close()
+                raise
+            _release(response)
+            page = json.loads(body)
+            if not isinstance(page, Mapping):
+                raise ValueError("the list response is not a JSON object")
+            meta = page.get("metadata") or {}
+            raw_items = page.get("items") or []
+            if not isinstance(meta, Mapping) or not isinstance(raw_items, list):
+                raise ValueError("the list response has no metadata or items")
+            trim = self.resource.trim
+            items.extend(trim(item) for item in raw_items)
+            version = version or meta.get("resourceVersion")
+            continue_token = meta.get("continue") or None
+            if not continue_token:
+                break
+        if not isinstance(version, str) or not version:
+            raise ValueError("the list response has no resourceVersion")
+        self._submit_list(items)
+        self._resource_version = version
+        self._backoff.reset()
+        self.lists_completed += 1
+        if self._relist_reason:
+            log.info("%s: relisted %d objects at resourceVersion %s (after %s)",
+                     self.resource.plural, len(items), version, self._relist_reason, extra=self._log_extra())
+        else:
+            log.info("%s: listed %d objects at resourceVersion %s", self.resource.plural, len(items), version,
+                     extra=self._log_extra())
+
+    def _submit_list(self, items: list[Any]) -> None:
+        state, kind, synced = self._state, self.resource.kind, self._synced
+
+        def replace() -> None:
+            kube_apply.replace_all(state, kind, items)
+            synced.set()
+
+        self._submit(replace)
+
+    # -------------------------------------------------------------------- watch
+
+    def _watch(self) -> bool:
+        """Follow the watch until it ends; True if it was healthy (lasted or delivered events)."""
+        settings = self._settings
+        timeout = max(1, int(settings.watch_timeout * random.uniform(1.0, 2.0)))
+        started = time.monotonic()
+        delivered = 0
+        try:
+            response = self._request(
+                watch=True,
+                resource_version=self._resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _request_timeout=(settings.connect_timeout, timeout + settings.watch_read_margin),
+            )
+        except Exception as err:
+            # Most servers send 410 as an ERROR event; some answer the request with it.
+            if getattr(err, "status", None) == GONE:
+                raise ResourceGone(describe_error(err)) from None
+            raise
+        self._set_response(response)
+        healthy = False
+        try:
+            for line in split_lines(response.stream(2**16, decode_content=True)):
+                if self._stopping.is_set():
+                    break
+                if self._handle_line(line):
+                    delivered += 1
+        finally:
+            self._set_response(None)
+            response.close()
+            # Judged also when the watch broke: a long or productive watch starts the backoff over.
+            healthy = bool(delivered) or time.monotonic() - started >= settings.healthy_watch
+            if healthy:
+                self._backoff.reset()
+        return healthy
+
+    def _set_response(self, response: Any) -> None:
+        with self._response_lock:
+            self._response = response
+            if response is not None and self._stopping.is_set():
+                _abort(response)
+
+    def _handle_line(self, line: bytes) -> bool:
+        """Apply one watch line; True if it was an event (bookmarks included)."""
+        name, kind = self.resource.plural, self.resource.kind
+        try:
+            event = parse_event(line)
+        except BadEvent as err:
+            log.warning("%s: skipping a watch event: %s", name, err, extra=self._log_extra())
+            return False
+        obj = event.object
+        if event.type == "ERROR":
+            code = status_code(obj)
+            if code == GONE:
+                raise ResourceGone(status_text(obj))
+            raise WatchFailed(f"ERROR event: {status_text(obj)}")
+        version = resource_version_of(obj)
+        state = self._state
+        if event.type in ("ADDED", "MODIFIED"):
+            trimmed = self.resource.trim(obj)
+            self._submit(lambda: kube_apply.apply_object(state, kind, trimmed))
+        elif event.type == "DELETED":
+            self._submit(lambda: kube_apply.delete_object(state, kind, obj))
+        if version is not None:
+            self._resource_version = version
+        return True
+
+
+def _release(response: Any) -> None:
+    """Give a fully read response's connection back to the pool (keep-alive)."""
+    release = getattr(response, "release_conn", None)
+    if release is not None:
+        release()
+    else:
+        response.close()
+
+
+def _abort(response: Any) -> None:
+    """Break a response another thread may be blocked reading."""
+    try:
+        shutdown = getattr(response, "shutdown", None)  # urllib3 >= 2.3 unblocks a pending read
+        if shutdown is not None:
+            shutdown()
+        else:
+            response.close()
+    except Exception:  # noqa: BLE001 - best effort: the thread is a daemon and the read has a timeout
+        log.debug("could not abort a watch response", exc_info=True)

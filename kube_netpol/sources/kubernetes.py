@@ -1,0 +1,151 @@
+"""The Kubernetes API as the agent's source: list and watch, through the official client.
+
+The official ``kubernetes`` client provides configuration (kubeconfig or
+in-cluster service account, TLS, token refresh) and the HTTP calls; responses
+are read raw (``_preload_content=False``) and parsed with ``json.loads``,
+without building the client's model objects, which would cost far more than
+the objects themselves in a big cluster.
+
+One Reflector thread per resource lists and watches; the state is changed only
+by work handed to the agent's control thread through ``submit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, Iterable, Sequence
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from kube_netpol.sources.kube_reflector import Reflector, Request, Submit, WatchSettings
+from kube_netpol.sources.kube_resources import RESOURCES, WatchedResource, kinds_for_pipeline
+from kube_netpol.state.store import ClusterState
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KubernetesConfigError",
+    "KubernetesSource",
+    "WatchSettings",
+    "api_client_from_config",
+    "kubernetes_source_factory",
+]
+
+#: Watch threads each hold a connection; keep the pool at least this big.
+_MIN_POOL_SIZE = len(RESOURCES) + 2
+
+
+class KubernetesConfigError(RuntimeError):
+    """No usable API server configuration (bad kubeconfig, not running in a cluster)."""
+
+
+def api_client_from_config(kubeconfig: str | None = None) -> k8s_client.ApiClient:
+    """An ApiClient from ``kubeconfig``, or from the pod's service account when None."""
+    configuration = k8s_client.Configuration()
+    try:
+        if kubeconfig:
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+    except Exception as err:  # noqa: BLE001 - the loaders raise ConfigException, OSError, YAML errors...
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
+        raise KubernetesConfigError(f"cannot load the {where}: {err}") from None
+    if (configuration.connection_pool_maxsize or 0) < _MIN_POOL_SIZE:
+        configuration.connection_pool_maxsize = _MIN_POOL_SIZE
+    # The watch loop retries with its own backoff and one log line per attempt;
+    # urllib3's immediate retries would only add noise and hammer a server that is down.
+    configuration.retries = 0
+    return k8s_client.ApiClient(configuration)
+
+
+def resource_request(api_client: k8s_client.ApiClient, resource: WatchedResource) -> Request:
+    """``request(**query)`` for one resource: the client's list method, unparsed response."""
+    api = getattr(k8s_client, resource.client_api)(api_client)
+    method = getattr(api, resource.client_method)
+    if resource.is_custom:
+        method = functools.partial(method, resource.group, resource.version, resource.plural)
+
+    def request(**query: Any) -> Any:
+        query = {key: value for key, value in query.items() if value is not None}
+        return method(_preload_content=False, **query)
+
+    return request
+
+
+class KubernetesSource:
+    """Feeds ClusterState from the API server: the agent's ``Source`` (start/poll/ready/stop).
+
+    ``kinds`` are ClusterState kinds (see ``kube_resources.RESOURCES``);
+    ``kinds_for_pipeline`` picks them from the evaluator pipeline.
+    """
+
+    def __init__(
+        self,
+        state: ClusterState,
+        api_client: k8s_client.ApiClient,
+        kinds: Iterable[str] = ("Namespace", "Pod", "NetworkPolicy"),
+        settings: WatchSettings | None = None,
+    ) -> None:
+        unknown = [kind for kind in kinds if kind not in RESOURCES]
+        if unknown:
+            raise ValueError(f"cannot watch {', '.join(unknown)} (known: {', '.join(RESOURCES)})")
+        self.state = state
+        self.api_client = api_client
+        self.kinds = tuple(dict.fromkeys(kinds))
+        self.settings = settings or WatchSettings()
+        self._reflectors: dict[str, Reflector] = {}
+
+    def start(self, submit: Submit) -> None:
+        if self._reflectors:
+            raise RuntimeError("KubernetesSource.start called twice")
+        for kind in self.kinds:
+            resource = RESOURCES[kind]
+            request = resource_request(self.api_client, resource)
+            self._reflectors[kind] = Reflector(resource, request, self.state, submit, self.settings)
+        log.info("watching %s at %s", ", ".join(RESOURCES[k].plural for k in self.kinds),
+                 self.api_client.configuration.host)
+        for reflector in self._reflectors.values():
+            reflector.start()
+
+    def poll(self) -> None:
+        """Nothing to do: the watch threads hand their work to the control thread themselves."""
+
+    def ready(self) -> bool:
+        """Every initial list has been applied to the state (stays True while the server is away)."""
+        return bool(self._reflectors) and all(r.synced for r in self._reflectors.values())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for reflector in self._reflectors.values():
+            reflector.stop()
+        for reflector in self._reflectors.values():
+            if not reflector.join(timeout):
+                log.warning("%s: watch thread did not stop in time", reflector.resource.plural)
+
+    def resource_version(self, kind: str) -> str | None:
+        """The resourceVersion the watch of ``kind`` resumes from (None before the list or during a relist)."""
+        return self._reflectors[kind].resource_version
+
+    def lists_completed(self, kind: str) -> int:
+        """How many full lists of ``kind`` were read: 1 after the initial list, one more per relist."""
+        return self._reflectors[kind].lists_completed
+
+
+def kubernetes_source_factory(
+    kubeconfig: str | None,
+    pipeline: Sequence[str],
+    settings: WatchSettings | None = None,
+) -> Callable[[ClusterState], KubernetesSource]:
+    """What ``kube-netpol run`` passes to the Agent without ``--manifests``.
+
+    Loads the configuration now, so that a bad kubeconfig fails before the
+    agent starts (raises KubernetesConfigError).
+    """
+    api_client = api_client_from_config(kubeconfig)
+    kinds = kinds_for_pipeline(pipeline)
+
+    def factory(state: ClusterState) -> KubernetesSource:
+        return KubernetesSource(state, api_client, kinds, settings)
+
+    return factory

@@ -1,0 +1,666 @@
+"""An in-process fake Kubernetes API server for tests: list and watch, driven by the test.
+
+It speaks enough of the API's HTTP protocol for the agent's Kubernetes source
+and the official ``kubernetes`` client:
+
+- collections ``/api/v1/{pods,namespaces,nodes}``,
+  ``/apis/networking.k8s.io/v1/networkpolicies``,
+  ``/apis/policy.networking.k8s.io/v1alpha1/{adminnetworkpolicies,baselineadminnetworkpolicies}``
+  (plus ``/namespaces/{ns}/...`` variants of namespaced ones, and GET of one object);
+- lists with ``limit``/``continue`` served from a consistent snapshot, and a
+  list ``resourceVersion``;
+- watches (``watch=true``) from a ``resourceVersion``, as a chunked stream of
+  JSON lines: ADDED, MODIFIED, DELETED, BOOKMARK (only when the watch asked
+  with ``allowWatchBookmarks``) and ERROR; ``timeoutSeconds`` ends a watch
+  cleanly; a watch from a compacted resourceVersion gets 410 Gone, as an
+  ERROR event (what kube-apiserver does) or as an HTTP status;
+- an optional bearer token.
+
+The test changes objects (each change bumps one global resourceVersion, as
+etcd does), compacts history, sends bookmarks, raw lines and errors, drops
+open watches, and takes the server down (connections refused) and up again on
+the same port. Objects are stored as given: nothing is validated, so tests
+can feed malformed objects to the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import copy
+import json
+import pathlib
+import select
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+Key = tuple[str, str]  # (namespace or "", name)
+
+
+@dataclass(frozen=True)
+class FakeResource:
+    kind: str
+    plural: str
+    group_version: str
+    namespaced: bool
+    #: Built-in types' list items carry no kind/apiVersion; custom resources' do.
+    builtin: bool
+
+    @property
+    def prefix(self) -> str:
+        return "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.prefix}/{self.plural}"
+
+
+FAKE_RESOURCES: tuple[FakeResource, ...] = (
+    FakeResource("Pod", "pods", "v1", True, True),
+    FakeResource("Namespace", "namespaces", "v1", False, True),
+    FakeResource("Node", "nodes", "v1", False, True),
+    FakeResource("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", True, True),
+    FakeResource("AdminNetworkPolicy", "adminnetworkpolicies", "policy.networking.k8s.io/v1alpha1", False, False),
+    FakeResource(
+        "BaselineAdminNetworkPolicy", "baselineadminnetworkpolicies", "policy.networking.k8s.io/v1alpha1", False, False
+    ),
+)
+_BY_KIND = {r.kind: r for r in FAKE_RESOURCES}
+_BY_PREFIX = {(r.prefix, r.plural): r for r in FAKE_RESOURCES}
+_PREFIXES = sorted({r.prefix for r in FAKE_RESOURCES}, key=len, reverse=True)
+
+
+def query_bool(value: str | None) -> bool:
+    """A boolean query parameter as kube-apiserver reads it (Go's strconv.ParseBool: older clients send "True")."""
+    return value in ("1", "t", "T", "true", "TRUE", "True")
+
+
+def resource_for_kind(kind: str) -> FakeResource:
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise ValueError(f"the fake API server does not serve {kind!r}") from None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    path: str
+    query: Mapping[str, str]
+
+    @property
+    def watch(self) -> bool:
+        return query_bool(self.query.get("watch"))
+
+
+@dataclass
+class _Event:
+    rv: int
+    type: str
+    plural: str
+    namespace: str
+    obj: dict[str, Any]
+
+
+@dataclass(eq=False)
+class _Watcher:
+    resource: FakeResource
+    namespace: str | None  # None: all namespaces
+    bookmarks: bool
+    sock: socket.socket
+    cursor: int  # index in the history of the next event to consider
+    # (history length when queued, line, end the watch after it)
+    pending: list[tuple[int, bytes, bool]] = field(default_factory=list)
+    dropped: bool = False
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+def _line(event_type: str, obj: Mapping[str, Any]) -> bytes:
+    return json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    fake: "FakeApiServer"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # keep test output clean
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.fake._handle_get(self)
+
+    def _refuse_method(self) -> None:
+        self.send_json(405, _status(405, "MethodNotAllowed", "the fake API server only serves GET"))
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = _refuse_method  # noqa: N815
+
+    # helpers used by FakeApiServer
+    def send_json(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def start_chunked(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+
+    def write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def end_chunked(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class FakeApiServer:
+    """A Kubernetes API server on 127.0.0.1 (ephemeral port) for the resources kube-netpol watches.
+
+    ``gone_as``: how a watch from a compacted resourceVersion is refused:
+    ``"event"`` (HTTP 200 and an ERROR event with code 410, as kube-apiserver
+    does) or ``"status"`` (HTTP 410).
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        gone_as: Literal["event", "status"] = "event",
+        start: bool = True,
+        initial_resource_version: int = 1000,
+    ) -> None:
+        self.token = token
+        self.gone_as = gone_as
+        self.port = 0
+        self.requests: list[RequestRecord] = []
+        self._cond = threading.Condition()
+        self._rv = initial_resource_version
+        self._floor = 0
+        self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.plural: {} for r in FAKE_RESOURCES}
+        self._history: list[_Event] = []
+        self._history_rvs: list[int] = []
+        self._watchers: set[_Watcher] = set()
+        self._connections: set[socket.socket] = set()
+        self._lifecycle = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_up(self) -> bool:
+        return self._httpd is not None
+
+    def start(self) -> None:
+        """Listen (again, on the same port once one was chosen) and serve."""
+        with self._lifecycle:
+            if self._httpd is not None:
+                return
+            httpd = _HTTPServer(("127.0.0.1", self.port), _Handler)
+            httpd.fake = self
+            self.port = httpd.server_address[1]
+            self._httpd = httpd
+            self._thread = threading.Thread(
+                target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-apiserver", daemon=True
+            )
+            self._thread.start()
+
+    come_up = start
+
+    def go_down(self) -> None:
+        """Stop listening (new connections are refused) and cut every open connection."""
+        with self._lifecycle:
+            httpd, thread = self._httpd, self._thread
+            self._httpd = self._thread = None
+            if httpd is None:
+                return
+            httpd.shutdown()
+            httpd.server_close()
+            if thread is not None:
+                thread.join(timeout=5)
+        self.drop_watches()
+        with self._cond:
+            connections = list(self._connections)
+        for sock in connections:
+            _shutdown(sock)
+
+    def stop(self) -> None:
+        self.go_down()
+
+    def __enter__(self) -> "FakeApiServer":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def write_kubeconfig(self, path: str | pathlib.Path, token: str | None = None) -> pathlib.Path:
+        """A kubeconfig whose current context points at this server (with ``token``, default the server's)."""
+        token = self.token if token is None else token
+        user: dict[str, Any] = {"token": token} if token else {}
+        document = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": user}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "current-context": "fake",
+        }
+        path = pathlib.Path(path)
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    # ------------------------------------------------------------ objects (test side)
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return self._store(obj, "ADDED")
+
+    def update(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return self._store(obj, "MODIFIED")
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or update."""
+        resource = resource_for_kind(obj["kind"])
+        with self._cond:
+            exists = self._key(resource, obj) in self._objects[resource.plural]
+        return self._store(obj, "MODIFIED" if exists else "ADDED")
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        resource = resource_for_kind(kind)
+        key = (namespace if resource.namespaced else "", name)
+        with self._cond:
+            obj = self._objects[resource.plural].pop(key, None)
+            if obj is None:
+                raise KeyError(f"no {kind} {namespace}/{name}")
+            self._rv += 1
+            obj = copy.deepcopy(obj)
+            obj["metadata"]["resourceVersion"] = str(self._rv)
+            self._record_event("DELETED", resource, key, obj)
+        return copy.deepcopy(obj)
+
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any] | None:
+        resource = resource_for_kind(kind)
+        with self._cond:
+            obj = self._objects[resource.plural].get((namespace if resource.namespaced else "", name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        resource = resource_for_kind(kind)
+        with self._cond:
+            return [copy.deepcopy(o) for _, o in sorted(self._objects[resource.plural].items())]
+
+    def compact(self, expire_open_watches: bool = False) -> int:
+        """Forget history up to now: watches from an older resourceVersion get 410 Gone.
+
+        With ``expire_open_watches`` the open watches also get an ERROR 410
+        event and end, as a watcher that fell behind a compaction does.
+        """
+        with self._cond:
+            self._floor = self._rv
+            if expire_open_watches:
+                status = _status(410, "Expired", f"too old resource version (compacted at {self._floor})")
+                self._queue_line(None, _line("ERROR", status), end=True)
+            return self._floor
+
+    # ------------------------------------------------------------ watches (test side)
+
+    def bookmark(self, kind: str | None = None) -> int:
+        """Send a BOOKMARK at the current resourceVersion to every watch that asked for bookmarks."""
+        with self._cond:
+            for watcher in self._watchers_of(kind):
+                if watcher.bookmarks:
+                    obj = {"kind": watcher.resource.kind, "apiVersion": watcher.resource.group_version,
+                           "metadata": {"resourceVersion": str(self._rv)}}
+                    watcher.pending.append((len(self._history), _line("BOOKMARK", obj), False))
+            self._cond.notify_all()
+            return self._rv
+
+    def send_raw_watch_line(self, kind: str, data: bytes) -> None:
+        """Send ``data`` as one line to the open watches of ``kind`` (e.g. invalid JSON)."""
+        with self._cond:
+            self._queue_line(kind, data.rstrip(b"\n") + b"\n", end=False)
+
+    def send_watch_error(self, kind: str | None, code: int, reason: str, message: str = "") -> None:
+        """An ERROR event (a Status) to the open watches, which then end."""
+        with self._cond:
+            self._queue_line(kind, _line("ERROR", _status(code, reason, message or reason)), end=True)
+
+    def drop_watches(self, kind: str | None = None) -> int:
+        """Cut the open watch connections abruptly (no end of stream); returns how many."""
+        with self._cond:
+            dropped = list(self._watchers_of(kind))
+            for watcher in dropped:
+                watcher.dropped = True
+                _shutdown(watcher.sock)
+            self._cond.notify_all()
+        return len(dropped)
+
+    def open_watches(self, kind: str | None = None) -> int:
+        with self._cond:
+            return sum(1 for _ in self._watchers_of(kind))
+
+    def wait_for_watches(self, kinds: list[str] | tuple[str, ...], timeout: float = 3.0) -> None:
+        """Block until every kind in ``kinds`` has an open watch."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not all(any(True for _ in self._watchers_of(kind)) for kind in kinds):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no open watch for some of {kinds}")
+                self._cond.wait(remaining)
+
+    # --------------------------------------------------------------- request log
+
+    def list_requests(self, kind: str) -> list[RequestRecord]:
+        path = resource_for_kind(kind).plural
+        return [r for r in list(self.requests) if not r.watch and r.path.endswith("/" + path)]
+
+    def watch_requests(self, kind: str) -> list[RequestRecord]:
+        path = resource_for_kind(kind).plural
+        return [r for r in list(self.requests) if r.watch and r.path.endswith("/" + path)]
+
+    # ------------------------------------------------------------------ internal
+
+    def _key(self, resource: FakeResource, obj: Mapping[str, Any]) -> Key:
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        if not name:
+            raise ValueError("the fake API server needs metadata.name")
+        return ((meta.get("namespace") or "") if resource.namespaced else "", name)
+
+    def _store(self, obj: Mapping[str, Any], event_type: str) -> dict[str, Any]:
+        resource = resource_for_kind(obj["kind"])
+        stored = copy.deepcopy(dict(obj))
+        stored.setdefault("apiVersion", resource.group_version)
+        meta = stored.setdefault("metadata", {})
+        key = self._key(resource, stored)
+        with self._cond:
+            existing = self._objects[resource.plural].get(key)
+            if event_type == "ADDED" and existing is not None:
+                raise ValueError(f"{resource.kind} {key} already exists")
+            if event_type == "MODIFIED" and existing is None:
+                raise KeyError(f"no {resource.kind} {key}")
+            self._rv += 1
+            meta["resourceVersion"] = str(self._rv)
+            meta["uid"] = existing["metadata"].get("uid") if existing else str(uuid.uuid4())
+            self._objects[resource.plural][key] = stored
+            self._record_event(event_type, resource, key, copy.deepcopy(stored))
+        return copy.deepcopy(stored)
+
+    def _record_event(self, event_type: str, resource: FakeResource, key: Key, obj: dict[str, Any]) -> None:
+        # Called with the lock held.
+        self._history.append(_Event(self._rv, event_type, resource.plural, key[0], obj))
+        self._history_rvs.append(self._rv)
+        self._cond.notify_all()
+
+    def _watchers_of(self, kind: str | None) -> Any:
+        plural = resource_for_kind(kind).plural if kind else None
+        return (w for w in self._watchers if not w.dropped and (plural is None or w.resource.plural == plural))
+
+    def _queue_line(self, kind: str | None, line: bytes, end: bool) -> None:
+        # Called with the lock held.
+        for watcher in self._watchers_of(kind):
+            watcher.pending.append((len(self._history), line, end))
+        self._cond.notify_all()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._cond:
+            self._connections.add(sock)
+        if self._httpd is None:  # accepted while going down
+            _shutdown(sock)
+
+    def _untrack(self, sock: socket.socket) -> None:
+        with self._cond:
+            self._connections.discard(sock)
+
+    def _route(self, path: str) -> tuple[FakeResource, str | None, str | None] | None:
+        """(resource, namespace or None for all, object name or None) for a request path."""
+        for prefix in _PREFIXES:
+            if not path.startswith(prefix + "/"):
+                continue
+            parts = [p for p in path[len(prefix) + 1:].split("/") if p]
+            if len(parts) >= 3 and parts[0] == "namespaces":
+                resource = _BY_PREFIX.get((prefix, parts[2]))
+                if resource is not None and resource.namespaced and len(parts) <= 4:
+                    return resource, parts[1], parts[3] if len(parts) == 4 else None
+            if 1 <= len(parts) <= 2:
+                resource = _BY_PREFIX.get((prefix, parts[0]))
+                if resource is not None:
+                    return resource, None, parts[1] if len(parts) == 2 else None
+        return None
+
+    def _handle_get(self, handler: _Handler) -> None:
+        url = urlsplit(handler.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        self.requests.append(RequestRecord("GET", url.path, query))
+        if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
+            handler.send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        accept = handler.headers.get("Accept") or "*/*"
+        if "json" not in accept and "*/*" not in accept:
+            # kube-apiserver would answer in protobuf or YAML; the fake speaks JSON only.
+            handler.send_json(406, _status(406, "NotAcceptable", f"only JSON is served, not {accept}"))
+            return
+        route = self._route(url.path)
+        if route is None:
+            handler.send_json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
+            return
+        resource, namespace, name = route
+        if name is not None:
+            obj = self.get(resource.kind, name, namespace or "")
+            if obj is None:
+                handler.send_json(404, _status(404, "NotFound", f"{resource.plural} {name!r} not found"))
+            else:
+                handler.send_json(200, obj)
+        elif query_bool(query.get("watch")):
+            self._serve_watch(handler, resource, namespace, query)
+        else:
+            self._serve_list(handler, resource, namespace, query)
+
+    # -------------------------------------------------------------------- list
+
+    def _list_item(self, resource: FakeResource, obj: dict[str, Any]) -> dict[str, Any]:
+        if resource.builtin:
+            return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+        return obj
+
+    def _snapshot(self, resource: FakeResource, rv: int) -> dict[Key, dict[str, Any]]:
+        # Called with the lock held: replay the history up to rv.
+        objects: dict[Key, dict[str, Any]] = {}
+        for event in self._history:
+            if event.rv > rv:
+                break
+            if event.plural != resource.plural:
+                continue
+            key = self._key(resource, event.obj)
+            if event.type == "DELETED":
+                objects.pop(key, None)
+            else:
+                objects[key] = event.obj
+        return objects
+
+    def _serve_list(self, handler: _Handler, resource: FakeResource, namespace: str | None,
+                    query: Mapping[str, str]) -> None:
+        try:
+            limit = int(query.get("limit") or 0)
+            token = query.get("continue") or ""
+            after: Key | None = None
+            if token:
+                decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+                snapshot_rv, after = int(decoded["rv"]), (decoded["after"][0], decoded["after"][1])
+        except (ValueError, KeyError, IndexError, TypeError):
+            handler.send_json(400, _status(400, "BadRequest", "invalid limit or continue parameter"))
+            return
+        with self._cond:
+            if token:
+                if snapshot_rv < self._floor:
+                    handler.send_json(410, _status(
+                        410, "Expired", "The provided continue parameter is too old to display a consistent list result."
+                    ))
+                    return
+                objects = self._snapshot(resource, snapshot_rv)
+            else:
+                snapshot_rv = self._rv
+                objects = dict(self._objects[resource.plural])
+            keys = sorted(k for k in objects if namespace is None or k[0] == namespace)
+            if after is not None:
+                keys = [k for k in keys if k > after]
+            page = keys[:limit] if limit > 0 else keys
+            items = [copy.deepcopy(self._list_item(resource, objects[k])) for k in page]
+        meta: dict[str, Any] = {"resourceVersion": str(snapshot_rv)}
+        if limit > 0 and len(keys) > limit:
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps({"rv": snapshot_rv, "after": list(page[-1])}).encode()
+            ).decode()
+        handler.send_json(200, {"kind": f"{resource.kind}List", "apiVersion": resource.group_version,
+                                "metadata": meta, "items": items})
+
+    # ------------------------------------------------------------------- watch
+
+    def _serve_watch(self, handler: _Handler, resource: FakeResource, namespace: str | None,
+                     query: Mapping[str, str]) -> None:
+        rv_text = query.get("resourceVersion", "")
+        timeout = float(query.get("timeoutSeconds") or 0)
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        initial: list[bytes] = []
+        watcher: _Watcher | None = None
+        with self._cond:
+            if rv_text in ("", "0"):
+                # No resourceVersion: synthetic ADDED events for what exists, then changes.
+                cursor = len(self._history)
+                initial = [_line("ADDED", obj) for key, obj in sorted(self._objects[resource.plural].items())
+                           if namespace is None or key[0] == namespace]
+            else:
+                try:
+                    since = int(rv_text)
+                except ValueError:
+                    since = -1
+                if since < 0:
+                    handler.send_json(400, _status(400, "BadRequest", f"invalid resourceVersion {rv_text!r}"))
+                    return
+                if since < self._floor:
+                    gone = _status(410, "Expired", f"too old resource version: {since} ({self._floor})")
+                    cursor = -1
+                else:
+                    cursor = bisect.bisect_right(self._history_rvs, since)
+            if cursor >= 0:
+                watcher = _Watcher(resource, namespace, query_bool(query.get("allowWatchBookmarks")),
+                                   handler.connection, cursor)
+                self._watchers.add(watcher)
+                self._cond.notify_all()
+        try:
+            if watcher is None:
+                if self.gone_as == "status":
+                    handler.send_json(410, gone)
+                else:
+                    handler.start_chunked()
+                    handler.write_chunk(_line("ERROR", gone))
+                    handler.end_chunked()
+                return
+            handler.start_chunked()
+            for line in initial:
+                handler.write_chunk(line)
+            self._follow(handler, watcher, deadline)
+        except OSError:
+            handler.close_connection = True  # the client went away or the test cut the connection
+        finally:
+            if watcher is not None:
+                with self._cond:
+                    self._watchers.discard(watcher)
+
+    def _follow(self, handler: _Handler, watcher: _Watcher, deadline: float | None) -> None:
+        while True:
+            with self._cond:
+                while not (watcher.dropped or watcher.pending or watcher.cursor < len(self._history)):
+                    wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                    if wait <= 0 or _client_gone(watcher.sock):
+                        break
+                    self._cond.wait(wait)
+                if watcher.dropped or _client_gone(watcher.sock):
+                    return  # cut by the test (no end of stream) or closed by the client
+                lines, end = self._collect(watcher)
+            for line in lines:
+                handler.write_chunk(line)
+            if end or (deadline is not None and time.monotonic() >= deadline):
+                handler.end_chunked()
+                return
+
+    def _collect(self, watcher: _Watcher) -> tuple[list[bytes], bool]:
+        # Called with the lock held: history events interleaved with queued lines in order.
+        lines: list[bytes] = []
+        for position, line, end in watcher.pending:
+            lines.extend(self._history_lines(watcher, position))
+            lines.append(line)
+            if end:
+                watcher.pending.clear()
+                return lines, True
+        watcher.pending.clear()
+        lines.extend(self._history_lines(watcher, len(self._history)))
+        return lines, False
+
+    def _history_lines(self, watcher: _Watcher, until: int) -> list[bytes]:
+        lines = []
+        for event in self._history[watcher.cursor:until]:
+            if event.plural == watcher.resource.plural and (
+                watcher.namespace is None or event.namespace == watcher.namespace
+            ):
+                lines.append(_line(event.type, event.obj))
+        watcher.cursor = max(watcher.cursor, until)
+        return lines
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """Has the client closed its end? (A watch client sends nothing after its request.)"""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -1,0 +1,72 @@
+"""`kube-netpol run` without --manifests builds the Kubernetes source from the agent's configuration."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import pytest
+
+pytest.importorskip("kubernetes")
+
+from kube_netpol.agent import run  # noqa: E402
+from kube_netpol.agent.config import AgentConfig  # noqa: E402
+from kube_netpol.sources.kubernetes import (  # noqa: E402
+    KubernetesConfigError,
+    KubernetesSource,
+    kubernetes_source_factory,
+)
+from kube_netpol.state.store import ClusterState  # noqa: E402
+from kube_netpol.testing import FakeApiServer  # noqa: E402
+
+from k8s_helpers import FAST, Driver, namespace, pod  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("config", "kinds"),
+    [
+        (AgentConfig(), ("Namespace", "Pod", "NetworkPolicy")),
+        (AgentConfig(enable_admin_network_policy=True),
+         ("Namespace", "Pod", "NetworkPolicy", "Node", "AdminNetworkPolicy")),
+        (AgentConfig(enable_admin_network_policy=True, enable_baseline_admin_network_policy=True),
+         ("Namespace", "Pod", "NetworkPolicy", "Node", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")),
+    ],
+)
+def test_factory_watches_what_the_pipeline_needs(kubeconfig: pathlib.Path, config: AgentConfig,
+                                                 kinds: tuple[str, ...]) -> None:
+    factory = kubernetes_source_factory(str(kubeconfig), config.pipeline)
+    source = factory(ClusterState())
+    assert isinstance(source, KubernetesSource)
+    assert source.kinds == kinds
+
+
+def test_factory_source_syncs_from_the_kubeconfig_server(apiserver: FakeApiServer, kubeconfig: pathlib.Path) -> None:
+    apiserver.create(namespace("a"))
+    apiserver.create(pod("a", "p", "10.0.0.1"))
+    source = kubernetes_source_factory(str(kubeconfig), AgentConfig().pipeline, FAST)(ClusterState())
+    driver = Driver(source)
+    driver.start()
+    try:
+        driver.run_until(source.ready, what="the initial lists")
+        assert set(source.state.pods) == {("a", "p")}
+    finally:
+        source.stop()
+
+
+def test_bad_configuration_is_reported(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(KubernetesConfigError, match="kubeconfig"):
+        kubernetes_source_factory(str(tmp_path / "missing"), ("networkpolicy",))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    with pytest.raises(KubernetesConfigError, match="in-cluster"):
+        kubernetes_source_factory(None, ("networkpolicy",))
+
+
+def test_run_command_refuses_a_bad_kubeconfig(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(run, "configure_logging", lambda *a, **k: None)  # leave pytest's logging alone
+    parser = argparse.ArgumentParser()
+    run.register(parser.add_subparsers())
+    args = parser.parse_args(["run", "--kubeconfig", str(tmp_path / "missing")])
+    assert run.run_command(args) == 2
+    assert "cannot load the kubeconfig" in capsys.readouterr().err
