@@ -46,6 +46,16 @@ def parse_queue_id(text: str) -> int:
     return value
 
 
+def parse_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r} (a positive number of records per second)")
+    return value
+
+
 def parse_evaluators(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     if not names:
@@ -71,6 +81,10 @@ class AgentConfig:
     evaluator_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     exempt_root_traffic: bool = True
     audit: bool = False
+    log_decisions: bool = False
+    decision_log: str | None = None
+    decision_log_rate: float = 100.0
+    decision_log_denied_only: bool = False
     log_format: str = "text"
     verbosity: int = 0
 
@@ -114,6 +128,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exempt-root-traffic", default=True,
                         help="never judge traffic of the node's root-owned sockets, e.g. kubelet probes (default true)", **bool_flag)
     parser.add_argument("--audit", default=False, help="judge and record every connection but accept all (default false)", **bool_flag)
+    parser.add_argument("--log-decisions", default=False,
+                        help="write one JSON record per judged connection to stderr (default false)", **bool_flag)
+    parser.add_argument("--decision-log", metavar="FILE",
+                        help="append decision records to FILE instead of stderr; implies --log-decisions")
+    parser.add_argument("--decision-log-rate", type=parse_rate, default=100.0, metavar="N",
+                        help="at most N decision records per second; the rest are counted and reported (default 100)")
+    parser.add_argument("--decision-log-denied-only", default=False,
+                        help="record only denied connections, those audit mode let through included (default false)", **bool_flag)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity", help="more logs (-v, -vv)")
 
@@ -151,6 +173,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         evaluator_settings=load_evaluator_settings(args.evaluator_config),
         exempt_root_traffic=args.exempt_root_traffic,
         audit=args.audit,
+        log_decisions=args.log_decisions or bool(args.decision_log),
+        decision_log=args.decision_log,
+        decision_log_rate=args.decision_log_rate,
+        decision_log_denied_only=args.decision_log_denied_only,
         log_format=args.log_format,
         verbosity=args.verbosity,
     )
