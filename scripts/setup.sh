@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables libnftables1 iptables conntrack libnetfilter-queue1 libnetfilter-queue-dev iproute2 gcc)
+# What the agent needs at run time (the Dockerfile's runtime stage installs exactly these) ...
+AGENT_APT_PACKAGES=(nftables libnftables1 iptables conntrack libnetfilter-queue1 iproute2)
+# ... and what building NetfilterQueue needs.
+BUILD_APT_PACKAGES=(libnetfilter-queue-dev gcc)
+APT_PACKAGES=("${AGENT_APT_PACKAGES[@]}" "${BUILD_APT_PACKAGES[@]}")
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -22,4 +26,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check \
     -e '.[dataplane,kubernetes,test]' ./plugins/kube-netpol-allowlist
+# The Helm engine for linting and rendering the chart in tests. It declares
+# Python >= 3.12 but works on 3.11; pinned because the tests read its result shapes.
+.venv/bin/python -m pip install -q --disable-pip-version-check --ignore-requires-python \
+    'helm-sdkpy==0.1.32' cffi pycparser
 echo "setup: ready ($(.venv/bin/kube-netpol --help >/dev/null && echo kube-netpol installed))"

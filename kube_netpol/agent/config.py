@@ -136,7 +136,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most N decision records per second; the rest are counted and reported (default 100)")
     parser.add_argument("--decision-log-denied-only", default=False,
                         help="record only denied connections, those audit mode let through included (default false)", **bool_flag)
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format (default text)")
     parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity", help="more logs (-v, -vv)")
 
 

@@ -1,0 +1,42 @@
+# The kube-netpol agent image (the DaemonSet in install.yaml and the chart runs it):
+#
+#   docker build -t ghcr.io/kube-netpol/kube-netpol:v0.1.0 .
+#
+# The apt packages and pip extras are those scripts/setup.sh installs for the
+# agent; tests/packaging checks that the two lists agree.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- builder: wheels for the package and every dependency -------------------
+# NetfilterQueue compiles against libnetfilter_queue; the compiler and headers
+# stay in this stage.
+FROM ${PYTHON_IMAGE} AS builder
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        gcc libc6-dev libnetfilter-queue-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY kube_netpol ./kube_netpol
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[dataplane,kubernetes]'
+
+# --- runtime ----------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+# nftables/libnftables1: the table (libnftables' JSON API); iptables: the xt
+# queue backend; conntrack: strict mode; libnetfilter-queue1: the queue reader;
+# iproute2: `ip -j address` for the node's own addresses.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        nftables libnftables1 iptables conntrack libnetfilter-queue1 iproute2 \
+    && rm -rf /var/lib/apt/lists/* \
+    && update-alternatives --set iptables /usr/sbin/iptables-nft \
+    && update-alternatives --set ip6tables /usr/sbin/ip6tables-nft
+COPY --from=builder /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'kube-netpol[dataplane,kubernetes]' \
+    && rm -rf /wheels
+# The pod's root filesystem is read-only: no .pyc files, unbuffered logs.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Root: the capabilities the pod adds (NET_ADMIN, NET_RAW) are effective only for root.
+USER 0
+ENTRYPOINT ["kube-netpol", "run"]

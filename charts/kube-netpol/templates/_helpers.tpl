@@ -1,0 +1,74 @@
+{{/*
+Names and labels. With the release named "kube-netpol" every object is named
+exactly as in install.yaml, and the DaemonSet selector is the same.
+*/}}
+{{- define "kube-netpol.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kube-netpol.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kube-netpol.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kube-netpol.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kube-netpol.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kube-netpol.labels" -}}
+helm.sh/chart: {{ include "kube-netpol.chart" . }}
+{{ include "kube-netpol.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "kube-netpol.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "kube-netpol.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kube-netpol.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kube-netpol.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{- define "kube-netpol.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "kube-netpol.imageTag" .) }}
+{{- end }}
+
+{{/*
+The `kube-netpol run` flags, one per line, in the order install.yaml lists them.
+Booleans are spelled out (Go style, --flag=true|false) so the pod spec says
+what the agent does without knowing the defaults.
+*/}}
+{{- define "kube-netpol.args" -}}
+- {{ printf "--metrics-bind-address=:%d" (int .Values.metricsPort) | quote }}
+- {{ printf "--nfqueue-id=%d" (int .Values.nfqueueId) | quote }}
+- {{ printf "--fail-open=%t" .Values.failOpen | quote }}
+- {{ printf "--strict-mode=%t" .Values.strictMode | quote }}
+- {{ printf "--queue-backend=%s" .Values.queueBackend | quote }}
+- {{ printf "--enable-admin-network-policy=%t" .Values.adminNetworkPolicy.enabled | quote }}
+- {{ printf "--enable-baseline-admin-network-policy=%t" .Values.baselineAdminNetworkPolicy.enabled | quote }}
+- {{ printf "--log-format=%s" .Values.logFormat | quote }}
+{{- range until (int .Values.verbosity) }}
+- "-v"
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,208 @@
+"""The Dockerfile (no image can be built here) against scripts/setup.sh, pyproject.toml and the agent's needs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging_helpers import REPO
+
+from kube_netpol.cli import build_parser
+
+#: Programs the agent runs at run time (subprocess argument lists in kube_netpol/):
+#: iptables/ip6tables for the xt queue backend and cleanup, conntrack for strict
+#: mode, ip for the node's own addresses.
+AGENT_PROGRAMS = ("iptables", "ip6tables", "conntrack", "ip")
+#: Shared libraries the agent loads: libnftables (pip-nftables, via ctypes) and
+#: libnetfilter_queue (the NetfilterQueue extension).
+AGENT_LIBRARIES = ("libnftables.so.1", "libnetfilter_queue.so.1")
+#: What setup.sh installs only to build or test (the builder stage must have the build tools).
+SETUP_EXTRAS_NOT_IN_IMAGE = {"test"}
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str = ""
+    apt_packages: set[str] = field(default_factory=set)
+    instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Dockerfile lines with comments dropped and backslash continuations joined."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    return lines
+
+
+def _apt_packages(command: str) -> set[str]:
+    packages = set()
+    for part in re.split(r"&&|;", command):
+        words = shlex.split(part)
+        if "apt-get" in words and "install" in words:
+            after = words[words.index("install") + 1:]
+            packages |= {w for w in after if not w.startswith("-")}
+    return packages
+
+
+def parse_dockerfile() -> list[Stage]:
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in _logical_lines((REPO / "Dockerfile").read_text()):
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif instruction == "FROM":
+            words = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
+            stages.append(Stage(base, words[2] if len(words) == 3 and words[1].upper() == "AS" else ""))
+        else:
+            stage = stages[-1]
+            stage.instructions.append((instruction, rest))
+            if instruction == "RUN":
+                stage.apt_packages |= _apt_packages(rest)
+    return stages
+
+
+def setup_sh_arrays() -> dict[str, list[str]]:
+    text = (REPO / "scripts" / "setup.sh").read_text()
+    return {m.group(1): m.group(2).split() for m in re.finditer(r"^(\w+)=\(([^)]*)\)", text, re.M)}
+
+
+def setup_sh_extras() -> set[str]:
+    text = (REPO / "scripts" / "setup.sh").read_text()
+    (extras,) = re.findall(r"-e\s+'\.\[([\w,-]+)\]'", text)
+    return set(extras.split(","))
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    parsed = parse_dockerfile()
+    assert len(parsed) == 2, "expected a builder stage and the runtime stage"
+    return parsed
+
+
+def test_base_is_python_3_11_slim_bookworm(stages: list[Stage]) -> None:
+    assert {stage.base for stage in stages} == {"python:3.11-slim-bookworm"}
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains("3.11")
+
+
+def test_runtime_packages_match_setup_sh(stages: list[Stage]) -> None:
+    builder, runtime = stages
+    arrays = setup_sh_arrays()
+    setup_all = {package for packages in arrays.values() for package in packages}
+    # Everything the image runs with is what the tests here run with...
+    assert runtime.apt_packages <= setup_all, runtime.apt_packages - setup_all
+    # ...and setup.sh installs nothing the image lacks, except build tools the builder stage has.
+    assert setup_all <= runtime.apt_packages | builder.apt_packages, setup_all - runtime.apt_packages - builder.apt_packages
+    assert not builder.apt_packages & runtime.apt_packages
+    if "AGENT_APT_PACKAGES" in arrays:  # setup.sh names the agent's run-time list: the image has exactly it
+        assert runtime.apt_packages == set(arrays["AGENT_APT_PACKAGES"])
+
+
+def test_runtime_has_the_netfilter_packages(stages: list[Stage]) -> None:
+    runtime = stages[1]
+    assert {"nftables", "libnftables1", "iptables", "conntrack", "libnetfilter-queue1"} <= runtime.apt_packages
+    assert not {"gcc", "libnetfilter-queue-dev"} & runtime.apt_packages  # build tools stay in the builder
+
+
+def _debian_package_of(path: str) -> str:
+    real = os.path.realpath(path)
+    base = os.path.basename(real)
+    # With merged /usr, dpkg may know the file under /bin or /sbin rather than /usr/bin.
+    for candidate in dict.fromkeys([real, path] + [f"{d}/{base}" for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin")]):
+        result = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            return result.stdout.split(":", 1)[0]
+    pytest.fail(f"no Debian package owns {path}")
+
+
+def _library_path(soname: str) -> str:
+    result = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True)
+    for line in result.stdout.splitlines():
+        name, _, path = line.strip().partition(" => ")  # "libfoo.so.1 (libc6,x86-64) => /lib/.../libfoo.so.1"
+        if name.split(" ", 1)[0] == soname:
+            return path
+    pytest.fail(f"{soname} is not installed here (scripts/setup.sh installs it)")
+
+
+@pytest.mark.parametrize("program", AGENT_PROGRAMS)
+def test_the_image_has_every_program_the_agent_runs(stages: list[Stage], program: str) -> None:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    assert path, f"{program} is not installed here (scripts/setup.sh installs it)"
+    assert _debian_package_of(path) in stages[1].apt_packages
+
+
+@pytest.mark.parametrize("library", AGENT_LIBRARIES)
+def test_the_image_has_every_library_the_agent_loads(stages: list[Stage], library: str) -> None:
+    assert _debian_package_of(_library_path(library)) in stages[1].apt_packages
+
+
+def _pip_extras(stage: Stage) -> set[str]:
+    found = set()
+    for instruction, rest in stage.instructions:
+        if instruction == "RUN" and "pip" in rest:
+            for extras in re.findall(r"\[([\w,-]+)\]", rest):
+                found.add(frozenset(extras.split(",")))
+    assert len(found) == 1, f"expected one set of extras, found {found}"
+    return set(next(iter(found)))
+
+
+def test_pip_extras_match_setup_sh(stages: list[Stage]) -> None:
+    expected = setup_sh_extras() - SETUP_EXTRAS_NOT_IN_IMAGE
+    assert expected == {"dataplane", "kubernetes"}
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert expected <= set(optional)
+    for stage in stages:
+        assert _pip_extras(stage) == expected
+
+
+def test_wheels_come_from_the_builder(stages: list[Stage]) -> None:
+    builder, runtime = stages
+    assert builder.name
+    copies = [rest for instruction, rest in runtime.instructions if instruction == "COPY"]
+    assert any(rest.startswith(f"--from={builder.name} ") for rest in copies)
+    install = " ".join(rest for instruction, rest in runtime.instructions if instruction == "RUN" and "pip install" in rest)
+    assert "--no-index" in install  # nothing fetched or compiled in the runtime stage
+
+
+def test_entrypoint_runs_the_agent(stages: list[Stage]) -> None:
+    entrypoints = [rest for instruction, rest in stages[1].instructions if instruction == "ENTRYPOINT"]
+    assert entrypoints == ['["kube-netpol", "run"]']
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kube-netpol"] == "kube_netpol.cli:main"
+    assert build_parser().parse_args(["run"]).command == "run"
+
+
+def test_build_context_has_what_the_builder_copies(stages: list[Stage]) -> None:
+    sources = []
+    for instruction, rest in stages[0].instructions:
+        if instruction == "COPY" and not rest.startswith("--from"):
+            sources += rest.split()[:-1]
+    readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
+    assert {"pyproject.toml", readme, "kube_netpol"} <= set(sources)
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert "*" in ignore  # everything else stays out of the context
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert f"!{source}" in ignore or f"!{source}/" in ignore, f".dockerignore leaves {source} out of the context"
