@@ -130,6 +130,7 @@ class Reflector:
         self._response_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._relist_reason = ""
+        self._missing_reported = False
         self.lists_completed = 0
 
     # ------------------------------------------------------------------ control
@@ -196,6 +197,14 @@ class Reflector:
                 reason = describe_error(err)
                 if getattr(err, "status", None) == 404 and self.resource.is_custom:
                     reason += " (is the CustomResourceDefinition installed?)"
+                    if phase == "list" and not self._synced.is_set() and not self._missing_reported:
+                        # Not served at all: there are no such objects. Count the initial
+                        # list as in (empty) so the other kinds are enforced, and keep
+                        # retrying so the kind is picked up once its CRD is installed.
+                        self._missing_reported = True
+                        log.error("%s: not served by the API server (is the CustomResourceDefinition "
+                                  "installed?); enforcing without them and retrying", name, extra=self._log_extra())
+                        self._submit_list([])
                 if phase == "list":
                     log.warning("%s: list failed (%s); retrying in %.2f s", name, reason, delay, extra=self._log_extra())
                 else:

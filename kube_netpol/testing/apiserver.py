@@ -209,6 +209,8 @@ class FakeApiServer:
         self._rv = initial_resource_version
         self._floor = 0
         self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.plural: {} for r in FAKE_RESOURCES}
+        # Kinds answered with 404, as when their CustomResourceDefinition is not installed.
+        self.unserved: set[str] = set()
         self._history: list[_Event] = []
         self._history_rvs: list[int] = []
         self._watchers: set[_Watcher] = set()
@@ -487,6 +489,9 @@ class FakeApiServer:
             handler.send_json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
             return
         resource, namespace, name = route
+        if resource.kind in self.unserved:
+            handler.send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            return
         if name is not None:
             obj = self.get(resource.kind, name, namespace or "")
             if obj is None:

@@ -363,3 +363,18 @@ def test_wrong_token_is_refused_and_never_ready(apiserver: FakeApiServer, tmp_pa
         assert any("pods: list failed (HTTP 401" in r.getMessage() for r in source_logs.records)
     finally:
         source.stop()
+
+
+def test_a_missing_crd_does_not_block_the_other_kinds(apiserver: FakeApiServer, make_driver: MakeDriver, source_logs) -> None:
+    apiserver.unserved = {"AdminNetworkPolicy"}
+    apiserver.create(namespace("x"))
+    driver = make_driver(("Namespace", "Pod", "NetworkPolicy", "AdminNetworkPolicy"))
+    # Ready without ANPs: NetworkPolicy enforcement must not wait for a CRD that is not installed.
+    driver.run_until(driver.source.ready, what="ready without the ANP CRD")
+    assert "x" in driver.source.state.namespaces
+    assert "adminnetworkpolicies: not served by the API server" in source_logs.text
+    # Once the CRD is installed, the kind is listed and watched like the others.
+    apiserver.create(admin_network_policy("anp", 10))
+    apiserver.unserved = set()
+    driver.run_until(lambda: ("", "anp") in driver.source.state.policy_objects("AdminNetworkPolicy"),
+                     what="the ANP after the CRD appeared")
