@@ -85,7 +85,11 @@ def parse_dockerfile() -> list[Stage]:
 
 def setup_sh_arrays() -> dict[str, list[str]]:
     text = (REPO / "scripts" / "setup.sh").read_text()
-    return {m.group(1): m.group(2).split() for m in re.finditer(r"^(\w+)=\(([^)]*)\)", text, re.M)}
+    # Arrays of literal package names; arrays composed of other arrays ("${A[@]}") add nothing new.
+    return {
+        m.group(1): [word for word in m.group(2).split() if "$" not in word]
+        for m in re.finditer(r"^(\w+)=\(([^)]*)\)", text, re.M)
+    }
 
 
 def setup_sh_extras() -> set[str]:
