@@ -8,5 +8,11 @@ export PATH="$PWD/.venv/bin:$PATH"
 SHARED_EXAMPLES=../shared/conformance/examples
 [ -d "$SHARED_EXAMPLES" ] || { echo "test: $SHARED_EXAMPLES is missing (shared/ must sit beside the repository)"; exit 2; }
 
+LEAKS_BEFORE=$(mktemp)
+python scripts/leak_check.py snapshot "$LEAKS_BEFORE"
+
 kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
 python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests
+
+# Nothing the tests created (namespaces, tables, xt rules) may outlive them.
+python scripts/leak_check.py compare "$LEAKS_BEFORE"
