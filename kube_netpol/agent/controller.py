@@ -16,7 +16,7 @@ import queue
 import subprocess
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from kube_netpol.agent.config import AgentConfig
 from kube_netpol.agent.verdict_loop import VerdictLoop, VerdictObserver
@@ -96,6 +96,8 @@ class Agent:
         self._wake = threading.Event()
         # When the oldest change not yet in the dataplane reached us (monotonic seconds).
         self._pending_since = 0.0
+        # The source revision whose state the dataplane (and, in strict mode, conntrack) fully reflects.
+        self._enforced_revision = ""
         self.sync_listeners: list[Callable[[float, bool], None]] = []  # (seconds, ok)
         self.apply_listeners: list[Callable[[float], None]] = []  # change received -> enforced, seconds
         self.engine.add_sync_listener(self._engine_changed)
@@ -111,6 +113,23 @@ class Agent:
 
     def _threads_alive(self) -> bool:
         return all(t.is_alive() for t in getattr(self, "_threads", []))
+
+    def status(self) -> dict[str, Any]:
+        """For /statusz: a tool that changed the source waits until ``enforced_revision`` is its revision."""
+        counters = self.verdict_loop.counters
+        return {
+            "ready": self.ready(),
+            "healthy": self.healthy(),
+            "source_revision": self._source_revision(),
+            "enforced_revision": self._enforced_revision,
+            "queue_backend": self.dataplane.backend if self.dataplane.started else "",
+            "verdicts": {"accepted": counters.accepted, "dropped": counters.dropped, "errors": counters.errors},
+        }
+
+    def _source_revision(self) -> str:
+        """The source's revision of what it has applied to the state ("" when the source has none)."""
+        revision = getattr(self.source, "revision", None)
+        return str(revision()) if callable(revision) else ""
 
     # ------------------------------------------------------------ running
 
@@ -151,11 +170,13 @@ class Agent:
                      ",".join(self.config.pipeline), backend, self.config.node_name)
             self._dirty.clear()
             self._pending_since = 0.0
+            self._enforced_revision = self._source_revision()
             stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
             stop_waker.start()
             while not stop.is_set():
                 self._drain_work()
                 self.source.poll()
+                revision = self._source_revision()  # the state the sync below makes the kernel follow
                 if self._dirty.is_set():
                     self._dirty.clear()
                     self._sync_dataplane()
@@ -169,6 +190,8 @@ class Agent:
                     self._last_strict = time.monotonic()
                     self._node_addresses = node_addresses()
                     self._enforce_strict_mode()
+                if not self._dirty.is_set() and not self._strict_due:
+                    self._enforced_revision = revision
                 if stop.is_set():
                     break
                 self._wake.wait(CONTROL_INTERVAL)

@@ -1,10 +1,15 @@
-"""/metrics, /healthz and /readyz on the metrics bind address."""
+"""/metrics, /healthz, /readyz and /statusz on the metrics bind address.
+
+/statusz is JSON for tools that drive the agent (the lab waits on it until the
+agent enforces exactly the manifests it wrote).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
@@ -14,6 +19,7 @@ def serve_http(
     healthy: Callable[[], bool],
     ready: Callable[[], bool],
     registry: CollectorRegistry = REGISTRY,
+    status: Callable[[], Mapping[str, Any]] | None = None,
 ) -> ThreadingHTTPServer:
     """Start the server on a daemon thread; ``shutdown()`` the result to stop it."""
 
@@ -28,6 +34,8 @@ def serve_http(
             elif path == "/readyz":
                 ok = ready()
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
+            elif path == "/statusz" and status is not None:
+                self._reply(200, json.dumps(status()).encode() + b"\n", "application/json")
             else:
                 self._reply(404, b"not found\n")
 
@@ -52,5 +60,6 @@ def serve_http(
         server_class = V6Server
     server = server_class((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    # shutdown() waits for the serving loop to notice; its default 0.5 s poll would delay every agent exit.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="http", daemon=True).start()
     return server

@@ -16,9 +16,13 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.engine import Judgement, PolicyEngine
 from kube_netpol.packet import parse_packet
 
-#: Bytes of each packet the kernel copies to us: enough for IPv4 with options
-#: or IPv6 with a few extension headers, plus the transport ports.
-COPY_RANGE = 128
+#: Bytes of each packet the kernel copies to us: as many as NetfilterQueue takes
+#: (it caps the range at its 4 KB buffer less metadata, 4016 bytes). The whole
+#: IPv6 extension header chain must fit: a packet whose transport header lies
+#: beyond the copy cannot be judged, and fail-open would then let it through,
+#: so a pod could pad its packets past any small range to evade policies.
+#: Queued packets are mostly first packets of connections, which are small.
+COPY_RANGE = 4016
 #: Packets the kernel holds for us before it drops (or bypasses) new ones.
 DEFAULT_MAX_QUEUE_LEN = 4096
 
@@ -89,8 +93,8 @@ class VerdictLoop:
         queue.bind(self.queue_num, self.handle, max_len=self.max_queue_len, mode=COPY_PACKET, range=COPY_RANGE)
         self._queue = queue
 
-    def run(self, stop: threading.Event, poll_interval: float = 0.2) -> None:
-        """Serve the queue until ``stop`` is set. Call ``bind`` first."""
+    def run(self, stop: threading.Event, poll_interval: float = 0.05) -> None:
+        """Serve the queue until ``stop`` is set (noticed within ``poll_interval`` seconds). Call ``bind`` first."""
         queue = self._queue
         if queue is None:
             raise RuntimeError("bind() the queue before run()")

@@ -1,0 +1,53 @@
+"""What happens to traffic when the agent dies (SIGKILL: no chance to clean up)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from e2e_agentlab import agent_lab, allow_ingress_from_pod, deny_ingress, requires_root
+
+pytestmark = requires_root
+
+PODS = {"x/a": ["10.244.1.10"], "x/b": ["10.244.1.11"], "y/a": ["10.244.2.10"], "y/b": ["10.244.2.11"]}
+
+
+def kill_agent(env) -> None:  # type: ignore[no-untyped-def]
+    env.agent.kill(signal.SIGKILL)
+    env.agent.process.wait(5)
+    # The kernel unbinds the dead process's queue when its netlink socket closes.
+    time.sleep(0.2)
+
+
+def test_fail_open_traffic_to_managed_pods_flows_after_the_agent_is_killed() -> None:
+    with agent_lab(PODS, fail_open=True, policies=[deny_ingress("x", "a")]) as env:
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [False, False, True]
+        kill_agent(env)
+        # The rules stay (x/a is still diverted to the queue) but nobody reads it: bypass lets packets through.
+        assert env.table_exists()
+        assert env.xt_rules(), "the xt queue rules must still be there for this test to mean anything"
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [True, True, True]
+        assert env.probe("x/b", "x/a", protocol="UDP")
+
+
+def test_fail_closed_new_connections_to_selected_pods_are_dropped_after_the_agent_is_killed() -> None:
+    with agent_lab(PODS, fail_open=False, policies=[allow_ingress_from_pod("x", "a", "b")]) as env:
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("y/a", "y/b")]) == [True, False, True]
+        kill_agent(env)
+        assert env.table_exists()
+        # Selected pod: queued without bypass and nobody judges, so dropped, even what the policy allows.
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [False, False, False]
+        assert not env.probe("x/b", "x/a", protocol="UDP")
+        # Pods no policy selects are not diverted: their traffic still flows.
+        assert env.probe_many([("y/a", "y/b"), ("y/b", "y/a")]) == [True, True]
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_graceful_stop_keeps_rules_only_when_failing_open(fail_open: bool) -> None:
+    with agent_lab(PODS, fail_open=fail_open, policies=[deny_ingress("x", "a")]) as env:
+        assert env.agent.stop() == 0
+        assert env.table_exists() is fail_open
+        assert bool(env.xt_rules()) is fail_open
+        # Fail-open keeps diverting to a queue nobody reads (bypass); fail-closed removed everything: both flow.
+        assert env.probe("y/a", "x/a")
