@@ -152,7 +152,7 @@ class Agent:
         self.source.start(self.submit)
         while not self.source.ready():
             self._drain_work()
-            self.source.poll()
+            self._poll_source()
             if stop.wait(CONTROL_INTERVAL):
                 self.source.stop()
                 return
@@ -175,7 +175,7 @@ class Agent:
             stop_waker.start()
             while not stop.is_set():
                 self._drain_work()
-                self.source.poll()
+                self._poll_source()
                 revision = self._source_revision()  # the state the sync below makes the kernel follow
                 if self._dirty.is_set():
                     self._dirty.clear()
@@ -202,6 +202,12 @@ class Agent:
             self.source.stop()
             self.dataplane.stop()
             log.info("agent stopped (%s)", "rules kept: fail-open" if self.config.fail_open else "rules removed")
+
+    def _poll_source(self) -> None:
+        try:
+            self.source.poll()
+        except Exception:  # noqa: BLE001 - a source failure must not stop enforcement of the last state
+            log.exception("reading the source failed; keeping the last known state")
 
     def _drain_work(self) -> None:
         while True:

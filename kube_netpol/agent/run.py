@@ -3,74 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from kube_netpol.agent.config import add_agent_arguments, config_from_args
 from kube_netpol.logs import configure_logging
 from kube_netpol.plugins import PluginError
-from kube_netpol.sources.manifests import ManifestError, ManifestSource, ObjectKey, object_key
+from kube_netpol.sources.manifests import ManifestFolderSource
 from kube_netpol.state.store import ClusterState
 
 log = logging.getLogger("kube_netpol.agent")
-
-
-def entries_revision(entries: Mapping[ObjectKey, str]) -> str:
-    """A digest of a set of objects: (kind, namespace, name) -> canonical JSON (``json.dumps(sort_keys=True)``)."""
-    return hashlib.sha256(json.dumps(sorted(entries.items())).encode()).hexdigest()
-
-
-def objects_revision(objects: Iterable[Mapping[str, Any]]) -> str:
-    """The revision the manifests source reports once it has applied exactly these objects.
-
-    Keys and canonical JSON are made as the source makes them (objects without
-    kind or name are skipped, a later object with the same key wins), so a
-    writer of the folder (the lab) can wait for precisely its own content.
-    """
-    entries: dict[ObjectKey, str] = {}
-    for obj in objects:
-        key = object_key(obj) if isinstance(obj, Mapping) else None
-        if key is not None:
-            entries[key] = json.dumps(obj, sort_keys=True)
-    return entries_revision(entries)
-
-
-class ManifestFolderSource:
-    """The manifests folder as an agent source: read at start, re-read on every poll."""
-
-    def __init__(self, folder: str, state: ClusterState) -> None:
-        self._source = ManifestSource(folder, state)
-        self._revision = ""
-
-    def start(self, submit: Callable[[Callable[[], None]], None]) -> None:
-        self._source.sync()
-        self._update_revision()
-
-    def poll(self) -> None:
-        try:
-            if self._source.sync():
-                self._update_revision()
-        except ManifestError as err:
-            log.error("%s", err)
-
-    def revision(self) -> str:
-        """A digest of the objects applied to the state (see ``objects_revision``)."""
-        return self._revision
-
-    def _update_revision(self) -> None:
-        # ManifestSource keeps what it applied as key -> canonical JSON; it has no public accessor yet.
-        self._revision = entries_revision(self._source._applied)  # noqa: SLF001
-
-    def ready(self) -> bool:
-        return self._source.loaded
-
-    def stop(self) -> None:
-        pass
 
 
 def register(subparsers: Any) -> None:
@@ -82,6 +27,7 @@ def register(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from kube_netpol.agent.controller import Agent
     from kube_netpol.agent.http import serve_http
+    from kube_netpol.observability.decisions import DecisionLogger, chain_observers
     from kube_netpol.observability.metrics import AgentCollector, VerdictMetrics
     from prometheus_client import REGISTRY
 
@@ -110,16 +56,37 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"kube-netpol run: {err}", file=sys.stderr)
             return 2
     verdict_metrics = VerdictMetrics(audit=config.audit)
+    observer = verdict_metrics.observe
+    decision_logger: DecisionLogger | None = None
+    if config.log_decisions:
+        options: dict[str, Any] = {"rate": config.decision_log_rate, "only_denied": config.decision_log_denied_only}
+        try:
+            decision_logger = (
+                DecisionLogger.to_file(config.decision_log, **options)
+                if config.decision_log
+                else DecisionLogger(sys.stderr, **options)
+            )
+        except OSError as err:
+            print(f"kube-netpol run: --decision-log {config.decision_log}: {err}", file=sys.stderr)
+            return 2
+        observer = chain_observers(verdict_metrics.observe, decision_logger.observe)
     try:
-        agent = Agent(config, source_factory, observer=verdict_metrics.observe)
+        agent = Agent(config, source_factory, observer=observer)
     except PluginError as err:
+        if decision_logger is not None:
+            decision_logger.stop()
         print(f"kube-netpol run: {err}", file=sys.stderr)
         return 2
+    if decision_logger is not None:
+        decision_logger.provider = agent.state  # pod names are resolved when records are written
+        decision_logger.start()
     collector = AgentCollector(
         verdict_metrics,
         invalid_objects=lambda: dict(agent.state.invalid_objects),
         managed_ips=lambda: tuple(len(s) for s in agent.dataplane.managed) if agent.dataplane.started else (0, 0),
         cache_stats=lambda: (agent.engine.cache_hits, agent.engine.cache_misses),
+        verdict_errors=lambda: agent.verdict_loop.counters.errors,
+        decision_log_stats=(lambda: decision_logger.stats()) if decision_logger is not None else None,
     )
     REGISTRY.register(collector)
     agent.sync_listeners.append(collector.record_sync)
@@ -143,4 +110,6 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if decision_logger is not None:
+            decision_logger.stop()  # writes the last records and the final "suppressed" line
     return 0

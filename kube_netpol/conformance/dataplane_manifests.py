@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from kube_netpol.agent.run import objects_revision
+from kube_netpol.sources.manifests import objects_revision
 from kube_netpol.sources.manifests import read_manifest_file
 
 #: The file holding the objects; the agent skips names starting with "." (the temporary file).

@@ -220,6 +220,15 @@ class DecisionLogger:
 
     # ------------------------------------------------------- writer thread
 
+    def stats(self) -> dict[str, int]:
+        """Records by fate, for the metrics endpoint."""
+        return {
+            "written": self.written,
+            "rate_limited": self.rate_limited,
+            "queue_full": self.queue_full,
+            "write_error": self.write_errors,
+        }
+
     def start(self) -> None:
         if self._thread is not None:
             return

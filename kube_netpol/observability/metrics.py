@@ -198,12 +198,16 @@ class AgentCollector(Collector):
         managed_ips: Callable[[], tuple[int, int]],
         cache_stats: Callable[[], tuple[int, int]],
         queue_stats: Callable[[], list[QueueStats]] = read_nfqueue_stats,
+        verdict_errors: Callable[[], int] = lambda: 0,
+        decision_log_stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.verdicts = verdicts
         self._invalid_objects = invalid_objects
         self._managed_ips = managed_ips
         self._cache_stats = cache_stats
         self._queue_stats = queue_stats
+        self._verdict_errors = verdict_errors
+        self._decision_log_stats = decision_log_stats
         self.sync_duration = Histogram(LATENCY_BUCKETS_S)
         self.sync_errors = 0
         self.apply_latency = Histogram(LATENCY_BUCKETS_S)
@@ -246,6 +250,16 @@ class AgentCollector(Collector):
         errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)", [])
         errors.add_sample(PREFIX + "dataplane_sync_errors", {}, self.sync_errors)
         yield errors
+
+        packet_errors = _counter(PREFIX + "packet_errors", "Packets that could not be parsed or judged; they got the fail-open/fail-closed verdict", [])
+        packet_errors.add_sample(PREFIX + "packet_errors", {}, self._verdict_errors())
+        yield packet_errors
+
+        if self._decision_log_stats is not None:
+            records = _counter(PREFIX + "decision_records", "Decision records by fate (written, or dropped: rate_limited, queue_full, write_error)", ["result"])
+            for result, count in sorted(self._decision_log_stats().items()):
+                records.add_sample(PREFIX + "decision_records", {"result": result}, count)
+            yield records
 
         managed = GaugeMetricFamily(PREFIX + "managed_pod_ips", "Pod addresses whose traffic is sent to the queue", labels=["family"])
         v4, v6 = self._managed_ips()

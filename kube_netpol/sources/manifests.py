@@ -8,13 +8,14 @@ objects stay in force, so a half-written file never lifts a policy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -157,3 +158,59 @@ class ManifestSource:
 
     def objects(self) -> Iterator[ObjectKey]:
         return iter(self._applied)
+
+    def applied_entries(self) -> Mapping[ObjectKey, str]:
+        """What was applied: (kind, namespace, name) -> canonical JSON."""
+        return dict(self._applied)
+
+
+def entries_revision(entries: Mapping[ObjectKey, str]) -> str:
+    """A digest of a set of objects: (kind, namespace, name) -> canonical JSON (``json.dumps(sort_keys=True)``)."""
+    return hashlib.sha256(json.dumps(sorted(entries.items())).encode()).hexdigest()
+
+
+def objects_revision(objects: Iterable[Mapping[str, Any]]) -> str:
+    """The revision the manifests source reports once it has applied exactly these objects.
+
+    Keys and canonical JSON are made as the source makes them (objects without
+    kind or name are skipped, a later object with the same key wins), so a
+    writer of the folder (the lab) can wait for precisely its own content.
+    """
+    entries: dict[ObjectKey, str] = {}
+    for obj in objects:
+        key = object_key(obj) if isinstance(obj, Mapping) else None
+        if key is not None:
+            entries[key] = json.dumps(obj, sort_keys=True)
+    return entries_revision(entries)
+
+
+class ManifestFolderSource:
+    """The manifests folder as an agent source: read at start, re-read on every poll."""
+
+    def __init__(self, folder: str, state: ClusterState) -> None:
+        self._source = ManifestSource(folder, state)
+        self._revision = ""
+
+    def start(self, submit: Callable[[Callable[[], None]], None]) -> None:
+        self._source.sync()
+        self._update_revision()
+
+    def poll(self) -> None:
+        try:
+            if self._source.sync():
+                self._update_revision()
+        except ManifestError as err:
+            log.error("%s", err)
+
+    def revision(self) -> str:
+        """A digest of the objects applied to the state (see ``objects_revision``)."""
+        return self._revision
+
+    def _update_revision(self) -> None:
+        self._revision = entries_revision(self._source.applied_entries())
+
+    def ready(self) -> bool:
+        return self._source.loaded
+
+    def stop(self) -> None:
+        pass

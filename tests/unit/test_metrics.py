@@ -115,3 +115,20 @@ def test_counters_keep_the_reference_name_in_help_type_and_samples() -> None:
     assert "# HELP kube_network_policies_packet_count " in text
     assert 'kube_network_policies_packet_count{family="IPv4",protocol="TCP",verdict="accept"} 1.0' in text
     assert "_total" not in text.replace("nfqueue_queue_total", "")
+
+
+def test_packet_errors_and_decision_records() -> None:
+    agent_collector = AgentCollector(
+        VerdictMetrics(),
+        invalid_objects=dict,
+        managed_ips=lambda: (0, 0),
+        cache_stats=lambda: (0, 0),
+        queue_stats=list,
+        verdict_errors=lambda: 7,
+        decision_log_stats=lambda: {"written": 5, "rate_limited": 2, "queue_full": 1, "write_error": 0},
+    )
+    samples = scrape(agent_collector)
+    assert samples["kube_network_policies_packet_errors"] == [({}, 7)]
+    assert {l["result"]: v for l, v in samples["kube_network_policies_decision_records"]} == {
+        "written": 5, "rate_limited": 2, "queue_full": 1, "write_error": 0,
+    }
