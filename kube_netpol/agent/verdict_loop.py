@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.engine import Judgement, PolicyEngine
-from kube_netpol.packet import parse_packet
+from kube_netpol.packet import MalformedPacket, parse_packet
 
 #: Bytes of each packet the kernel copies to us: as many as NetfilterQueue takes
 #: (it caps the range at its 4 KB buffer less metadata, 4016 bytes). The whole
@@ -65,11 +65,16 @@ class VerdictLoop:
         counters = self.counters
         started = perf_counter_ns()
         try:
-            packet = parse_packet(queued.get_payload())
+            payload = queued.get_payload()
+            packet = parse_packet(payload)
             judgement = self.engine.evaluate(packet)
         except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
             counters.errors += 1
-            if self.fail_open:
+            # A packet that fills the copy range and still cannot be parsed hides its
+            # transport header beyond what the kernel gave us (e.g. a long IPv6
+            # extension header chain). Its sender chose that layout, so it must not
+            # pass unjudged even when failing open.
+            if self.fail_open and not (isinstance(err, MalformedPacket) and len(payload) >= COPY_RANGE):
                 queued.accept()
             else:
                 queued.drop()

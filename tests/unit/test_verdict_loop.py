@@ -131,3 +131,25 @@ def test_audit_mode_accepts_what_it_would_deny() -> None:
     assert queued.verdicts == ["accept"]
     assert observed[0][1] is True
     assert verdict_loop.counters.accepted == 1
+
+
+def test_headers_beyond_the_copy_range_are_dropped_even_when_failing_open() -> None:
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, PadN
+
+    from kube_netpol.agent.verdict_loop import COPY_RANGE
+
+    # Two maximal option headers push TCP out of the bytes the kernel copies.
+    padding = [PadN(optdata=b"\x00" * 250)] * 8
+    packet = bytes(
+        IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop(options=padding) / IPv6ExtHdrDestOpt(options=padding)
+        / TCP(sport=40000, dport=80, flags="S")
+    )
+    assert len(packet) > COPY_RANGE
+    queued = Queued(packet[:COPY_RANGE])  # what the kernel copies to us
+    verdict_loop = loop(fail_open=True)
+    verdict_loop.handle(queued)
+    assert queued.verdicts == ["drop"] and verdict_loop.counters.errors == 1
+    # A short malformed packet still gets the fail-open verdict.
+    short = Queued(packet[:30])
+    verdict_loop.handle(short)
+    assert short.verdicts == ["accept"]
