@@ -12,6 +12,9 @@ LEAKS_BEFORE=$(mktemp)
 python scripts/leak_check.py snapshot "$LEAKS_BEFORE"
 
 kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
+# The same scenarios with the real agent, nftables and NFQUEUE in the lab (root);
+# it also fails if any probe's dataplane result differs from the offline one.
+kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode dataplane
 python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests
 
 # Nothing the tests created (namespaces, tables, xt rules) may outlive them.
