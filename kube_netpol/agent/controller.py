@@ -84,6 +84,7 @@ class Agent:
                 fail_open=config.fail_open,
                 accept_root=config.exempt_root_traffic,
                 queue_backend=config.queue_backend,  # type: ignore[arg-type]
+                netfilter_bug_1766_fix=config.netfilter_bug_1766_fix,
             )
         )
         self.verdict_loop = VerdictLoop(self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer)

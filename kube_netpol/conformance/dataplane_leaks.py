@@ -8,7 +8,7 @@ confused by anything else on the machine.
 from __future__ import annotations
 
 from kube_netpol.dataplane.nft import NftClient
-from kube_netpol.dataplane.ruleset import FAMILY
+from kube_netpol.dataplane.ruleset import FAMILY, XT_CHAINS
 from kube_netpol.dataplane.xtables import Xtables, XtablesError
 from kube_netpol.lab.netns import list_netns
 
@@ -23,10 +23,11 @@ def root_leaks(lab_id: str, table: str) -> list[str]:
         leaks.append(f"nftables table {FAMILY} {table}")
     xtables = Xtables()
     for family in (4, 6):
-        try:
-            rules = xtables.list_ours(family, table)
-        except (XtablesError, FileNotFoundError) as err:
-            leaks.append(f"cannot list IPv{family} xtables rules: {err}")
-            continue
-        leaks += [f"IPv{family} xtables rule in mangle POSTROUTING: {' '.join(rule)}" for rule in rules]
+        for chain in XT_CHAINS:
+            try:
+                rules = xtables.list_ours(family, table, chain=chain)
+            except (XtablesError, FileNotFoundError) as err:
+                leaks.append(f"cannot list IPv{family} xtables rules in {chain}: {err}")
+                continue
+            leaks += [f"IPv{family} xtables rule in mangle {chain}: {' '.join(rule)}" for rule in rules]
     return leaks

@@ -2,8 +2,10 @@
 
 ``Dataplane`` owns the table's lifecycle (start/reconcile, sync, stop) and, for
 the xtables queue backend, the iptables/ip6tables rules that queue marked
-packets. ``cleanup`` removes everything the agent ever creates. The ruleset
-itself is data in ``ruleset``; this module only sequences transactions.
+packets (mangle POSTROUTING, plus mangle PREROUTING with the netfilter bug
+1766 workaround). ``cleanup`` removes everything the agent ever creates. The
+ruleset itself is data in ``ruleset``; this module only sequences
+transactions.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kube_netpol.dataplane.ruleset import (
     DEFAULT_TABLE,
     MANAGED_SET_BY_VERSION,
     Address,
+    XT_CHAINS,
     Backend,
     RulesetSpec,
     delete_table_commands,
@@ -34,6 +37,7 @@ from kube_netpol.dataplane.ruleset import (
     parse_table,
     reconcile_commands,
     sync_commands,
+    xt_chains,
 )
 from kube_netpol.dataplane.xtables import Xtables, XtablesError, queue_rule_args
 
@@ -67,9 +71,12 @@ class DataplaneConfig:
     fail_open: bool = True  # bypass: traffic flows while no queue reader runs
     accept_root: bool = True  # never judge packets of uid-0 sockets (kubelet probes, node daemons)
     queue_backend: BackendChoice = "auto"
-    mark: int = DEFAULT_MARK  # xt backend: the mark bit that asks iptables to queue
+    mark: int = DEFAULT_MARK  # our bit: asks iptables to queue (xt); "judged on prerouting" (bug-1766 fix)
     iptables: str = "iptables"
     ip6tables: str = "ip6tables"
+    # Judge new DNS requests on prerouting (https://bugzilla.netfilter.org/show_bug.cgi?id=1766,
+    # fixed in kernel 6.12): see kube_netpol.dataplane.ruleset.
+    netfilter_bug_1766_fix: bool = True
 
     def spec(self, backend: Backend, divert_all: bool = False) -> RulesetSpec:
         return RulesetSpec(
@@ -80,6 +87,7 @@ class DataplaneConfig:
             accept_root=self.accept_root,
             mark=self.mark,
             divert_all=divert_all,
+            netfilter_bug_1766_fix=self.netfilter_bug_1766_fix,
         )
 
 
@@ -156,7 +164,8 @@ class Dataplane:
         holding exactly those; with None, the elements an earlier run left are
         kept (traffic stays diverted while the agent restarts) until the first
         sync. ``divert_all`` None keeps the mode the kernel's rules are in.
-        Stale xt rules of ours are removed. Returns the backend in use.
+        Stale xt rules of ours are removed (also those of a chain the
+        configuration no longer uses). Returns the backend in use.
         """
         with self._lock:
             backend = resolve_queue_backend(self.config.queue_backend, self.nft)
@@ -176,15 +185,23 @@ class Dataplane:
             if commands:
                 self.nft.run(commands)
             if backend == "xt":
+                # After the table: a PREROUTING rule removed while the old table still marks there would
+                # let marked DNS pass unjudged (postrouting skips marked packets).
                 self._ensure_xt(spec, remove_stale=True)
             else:
                 self._remove_xt(spec.table, tolerate_errors=True)  # left by an earlier xt-backend run
             self._spec, self._elements = spec, elements
             log.info(
-                "dataplane started: table inet %s, backend %s, queue %d%s, %d managed addresses",
+                "dataplane started: table inet %s, backend %s, queue %d%s, %d managed addresses%s",
                 spec.table, backend, spec.queue_num, " (bypass)" if spec.fail_open else "",
                 sum(len(e) for e in elements.values()),
+                ", DNS judged on prerouting (netfilter bug 1766)" if spec.netfilter_bug_1766_fix else "",
             )  # fmt: skip
+            if backend == "xt" and spec.netfilter_bug_1766_fix:
+                log.info(
+                    "xt queue backend: DNS requests are judged before DNAT (iptables mangle PREROUTING); "
+                    "requests to a Service address are judged with that address"
+                )
             return backend
 
     def sync(self, managed_v4: Iterable[Address], managed_v6: Iterable[Address], divert_all: bool) -> bool:
@@ -242,10 +259,17 @@ class Dataplane:
         return True
 
     def _ensure_xt(self, spec: RulesetSpec, *, remove_stale: bool) -> None:
+        """Our queue rule in each mangle chain the spec uses; with ``remove_stale``, in no other."""
         comment = _xt_comment(spec.table)
         rule = queue_rule_args(mark=spec.mark, queue_num=spec.queue_num, bypass=spec.fail_open, comment=comment)
+        wanted = xt_chains(spec)
         for family in _FAMILIES:
-            self._xt.ensure(family, rule, comment, remove_stale=remove_stale)
+            for chain in wanted:
+                self._xt.ensure(family, rule, comment, remove_stale=remove_stale, chain=chain)
+            if remove_stale:
+                for chain in XT_CHAINS:
+                    if chain not in wanted:
+                        self._xt.remove_ours(family, comment, chain)
 
     def _remove_xt(self, table: str, *, tolerate_errors: bool) -> None:
         _remove_xt_rules(self._xt, table, tolerate_errors=tolerate_errors)
@@ -258,14 +282,15 @@ def _desired(v4: Iterable[Address], v6: Iterable[Address]) -> dict[str, frozense
 def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
     errors = []
     for family in _FAMILIES:
-        try:
-            xt.remove_ours(family, _xt_comment(table))
-        except FileNotFoundError:
-            pass  # no iptables/ip6tables binary: none of our rules can exist
-        except XtablesError as e:
-            if not tolerate_errors:
-                errors.append(str(e))
-            log.warning("could not remove xt rules: %s", e)
+        for chain in XT_CHAINS:
+            try:
+                xt.remove_ours(family, _xt_comment(table), chain)
+            except FileNotFoundError:
+                break  # no iptables/ip6tables binary: none of our rules can exist
+            except XtablesError as e:
+                if not tolerate_errors:
+                    errors.append(str(e))
+                log.warning("could not remove xt rules: %s", e)
     if errors:
         raise XtablesError("; ".join(errors))
 

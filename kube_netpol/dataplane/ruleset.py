@@ -4,8 +4,9 @@ Pure logic, no I/O (the h11 way): every function here takes plain values and
 returns the JSON commands to send, or reads the JSON that libnftables listed.
 The callers in this package own libnftables and the transactions.
 
-The table holds two address sets and one chain on the postrouting hook::
+The table holds two address sets and a chain on the postrouting hook::
 
+    meta mark & M == M ............................. clear M, accept  (judged at prerouting; bug-1766 fix only)
     icmpv6 type 133-137 ............................ accept   (neighbour discovery, router messages)
     meta skuid 0 ................................... accept   (optional: kubelet probes, node daemons)
     ct state established,related ................... accept   (the verdict lives in conntrack)
@@ -14,6 +15,33 @@ The table holds two address sets and one chain on the postrouting hook::
 "Divert" is the queue statement for the native backend, and for the xtables
 backend a mark that one iptables/ip6tables rule turns into NFQUEUE (this
 kernel has no native ``queue`` expression).
+
+With the netfilter bug 1766 workaround (on by default, not needed from
+kernel 6.12) a second chain judges new DNS requests on the prerouting hook::
+
+    meta iiftype loopback .......................... accept   (the node's own traffic, judged on its way out)
+    meta l4proto != udp, udp dport != 53 ........... accept   (only DNS requests are judged here)
+    ct state established,related ................... accept
+    ip saddr/daddr @managed-v4, ip6 ... @managed-v6  set M, divert   (or every DNS request, in divert-all mode)
+
+Why: glibc sends the A and AAAA queries of one lookup from one socket at
+once. While the first is held in the queue its conntrack entry is not
+confirmed, so the second creates a rival entry; if the queue sits after the
+routing decision (postrouting) and Service DNAT picked different backends,
+the loser is dropped at confirmation and the lookup waits for a retry
+(https://bugzilla.netfilter.org/show_bug.cgi?id=1766). Judged on
+prerouting, before the routing decision, the clash is resolved when the
+verdict re-injects the packet (kubernetes-sigs/kube-network-policies does the
+same, with the same flag). The mark bit M tells the postrouting chain the packet was already judged; it is
+cleared there so the xt backend's postrouting rule does not queue it again.
+
+The native prerouting chain sits right after DNAT, so the packet is judged
+with the Service's chosen endpoint, like on postrouting. The xt backend can
+only queue in iptables' mangle PREROUTING, which runs *before* DNAT: there a
+DNS request sent to a Service address is judged with that address as its
+destination (an egress rule naming the DNS pods does not match it, and the
+DNS pods' ingress rules are not consulted). Disable the workaround with the
+xt backend where DNS goes through Service addresses and policies select it.
 
 Every rule carries a comment ``"<name> <fingerprint>"``; the fingerprint hashes
 the rule's generated expression, so comparing comments tells whether the rules
@@ -37,15 +65,21 @@ Address = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FAMILY: Final = "inet"
 CHAIN: Final = "postrouting"
+PREROUTING_CHAIN: Final = "prerouting"
 DEFAULT_TABLE: Final = "kube-netpol"
 DEFAULT_QUEUE_NUM: Final = 100
 #: Not used by kube-proxy (0x4000 masquerade, 0x8000 drop) nor by Calico's default 0xffff0000 mask.
 DEFAULT_MARK: Final = 0x200000
+DNS_PORT: Final = 53
 
 #: srcnat (100) - 5: after routing and DNAT, before SNAT hides the pod's address.
 PRIORITY_NATIVE: Final = 95
 #: mangle (-150) - 10: the mark must be set before iptables' mangle POSTROUTING queues on it.
 PRIORITY_XT: Final = -160
+#: dstnat (-100) + 5: after DNAT, so a request to a Service is judged with the endpoint chosen.
+PRIORITY_PREROUTING_NATIVE: Final = -95
+#: mangle (-150) - 10: before iptables' mangle PREROUTING queues on the mark (and so before DNAT).
+PRIORITY_PREROUTING_XT: Final = -160
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -76,8 +110,9 @@ class RulesetSpec:
     queue_num: int = DEFAULT_QUEUE_NUM
     fail_open: bool = True  # queue with "bypass": packets pass when no reader listens
     accept_root: bool = True  # accept packets of sockets owned by uid 0
-    mark: int = DEFAULT_MARK  # xt backend only: the bit that asks iptables to queue
+    mark: int = DEFAULT_MARK  # our bit: "queue me" to iptables (xt), "judged at prerouting" (bug-1766 fix)
     divert_all: bool = False  # queue every new connection, not only managed addresses
+    netfilter_bug_1766_fix: bool = True  # judge new DNS requests on prerouting (see the module doc)
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.table):
@@ -91,7 +126,41 @@ class RulesetSpec:
 
     @property
     def priority(self) -> int:
+        """The postrouting chain's priority."""
         return PRIORITY_NATIVE if self.backend == "nft" else PRIORITY_XT
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One base chain of our table, and the iptables mangle chain that queues for it (xt backend)."""
+
+    name: str
+    hook: str
+    priority: int
+    xt_chain: str
+
+
+def chains(spec: RulesetSpec) -> tuple[Chain, ...]:
+    """Our base chains for ``spec``, in the order they are created."""
+    xt = spec.backend == "xt"
+    out = [Chain(CHAIN, "postrouting", spec.priority, "POSTROUTING")]
+    if spec.netfilter_bug_1766_fix:
+        prio = PRIORITY_PREROUTING_XT if xt else PRIORITY_PREROUTING_NATIVE
+        out.append(Chain(PREROUTING_CHAIN, "prerouting", prio, "PREROUTING"))
+    return tuple(out)
+
+
+def chain_names(spec: RulesetSpec) -> tuple[str, ...]:
+    return tuple(c.name for c in chains(spec))
+
+
+#: Every iptables mangle chain that may hold our queue rule (cleanup looks in all of them).
+XT_CHAINS: Final = ("POSTROUTING", "PREROUTING")
+
+
+def xt_chains(spec: RulesetSpec) -> tuple[str, ...]:
+    """The iptables mangle chains that need our queue rule (xt backend)."""
+    return tuple(c.xt_chain for c in chains(spec))
 
 
 # --- the rules, as data -------------------------------------------------------
@@ -111,6 +180,11 @@ def _match(left: Json, right: Any, op: str = "==") -> Json:
 
 ACCEPT: Final = "accept"
 DIVERT: Final = "divert"
+#: Divert, and set our bit so the postrouting chain knows the packet was judged.
+DIVERT_MARKED: Final = "divert-marked"
+#: Clear our bit (the xt postrouting rule must not queue the packet again) and accept.
+UNMARK_ACCEPT: Final = "unmark-accept"
+Action = Literal["accept", "divert", "divert-marked", "unmark-accept"]
 
 MATCH_ICMPV6_ND: Final = (
     _match(_meta("l4proto"), 58),
@@ -118,6 +192,13 @@ MATCH_ICMPV6_ND: Final = (
 )
 MATCH_ROOT_UID: Final = (_match(_meta("skuid"), 0),)
 MATCH_ESTABLISHED: Final = (_match({"ct": {"key": "state"}}, ["established", "related"], op="in"),)
+MATCH_LOOPBACK: Final = (_match(_meta("iiftype"), "loopback"),)
+MATCH_NOT_UDP: Final = (_match(_meta("l4proto"), 17, op="!="),)
+MATCH_NOT_DNS: Final = (_match(_payload("udp", "dport"), DNS_PORT, op="!="),)
+
+
+def _match_mark(mark: int) -> tuple[Json, ...]:
+    return (_match({"&": [_meta("mark"), mark]}, mark),)
 
 
 @dataclass(frozen=True)
@@ -126,36 +207,62 @@ class Rule:
 
     name: str
     matches: tuple[Json, ...]
-    action: Literal["accept", "divert"]
+    action: Action
 
 
-def rules(spec: RulesetSpec) -> list[Rule]:
-    """The chain's rules for ``spec``, in order."""
-    out = [Rule("icmpv6-nd", MATCH_ICMPV6_ND, ACCEPT)]
+def _divert_rules(spec: RulesetSpec, action: Action) -> list[Rule]:
+    if spec.divert_all:
+        return [Rule("divert-all", (), action)]
+    return [
+        Rule(f"{s.name}-{fld}", (_match(_payload(s.protocol, fld), "@" + s.name),), action)
+        for s in MANAGED_SETS
+        for fld in ("saddr", "daddr")
+    ]
+
+
+def rules(spec: RulesetSpec, chain: str = CHAIN) -> list[Rule]:
+    """The rules of our chain ``chain`` for ``spec``, in order."""
+    if chain == PREROUTING_CHAIN and spec.netfilter_bug_1766_fix:
+        return [
+            Rule("loopback", MATCH_LOOPBACK, ACCEPT),
+            Rule("not-udp", MATCH_NOT_UDP, ACCEPT),
+            Rule("not-dns", MATCH_NOT_DNS, ACCEPT),
+            Rule("established", MATCH_ESTABLISHED, ACCEPT),
+            *_divert_rules(spec, DIVERT_MARKED),
+        ]
+    if chain != CHAIN:
+        raise ValueError(f"no chain {chain!r} in this ruleset")
+    out = []
+    if spec.netfilter_bug_1766_fix:
+        out.append(Rule("judged-at-prerouting", _match_mark(spec.mark), UNMARK_ACCEPT))
+    out.append(Rule("icmpv6-nd", MATCH_ICMPV6_ND, ACCEPT))
     if spec.accept_root:
         out.append(Rule("root-uid", MATCH_ROOT_UID, ACCEPT))
     out.append(Rule("established", MATCH_ESTABLISHED, ACCEPT))
-    if spec.divert_all:
-        out.append(Rule("divert-all", (), DIVERT))
-    else:
-        for s in MANAGED_SETS:
-            for fld in ("saddr", "daddr"):
-                out.append(Rule(f"{s.name}-{fld}", (_match(_payload(s.protocol, fld), "@" + s.name),), DIVERT))
-    return out
+    return out + _divert_rules(spec, DIVERT)
+
+
+def _set_mark(spec: RulesetSpec) -> Json:
+    return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), spec.mark]}}}
 
 
 def action_statements(spec: RulesetSpec, action: str) -> list[Json]:
     """The statements that carry out ``action`` for the spec's backend."""
     if action == ACCEPT:
         return [{"accept": None}]
-    if spec.backend == "nft":
-        queue: Json = {"num": spec.queue_num}
-        if spec.fail_open:
-            queue["flags"] = ["bypass"]
-        return [{"queue": queue}]
-    # xt: set our bit (keeping the others) and leave the chain; iptables' mangle rule queues it.
-    mark = {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), spec.mark]}}}
-    return [mark, {"accept": None}]
+    if action == UNMARK_ACCEPT:
+        keep_others = 0xFFFFFFFF ^ spec.mark
+        return [{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), keep_others]}}}, {"accept": None}]
+    if spec.backend == "xt":
+        # Set our bit (keeping the others) and leave the chain; iptables' mangle rule queues it.
+        # The bit also survives to postrouting, which is what "marked" asks for.
+        return [_set_mark(spec), {"accept": None}]
+    queue: Json = {"num": spec.queue_num}
+    if spec.fail_open:
+        queue["flags"] = ["bypass"]
+    if action == DIVERT_MARKED:
+        return [_set_mark(spec), {"queue": queue}]  # the bit is set before the verdict re-injects it
+    return [{"queue": queue}]
 
 
 # --- JSON objects and commands --------------------------------------------------
@@ -174,9 +281,14 @@ def set_object(spec: RulesetSpec, s: ManagedSet) -> Json:
 
 
 def chain_object(spec: RulesetSpec, name: str = CHAIN, *, base: bool = True) -> Json:
+    """Our chain ``name`` with its hook (``base``), or just its reference (for flush and delete)."""
     chain: Json = {**_table_ref(spec), "name": name}
     if base:
-        chain.update(type="filter", hook="postrouting", prio=spec.priority, policy="accept")
+        ours = {c.name: c for c in chains(spec)}
+        if name not in ours:
+            raise ValueError(f"no chain {name!r} in this ruleset")
+        c = ours[name]
+        chain.update(type="filter", hook=c.hook, prio=c.priority, policy="accept")
     return {"chain": chain}
 
 
@@ -184,32 +296,33 @@ def fingerprint(expr: list[Json]) -> str:
     return hashlib.sha256(json.dumps(expr, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def rule_objects(spec: RulesetSpec) -> list[Json]:
+def rule_objects(spec: RulesetSpec, chain: str = CHAIN) -> list[Json]:
     objects = []
-    for rule in rules(spec):
+    for rule in rules(spec, chain):
         expr = [*rule.matches, *action_statements(spec, rule.action)]
         comment = f"{rule.name} {fingerprint(expr)}"
-        objects.append({"rule": {**_table_ref(spec), "chain": CHAIN, "expr": expr, "comment": comment}})
+        objects.append({"rule": {**_table_ref(spec), "chain": chain, "expr": expr, "comment": comment}})
     return objects
 
 
-def rule_comments(spec: RulesetSpec) -> list[str]:
-    return [o["rule"]["comment"] for o in rule_objects(spec)]
+def rule_comments(spec: RulesetSpec, chain: str = CHAIN) -> list[str]:
+    return [o["rule"]["comment"] for o in rule_objects(spec, chain)]
 
 
 def create_commands(spec: RulesetSpec) -> list[Json]:
     """Commands that build the whole (empty-set) table from nothing."""
     cmds = [{"add": table_object(spec.table)}]
     cmds += [{"add": set_object(spec, s)} for s in MANAGED_SETS]
-    cmds.append({"add": chain_object(spec)})
-    cmds += [{"add": r} for r in rule_objects(spec)]
+    cmds += [{"add": chain_object(spec, c.name)} for c in chains(spec)]
+    for c in chains(spec):
+        cmds += [{"add": r} for r in rule_objects(spec, c.name)]
     return cmds
 
 
-def replace_rules_commands(spec: RulesetSpec) -> list[Json]:
-    """Empty our chain and fill it again; the chain (and its hook) stays."""
-    flush: list[Json] = [{"flush": chain_object(spec, base=False)}]
-    return flush + [{"add": r} for r in rule_objects(spec)]
+def replace_rules_commands(spec: RulesetSpec, chain: str = CHAIN) -> list[Json]:
+    """Empty our chain ``chain`` and fill it again; the chain (and its hook) stays."""
+    flush: list[Json] = [{"flush": chain_object(spec, chain, base=False)}]
+    return flush + [{"add": r} for r in rule_objects(spec, chain)]
 
 
 def delete_table_commands(table: str) -> list[Json]:
@@ -287,12 +400,15 @@ def sync_commands(
 ) -> list[Json]:
     """One transaction taking a table built for ``old`` with ``current`` elements to ``new``/``desired``.
 
-    Only the rules may change between the specs (divert-all on/off); the chain
-    is flushed and refilled, never deleted.
+    Only the rules may change between the specs (divert-all on/off), not the
+    chains: a chain whose rules differ is flushed and refilled, never deleted.
     """
+    if chain_names(old) != chain_names(new):
+        raise ValueError("sync cannot add or remove chains; reconcile does")
     cmds: list[Json] = []
-    if rule_comments(old) != rule_comments(new):
-        cmds += replace_rules_commands(new)
+    for name in chain_names(new):
+        if rule_comments(old, name) != rule_comments(new, name):
+            cmds += replace_rules_commands(new, name)
     for s in MANAGED_SETS:
         cmds += element_commands(new, s.name, diff_elements(current.get(s.name, ()), desired.get(s.name, ())))
     return cmds
@@ -366,13 +482,18 @@ def installed_elements(state: TableState | None) -> dict[str, frozenset[str]]:
 
 
 def installed_divert_all(spec: RulesetSpec, state: TableState | None) -> bool | None:
-    """The divert-all mode whose rules the kernel's chain holds, None if neither matches."""
+    """The divert-all mode whose rules the kernel's postrouting chain holds, None if neither matches.
+
+    The earlier run may have had the bug-1766 workaround the other way: its
+    rules count too, so switching the workaround keeps the mode.
+    """
     chain = state.chains.get(CHAIN) if state else None
     if chain is None:
         return None
     for mode in (False, True):
-        if chain.rule_comments == rule_comments(replace(spec, divert_all=mode)):
-            return mode
+        for fix in (spec.netfilter_bug_1766_fix, not spec.netfilter_bug_1766_fix):
+            if chain.rule_comments == rule_comments(replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix)):
+                return mode
     return None
 
 
@@ -387,8 +508,10 @@ def reconcile_commands(
 
     ``desired`` None keeps the elements of sets that have the right shape.
     Returns the commands (empty when nothing differs) and the elements the sets
-    hold afterwards. Our base chain is deleted and re-created only when its
-    hook or priority is wrong (a backend change since the earlier run).
+    hold afterwards. A base chain of ours is deleted and re-created only when
+    its hook or priority is wrong (a backend change since the earlier run);
+    chains that are not ours for ``spec`` (e.g. "prerouting" once the bug-1766
+    workaround is off) are deleted.
     """
     cmds: list[Json]
     if state is None:
@@ -401,21 +524,28 @@ def reconcile_commands(
                 elements[s.name] = delta.add
         return cmds, elements
 
-    want_chain_attrs = {k: v for k, v in chain_object(spec)["chain"].items() if k in _CHAIN_ATTRS}
-    ours = state.chains.get(CHAIN)
-    chain_ok = ours is not None and ours.attrs == want_chain_attrs
     bad_sets = [
         s for s in MANAGED_SETS if s.name in state.sets and not _set_matches(state.sets[s.name], s)
     ]
     foreign_sets = sorted(set(state.sets) - {s.name for s in MANAGED_SETS})
-    foreign_chains = sorted(n for n in state.chains if n != CHAIN)
-    rules_ok = ours is not None and chain_ok and not bad_sets and ours.rule_comments == rule_comments(spec)
+    ours = chain_names(spec)
+    foreign_chains = sorted(n for n in state.chains if n not in ours)
+    present = [n for n in ours if n in state.chains]
+    chain_ok: dict[str, bool] = {}
+    rules_ok: dict[str, bool] = {}
+    for name in ours:
+        have = state.chains.get(name)
+        want_attrs = {k: v for k, v in chain_object(spec, name)["chain"].items() if k in _CHAIN_ATTRS}
+        chain_ok[name] = have is not None and have.attrs == want_attrs
+        rules_ok[name] = (
+            have is not None and chain_ok[name] and not bad_sets and have.rule_comments == rule_comments(spec, name)
+        )
 
     cmds = []
     # Empty every chain that goes or gets new rules first: rules pin the sets and chains they use.
-    to_flush = foreign_chains + ([CHAIN] if ours is not None and not rules_ok else [])
+    to_flush = foreign_chains + [n for n in present if not rules_ok[n]]
     cmds += [{"flush": chain_object(spec, n, base=False)} for n in to_flush]
-    to_delete = foreign_chains + ([CHAIN] if ours is not None and not chain_ok else [])
+    to_delete = foreign_chains + [n for n in present if not chain_ok[n]]
     cmds += [{"delete": chain_object(spec, n, base=False)} for n in to_delete]
     for name in [s.name for s in bad_sets] + foreign_sets:
         cmds.append({"delete": {"set": {**_table_ref(spec), "name": name}}})
@@ -423,10 +553,10 @@ def reconcile_commands(
     for s in MANAGED_SETS:
         if s.name not in state.sets or s in bad_sets:
             cmds.append({"add": set_object(spec, s)})
-    if not chain_ok:
-        cmds.append({"add": chain_object(spec)})
-    if not rules_ok:
-        cmds += [{"add": r} for r in rule_objects(spec)]
+    cmds += [{"add": chain_object(spec, n)} for n in ours if not chain_ok[n]]
+    for name in ours:
+        if not rules_ok[name]:
+            cmds += [{"add": r} for r in rule_objects(spec, name)]
 
     current = installed_elements(state)
     elements = dict(current)

@@ -1,8 +1,9 @@
 """The iptables/ip6tables rules that queue marked packets (the "xt" queue backend).
 
 Used where the kernel lacks the nftables ``queue`` expression: our chain marks
-the packets and one rule per family in ``mangle POSTROUTING`` sends marked
-packets to NFQUEUE. Our rules carry ``-m comment --comment <table name>`` so
+the packets and one rule per family in ``mangle POSTROUTING`` (and, with the
+netfilter bug 1766 workaround, ``mangle PREROUTING``) sends marked packets to
+NFQUEUE. Our rules carry ``-m comment --comment <table name>`` so
 reconcile and cleanup touch exactly them. Commands are argument lists, never
 shell strings.
 """
@@ -72,33 +73,35 @@ class Xtables:
             raise XtablesError(f"{' '.join(cmd)}: {result.stderr.strip()}")
         return result.stdout
 
-    def list_ours(self, family: int, comment: str) -> list[list[str]]:
-        return parse_rules(self._call(family, ["-S", XT_CHAIN]), comment)
+    def list_ours(self, family: int, comment: str, chain: str = XT_CHAIN) -> list[list[str]]:
+        return parse_rules(self._call(family, ["-S", chain]), comment, chain)
 
-    def ensure(self, family: int, rule: list[str], comment: str, *, remove_stale: bool = True) -> bool:
+    def ensure(
+        self, family: int, rule: list[str], comment: str, *, remove_stale: bool = True, chain: str = XT_CHAIN
+    ) -> bool:
         """Make ``rule`` the only rule with our comment; returns whether anything changed.
 
         The rule is inserted first in the chain: a rule of someone else that
-        ends mangle POSTROUTING early (ACCEPT) must not let marked packets
+        ends the mangle chain early (ACCEPT) must not let marked packets
         skip the queue. ``remove_stale`` False only adds it, so a caller can
         switch marks without a moment where neither rule queues.
         """
-        ours = self.list_ours(family, comment)
+        ours = self.list_ours(family, comment, chain)
         changed = False
         if rule not in ours:
-            self._call(family, ["-I", XT_CHAIN, "1", *rule])
+            self._call(family, ["-I", chain, "1", *rule])
             changed = True
         else:
             ours.remove(rule)  # keep one copy; duplicates count as stale
         if remove_stale:
             for stale in ours:
-                self._call(family, ["-D", XT_CHAIN, *stale])  # deletes the first rule with these arguments
+                self._call(family, ["-D", chain, *stale])  # deletes the first rule with these arguments
                 changed = True
         return changed
 
-    def remove_ours(self, family: int, comment: str) -> int:
-        """Delete every rule with our comment; returns how many were deleted."""
-        ours = self.list_ours(family, comment)
+    def remove_ours(self, family: int, comment: str, chain: str = XT_CHAIN) -> int:
+        """Delete every rule with our comment from ``chain``; returns how many were deleted."""
+        ours = self.list_ours(family, comment, chain)
         for rule in ours:
-            self._call(family, ["-D", XT_CHAIN, *rule])
+            self._call(family, ["-D", chain, *rule])
         return len(ours)

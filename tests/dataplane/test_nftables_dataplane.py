@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -30,7 +31,15 @@ from kube_netpol.dataplane import Dataplane, DataplaneConfig, QueueBackendUnavai
 from kube_netpol.dataplane.conntrack import Flow, flush_flows, list_flows
 from kube_netpol.dataplane.nft import NftClient
 from kube_netpol.dataplane.queue_backend import kernel_supports
-from kube_netpol.dataplane.ruleset import PRIORITY_NATIVE, PRIORITY_XT, RulesetSpec, rule_comments
+from kube_netpol.dataplane.ruleset import (
+    PREROUTING_CHAIN,
+    PRIORITY_NATIVE,
+    PRIORITY_PREROUTING_NATIVE,
+    PRIORITY_PREROUTING_XT,
+    PRIORITY_XT,
+    RulesetSpec,
+    rule_comments,
+)
 from kube_netpol.dataplane.xtables import queue_rule_args
 
 pytestmark = [
@@ -143,7 +152,11 @@ class Listed:
 
     @property
     def comments(self) -> list[str]:
-        return [r.get("comment", "") for r in self.rules]
+        """The comments of the postrouting chain's rules."""
+        return self.comments_in("postrouting")
+
+    def comments_in(self, chain: str) -> list[str]:
+        return [r.get("comment", "") for r in self.rules if r["chain"] == chain]
 
 
 def list_table(netns: str, table: str) -> Listed | None:
@@ -167,13 +180,15 @@ def tables(netns: str) -> list[tuple[str, str]]:
     return [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
 
 
-def xt_rules(netns: str, binary: str = "iptables", *, counters: bool = False) -> list[str]:
-    out = sh(binary, "-w", "5", "-t", "mangle", "-S", "POSTROUTING", *(["-v"] if counters else []), netns=netns)
-    return [line for line in out.splitlines() if line.startswith("-A POSTROUTING")]
+def xt_rules(netns: str, binary: str = "iptables", *, counters: bool = False, chain: str = "POSTROUTING") -> list[str]:
+    out = sh(binary, "-w", "5", "-t", "mangle", "-S", chain, *(["-v"] if counters else []), netns=netns)
+    return [line for line in out.splitlines() if line.startswith(f"-A {chain} ")]
 
 
-def xt_rule(comment: str, *, queue_num: int, bypass: bool, mark: int = 0x200000) -> str:
-    return "-A POSTROUTING " + " ".join(queue_rule_args(mark=mark, queue_num=queue_num, bypass=bypass, comment=comment))
+def xt_rule(
+    comment: str, *, queue_num: int, bypass: bool, mark: int = 0x200000, chain: str = "POSTROUTING"
+) -> str:
+    return f"-A {chain} " + " ".join(queue_rule_args(mark=mark, queue_num=queue_num, bypass=bypass, comment=comment))
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -256,13 +271,21 @@ def test_start_builds_table_sets_chain_and_rules(netns: str, table: str, backend
     assert chain["prio"] == (PRIORITY_NATIVE if backend == "nft" else PRIORITY_XT)
     spec = RulesetSpec(table=table, backend=backend, queue_num=7, fail_open=False)  # type: ignore[arg-type]
     assert listed.comments == rule_comments(spec)
+    # The netfilter bug 1766 workaround (on by default): new DNS requests are judged on prerouting.
+    pre = listed.chains[PREROUTING_CHAIN]
+    assert (pre["type"], pre["hook"], pre["policy"]) == ("filter", "prerouting", "accept")
+    assert pre["prio"] == (PRIORITY_PREROUTING_NATIVE if backend == "nft" else PRIORITY_PREROUTING_XT)
+    assert listed.comments_in(PREROUTING_CHAIN) == rule_comments(spec, PREROUTING_CHAIN)
     statements = json.dumps([r["expr"] for r in listed.rules])
     if backend == "xt":
         assert '"mangle"' in statements and '"queue"' not in statements
-        want = [xt_rule(table, queue_num=7, bypass=False)]
-        assert xt_rules(netns) == want and xt_rules(netns, "ip6tables") == want
+        for chain in ("POSTROUTING", "PREROUTING"):
+            want = [xt_rule(table, queue_num=7, bypass=False, chain=chain)]
+            assert xt_rules(netns, chain=chain) == want and xt_rules(netns, "ip6tables", chain=chain) == want
     else:
-        assert '"queue"' in statements and xt_rules(netns) == [] and xt_rules(netns, "ip6tables") == []
+        assert '"queue"' in statements
+        for binary in ("iptables", "ip6tables"):
+            assert xt_rules(netns, binary) == [] and xt_rules(netns, binary, chain="PREROUTING") == []
 
 
 def test_sync_adds_and_removes_elements_and_switches_divert_all(netns: str, table: str) -> None:
@@ -328,7 +351,7 @@ def test_start_reconciles_what_an_earlier_run_left(netns: str, table: str) -> No
 
 
 def test_start_repairs_wrong_sets_and_foreign_chains(netns: str, table: str) -> None:
-    # An earlier version's table: interval set, a hooked chain at the wrong priority, an extra chain.
+    # An earlier version's table: interval set, hooked chains at the wrong priority, an extra chain.
     earlier = f"""table inet {table} {{
   set managed-v4 {{
     type ipv4_addr
@@ -338,6 +361,10 @@ def test_start_repairs_wrong_sets_and_foreign_chains(netns: str, table: str) -> 
   chain postrouting {{
     type filter hook postrouting priority 0; policy accept;
     ip daddr @managed-v4 counter
+  }}
+  chain prerouting {{
+    type filter hook prerouting priority 0; policy accept;
+    udp dport 53 counter
   }}
   chain old {{
     counter
@@ -351,9 +378,13 @@ def test_start_repairs_wrong_sets_and_foreign_chains(netns: str, table: str) -> 
     in_netns(netns, lambda: Dataplane(DataplaneConfig(table=table, queue_backend="xt")).start(["10.1.0.1"], []))
     listed = list_table(netns, table)
     assert listed is not None
-    assert set(listed.chains) == {"postrouting"} and listed.chains["postrouting"]["prio"] == PRIORITY_XT
+    assert set(listed.chains) == {"postrouting", PREROUTING_CHAIN}
+    assert listed.chains["postrouting"]["prio"] == PRIORITY_XT
+    assert listed.chains[PREROUTING_CHAIN]["prio"] == PRIORITY_PREROUTING_XT
     assert "flags" not in listed.sets["managed-v4"] and listed.elements("managed-v4") == {"10.1.0.1"}
-    assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt"))
+    spec = RulesetSpec(table=table, backend="xt")
+    assert listed.comments == rule_comments(spec)
+    assert listed.comments_in(PREROUTING_CHAIN) == rule_comments(spec, PREROUTING_CHAIN)
 
 
 def test_stop_fail_open_keeps_and_fail_closed_removes(netns: str, table: str) -> None:
@@ -369,20 +400,24 @@ def test_stop_fail_open_keeps_and_fail_closed_removes(netns: str, table: str) ->
 
     in_netns(netns, run, False)
     assert list_table(netns, table) is None
-    assert xt_rules(netns) == [] and xt_rules(netns, "ip6tables") == []
+    for chain in ("POSTROUTING", "PREROUTING"):
+        assert xt_rules(netns, chain=chain) == [] and xt_rules(netns, "ip6tables", chain=chain) == []
 
 
 def test_cleanup_removes_everything_and_is_safe_when_nothing_exists(netns: str, table: str) -> None:
     in_netns(netns, lambda: cleanup(table))  # nothing exists yet
     assert tables(netns) == []
     sh("iptables", "-w", "5", "-t", "mangle", "-A", "POSTROUTING", "-j", "ACCEPT", netns=netns)
+    sh("ip6tables", "-w", "5", "-t", "mangle", "-A", "PREROUTING", "-j", "ACCEPT", netns=netns)
     in_netns(netns, lambda: Dataplane(DataplaneConfig(table=table, queue_backend="xt")).start(["10.1.0.1"], ["fd00::1"]))
     assert list_table(netns, table) is not None
+    assert len(xt_rules(netns, chain="PREROUTING")) == 1 and len(xt_rules(netns, "ip6tables", chain="PREROUTING")) == 2
     in_netns(netns, lambda: cleanup(table))
     in_netns(netns, lambda: cleanup(table))
     assert (("inet", table)) not in tables(netns)
-    assert xt_rules(netns) == ["-A POSTROUTING -j ACCEPT"]  # only someone else's rule is left
-    assert xt_rules(netns, "ip6tables") == []
+    assert xt_rules(netns) == ["-A POSTROUTING -j ACCEPT"]  # only someone else's rules are left
+    assert xt_rules(netns, "ip6tables") == [] and xt_rules(netns, chain="PREROUTING") == []
+    assert xt_rules(netns, "ip6tables", chain="PREROUTING") == ["-A PREROUTING -j ACCEPT"]
 
 
 # --- traffic through a node namespace -----------------------------------------------------
@@ -400,6 +435,7 @@ class Topology:
 SERVER_V4 = ("10.77.2.2", "10.77.2.3")
 SERVER_V6 = ("fd77:2::2", "fd77:2::3")
 PORT = 8080
+DNS_PORT = 53
 
 
 def _listen() -> None:
@@ -409,6 +445,35 @@ def _listen() -> None:
     s.bind(("::", PORT))
     s.listen(128)  # the kernel completes handshakes; nothing needs to accept
     globals()["_server_socket"] = s
+    # UDP echo servers on the DNS port, for the netfilter bug 1766 workaround's tests: one socket per
+    # address, so each answer comes from the address the request went to.
+    for address in SERVER_V4 + SERVER_V6:
+        u = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind((address, DNS_PORT))
+        globals()[f"_dns_socket_{address}"] = u
+        threading.Thread(target=_echo, args=(u,), daemon=True).start()
+
+
+def _echo(u: socket.socket) -> None:
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(data, peer)
+
+
+def dns_answers(address: str, requests: int, timeout: float = 1.0) -> int:
+    """Send ``requests`` UDP datagrams to ``address`` port 53, each from a new socket (a new flow);
+    returns how many were echoed back."""
+    answered = 0
+    for i in range(requests):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"query-%d" % i, (address, DNS_PORT))
+            try:
+                answered += s.recv(2048) == b"query-%d" % i
+            except OSError:
+                pass
+    return answered
 
 
 def connects(address: str, timeout: float = 1.5) -> int | None:
@@ -471,9 +536,9 @@ def reachable(topo: Topology, addresses: tuple[str, ...]) -> dict[str, bool]:
     return {a: in_netns(topo.client, connects, a) is not None for a in addresses}
 
 
-def queued_packets(netns: str, binary: str) -> int:
+def queued_packets(netns: str, binary: str, chain: str = "POSTROUTING") -> int:
     """Packets that went through our NFQUEUE rule (``-c PKTS BYTES`` of ``-S -v``)."""
-    for line in xt_rules(netns, binary, counters=True):
+    for line in xt_rules(netns, binary, counters=True, chain=chain):
         tokens = line.split()
         if "NFQUEUE" in tokens:
             return int(tokens[tokens.index("-c") + 1])
@@ -533,3 +598,93 @@ def test_conntrack_list_and_flush(topology: Topology) -> None:
     remaining = in_netns(node, list_flows)
     assert not any(f in remaining for f in want)
     assert in_netns(node, flush_flows, want) == 0  # already gone: not an error
+
+
+# --- netfilter bug 1766 workaround ------------------------------------------------------------
+
+
+def test_bug_1766_switch_adds_and_removes_prerouting_chain_and_xt_rules(netns: str, table: str) -> None:
+    def start(fix: bool, fail_open: bool = True) -> None:
+        config = DataplaneConfig(table=table, queue_backend="xt", fail_open=fail_open, netfilter_bug_1766_fix=fix)
+        dp = Dataplane(config)
+        dp.start(["10.1.0.1"], ["fd00::1"])
+        if not fail_open:
+            dp.stop()  # fail-closed stop removes everything
+
+    def xt_everywhere() -> dict[tuple[str, str], list[str]]:
+        return {(b, c): xt_rules(netns, b, chain=c) for b in ("iptables", "ip6tables") for c in ("POSTROUTING", "PREROUTING")}
+
+    on = RulesetSpec(table=table, backend="xt")
+    in_netns(netns, start, True)
+    listed = list_table(netns, table)
+    assert listed is not None and set(listed.chains) == {"postrouting", PREROUTING_CHAIN}
+    assert listed.comments_in(PREROUTING_CHAIN) == rule_comments(on, PREROUTING_CHAIN)
+    handle = listed.chains["postrouting"]["handle"]
+    assert xt_everywhere() == {
+        (b, c): [xt_rule(table, queue_num=100, bypass=True, chain=c)]
+        for b in ("iptables", "ip6tables") for c in ("POSTROUTING", "PREROUTING")
+    }  # fmt: skip
+
+    # Off: the prerouting chain and the PREROUTING rules go; postrouting is refilled in place.
+    in_netns(netns, start, False)
+    listed = list_table(netns, table)
+    assert listed is not None and set(listed.chains) == {"postrouting"}
+    assert listed.chains["postrouting"]["handle"] == handle
+    assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", netfilter_bug_1766_fix=False))
+    assert listed.elements("managed-v4") == {"10.1.0.1"} and listed.elements("managed-v6") == {"fd00::1"}
+    assert xt_everywhere() == {
+        (b, c): [xt_rule(table, queue_num=100, bypass=True, chain=c)] if c == "POSTROUTING" else []
+        for b in ("iptables", "ip6tables") for c in ("POSTROUTING", "PREROUTING")
+    }  # fmt: skip
+
+    # On again, then a fail-closed stop: everything is removed.
+    in_netns(netns, start, True)
+    listed = list_table(netns, table)
+    assert listed is not None and listed.comments_in(PREROUTING_CHAIN) == rule_comments(on, PREROUTING_CHAIN)
+    assert all(len(rules) == 1 for rules in xt_everywhere().values())
+    in_netns(netns, start, True, False)
+    assert list_table(netns, table) is None
+    assert all(rules == [] for rules in xt_everywhere().values())
+
+
+def test_bug_1766_dns_requests_are_judged_on_prerouting_only(topology: Topology) -> None:
+    """New DNS requests of managed pods are queued once, on prerouting; everything else on postrouting."""
+    node, client, table = topology.node, topology.client, unique("kntest")
+
+    def start(fix: bool, fail_open: bool = True) -> None:
+        config = DataplaneConfig(
+            table=table, queue_num=9, fail_open=fail_open, queue_backend="xt", netfilter_bug_1766_fix=fix
+        )
+        Dataplane(config).start([SERVER_V4[0]], [SERVER_V6[0]], False)
+
+    def counts() -> dict[str, int]:
+        return {
+            f"{b}/{c}": queued_packets(node, b, c)
+            for b in ("iptables", "ip6tables") for c in ("PREROUTING", "POSTROUTING")
+        }  # fmt: skip
+
+    # Fail-open without a reader: bypass lets the queued packets through, the rule counters count them.
+    in_netns(node, start, True)
+    assert in_netns(client, dns_answers, SERVER_V4[0], 5) == 5
+    assert in_netns(client, dns_answers, SERVER_V6[0], 3) == 3
+    # Each new flow queued exactly once, on prerouting: postrouting let the judged packets pass
+    # (without clearing the mark, the xt POSTROUTING rule would have queued them a second time).
+    assert counts() == {"iptables/PREROUTING": 5, "iptables/POSTROUTING": 0,
+                        "ip6tables/PREROUTING": 3, "ip6tables/POSTROUTING": 0}  # fmt: skip
+    # Not DNS: queued on postrouting, as ever. Not managed: not queued at all.
+    assert in_netns(client, connects, SERVER_V4[0]) is not None
+    assert in_netns(client, dns_answers, SERVER_V4[1], 2) == 2
+    after = counts()
+    assert after["iptables/PREROUTING"] == 5 and after["iptables/POSTROUTING"] > 0
+
+    # Fail-closed without a reader: the prerouting queue really holds DNS requests (they are dropped).
+    in_netns(node, start, True, False)
+    assert in_netns(client, dns_answers, SERVER_V4[0], 2, 0.5) == 0
+    assert in_netns(client, dns_answers, SERVER_V4[1], 2, 0.5) == 2  # unmanaged address: untouched
+    assert counts()["iptables/PREROUTING"] == 2 and counts()["iptables/POSTROUTING"] == 0
+
+    # Workaround off: DNS is queued on postrouting like everything else, and the PREROUTING rule is gone.
+    in_netns(node, start, False)
+    assert in_netns(client, dns_answers, SERVER_V4[0], 4) == 4
+    assert queued_packets(node, "iptables", "POSTROUTING") == 4
+    assert xt_rules(node, chain="PREROUTING") == [] and xt_rules(node, "ip6tables", chain="PREROUTING") == []

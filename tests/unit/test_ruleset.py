@@ -15,9 +15,14 @@ from kube_netpol.dataplane.queue_backend import QueueBackendUnavailable, resolve
 from kube_netpol.dataplane.ruleset import (
     CHAIN,
     NATIVE_QUEUE_PROBE,
+    PREROUTING_CHAIN,
     PRIORITY_NATIVE,
+    PRIORITY_PREROUTING_NATIVE,
+    PRIORITY_PREROUTING_XT,
     PRIORITY_XT,
     RulesetSpec,
+    chain_object,
+    chains,
     create_commands,
     delete_table_commands,
     diff_elements,
@@ -30,6 +35,7 @@ from kube_netpol.dataplane.ruleset import (
     rule_comments,
     rule_objects,
     sync_commands,
+    xt_chains,
 )
 from kube_netpol.dataplane.xtables import Xtables, parse_rules, queue_rule_args
 
@@ -40,7 +46,8 @@ ACCEPT = {"accept": None}
 
 
 def spec(**kw: Any) -> RulesetSpec:
-    return RulesetSpec(**{"table": "t1", "queue_num": 7, **kw})
+    """A spec for table t1; the netfilter bug 1766 workaround is off unless asked for (tested on its own)."""
+    return RulesetSpec(**{"table": "t1", "queue_num": 7, "netfilter_bug_1766_fix": False, **kw})
 
 
 def exprs(s: RulesetSpec) -> list[list[dict]]:
@@ -206,9 +213,11 @@ def listing(s: RulesetSpec, v4: list[str] = (), v6: list[str] = ()) -> list[dict
         if elems:
             st["elem"] = list(elems)
         out.append({"set": st})
-    out.append({"chain": {**create_commands(s)[3]["add"]["chain"], "handle": 3}})
-    for r in rule_objects(s):
-        out.append({"rule": {**r["rule"], "expr": [{"normalised": "differently"}], "handle": 9}})
+    for c in chains(s):
+        out.append({"chain": {**chain_object(s, c.name)["chain"], "handle": 3}})
+    for c in chains(s):
+        for r in rule_objects(s, c.name):
+            out.append({"rule": {**r["rule"], "expr": [{"normalised": "differently"}], "handle": 9}})
     return out
 
 
@@ -319,24 +328,29 @@ def test_xt_parse_rules_finds_exactly_our_comment() -> None:
 
 
 class FakeRunner:
-    """Stands in for iptables and ip6tables: one POSTROUTING chain each, as argument lists."""
+    """Stands in for iptables and ip6tables: the mangle chains of each, as argument lists."""
 
     def __init__(self, rules: list[list[str]]) -> None:
-        self.chains: dict[str, list[list[str]]] = {"iptables": rules, "ip6tables": []}
+        self.chains: dict[tuple[str, str], list[list[str]]] = {("iptables", "POSTROUTING"): rules}
         self.calls: list[list[str]] = []
 
     @property
     def rules(self) -> list[list[str]]:
-        return self.chains["iptables"]
+        return self.chains["iptables", "POSTROUTING"]
+
+    def nonempty(self) -> dict[tuple[str, str], list[list[str]]]:
+        return {k: v for k, v in self.chains.items() if v}
 
     def __call__(self, args: list[str]) -> Any:
         import subprocess
 
         self.calls.append(args)
         assert args[1:5] == ["-w", "5", "-t", "mangle"]
-        chain, op = self.chains[args[0]], args[5:]
+        op = args[5:]
+        name = op[1]
+        chain = self.chains.setdefault((args[0], name), [])
         if op[0] == "-S":
-            out = "-P POSTROUTING ACCEPT\n" + "".join("-A POSTROUTING " + " ".join(r) + "\n" for r in chain)
+            out = f"-P {name} ACCEPT\n" + "".join(f"-A {name} " + " ".join(r) + "\n" for r in chain)
             return subprocess.CompletedProcess(args, 0, out, "")
         if op[0] == "-I":
             chain.insert(int(op[2]) - 1, op[3:])
@@ -447,13 +461,13 @@ def test_dataplane_start_and_sync_are_single_transactions() -> None:
 
 
 def test_dataplane_xt_backend_adds_xt_rules_for_both_families() -> None:
-    dp, nft, run = make_dataplane(native=False, fail_open=False, mark=0x100000)
+    dp, nft, run = make_dataplane(native=False, fail_open=False, mark=0x100000, netfilter_bug_1766_fix=False)
     assert dp.start() == "xt"
     inserted = [c for c in run.calls if c[5] == "-I"]
     assert [c[0] for c in inserted] == ["iptables", "ip6tables"]
     rule = queue_rule_args(mark=0x100000, queue_num=7, bypass=False, comment="t1")
     assert inserted[0][6:] == ["POSTROUTING", "1", *rule]
-    assert run.chains == {"iptables": [rule], "ip6tables": [rule]}
+    assert run.nonempty() == {("iptables", "POSTROUTING"): [rule], ("ip6tables", "POSTROUTING"): [rule]}
     table_tx = nft.transactions[-1]
     assert table_tx[3]["add"]["chain"]["prio"] == PRIORITY_XT
 
@@ -471,7 +485,7 @@ def test_dataplane_sync_repairs_after_kernel_surprise() -> None:
 
 
 def test_dataplane_start_keeps_earlier_elements_and_mode_when_not_told() -> None:
-    earlier = spec(backend="nft", divert_all=True)
+    earlier = spec(backend="nft", divert_all=True, netfilter_bug_1766_fix=True)
     dp, nft, _ = make_dataplane(tables={"t1": listing(earlier, ["10.0.0.5"], ["fd00::5"])})
     dp.start()
     assert len(nft.transactions) == 1  # only the probe: nothing to repair
@@ -488,10 +502,11 @@ def test_dataplane_stop_fail_open_keeps_fail_closed_removes() -> None:
 
     dp, nft, run = make_dataplane(native=False, fail_open=False)
     dp.start()
+    assert len(run.nonempty()) == 4  # {iptables, ip6tables} x {POSTROUTING, PREROUTING}
     dp.stop()
     assert nft.transactions[-1] == delete_table_commands("t1")
-    assert run.chains == {"iptables": [], "ip6tables": []}
-    assert sum(c[5] == "-D" for c in run.calls) == 2
+    assert run.nonempty() == {}
+    assert sum(c[5] == "-D" for c in run.calls) == 4
 
 
 def test_cleanup_is_idempotent_and_tolerates_missing_binaries() -> None:
@@ -505,3 +520,201 @@ def test_cleanup_is_idempotent_and_tolerates_missing_binaries() -> None:
     assert nft.transactions == [delete_table_commands("t1")] * 2
     with pytest.raises(ValueError):
         cleanup("bad name", nft=nft)  # type: ignore[arg-type]
+
+
+# --- netfilter bug 1766 workaround: DNS judged on prerouting -------------------------------
+
+MATCH_MARKED = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 0x200000]}, "right": 0x200000}}
+UNMARK = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 0xFFDFFFFF]}}}
+PRE_HEAD = [
+    [{"match": {"op": "==", "left": {"meta": {"key": "iiftype"}}, "right": "loopback"}}, ACCEPT],
+    [{"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": 17}}, ACCEPT],
+    [{"match": {"op": "!=", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, ACCEPT],
+    [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, ACCEPT],
+]
+
+
+def fix(**kw: Any) -> RulesetSpec:
+    return spec(netfilter_bug_1766_fix=True, **kw)
+
+
+def managed_matches() -> list[dict]:
+    return [
+        {"match": {"op": "==", "left": {"payload": {"protocol": p, "field": f}}, "right": "@" + s}}
+        for p, s in (("ip", "managed-v4"), ("ip6", "managed-v6"))
+        for f in ("saddr", "daddr")
+    ]
+
+
+def test_bug_1766_fix_is_the_default_and_adds_a_prerouting_chain() -> None:
+    assert RulesetSpec().netfilter_bug_1766_fix and DataplaneConfig().netfilter_bug_1766_fix
+    assert [c.name for c in chains(fix())] == [CHAIN, PREROUTING_CHAIN]
+    assert [c.name for c in chains(spec())] == [CHAIN]
+    assert xt_chains(fix(backend="xt")) == ("POSTROUTING", "PREROUTING") and xt_chains(spec()) == ("POSTROUTING",)
+    with pytest.raises(ValueError):
+        rule_objects(spec(), PREROUTING_CHAIN)  # no such chain without the workaround
+    off = json.dumps(create_commands(spec()))
+    assert '"prerouting"' not in off and '"iiftype"' not in off and "judged" not in off
+
+
+def test_bug_1766_native_ruleset() -> None:
+    s = fix(backend="nft", fail_open=True)
+    cmds = create_commands(s)
+    ref = {"family": "inet", "table": "t1"}
+    assert cmds[3:5] == [
+        {"add": {"chain": {**ref, "name": CHAIN, "type": "filter", "hook": "postrouting", "prio": 95, "policy": "accept"}}},
+        {"add": {"chain": {**ref, "name": PREROUTING_CHAIN, "type": "filter", "hook": "prerouting", "prio": -95, "policy": "accept"}}},
+    ]  # fmt: skip
+    assert PRIORITY_PREROUTING_NATIVE == -95  # dstnat + 5: after Service DNAT, before routing
+    rule_chains = [c["add"]["rule"]["chain"] for c in cmds[5:]]
+    assert rule_chains == [CHAIN] * 8 + [PREROUTING_CHAIN] * 8
+    # Postrouting: judged packets first (their bit cleared), then the usual rules, queueing unmarked.
+    assert names(s) == ["judged-at-prerouting", "icmpv6-nd", "root-uid", "established",
+                        "managed-v4-saddr", "managed-v4-daddr", "managed-v6-saddr", "managed-v6-daddr"]  # fmt: skip
+    post = exprs(s)
+    assert post[0] == [MATCH_MARKED, UNMARK, ACCEPT]
+    assert post[4:] == [[m, QUEUE_BYPASS] for m in managed_matches()]
+    # Prerouting: only new DNS requests of managed pods; the bit is set before the queue statement.
+    pre = [o["rule"]["expr"] for o in rule_objects(s, PREROUTING_CHAIN)]
+    assert [c.split()[0] for c in rule_comments(s, PREROUTING_CHAIN)] == [
+        "loopback", "not-udp", "not-dns", "established",
+        "managed-v4-saddr", "managed-v4-daddr", "managed-v6-saddr", "managed-v6-daddr",
+    ]  # fmt: skip
+    assert pre[:4] == PRE_HEAD
+    assert pre[4:] == [[m, MARK_XT, {"queue": {"num": 7, "flags": ["bypass"]}}] for m in managed_matches()]
+    closed = [o["rule"]["expr"] for o in rule_objects(fix(fail_open=False), PREROUTING_CHAIN)]
+    assert [e[-1] for e in closed[4:]] == [QUEUE_CLOSED] * 4
+
+
+def test_bug_1766_xt_ruleset() -> None:
+    s = fix(backend="xt", mark=0x1000)
+    cmds = create_commands(s)
+    assert '"queue"' not in json.dumps(cmds)  # this kernel would reject the whole transaction
+    pre_chain = cmds[4]["add"]["chain"]
+    assert (pre_chain["name"], pre_chain["hook"], pre_chain["prio"]) == (PREROUTING_CHAIN, "prerouting", -160)
+    assert PRIORITY_PREROUTING_XT == -160  # before iptables' mangle PREROUTING (-150) queues on the mark
+    mark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 0x1000]}}}
+    unmark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 0xFFFFEFFF]}}}
+    post = exprs(s)
+    assert post[0] == [
+        {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 0x1000]}, "right": 0x1000}}, unmark, ACCEPT
+    ]
+    assert post[4:] == [[m, mark, ACCEPT] for m in managed_matches()]
+    pre = [o["rule"]["expr"] for o in rule_objects(s, PREROUTING_CHAIN)]
+    assert pre[:4] == PRE_HEAD
+    assert pre[4:] == [[m, mark, ACCEPT] for m in managed_matches()]
+
+
+@pytest.mark.parametrize("backend,divert", [("nft", [MARK_XT, QUEUE_BYPASS]), ("xt", [MARK_XT, ACCEPT])])
+def test_bug_1766_divert_all_queues_every_new_dns_request(backend: str, divert: list) -> None:
+    s = fix(backend=backend, divert_all=True)
+    pre = [o["rule"]["expr"] for o in rule_objects(s, PREROUTING_CHAIN)]
+    assert pre == [*PRE_HEAD, divert]
+    assert rule_comments(s, PREROUTING_CHAIN)[-1].startswith("divert-all ")
+
+
+def test_bug_1766_rule_comments_follow_the_mark() -> None:
+    a, b = rule_comments(fix()), rule_comments(fix(mark=0x1000))
+    assert a[0] != b[0] and a[1:] == b[1:]  # native: only the judged rule uses the mark on postrouting
+    pa, pb = rule_comments(fix(), PREROUTING_CHAIN), rule_comments(fix(mark=0x1000), PREROUTING_CHAIN)
+    assert pa[:4] == pb[:4] and all(x != y for x, y in zip(pa[4:], pb[4:]))
+
+
+def test_bug_1766_sync_divert_switch_refills_both_chains() -> None:
+    off, on = fix(), fix(divert_all=True)
+    cmds = sync_commands(off, on, {}, {})
+    ref = {"family": "inet", "table": "t1"}
+    flushes = [c for c in cmds if "flush" in c]
+    assert flushes == [{"flush": {"chain": {**ref, "name": CHAIN}}}, {"flush": {"chain": {**ref, "name": PREROUTING_CHAIN}}}]
+    added = [c["add"]["rule"]["comment"] for c in cmds if "add" in c]
+    assert added == rule_comments(on) + rule_comments(on, PREROUTING_CHAIN)
+    assert not any("delete" in c for c in cmds)
+    with pytest.raises(ValueError):
+        sync_commands(spec(), fix(), {}, {})  # switching the workaround is a reconcile
+
+
+def test_bug_1766_reconcile_turning_the_workaround_on_and_off() -> None:
+    ref = {"family": "inet", "table": "t1"}
+    # On: the prerouting chain is created, the postrouting chain refilled (not re-created), elements kept.
+    cmds, elems = reconcile_commands(fix(), parse_table(listing(spec(), ["10.0.0.1"])), None)
+    assert cmds == [
+        {"flush": {"chain": {**ref, "name": CHAIN}}},
+        {"add": chain_object(fix(), PREROUTING_CHAIN)},
+        *[{"add": r} for r in rule_objects(fix())],
+        *[{"add": r} for r in rule_objects(fix(), PREROUTING_CHAIN)],
+    ]
+    assert elems["managed-v4"] == {"10.0.0.1"}
+    # Up to date with the workaround: nothing to send.
+    assert reconcile_commands(fix(), parse_table(listing(fix(), ["10.0.0.1"])), None)[0] == []
+    # Off: the prerouting chain goes (flushed first: its rules pin the sets), postrouting refilled.
+    cmds, _ = reconcile_commands(spec(), parse_table(listing(fix(), ["10.0.0.1"])), None)
+    assert cmds == [
+        {"flush": {"chain": {**ref, "name": PREROUTING_CHAIN}}},
+        {"flush": {"chain": {**ref, "name": CHAIN}}},
+        {"delete": {"chain": {**ref, "name": PREROUTING_CHAIN}}},
+        *[{"add": r} for r in rule_objects(spec())],
+    ]
+
+
+def test_bug_1766_reconcile_backend_switch_recreates_both_chains() -> None:
+    old, new = fix(backend="nft"), fix(backend="xt")
+    cmds, _ = reconcile_commands(new, parse_table(listing(old)), None)
+    deleted = [c["delete"]["chain"]["name"] for c in cmds if "delete" in c]
+    added = {c["add"]["chain"]["name"]: c["add"]["chain"]["prio"] for c in cmds if "add" in c and "chain" in c["add"]}
+    assert deleted == [CHAIN, PREROUTING_CHAIN]
+    assert added == {CHAIN: PRIORITY_XT, PREROUTING_CHAIN: PRIORITY_PREROUTING_XT}
+
+
+def test_bug_1766_installed_divert_all_survives_switching_the_workaround() -> None:
+    assert installed_divert_all(fix(), parse_table(listing(spec(divert_all=True)))) is True
+    assert installed_divert_all(spec(), parse_table(listing(fix(divert_all=True)))) is True
+    assert installed_divert_all(fix(), parse_table(listing(spec()))) is False
+
+
+def test_bug_1766_dataplane_xt_queue_rules_in_both_mangle_chains() -> None:
+    dp, nft, run = make_dataplane(native=False, fail_open=True)
+    events: list[str] = []
+    nft_run, xt_run = nft.run, run.__call__
+    nft.run = lambda cmds: (events.append("nft"), nft_run(cmds))[1]  # type: ignore[method-assign]
+    assert dp.start(["10.0.0.1"], []) == "xt"
+    rule = queue_rule_args(mark=0x200000, queue_num=7, bypass=True, comment="t1")
+    assert run.nonempty() == {
+        ("iptables", "POSTROUTING"): [rule], ("ip6tables", "POSTROUTING"): [rule],
+        ("iptables", "PREROUTING"): [rule], ("ip6tables", "PREROUTING"): [rule],
+    }  # fmt: skip
+    assert [c["add"]["chain"]["name"] for c in nft.transactions[-1] if "chain" in c.get("add", {})] == [
+        CHAIN, PREROUTING_CHAIN,
+    ]  # fmt: skip
+
+    # A restart with the workaround off: the PREROUTING rules go, only after the table stopped marking there.
+    nft.tables["t1"] = listing(dp.spec, ["10.0.0.1"])
+    def logged_xt(args: list[str]) -> Any:
+        events.append(" ".join(args[5:7]))  # e.g. "-D PREROUTING"
+        return xt_run(args)
+
+    config = DataplaneConfig(table="t1", queue_num=7, netfilter_bug_1766_fix=False)
+    off = Dataplane(config, nft=nft, xtables=Xtables(runner=logged_xt))  # type: ignore[arg-type]
+    events.clear()
+    assert off.start() == "xt"
+    assert run.nonempty() == {("iptables", "POSTROUTING"): [rule], ("ip6tables", "POSTROUTING"): [rule]}
+    assert events.index("nft", 1) < events.index("-D PREROUTING")  # events[0] is the backend probe
+    added_chains = [c["add"]["chain"]["name"] for c in nft.transactions[-1] if "chain" in c.get("add", {})]
+    assert PREROUTING_CHAIN not in added_chains
+    assert {"delete": {"chain": {"family": "inet", "table": "t1", "name": PREROUTING_CHAIN}}} in nft.transactions[-1]
+
+
+def test_bug_1766_native_backend_removes_xt_rules_an_xt_run_left() -> None:
+    dp, _, run = make_dataplane(native=True)
+    stale = queue_rule_args(mark=0x200000, queue_num=7, bypass=True, comment="t1")
+    run.chains["iptables", "PREROUTING"] = [list(stale)]
+    run.chains["ip6tables", "PREROUTING"] = [list(stale), ["-j", "ACCEPT"]]
+    assert dp.start() == "nft"
+    assert run.nonempty() == {("ip6tables", "PREROUTING"): [["-j", "ACCEPT"]]}  # someone else's rule stays
+
+
+def test_bug_1766_cleanup_removes_xt_rules_from_both_chains() -> None:
+    rule = queue_rule_args(mark=0x200000, queue_num=7, bypass=True, comment="t1")
+    run = FakeRunner([list(rule)])
+    run.chains["ip6tables", "PREROUTING"] = [list(rule), ["-j", "ACCEPT"]]
+    cleanup("t1", nft=FakeNft(), xtables=Xtables(runner=run))  # type: ignore[arg-type]
+    assert run.nonempty() == {("ip6tables", "PREROUTING"): [["-j", "ACCEPT"]]}
