@@ -188,7 +188,8 @@ class DecisionLogger:
         # Written by the writer thread only.
         self.written = 0
         self.rate_limited = 0
-        self.write_errors = 0
+        self.write_errors = 0  # records lost to a failed write (or that could not be formatted)
+        self._warned_write = False
         self._reported_full = 0
         self._unreported_limited = 0
         self._last_report = clock()
@@ -263,6 +264,7 @@ class DecisionLogger:
             pending = self._pending
             lines: list[str] = []
             limited = 0
+            unformatted = 0
             # Only what is queued now: the packet thread keeps appending meanwhile.
             for _ in range(len(pending)):
                 item = pending.popleft()
@@ -273,18 +275,22 @@ class DecisionLogger:
                     record = decision_record(*item, provider=self.provider)
                 except Exception as err:  # noqa: BLE001 - a bad record must not end the writer
                     log.debug("cannot format a decision record: %s", err)
+                    unformatted += 1
                     continue
                 lines.append(json.dumps(record, separators=(",", ":")))
             self.rate_limited += limited
             self._unreported_limited += limited
+            records = len(lines)
             summary = self._summary(now, final)
             if summary is not None:
                 lines.append(summary)
-            if lines:
-                self._write(lines)
-            written = len(lines) - (summary is not None)
-            self.written += written
-            return written
+            if lines and not self._write(lines):
+                # Every record has one fate: these are lost, not written.
+                self.write_errors += records + unformatted
+                return 0
+            self.write_errors += unformatted
+            self.written += records
+            return records
 
     def _summary(self, now: float, final: bool) -> str | None:
         """The "suppressed K records" line, at most once per report interval (and at the end)."""
@@ -305,14 +311,17 @@ class DecisionLogger:
             "queue_full": full,
         }, separators=(",", ":"))
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: list[str]) -> bool:
+        """Write ``lines``; False (logged once) when the stream refuses them."""
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
+            return True
         except (OSError, ValueError) as err:  # full disk, closed stream: count, keep serving
-            self.write_errors += 1
-            if self.write_errors == 1:
+            if not self._warned_write:
+                self._warned_write = True
                 log.warning("cannot write decision records: %s", err)
+            return False
 
 
 def chain_observers(*observers: VerdictObserver) -> VerdictObserver:

@@ -32,6 +32,10 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 SUMMARY_WINDOW = 4096
 QUANTILES = (0.5, 0.9, 0.99)
 OTHER_POLICIES = "(other)"
+#: Decisions counted by identity before they are folded into totals by label. Evaluators
+#: build new Decision objects whenever policies change (NetworkPolicy denials on every memo
+#: miss), so without folding the table would grow with every change for the agent's lifetime.
+DECISIONS_FOLD_AT = 4096
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 
@@ -85,8 +89,10 @@ class VerdictMetrics:
         self._recent_next = 0
         self._recent_sum = 0.0
         self._recent_count = 0
-        # Decision objects are built once per rule, so their id identifies them cheaply.
-        self._decisions: dict[tuple[int, int, str], list[Any]] = {}
+        # (folded, live): totals by (direction, evaluator, policy, verdict), and the counts since
+        # the last fold by Decision identity (cheap on the hot path). Replaced as one pair so a
+        # scrape sees either the pair before a fold or the pair after it, never a mix.
+        self._tally: tuple[dict[tuple[str, str, str, str], int], dict[tuple[int, int, str], list[Any]]] = ({}, {})
 
     def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
         microseconds = elapsed_ns / 1000
@@ -108,12 +114,24 @@ class VerdictMetrics:
         self._count_decision(1, judgement.ingress, judgement.ingress_by)
 
     def _count_decision(self, direction: int, decision: Decision, evaluator: str) -> None:
+        live = self._tally[1]
         key = (direction, id(decision), evaluator)
-        entry = self._decisions.get(key)
+        entry = live.get(key)
         if entry is None:
-            self._decisions[key] = [decision, 1]  # holding the Decision keeps its id unique
+            if len(live) >= DECISIONS_FOLD_AT:
+                self._fold()
+                live = self._tally[1]
+            live[key] = [decision, 1]  # holding the Decision keeps its id unique
         else:
             entry[1] += 1
+
+    def _fold(self) -> None:
+        """Move the live counts into the totals by label (packet thread only: the only writer)."""
+        folded, live = self._tally
+        merged = dict(folded)  # a copy: a scrape may be reading ``folded``
+        for key, count in _label_totals(live).items():
+            merged[key] = merged.get(key, 0) + count
+        self._tally = (merged, {})
 
     # --------------------------------------------------------------- export
 
@@ -167,10 +185,9 @@ class VerdictMetrics:
         metric = _counter(name, "Judged connections by direction, deciding evaluator, policy and verdict "
                                 f"(the {self.top_policies} busiest policies; the rest as {OTHER_POLICIES})",
                           ["direction", "evaluator", "policy", "verdict"])
-        totals: dict[tuple[str, str, str, str], int] = {}
-        for (direction, _, evaluator), (decision, count) in list(self._decisions.items()):
-            verdict = "allow" if decision.verdict is Verdict.ACCEPT else "deny"
-            key = ("egress" if direction == 0 else "ingress", evaluator or "(none)", decision.policy or "(none)", verdict)
+        folded, live = self._tally
+        totals = dict(folded)
+        for key, count in _label_totals(live).items():
             totals[key] = totals.get(key, 0) + count
         by_policy: dict[str, int] = {}
         for key, count in totals.items():
@@ -186,6 +203,16 @@ class VerdictMetrics:
             metric.add_sample(name, {"direction": direction, "evaluator": evaluator, "policy": policy,
                                      "verdict": verdict}, count)
         return metric
+
+
+def _label_totals(live: dict[tuple[int, int, str], list[Any]]) -> dict[tuple[str, str, str, str], int]:
+    """Counts by Decision identity summed by (direction, evaluator, policy, verdict)."""
+    totals: dict[tuple[str, str, str, str], int] = {}
+    for (direction, _, evaluator), (decision, count) in list(live.items()):
+        verdict = "allow" if decision.verdict is Verdict.ACCEPT else "deny"
+        key = ("egress" if direction == 0 else "ingress", evaluator or "(none)", decision.policy or "(none)", verdict)
+        totals[key] = totals.get(key, 0) + count
+    return totals
 
 
 class AgentCollector(Collector):
