@@ -24,6 +24,7 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import Dataplane, DataplaneConfig
 from kube_netpol.dataplane import conntrack
 from kube_netpol.engine import PolicyEngine
+from kube_netpol.observability.flowstats import VerdictStats
 from kube_netpol.plugins import build_engine
 from kube_netpol.state.store import ClusterState
 
@@ -72,6 +73,7 @@ class Agent:
         source_factory: Callable[[ClusterState], Source],
         observer: VerdictObserver | None = None,
         dataplane: Dataplane | None = None,
+        stats: VerdictStats | None = None,
     ) -> None:
         self.config = config
         self.state = ClusterState(node_name=config.node_name)
@@ -87,7 +89,9 @@ class Agent:
                 netfilter_bug_1766_fix=config.netfilter_bug_1766_fix,
             )
         )
-        self.verdict_loop = VerdictLoop(self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer)
+        self.verdict_loop = VerdictLoop(
+            self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer, stats=stats
+        )
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._dirty = threading.Event()
         self._strict_due = 0.0
@@ -108,6 +112,13 @@ class Agent:
 
     def healthy(self) -> bool:
         return self._threads_alive()
+
+    def verdict_cache_stats(self) -> tuple[int, int]:
+        """(hits, misses): judged packets answered from a cached verdict (the verdict
+        loop's flow table or the engine's cache) and those the pipeline evaluated."""
+        counters = self.verdict_loop.counters
+        misses = self.engine.cache_misses
+        return max(0, counters.accepted + counters.dropped - misses), misses
 
     def ready(self) -> bool:
         return self._dataplane_ready.is_set() and self.source.ready() and self.engine.ready()

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from kube_netpol.agent.controller import Agent
     from kube_netpol.agent.http import serve_http
-    from kube_netpol.observability.decisions import DecisionLogger, chain_observers
+    from kube_netpol.observability.decisions import DecisionLogger
     from kube_netpol.observability.metrics import AgentCollector, VerdictMetrics
     from prometheus_client import REGISTRY
 
@@ -55,8 +55,7 @@ def run_command(args: argparse.Namespace) -> int:
         except KubernetesConfigError as err:
             print(f"kube-netpol run: {err}", file=sys.stderr)
             return 2
-    verdict_metrics = VerdictMetrics(audit=config.audit)
-    observer = verdict_metrics.observe
+    verdict_metrics = VerdictMetrics()
     decision_logger: DecisionLogger | None = None
     if config.log_decisions:
         options: dict[str, Any] = {"rate": config.decision_log_rate, "only_denied": config.decision_log_denied_only}
@@ -69,9 +68,13 @@ def run_command(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"kube-netpol run: --decision-log {config.decision_log}: {err}", file=sys.stderr)
             return 2
-        observer = chain_observers(verdict_metrics.observe, decision_logger.observe)
     try:
-        agent = Agent(config, source_factory, observer=observer)
+        agent = Agent(
+            config,
+            source_factory,
+            observer=decision_logger.observe if decision_logger is not None else None,
+            stats=verdict_metrics.stats,
+        )
     except PluginError as err:
         if decision_logger is not None:
             decision_logger.stop()
@@ -84,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
         verdict_metrics,
         invalid_objects=lambda: dict(agent.state.invalid_objects),
         managed_ips=lambda: tuple(len(s) for s in agent.dataplane.managed) if agent.dataplane.started else (0, 0),
-        cache_stats=lambda: (agent.engine.cache_hits, agent.engine.cache_misses),
+        cache_stats=agent.verdict_cache_stats,
         verdict_errors=lambda: agent.verdict_loop.counters.errors,
         decision_log_stats=(lambda: decision_logger.stats()) if decision_logger is not None else None,
     )

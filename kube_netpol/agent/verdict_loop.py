@@ -14,6 +14,15 @@ from typing import Any, Callable
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.engine import Judgement, PolicyEngine
+from kube_netpol.observability.flowstats import (
+    BUCKET_OF,
+    BUCKET_TABLE_LIMIT,
+    SUMMARY_MASK,
+    VerdictStats,
+    bucket_index,
+    flow_key,
+    packet_flow_key,
+)
 from kube_netpol.packet import MalformedPacket, parse_packet
 
 #: Bytes of each packet the kernel copies to us: as many as NetfilterQueue takes
@@ -40,6 +49,16 @@ class VerdictCounters:
 
 
 class VerdictLoop:
+    """Judges queued packets; ``stats`` is the flow table the metrics are computed from.
+
+    Fast path: a packet whose flow key (addresses, protocol, destination port)
+    already has an entry in ``stats.flows`` gets that entry's verdict without
+    being parsed or judged. The table is retired whenever the engine's verdicts
+    change, so an entry is exactly a cached engine verdict plus its counters.
+    With an ``observer`` (decision records need every packet) every packet
+    takes the full path.
+    """
+
     def __init__(
         self,
         engine: PolicyEngine,
@@ -49,6 +68,7 @@ class VerdictLoop:
         max_queue_len: int = DEFAULT_MAX_QUEUE_LEN,
         observer: VerdictObserver | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        stats: VerdictStats | None = None,
     ) -> None:
         self.engine = engine
         self.queue_num = queue_num
@@ -58,38 +78,61 @@ class VerdictLoop:
         self.observer = observer
         self.on_error = on_error
         self.counters = VerdictCounters()
+        self.stats = stats or VerdictStats()
+        engine.add_sync_listener(self.stats.retire)
         self._queue: Any = None
 
     def handle(self, queued: Any) -> None:
         """The NetfilterQueue callback; ``queued`` has get_payload/accept/drop."""
-        counters = self.counters
         started = perf_counter_ns()
-        try:
-            payload = queued.get_payload()
-            packet = parse_packet(payload)
-            judgement = self.engine.evaluate(packet)
-        except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
-            counters.errors += 1
-            # A packet that fills the copy range and still cannot be parsed hides its
-            # transport header beyond what the kernel gave us (e.g. a long IPv6
-            # extension header chain). Its sender chose that layout, so it must not
-            # pass unjudged even when failing open.
-            if self.fail_open and not (isinstance(err, MalformedPacket) and len(payload) >= COPY_RANGE):
-                queued.accept()
-            else:
-                queued.drop()
-            if self.on_error is not None:
-                self.on_error(err)
-            return
-        accepted = judgement.allowed or self.audit
-        if accepted:
+        stats = self.stats
+        payload = queued.get_payload()
+        key = flow_key(payload)
+        flow = stats.flows.get(key) if self.observer is None else None
+        packet: Packet | None = None
+        if flow is None:
+            try:
+                packet = parse_packet(payload)
+                judgement = self.engine.evaluate(packet)
+            except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
+                self._failed(queued, payload, err)
+                return
+            if key is None:
+                key = packet_flow_key(packet)
+            flow = stats.flows.get(key)
+            if flow is None or flow.judgement is not judgement:
+                flow = stats.add(key, judgement, judgement.allowed or self.audit, packet.protocol, packet.family)
+        elapsed = perf_counter_ns() - started
+        counters = self.counters
+        if flow.accepted:
             queued.accept()
             counters.accepted += 1
         else:
             queued.drop()
             counters.dropped += 1
-        if self.observer is not None:
-            self.observer(packet, judgement, accepted, perf_counter_ns() - started)
+        # FlowStats.record and VerdictStats.record_sample, inlined: this runs for every packet.
+        flow.packets += 1
+        microseconds = (elapsed + 999) // 1000
+        flow.buckets[BUCKET_OF[microseconds] if microseconds <= BUCKET_TABLE_LIMIT else bucket_index(microseconds)] += 1
+        flow.total_ns += elapsed
+        index = stats.sample_index
+        stats.samples[index & SUMMARY_MASK] = elapsed
+        stats.sample_index = index + 1
+        if packet is not None and self.observer is not None:
+            self.observer(packet, flow.judgement, flow.accepted, elapsed)
+
+    def _failed(self, queued: Any, payload: bytes, err: BaseException) -> None:
+        self.counters.errors += 1
+        # A packet that fills the copy range and still cannot be parsed hides its
+        # transport header beyond what the kernel gave us (e.g. a long IPv6
+        # extension header chain). Its sender chose that layout, so it must not
+        # pass unjudged even when failing open.
+        if self.fail_open and not (isinstance(err, MalformedPacket) and len(payload) >= COPY_RANGE):
+            queued.accept()
+        else:
+            queued.drop()
+        if self.on_error is not None:
+            self.on_error(err)
 
     def bind(self) -> None:
         from netfilterqueue import COPY_PACKET, NetfilterQueue

@@ -322,22 +322,3 @@ class DecisionLogger:
                 self._warned_write = True
                 log.warning("cannot write decision records: %s", err)
             return False
-
-
-def chain_observers(*observers: VerdictObserver) -> VerdictObserver:
-    """One observer calling each of ``observers`` in order (the verdict loop takes one)."""
-    if len(observers) == 1:
-        return observers[0]
-    first, second, *rest = observers
-    if not rest:
-        def both(packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
-            first(packet, judgement, accepted, elapsed_ns)
-            second(packet, judgement, accepted, elapsed_ns)
-
-        return both
-
-    def each(packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
-        for observer in observers:
-            observer(packet, judgement, accepted, elapsed_ns)
-
-    return each

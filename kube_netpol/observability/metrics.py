@@ -1,8 +1,8 @@
 """Prometheus metrics, with the reference implementation's names under ``kube_network_policies_``.
 
-The packet thread records into plain integers and lists (a few dict and list
-operations per packet, no locks, no label lookups); everything is turned into
-metric families only when Prometheus scrapes. Counters are exposed under the
+The packet thread only counts into its flow table (flowstats.py: a few
+integer updates per packet, no locks, no label lookups); everything is summed
+and turned into metric families when Prometheus scrapes. Counters are exposed under the
 reference's exact names (``..._packet_count``, not ``..._total``) so existing
 dashboards keep working.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -19,23 +19,15 @@ from prometheus_client.samples import Sample
 
 from kube_netpol import __version__
 from kube_netpol.api.packet import PROTOCOL_NAMES, Packet
-from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.engine import Judgement
+from kube_netpol.observability.flowstats import PROCESS_TIME_BUCKETS_US, VerdictStats, packet_flow_key
 from kube_netpol.observability.nfqueue_proc import QueueStats, read_nfqueue_stats
 
 PREFIX = "kube_network_policies_"
-#: The reference's histogram buckets, in microseconds.
-PROCESS_TIME_BUCKETS_US = (1, 10, 50, 200, 500, 750, 1000, 2000, 5000, 10000, 100000)
 #: Seconds; for dataplane syncs and policy apply latency.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-#: Durations kept for the summary's quantiles (the most recent ones).
-SUMMARY_WINDOW = 4096
 QUANTILES = (0.5, 0.9, 0.99)
 OTHER_POLICIES = "(other)"
-#: Decisions counted by identity before they are folded into totals by label. Evaluators
-#: build new Decision objects whenever policies change (NetworkPolicy denials on every memo
-#: miss), so without folding the table would grow with every change for the agent's lifetime.
-DECISIONS_FOLD_AT = 4096
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 
@@ -69,80 +61,53 @@ class Histogram:
         self.count += 1
 
     def buckets(self) -> list[tuple[str, int]]:
-        cumulative, out = 0, []
-        for bound, count in zip((*self.bounds, float("inf")), list(self.counts)):
-            cumulative += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
-        return out
+        return cumulative_buckets(self.bounds, self.counts)
+
+
+def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    cumulative, out = 0, []
+    for bound, count in zip((*bounds, float("inf")), list(counts)):
+        cumulative += count
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+    return out
+
+
+def _protocol(number: int) -> str:
+    return PROTOCOL_NAMES.get(number, str(number))
 
 
 class VerdictMetrics:
-    """The per-packet part: an observer for the verdict loop."""
+    """The verdict metrics, computed at scrape time from the verdict loop's flow table.
 
-    def __init__(self, audit: bool = False, top_policies: int = 20) -> None:
-        self.audit = audit
+    ``stats`` is what the verdict loop records into; ``observe`` records one
+    packet the slow way (for callers other than the loop's fast path).
+    """
+
+    def __init__(self, stats: VerdictStats | None = None, top_policies: int = 20) -> None:
+        self.stats = stats or VerdictStats()
         self.top_policies = top_policies
-        self._process_time: dict[tuple[int, int], Histogram] = {}
-        self._packets: dict[tuple[int, int, bool], int] = {}
-        self._would_deny: dict[tuple[int, int], int] = {}
-        self._recent = [0.0] * SUMMARY_WINDOW
-        self._recent_next = 0
-        self._recent_sum = 0.0
-        self._recent_count = 0
-        # (folded, live): totals by (direction, evaluator, policy, verdict), and the counts since
-        # the last fold by Decision identity (cheap on the hot path). Replaced as one pair so a
-        # scrape sees either the pair before a fold or the pair after it, never a mix.
-        self._tally: tuple[dict[tuple[str, str, str, str], int], dict[tuple[int, int, str], list[Any]]] = ({}, {})
 
     def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
-        microseconds = elapsed_ns / 1000
-        key = (packet.protocol, packet.family)
-        histogram = self._process_time.get(key)
-        if histogram is None:
-            histogram = self._process_time[key] = Histogram(PROCESS_TIME_BUCKETS_US)
-        histogram.observe(microseconds)
-        counted = (packet.protocol, packet.family, accepted)
-        self._packets[counted] = self._packets.get(counted, 0) + 1
-        if accepted and not judgement.allowed:
-            self._would_deny[key] = self._would_deny.get(key, 0) + 1
-        index = self._recent_next
-        self._recent[index] = microseconds
-        self._recent_next = (index + 1) % SUMMARY_WINDOW
-        self._recent_sum += microseconds
-        self._recent_count += 1
-        self._count_decision(0, judgement.egress, judgement.egress_by)
-        self._count_decision(1, judgement.ingress, judgement.ingress_by)
-
-    def _count_decision(self, direction: int, decision: Decision, evaluator: str) -> None:
-        live = self._tally[1]
-        key = (direction, id(decision), evaluator)
-        entry = live.get(key)
-        if entry is None:
-            if len(live) >= DECISIONS_FOLD_AT:
-                self._fold()
-                live = self._tally[1]
-            live[key] = [decision, 1]  # holding the Decision keeps its id unique
-        else:
-            entry[1] += 1
-
-    def _fold(self) -> None:
-        """Move the live counts into the totals by label (packet thread only: the only writer)."""
-        folded, live = self._tally
-        merged = dict(folded)  # a copy: a scrape may be reading ``folded``
-        for key, count in _label_totals(live).items():
-            merged[key] = merged.get(key, 0) + count
-        self._tally = (merged, {})
+        key = packet_flow_key(packet)
+        flow = self.stats.flows.get(key)
+        if flow is None or flow.judgement is not judgement or flow.accepted != accepted:
+            flow = self.stats.add(key, judgement, accepted, packet.protocol, packet.family)
+        flow.record(elapsed_ns)
+        self.stats.record_sample(elapsed_ns)
 
     # --------------------------------------------------------------- export
 
     def collect(self) -> Iterator[Metric]:
+        totals = self.stats.totals()
         process_time = HistogramMetricFamily(
             PREFIX + "packet_process_time", "Time it has taken to process each packet (microseconds)",
             labels=["protocol", "family"],
         )
-        for (protocol, family), histogram in list(self._process_time.items()):
+        for (protocol, family), counts in sorted(totals.buckets.items()):
             process_time.add_metric(
-                [PROTOCOL_NAMES.get(protocol, str(protocol)), FAMILY_NAMES[family]], histogram.buckets(), histogram.total
+                [_protocol(protocol), FAMILY_NAMES[family]],
+                cumulative_buckets(PROCESS_TIME_BUCKETS_US, counts),
+                totals.total_ns[(protocol, family)] / 1000,
             )
         yield process_time
 
@@ -150,18 +115,17 @@ class VerdictMetrics:
             PREFIX + "packet_process_duration_microseconds",
             "A summary of the packet processing durations in microseconds.",
         )
-        count = self._recent_count
-        window = sorted(self._recent[: min(count, SUMMARY_WINDOW)])
+        window = sorted(self.stats.recent_samples())
         for quantile in QUANTILES:
-            value = window[min(len(window) - 1, int(quantile * len(window)))] if window else float("nan")
+            value = window[min(len(window) - 1, int(quantile * len(window)))] / 1000 if window else float("nan")
             summary.samples.append(Sample(summary.name, {"quantile": repr(quantile)}, value))
-        summary.add_metric([], count_value=count, sum_value=self._recent_sum)
+        summary.add_metric([], count_value=sum(totals.packets.values()), sum_value=sum(totals.total_ns.values()) / 1000)
         yield summary
 
         packets = _counter(PREFIX + "packet_count", "Number of packets", ["protocol", "family", "verdict"])
-        for (protocol, family, accepted), value in list(self._packets.items()):
+        for (protocol, family, accepted), value in sorted(totals.packets.items()):
             packets.add_sample(PREFIX + "packet_count", {
-                "protocol": PROTOCOL_NAMES.get(protocol, str(protocol)),
+                "protocol": _protocol(protocol),
                 "family": FAMILY_NAMES[family],
                 "verdict": "accept" if accepted else "drop",
             }, value)
@@ -171,24 +135,20 @@ class VerdictMetrics:
             PREFIX + "audit_would_deny_count",
             "Packets accepted in audit mode that the policies deny", ["protocol", "family"],
         )
-        for (protocol, family), value in list(self._would_deny.items()):
+        for (protocol, family), value in sorted(totals.would_deny.items()):
             would_deny.add_sample(PREFIX + "audit_would_deny_count", {
-                "protocol": PROTOCOL_NAMES.get(protocol, str(protocol)), "family": FAMILY_NAMES[family],
+                "protocol": _protocol(protocol), "family": FAMILY_NAMES[family],
             }, value)
         yield would_deny
 
-        yield self._decision_counter()
+        yield self._decision_counter(totals.decisions)
 
-    def _decision_counter(self) -> Metric:
+    def _decision_counter(self, totals: dict[tuple[str, str, str, str], int]) -> Metric:
         """Verdicts by deciding evaluator and policy: the top policies by count, the rest as "(other)"."""
         name = PREFIX + "verdicts_by_policy"
         metric = _counter(name, "Judged connections by direction, deciding evaluator, policy and verdict "
                                 f"(the {self.top_policies} busiest policies; the rest as {OTHER_POLICIES})",
                           ["direction", "evaluator", "policy", "verdict"])
-        folded, live = self._tally
-        totals = dict(folded)
-        for key, count in _label_totals(live).items():
-            totals[key] = totals.get(key, 0) + count
         by_policy: dict[str, int] = {}
         for key, count in totals.items():
             by_policy[key[2]] = by_policy.get(key[2], 0) + count
@@ -203,16 +163,6 @@ class VerdictMetrics:
             metric.add_sample(name, {"direction": direction, "evaluator": evaluator, "policy": policy,
                                      "verdict": verdict}, count)
         return metric
-
-
-def _label_totals(live: dict[tuple[int, int, str], list[Any]]) -> dict[tuple[str, str, str, str], int]:
-    """Counts by Decision identity summed by (direction, evaluator, policy, verdict)."""
-    totals: dict[tuple[str, str, str, str], int] = {}
-    for (direction, _, evaluator), (decision, count) in list(live.items()):
-        verdict = "allow" if decision.verdict is Verdict.ACCEPT else "deny"
-        key = ("egress" if direction == 0 else "ingress", evaluator or "(none)", decision.policy or "(none)", verdict)
-        totals[key] = totals.get(key, 0) + count
-    return totals
 
 
 class AgentCollector(Collector):

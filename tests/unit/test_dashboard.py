@@ -38,13 +38,12 @@ TOKEN = re.compile(r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<ident>[A-Za-z_:][A-
 
 def exported_series() -> dict[str, set[str]]:
     """Sample name -> label names, scraped from the agent's collectors as run.py registers them."""
-    verdicts = VerdictMetrics(audit=True)
+    verdicts = VerdictMetrics()
     tcp = Packet(4, 6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 40000, 80)
     deny = Decision(Verdict.DENY, "x/deny-all", "", "isolated")
     allow = Decision(Verdict.ACCEPT, "x/allow", "ingress[0]", "allowed")
     verdicts.observe(tcp, Judgement(Verdict.DENY, END_OF_PIPELINE, "", deny, "networkpolicy"), True, 12_000)
     verdicts.observe(tcp, Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", allow, "networkpolicy"), True, 3_000)
-    verdicts.audit = False
     verdicts.observe(tcp, Judgement(Verdict.DENY, END_OF_PIPELINE, "", deny, "networkpolicy"), False, 8_000)
     collector = AgentCollector(
         verdicts,

@@ -13,7 +13,7 @@ import pytest
 from kube_netpol.api import Decision, Packet, Verdict
 from kube_netpol.api.podinfo import Namespace, PodInfo
 from kube_netpol.engine import END_OF_PIPELINE, Judgement
-from kube_netpol.observability.decisions import DecisionLogger, TokenBucket, chain_observers, decision_record
+from kube_netpol.observability.decisions import DecisionLogger, TokenBucket, decision_record
 from kube_netpol.state.store import ClusterState
 
 ALLOW_NP = Decision(Verdict.ACCEPT, "y/allow-x", "ingress[0]", "allowed by y/allow-x ingress[0]")
@@ -238,16 +238,6 @@ def test_to_file_appends_and_stop_closes(tmp_path) -> None:
     assert content[0] == {"earlier": True} and content[1]["verdict"] == "deny"
 
 
-def test_chain_observers_calls_each_in_order() -> None:
-    calls: list[tuple[str, int]] = []
-    observers = [lambda p, j, a, e, n=n: calls.append((n, e)) for n in ("a", "b", "c")]
-    judgement = denied_by_ingress()
-    chain_observers(*observers[:2])(packet(), judgement, False, 7)
-    chain_observers(*observers)(packet(), judgement, False, 8)
-    assert chain_observers(observers[0]) is observers[0]
-    assert calls == [("a", 7), ("b", 7), ("a", 8), ("b", 8), ("c", 8)]
-
-
 def test_observe_is_safe_while_the_writer_drains() -> None:
     logger = DecisionLogger(io.StringIO(), rate=1_000_000, burst=1_000_000, capacity=1_000_000, interval=0.001)
     logger.start()
@@ -300,9 +290,9 @@ def test_records_from_the_verdict_loop_with_real_policies(audit: bool) -> None:
                  "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
     stream = io.StringIO()
     logger = DecisionLogger(stream, provider=state)
-    metrics = VerdictMetrics(audit=audit)
-    loop = VerdictLoop(build_engine(state), 100, fail_open=True, audit=audit,
-                       observer=chain_observers(metrics.observe, logger.observe))
+    metrics = VerdictMetrics()
+    loop = VerdictLoop(build_engine(state), 100, fail_open=True, audit=audit, observer=logger.observe,
+                       stats=metrics.stats)
     denied = Queued(bytes(IP(src=X_A, dst=Y_B) / TCP(sport=40001, dport=80, flags="S")))
     allowed = Queued(bytes(IP(src=Y_B, dst=X_A) / TCP(sport=40002, dport=81, flags="S")))
     loop.handle(denied)

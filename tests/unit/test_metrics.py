@@ -81,7 +81,7 @@ def test_policy_labels_are_bounded() -> None:
 
 
 def test_audit_marks_what_would_have_been_denied() -> None:
-    verdicts = VerdictMetrics(audit=True)
+    verdicts = VerdictMetrics()
     verdicts.observe(TCP4, Judgement(Verdict.DENY, END_OF_PIPELINE, "", DENY, "networkpolicy"), True, 1000)
     samples = scrape(collector(verdicts))
     assert samples["kube_network_policies_audit_would_deny_count"] == [({"protocol": "TCP", "family": "IPv4"}, 1)]
