@@ -11,7 +11,14 @@ none. The measured call is
 warm-up, so per-pod indexes are built; ``evaluate`` with its verdict cache is
 reported too. Not a test: run it and copy the table into docs/performance.md.
 
+With ``--selecting N[,N...]`` the table has one row per N instead: N more
+NetworkPolicies (on top of ``SELECTING_COLD`` cold ones) all select the
+measured destination pods, each admitting TCP port 1000+i from any peer; they
+sort before the policy that admits the measured flows, so a plain in-order scan
+would try all N rules for every measured packet. The row should not grow with N.
+
     python bench/bench_engine.py [--policies 10,100,1000,10000] [--packets 20000]
+    python bench/bench_engine.py --selecting 10,100,1000
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ from kube_netpol.state import ClusterState
 
 NAMESPACES = 100
 PODS_PER_NAMESPACE = 100
+#: Policies that select no measured pod, in the --selecting mode.
+SELECTING_COLD = 100
 
 
 def pod_ip(ns: int, pod: int) -> bytes:
     return bytes([10, 100 + ns // 250, ns % 250, pod + 1])
 
 
-def build_cluster(policies: int) -> ClusterState:
+def build_cluster(policies: int, selecting: int = 0) -> ClusterState:
     state = ClusterState(node_name="node-1")
     for ns in range(NAMESPACES):
         state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{ns}", "labels": {"team": f"t{ns % 7}"}}})
@@ -85,6 +94,15 @@ def build_cluster(policies: int) -> ClusterState:
                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "pod-1"}}}], "ports": [{"port": 8080}]}],
                      "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]},
         })
+    # Policies that select the measured destinations (ns-0 app-0) and admit ports no measured
+    # flow uses; "by-port-" sorts before "hot-ingress", so they come first in evaluation order.
+    for i in range(selecting):
+        state.apply({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "ns-0", "name": f"by-port-{i:05d}"},
+            "spec": {"podSelector": {"matchLabels": {"app": "app-0"}}, "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": [{"protocol": "TCP", "port": 1000 + i}]}]},
+        })
     return state
 
 
@@ -118,12 +136,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policies", default="10,100,1000,10000")
     parser.add_argument("--packets", type=int, default=30000, help="measured evaluations per size")
+    parser.add_argument("--selecting", default="", help="N[,N...]: rows of N policies selecting the measured pods")
     args = parser.parse_args()
-    print("| policies | build s | uncached median µs | uncached p99 µs | cached median µs | allowed/denied/unselected |")
-    print("|---:|---:|---:|---:|---:|---|")
-    for count in (int(n) for n in args.policies.split(",")):
+    if args.selecting:
+        first_column = "selecting"
+        sizes = [(SELECTING_COLD, int(n)) for n in args.selecting.split(",")]
+    else:
+        first_column = "policies"
+        sizes = [(int(n), 0) for n in args.policies.split(",")]
+    # The selecting mode adds the median of the allowed flows alone: only they reach NetworkPolicy's rules.
+    extra_head, extra_rule = (" allowed uncached median µs |", "---:|") if args.selecting else ("", "")
+    print(f"| {first_column} | build s | uncached median µs | uncached p99 µs |{extra_head} cached median µs | allowed/denied/unselected |")
+    print(f"|---:|---:|---:|---:|{extra_rule}---:|---|")
+    for count, selecting in sizes:
         started = time.perf_counter()
-        state = build_cluster(count)
+        state = build_cluster(count, selecting)
         engine = build_engine(state)
         build_seconds = time.perf_counter() - started
         flows = packets()
@@ -135,7 +162,8 @@ def main() -> None:
         uncached = measure(engine.evaluate_uncached, flows, rounds)
         cached = measure(engine.evaluate, flows, rounds)
         q = statistics.quantiles(uncached, n=100)
-        print(f"| {count} | {build_seconds:.1f} | {statistics.median(uncached) / 1000:.2f} | {q[98] / 1000:.2f} | "
+        extra = f" {statistics.median(uncached[0::3]) / 1000:.2f} |" if args.selecting else ""  # flows[0::3]: allowed
+        print(f"| {selecting if args.selecting else count} | {build_seconds:.1f} | {statistics.median(uncached) / 1000:.2f} | {q[98] / 1000:.2f} |{extra} "
               f"{statistics.median(cached) / 1000:.2f} | {len(flows) // 3}/{len(flows) // 3}/{len(flows) // 3} |", flush=True)
 
 

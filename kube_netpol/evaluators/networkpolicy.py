@@ -6,22 +6,27 @@ is denied. Pods no policy selects get NEXT (the pipeline continues, e.g. to
 BaselineAdminNetworkPolicy).
 
 Hot path: per pod (keyed by the identity of its PodInfo, which the store
-rebuilds on every change) we remember its labels as plain dicts and the rules
-of the policies selecting it, flattened in order (policy name, then rule
-order). A packet then costs two dict lookups plus the rules of the policies
-that select the pod, whatever the number of other policies.
+rebuilds on every change) we remember its labels as plain dicts, its container
+ports by (protocol, port), and the rules of the policies selecting it,
+flattened in order (policy name, then rule order) and indexed by the protocol
+and ports they admit (kube_netpol.policy.rule_index). A packet then costs a
+few dict lookups and a bisection plus the rules that can match its protocol
+and port, whatever the number of other rules and policies. The first rule in
+the flattened order that admits the packet decides and is reported.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Mapping
 
 from kube_netpol.api.evaluator import EvaluatorContext, ManagedIPs
-from kube_netpol.api.packet import Packet
+from kube_netpol.api.packet import PROTOCOL_BY_NAME, Packet
 from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import NEXT, Decision, Verdict
 from kube_netpol.evaluators.base import StateEvaluator
 from kube_netpol.policy.networkpolicy import NetworkPolicy, NetworkPolicyRule
+from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 from kube_netpol.state.store import Change, ClusterState
 
 KIND = "NetworkPolicy"
@@ -30,16 +35,28 @@ KIND = "NetworkPolicy"
 #: also against entries left behind by a pod change racing with a packet).
 MEMO_SIZE = 32768
 
+#: Rule indexes remembered per namespace (one per direction and distinct list of
+#: isolating policies) before that namespace's are emptied wholesale.
+INDEX_CACHE_SIZE = 1024
+
+_Rules = RuleIndex[NetworkPolicyRule]
+_PortNames = Mapping[tuple[int, int], tuple[str, ...]]
+_Indexed = tuple[tuple[NetworkPolicy, ...], _Rules, Decision]
+
 
 class _Pod:
     """What the evaluator remembers of one PodInfo.
 
     ``ingress``/``egress`` are None when no policy isolates the pod in that
-    direction; otherwise the rules to try in order, and ``*_deny`` is the
-    Decision when none admits the packet.
+    direction; otherwise its rules, indexed, and ``*_deny`` is the Decision
+    when none admits the packet. ``port_names`` gives the names of the pod's
+    container ports by (protocol number, port), for named ports in rules.
     """
 
-    __slots__ = ("info", "labels", "namespace", "namespace_labels", "ingress", "ingress_deny", "egress", "egress_deny")
+    __slots__ = (
+        "info", "labels", "namespace", "namespace_labels", "port_names",
+        "ingress", "ingress_deny", "egress", "egress_deny",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -47,15 +64,17 @@ class _Pod:
         labels: Mapping[str, str],
         namespace: str,
         namespace_labels: Mapping[str, str],
-        ingress: tuple[NetworkPolicyRule, ...] | None,
+        port_names: _PortNames,
+        ingress: _Rules | None,
         ingress_deny: Decision,
-        egress: tuple[NetworkPolicyRule, ...] | None,
+        egress: _Rules | None,
         egress_deny: Decision,
     ) -> None:
         self.info = info
         self.labels = labels
         self.namespace = namespace
         self.namespace_labels = namespace_labels
+        self.port_names = port_names
         self.ingress = ingress
         self.ingress_deny = ingress_deny
         self.egress = egress
@@ -71,6 +90,12 @@ class NetworkPolicyEvaluator(StateEvaluator):
         self._policies: dict[str, dict[str, NetworkPolicy]] = {}  # namespace -> name -> policy
         self._ordered: dict[str, tuple[NetworkPolicy, ...]] = {}  # namespace -> policies sorted by name
         self._memo: dict[int, _Pod] = {}  # id(PodInfo) -> _Pod (which holds the PodInfo: ids stay unique)
+        # Pods selected by the same policies share one index: namespace -> (direction, ids of the
+        # policies isolating the pod in it) -> (those policies, kept alive so that their ids stay
+        # unique; the index; the DENY decision). An entry depends on nothing but those immutable
+        # policies, so it never goes stale; a namespace's entries are dropped when one of its
+        # policies changes only to let replaced policies go.
+        self._indexes: dict[str, dict[tuple[str, tuple[int, ...]], _Indexed]] = {}
         # Per pod key, how many policies of its namespace select it (for managed_ips).
         self._selected_by: dict[tuple[str, str], int] = {}
         super().__init__(state)
@@ -102,11 +127,10 @@ class NetworkPolicyEvaluator(StateEvaluator):
             if peer is None or peer.info is not src:
                 peer = self._remember(src)
             labels, namespace, namespace_labels = peer.labels, peer.namespace, peer.namespace_labels
-        address, protocol, port = packet.src, packet.protocol, packet.dst_port
-        for rule in rules:
-            if rule.admits(address, labels, namespace, namespace_labels, protocol, port, dst):
-                return rule.decision
-        return target.ingress_deny
+        return _first_admitting(
+            rules, target.ingress_deny, packet.protocol, packet.dst_port, dst, target.port_names,
+            packet.src, labels, namespace, namespace_labels,
+        )  # fmt: skip
 
     def evaluate_egress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
         if src is None:
@@ -122,16 +146,17 @@ class NetworkPolicyEvaluator(StateEvaluator):
             labels = None
             namespace = ""
             namespace_labels: Mapping[str, str] = _NO_LABELS
+            port_names: _PortNames = _NO_PORT_NAMES  # not a pod: named ports cannot resolve
         else:
             peer = memo.get(id(dst))
             if peer is None or peer.info is not dst:
                 peer = self._remember(dst)
             labels, namespace, namespace_labels = peer.labels, peer.namespace, peer.namespace_labels
-        address, protocol, port = packet.dst, packet.protocol, packet.dst_port
-        for rule in rules:
-            if rule.admits(address, labels, namespace, namespace_labels, protocol, port, dst):
-                return rule.decision
-        return target.egress_deny
+            port_names = peer.port_names  # named ports resolve on the destination, which varies
+        return _first_admitting(
+            rules, target.egress_deny, packet.protocol, packet.dst_port, dst, port_names,
+            packet.dst, labels, namespace, namespace_labels,
+        )  # fmt: skip
 
     # ----------------------------------------------------------- memo misses
 
@@ -141,33 +166,49 @@ class NetworkPolicyEvaluator(StateEvaluator):
         memo = self._memo
         namespace = info.namespace.name
         labels = dict(info.labels)
-        ingress: list[NetworkPolicyRule] = []
-        egress: list[NetworkPolicyRule] = []
-        ingress_refs: list[str] = []
-        egress_refs: list[str] = []
+        ingress: list[NetworkPolicy] = []
+        egress: list[NetworkPolicy] = []
         for policy in self._ordered.get(namespace, ()):
             if not policy.selects(labels):
                 continue
             if policy.isolates_ingress:
-                ingress_refs.append(policy.ref)
-                ingress.extend(policy.ingress)
+                ingress.append(policy)
             if policy.isolates_egress:
-                egress_refs.append(policy.ref)
-                egress.extend(policy.egress)
+                egress.append(policy)
+        ingress_rules, ingress_deny = self._rules(namespace, "ingress", ingress)
+        egress_rules, egress_deny = self._rules(namespace, "egress", egress)
         pod = _Pod(
             info,
             labels,
             namespace,
             dict(info.namespace.labels),
-            tuple(ingress) if ingress_refs else None,
-            _deny("ingress", ingress_refs),
-            tuple(egress) if egress_refs else None,
-            _deny("egress", egress_refs),
+            _port_names(info),
+            ingress_rules,
+            ingress_deny,
+            egress_rules,
+            egress_deny,
         )
         if len(memo) >= MEMO_SIZE:
             memo = self._memo = {}
         memo[id(info)] = pod
         return pod
+
+    def _rules(self, namespace: str, direction: str, policies: list[NetworkPolicy]) -> tuple[_Rules | None, Decision]:
+        """The indexed rules of the policies isolating a pod in one direction, and its DENY decision."""
+        if not policies:
+            return None, NEXT
+        indexes = self._indexes.get(namespace)
+        if indexes is None or len(indexes) >= INDEX_CACHE_SIZE:
+            indexes = self._indexes[namespace] = {}
+        key = (direction, tuple(map(id, policies)))
+        known = indexes.get(key)
+        if known is None:
+            rules: list[NetworkPolicyRule] = []
+            for policy in policies:
+                rules.extend(policy.ingress if direction == "ingress" else policy.egress)
+            deny = _deny(direction, [policy.ref for policy in policies])
+            known = indexes[key] = (tuple(policies), build_rule_index(rules), deny)
+        return known[1], known[2]
 
     # ------------------------------------------------------------- changes
 
@@ -198,6 +239,7 @@ class NetworkPolicyEvaluator(StateEvaluator):
         # Whole memo rather than the namespace's pods: simpler, race-free (see
         # _remember), and a miss only costs a scan of one namespace's policies.
         self._memo = {}
+        self._indexes.pop(namespace, None)  # lets the replaced policy go (see __init__)
         counts = self._selected_by
         for pod in self.state.pods_in_namespace(namespace):
             delta = (1 if new is not None and new.selects(pod.labels) else 0) - (
@@ -243,6 +285,79 @@ class NetworkPolicyEvaluator(StateEvaluator):
 
 
 _NO_LABELS: Mapping[str, str] = {}
+_NO_PORT_NAMES: _PortNames = {}
+
+#: A position after every rule's.
+_NO_RULE = 1 << 62
+
+
+def _first_admitting(
+    rules: _Rules,
+    deny: Decision,
+    protocol: int,
+    port: int,
+    receiver: PodInfo | None,
+    port_names: _PortNames,
+    address: bytes,
+    labels: Mapping[str, str] | None,
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+) -> Decision:
+    """The decision of the first rule in order that admits the packet, else ``deny``.
+
+    Only the index's candidates for (protocol, port) are tried. Their ports
+    match the packet (``checked`` ones excepted), so only their peers are
+    checked. They come in several lists, each by ascending position: each list
+    is tried until a rule admits or its positions pass the best admitting one
+    found so far. ``port_names`` are the receiver's, on which named ports resolve.
+    """
+    table = rules.by_protocol.get(protocol)
+    if table is None:  # a protocol no rule names (ICMP...): only rules without ports
+        for rule in rules.others:
+            if rule.admits_peer(address, labels, namespace, namespace_labels):
+                return rule.decision
+        return deny
+    decision = deny
+    best = _NO_RULE
+    for position, rule in table.segments[bisect_right(table.bounds, port) - 1]:
+        if rule.admits_peer(address, labels, namespace, namespace_labels):
+            decision, best = rule.decision, position
+            break
+    by_name = table.by_name
+    if by_name:
+        names = port_names.get((protocol, port))
+        if names is not None:
+            for name in names:
+                for position, rule in by_name.get(name, ()):
+                    if position >= best:
+                        break
+                    if rule.admits_peer(address, labels, namespace, namespace_labels):
+                        decision, best = rule.decision, position
+                        break
+    for position, rule in table.checked:
+        if position >= best:
+            break
+        if rule.admits(address, labels, namespace, namespace_labels, protocol, port, receiver):
+            decision, best = rule.decision, position
+            break
+    for position, rule in table.always:
+        if position >= best:
+            break
+        if rule.admits_peer(address, labels, namespace, namespace_labels):
+            return rule.decision
+    return decision
+
+
+def _port_names(info: PodInfo) -> _PortNames:
+    """Container port names by (protocol number, port), as PortMatcher resolves named ports."""
+    names: dict[tuple[int, int], tuple[str, ...]] = {}
+    for container_port in info.container_ports:
+        protocol = PROTOCOL_BY_NAME.get(container_port.protocol or "TCP")
+        if protocol is None or not container_port.name:
+            continue  # matches no rule's named port
+        key = (protocol, container_port.port)
+        names[key] = names.get(key, ()) + (container_port.name,)
+    return names if names else _NO_PORT_NAMES
 
 
 def _deny(direction: str, refs: list[str]) -> Decision:

@@ -75,11 +75,34 @@ class NetworkPolicyPeer:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicyRule:
-    """One ingress or egress rule; ``peers`` None means every peer (empty or absent list)."""
+    """One ingress or egress rule; ``peers`` None means every peer (empty or absent list).
+
+    ``ports`` decides; ``port_ranges`` (None: every port of every protocol) and
+    ``named_ports`` hold the same ports as data, for the evaluator's index of
+    which rules can match a protocol and port (kube_netpol.policy.rule_index).
+    Build both with ``NetworkPolicyRule.create`` so they cannot disagree.
+    """
 
     peers: tuple[NetworkPolicyPeer, ...] | None
     ports: PortMatcher
     decision: Decision  # returned as is for every packet the rule admits
+    port_ranges: tuple[tuple[int, int, int], ...] | None  # (protocol, first, last)
+    named_ports: tuple[tuple[str, int], ...]  # (container port name, protocol)
+
+    @classmethod
+    def create(
+        cls,
+        peers: tuple[NetworkPolicyPeer, ...] | None,
+        port_ranges: tuple[tuple[int, int, int], ...] | None,
+        named_ports: tuple[tuple[str, int], ...],
+        decision: Decision,
+    ) -> NetworkPolicyRule:
+        """A rule admitting ``peers`` on these ports; ``port_ranges`` None: every port of every protocol."""
+        if port_ranges is None:
+            if named_ports:
+                raise ValueError("a rule admitting every port has no named ports")
+            return cls(peers, ALL_PORTS, decision, None, ())
+        return cls(peers, PortMatcher(port_ranges, named_ports), decision, port_ranges, named_ports)
 
     def admits(
         self,
@@ -92,8 +115,18 @@ class NetworkPolicyRule:
         receiver: PodInfo | None,
     ) -> bool:
         """``address``/``labels``/namespace describe the peer; named ports resolve on ``receiver``."""
-        if not self.ports.matches(protocol, port, receiver):
-            return False
+        return self.ports.matches(protocol, port, receiver) and self.admits_peer(
+            address, labels, namespace, namespace_labels
+        )
+
+    def admits_peer(
+        self,
+        address: bytes,
+        labels: Mapping[str, str] | None,
+        namespace: str,
+        namespace_labels: Mapping[str, str],
+    ) -> bool:
+        """``admits`` for a packet whose protocol and port the caller knows ``ports`` matches."""
         peers = self.peers
         if peers is None:
             return True
@@ -209,7 +242,7 @@ def _parse_rules(
         unknown = set(rule) - {peers_field, "ports"}
         if unknown:
             raise InvalidObject(f"unknown field(s) {sorted(unknown)}", where)
-        ports = _parse_ports(rule.get("ports"), f"{where}.ports")
+        port_ranges, named_ports = _parse_ports(rule.get("ports"), f"{where}.ports")
         raw_peers = _list(rule.get(peers_field), f"{where}.{peers_field}")
         peers = (
             tuple(_parse_peer(p, namespace, f"{where}.{peers_field}[{j}]") for j, p in enumerate(raw_peers))
@@ -218,7 +251,7 @@ def _parse_rules(
         )
         rule_name = f"{direction}[{i}]"
         decision = Decision(Verdict.ACCEPT, policy=ref, rule=rule_name, reason=f"allowed by {ref} {rule_name}")
-        rules.append(NetworkPolicyRule(peers, ports, decision))
+        rules.append(NetworkPolicyRule.create(peers, port_ranges, named_ports, decision))
     return tuple(rules)
 
 
@@ -268,12 +301,15 @@ def _parse_ip_block(raw: Any, path: str) -> AddressRanges:
     return AddressRanges([cidr], excepts, source=source)
 
 
-def _parse_ports(raw: Any, path: str) -> PortMatcher:
+def _parse_ports(
+    raw: Any, path: str
+) -> tuple[tuple[tuple[int, int, int], ...] | None, tuple[tuple[str, int], ...]]:
+    """The (protocol, first, last) ranges (None: every port of every protocol) and (name, protocol) named ports."""
     entries = _list(raw, path)
     if not entries:
-        return ALL_PORTS  # empty or absent: every port of every protocol, ICMP included
+        return None, ()  # empty or absent: every port of every protocol, ICMP included
     ranges: list[tuple[int, int, int]] = []
-    named: list[tuple[str, int | None]] = []
+    named: list[tuple[str, int]] = []
     for i, entry in enumerate(entries):
         where = f"{path}[{i}]"
         if not isinstance(entry, Mapping):
@@ -301,7 +337,7 @@ def _parse_ports(raw: Any, path: str) -> PortMatcher:
             if last < first:
                 raise InvalidObject(f"endPort {last} must be greater than or equal to port {first}", f"{where}.endPort")
             ranges.append((protocol, first, last))
-    return PortMatcher(ranges, named)
+    return tuple(ranges), tuple(named)
 
 
 def _check_port_name(name: str, path: str) -> None:

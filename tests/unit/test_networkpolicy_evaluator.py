@@ -6,6 +6,8 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kube_netpol.api import (
     IPPROTO_ICMP,
@@ -20,6 +22,7 @@ from kube_netpol.api import (
 from kube_netpol.engine import PolicyEngine
 from kube_netpol.evaluators import networkpolicy as npmod
 from kube_netpol.evaluators.networkpolicy import NetworkPolicyEvaluator, create
+from kube_netpol.policy import rule_index
 from kube_netpol.state import ClusterState
 
 # Addresses: (IPv4, IPv6) per pod.
@@ -587,3 +590,183 @@ def test_pod_change_drops_its_entry(c: Cluster) -> None:
     assert len(c.evaluator._memo) == 2  # the new x/a and y/a
     c.state.delete("Pod", "y", "a")
     assert len(c.evaluator._memo) == 1
+
+
+# ------------------------------------------------ many rules: the port index
+
+
+def test_first_rule_in_order_decides_whichever_way_it_is_indexed(c: Cluster) -> None:
+    a = {"matchLabels": {"pod": "a"}}
+    c.apply(netpol("x/a-named", {"podSelector": a, "ingress": [
+        {"from": [{"namespaceSelector": {"matchLabels": {"team": "y-team"}}}], "ports": [{"port": "http"}]}]}))
+    c.apply(netpol("x/b-all", {"podSelector": a, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
+    c.apply(netpol("x/c-80", {"podSelector": a, "ingress": [{"ports": [{"port": 79, "endPort": 80}]}]}))
+    c.apply(netpol("x/d-tcp", {"podSelector": a, "ingress": [
+        {"ports": [{"protocol": "TCP"}]}, {"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}]}))
+
+    def decided(src: str, protocol: str | int = "TCP", port: int = 80) -> tuple:
+        decision = c.ingress(src, "x/a", protocol, port)
+        return decision.policy, decision.rule
+
+    assert decided("y/a") == ("x/a-named", "ingress[0]")  # named port http = 80 on x/a, before the rest
+    assert decided("x/b") == ("x/b-all", "ingress[0]")
+    assert decided("z/a") == ("x/c-80", "ingress[0]")
+    assert decided("z/a", port=81) == ("x/d-tcp", "ingress[0]")
+    assert decided("ext", "UDP", 5) == ("x/d-tcp", "ingress[1]")
+    assert decided("x/b", IPPROTO_ICMP, 0) == ("x/b-all", "ingress[0]")
+    assert c.ingress("y/a", "x/a", "UDP", 53).verdict is Verdict.DENY
+    assert c.ingress("z/a", "x/a", IPPROTO_ICMP, 0).policy == "x/a-named, x/b-all, x/c-80, x/d-tcp"
+
+
+def test_an_earlier_rule_wins_over_a_later_one_of_another_kind(c: Cluster) -> None:
+    c.apply(netpol("x/a-80", {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))
+    c.apply(netpol("x/b-http", {"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}))
+    c.apply(netpol("x/c-tcp", {"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP"}]}]}))
+    c.apply(netpol("x/d-any", {"podSelector": {}, "ingress": [{}]}))
+    assert c.ingress("y/a", "x/a", port=80).policy == "x/a-80"  # all four admit it
+    c.state.delete("NetworkPolicy", "x", "a-80")
+    assert c.ingress("y/a", "x/a", port=80).policy == "x/b-http"
+    c.state.delete("NetworkPolicy", "x", "b-http")
+    assert c.ingress("y/a", "x/a", port=80).policy == "x/c-tcp"
+    assert c.ingress("y/a", "x/a", "UDP", 80).policy == "x/d-any"
+
+
+def test_egress_named_ports_follow_the_destination_among_many_rules(c: Cluster) -> None:
+    c.apply(pod("y/b", {"pod": "b"}, ports=[{"name": "http", "containerPort": 8080}]))
+    c.apply(netpol("x/a-http", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": "http"}]}]}))
+    c.apply(netpol("x/b-8080", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 8080}]}]}))
+    for i in range(50):
+        c.apply(netpol(f"x/c-{i:02d}", {"podSelector": {}, "policyTypes": ["Egress"],
+                                        "egress": [{"ports": [{"port": 9000 + i}]}]}))
+    assert c.egress("x/a", "y/b", port=8080).policy == "x/a-http"  # y/b names 8080 http
+    assert c.egress("x/a", "y/a", port=8080).policy == "x/b-8080"  # y/a's http is 80
+    assert c.egress("x/a", "y/a", port=80).policy == "x/a-http"
+    assert c.egress("x/a", "ext", port=80).verdict is Verdict.DENY  # not a pod: no named port
+    assert c.egress("x/a", "ext", port=9042).policy == "x/c-42"
+    assert c.egress("x/a", "y/b", "UDP", 8080).verdict is Verdict.DENY
+
+
+def test_rules_that_cannot_match_the_port_are_not_tried(c: Cluster, monkeypatch) -> None:
+    for i in range(300):
+        c.apply(netpol(f"x/port-{i:03d}", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+            {"from": [{"namespaceSelector": {"matchLabels": {"team": "y-team"}}}], "ports": [{"port": 1000 + i}]}]}))
+    assert c.ingress("y/a", "x/a", port=1150).policy == "x/port-150"  # fills the memo and the index
+    tried: list[str] = []
+    real_admits, real_admits_peer = npmod.NetworkPolicyRule.admits, npmod.NetworkPolicyRule.admits_peer
+
+    def admits(self, *args):  # type: ignore[no-untyped-def]
+        tried.append(self.decision.policy)
+        return real_admits(self, *args)
+
+    def admits_peer(self, *args):  # type: ignore[no-untyped-def]
+        tried.append(self.decision.policy)
+        return real_admits_peer(self, *args)
+
+    monkeypatch.setattr(npmod.NetworkPolicyRule, "admits", admits)
+    monkeypatch.setattr(npmod.NetworkPolicyRule, "admits_peer", admits_peer)
+    assert c.ingress("y/a", "x/a", port=1299).policy == "x/port-299"
+    assert c.ingress("z/a", "x/a", port=1150).verdict is Verdict.DENY
+    assert tried == ["x/port-299", "x/port-150"]  # one rule each: the one whose port matches
+    tried.clear()
+    assert c.ingress("y/a", "x/a", port=80).verdict is Verdict.DENY
+    assert c.ingress("y/a", "x/a", "UDP", 1150).verdict is Verdict.DENY
+    assert c.ingress("y/a", "x/a", IPPROTO_ICMP, 0).verdict is Verdict.DENY
+    assert tried == []
+
+
+def test_pods_selected_by_the_same_policies_share_one_index(c: Cluster) -> None:
+    c.apply(netpol("x/all", {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))
+    c.apply(netpol("y/all", {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))
+    assert c.ingress("z/a", "x/a").verdict is Verdict.ACCEPT and c.ingress("z/a", "x/b").verdict is Verdict.ACCEPT
+    assert c.ingress("z/a", "y/a").verdict is Verdict.ACCEPT
+
+    def index_of(ref: str):  # type: ignore[no-untyped-def]
+        info = c.state.pod_info_by_ip(ipaddress.ip_address(ADDR[ref][0]).packed)
+        return c.evaluator._memo[id(info)].ingress
+
+    x_index, y_index = index_of("x/a"), index_of("y/a")
+    assert x_index is index_of("x/b") and x_index is not y_index
+    c.apply(netpol("y/all", {"podSelector": {}, "ingress": [{"ports": [{"port": 81}]}]}))
+    assert c.ingress("z/a", "x/a").verdict is Verdict.ACCEPT and c.ingress("z/a", "y/a").verdict is Verdict.DENY
+    assert index_of("x/a") is x_index  # nothing changed in x: its index is reused
+    assert index_of("y/a") is not y_index
+
+
+_PEERS = [
+    {"podSelector": {"matchLabels": {"pod": "b"}}},
+    {"namespaceSelector": {"matchLabels": {"team": "y-team"}}},
+    {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "a"}}},
+    {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/30"]}},
+    {"ipBlock": {"cidr": "192.0.2.0/24"}},
+]
+_PORT_ENTRIES = st.one_of(
+    st.builds(lambda p, proto: {"port": p, "protocol": proto}, st.sampled_from([53, 80, 443, 8080]),
+              st.sampled_from(["TCP", "UDP"])),
+    st.builds(lambda p, end: {"port": p, "endPort": end}, st.sampled_from([50, 80, 81]), st.sampled_from([81, 9000])),
+    st.builds(lambda proto: {"protocol": proto}, st.sampled_from(["TCP", "UDP", "SCTP"])),
+    st.builds(lambda name, proto: {"port": name, "protocol": proto}, st.sampled_from(["http", "dns"]),
+              st.sampled_from(["TCP", "UDP"])),
+)
+_RULE = st.fixed_dictionaries({}, optional={"peers": st.lists(st.sampled_from(_PEERS), max_size=2),
+                                            "ports": st.lists(_PORT_ENTRIES, max_size=3)})
+_POLICY = st.tuples(
+    st.sampled_from(["x/p1", "x/p2", "x/p3", "x/p4", "y/p1"]),
+    st.sampled_from([{}, {"matchLabels": {"pod": "a"}}]),
+    st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]),
+    st.lists(_RULE, max_size=4),
+    st.lists(_RULE, max_size=4),
+)
+_ENDPOINTS = ["x/a", "x/c", "y/a", "y/b", "ext"]
+
+
+def _reference(state: ClusterState, direction: str, packet: Packet) -> Any:
+    """The decision by trying every rule of every isolating policy in order, as the API describes it."""
+    src, dst = state.pod_info_by_ip(packet.src), state.pod_info_by_ip(packet.dst)
+    target, peer, address = (dst, src, packet.src) if direction == "ingress" else (src, dst, packet.dst)
+    if target is None:
+        return NEXT
+    policies = sorted(
+        (p for (ns, _), p in state.policy_objects("NetworkPolicy").items()
+         if ns == target.namespace.name and p.selects(dict(target.labels))
+         and (p.isolates_ingress if direction == "ingress" else p.isolates_egress)),
+        key=lambda p: p.name,
+    )
+    if not policies:
+        return NEXT
+    labels = None if peer is None else dict(peer.labels)
+    namespace = "" if peer is None else peer.namespace.name
+    namespace_labels = {} if peer is None else dict(peer.namespace.labels)
+    for policy in policies:
+        for rule in getattr(policy, direction):
+            if rule.admits(address, labels, namespace, namespace_labels, packet.protocol, packet.dst_port, dst):
+                return rule.decision
+    return (Verdict.DENY, ", ".join(p.ref for p in policies))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(policies=st.lists(_POLICY, min_size=1, max_size=5), cap=st.sampled_from([None, 0]))
+def test_indexed_evaluation_decides_as_trying_every_rule_in_order(monkeypatch, policies: list, cap: int | None) -> None:
+    if cap is not None:
+        monkeypatch.setattr(rule_index, "MAX_SEGMENT_ENTRIES", cap)  # every numbered rule left to be checked
+    cluster = Cluster()
+    cluster.apply(pod("x/c", {"pod": "c"}, ports=[{"name": "http", "containerPort": 8080},
+                                                 {"name": "dns", "containerPort": 53}]))
+    cluster.apply(pod("y/b", {"pod": "b"}, ports=[{"name": "http", "containerPort": 443}]))
+    for ref, selector, types, ingress, egress in policies:
+        def rules(raw: list, field: str) -> list:
+            return [{**({field: r["peers"]} if "peers" in r else {}), **({"ports": r["ports"]} if "ports" in r else {})}
+                    for r in raw]
+        cluster.apply(netpol(ref, {"podSelector": selector, "policyTypes": types,
+                                   "ingress": rules(ingress, "from"), "egress": rules(egress, "to")}))
+    for src in _ENDPOINTS:
+        for dst in _ENDPOINTS:
+            for protocol in ("TCP", "UDP", "SCTP", IPPROTO_ICMP):
+                for port in ((0,) if protocol == IPPROTO_ICMP else (1, 53, 80, 81, 443, 8080, 9001)):
+                    packet = cluster.packet(src, dst, protocol, port)
+                    for direction in ("ingress", "egress"):
+                        got = getattr(cluster, direction)(src, dst, protocol, port)
+                        want = _reference(cluster.state, direction, packet)
+                        if isinstance(want, tuple):
+                            assert (got.verdict, got.policy) == want, (direction, src, dst, protocol, port)
+                        else:
+                            assert got is want, (direction, src, dst, protocol, port, got, want)

@@ -7,10 +7,15 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ContainerPort, PodInfo, Verdict
+from kube_netpol.api.packet import PROTOCOL_BY_NAME
+from kube_netpol.policy import rule_index
 from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.networkpolicy import EGRESS, INGRESS, NetworkPolicy, parse_network_policy
+from kube_netpol.policy.networkpolicy import EGRESS, INGRESS, NetworkPolicy, NetworkPolicyRule, parse_network_policy
+from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 
 
 def ip(text: str) -> bytes:
@@ -359,3 +364,129 @@ def test_the_store_refuses_invalid_policies_and_keeps_the_last_good_one() -> Non
     ]
     kept = state.policy_objects("NetworkPolicy")[("x", "p")]
     assert kept.ingress[0].ports.matches(IPPROTO_TCP, 80, None)
+
+
+# ------------------------------------------------------- ports as data, index
+
+
+def test_rules_carry_their_ports_as_data_matching_the_matcher() -> None:
+    rule = rule_of({"ports": [{"port": 80}, {"protocol": "UDP"}, {"port": 8000, "endPort": 8010},
+                              {"port": "http"}, {"port": "dns", "protocol": "UDP"}]})
+    assert rule.port_ranges == ((IPPROTO_TCP, 80, 80), (IPPROTO_UDP, 0, 65535), (IPPROTO_TCP, 8000, 8010))
+    assert rule.named_ports == (("http", IPPROTO_TCP), ("dns", IPPROTO_UDP))
+    assert rule.ports.matches(IPPROTO_TCP, 8005, None) and rule.ports.matches(IPPROTO_UDP, 7, None)
+    everything = rule_of({})
+    assert everything.port_ranges is None and everything.named_ports == ()
+    assert everything.ports.matches(IPPROTO_ICMP, 0, None)
+
+
+def test_a_rule_for_every_port_cannot_have_named_ports() -> None:
+    rule = rule_of({})
+    with pytest.raises(ValueError):
+        NetworkPolicyRule.create(None, None, (("http", IPPROTO_TCP),), rule.decision)
+
+
+def test_admits_peer_is_admits_without_the_port_check() -> None:
+    rule = rule_of({"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 80}]})
+    assert rule.admits_peer(ip("10.1.2.3"), None, "", {})
+    assert not rule.admits_peer(ip("192.0.2.1"), None, "", {})
+    assert rule.admits(ip("10.1.2.3"), None, "", {}, IPPROTO_TCP, 80, None)
+    assert not rule.admits(ip("10.1.2.3"), None, "", {}, IPPROTO_TCP, 81, None)
+
+
+def index_candidates(index: RuleIndex, protocol: int, port: int, receiver: PodInfo | None) -> tuple[set, set]:
+    """(positions the index says match without a check, positions it leaves to be checked)."""
+    table = index.by_protocol.get(protocol)
+    if table is None:
+        others = {id(rule) for rule in index.others}
+        return {position for position, rule in enumerate(index.rules) if id(rule) in others}, set()
+    names = [] if receiver is None else [
+        cp.name for cp in receiver.container_ports
+        if cp.port == port and PROTOCOL_BY_NAME.get(cp.protocol or "TCP") == protocol
+    ]
+    lists = [table.numbered(port), table.always, *(table.by_name.get(name, ()) for name in names)]
+    for candidates in [*lists, table.checked]:
+        positions = [position for position, _ in candidates]
+        assert positions == sorted(set(positions)), "each list is by ascending, distinct position"
+        assert all(index.rules[position] is rule for position, rule in candidates)
+    return {position for candidates in lists for position, _ in candidates}, {p for p, _ in table.checked}
+
+
+def test_index_narrows_to_the_rules_whose_ports_match() -> None:
+    policy = parse({"podSelector": {}, "ingress": [
+        {"ports": [{"port": 80}]},                                   # 0
+        {"ports": [{"port": 79, "endPort": 81}, {"port": "http"}]},  # 1
+        {},                                                          # 2: every port, ICMP too
+        {"ports": [{"protocol": "UDP"}]},                            # 3
+        {"ports": [{"port": 1000 + i} for i in range(50)]},          # 4
+        {"ports": [{"port": "dns", "protocol": "UDP"}]},             # 5
+        {"ports": [{"protocol": "TCP", "port": 1}, {"protocol": "TCP", "port": 2, "endPort": 65535}]},  # 6
+    ]})
+    index = build_rule_index(policy.ingress)
+    receiver = PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
+                                        ContainerPort(name="dns", port=53, protocol="UDP")])
+    assert index_candidates(index, IPPROTO_TCP, 80, receiver) == ({0, 1, 2, 6}, set())
+    assert index_candidates(index, IPPROTO_TCP, 82, receiver) == ({2, 6}, set())
+    assert index_candidates(index, IPPROTO_TCP, 8080, receiver) == ({1, 2, 6}, set())  # named, on the receiver
+    assert index_candidates(index, IPPROTO_TCP, 8080, None) == ({2, 6}, set())
+    assert index_candidates(index, IPPROTO_TCP, 1049, None) == ({2, 4, 6}, set())
+    assert index_candidates(index, IPPROTO_TCP, 0, None) == ({2}, set())  # rule 6 starts at 1
+    assert index_candidates(index, IPPROTO_UDP, 53, receiver) == ({2, 3, 5}, set())
+    assert index_candidates(index, IPPROTO_UDP, 80, receiver) == ({2, 3}, set())
+    assert index_candidates(index, IPPROTO_SCTP, 80, receiver) == ({2}, set())
+    assert index_candidates(index, IPPROTO_ICMP, 0, receiver) == ({2}, set())
+
+
+def test_rules_no_port_of_a_packet_can_match_are_not_candidates() -> None:
+    rules = [rule_of({"ports": [{"port": 1000 + i}]}) for i in range(2000)]
+    index = build_rule_index(rules)
+    assert index_candidates(index, IPPROTO_TCP, 1500, None) == ({500}, set())
+    assert index_candidates(index, IPPROTO_TCP, 80, None) == (set(), set())
+    assert index_candidates(index, IPPROTO_UDP, 1500, None) == (set(), set())
+
+
+def test_nested_wide_ranges_past_the_bound_are_left_to_be_checked(monkeypatch) -> None:
+    rules = [rule_of({"ports": [{"port": 1000 - i, "endPort": 2000 + i}, {"port": "http"}]}) for i in range(10)]
+    rules.append(rule_of({"ports": [{"protocol": "TCP"}]}))
+    assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 1500, None) == (set(range(11)), set())
+    assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, None) == ({5, 6, 7, 8, 9, 10}, set())
+    monkeypatch.setattr(rule_index, "MAX_SEGMENT_ENTRIES", 20)  # 10 nested ranges need 1+2+...+10+...
+    assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, None) == ({10}, set(range(10)))
+    receiver = PodInfo(container_ports=[ContainerPort(name="http", port=995, protocol="TCP")])
+    assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, receiver) == (set(range(11)), set(range(10)))
+
+
+_PORT_ENTRIES = st.one_of(
+    st.builds(lambda p, proto: {"port": p, "protocol": proto}, st.sampled_from([1, 79, 80, 81, 443, 65535]),
+              st.sampled_from(["TCP", "UDP", "SCTP"])),
+    st.builds(lambda p, n, proto: {"port": p, "endPort": min(65535, p + n), "protocol": proto},
+              st.sampled_from([1, 70, 80, 400, 60000]), st.sampled_from([0, 1, 10, 500, 70000]),
+              st.sampled_from(["TCP", "UDP"])),
+    st.builds(lambda proto: {"protocol": proto}, st.sampled_from(["TCP", "UDP", "SCTP"])),
+    st.builds(lambda name, proto: {"port": name, "protocol": proto}, st.sampled_from(["http", "dns", "other"]),
+              st.sampled_from(["TCP", "UDP"])),
+)
+_RULES = st.lists(st.lists(_PORT_ENTRIES, max_size=4), min_size=1, max_size=12)
+_PACKET_PORTS = [0, 1, 2, 53, 69, 70, 79, 80, 81, 90, 91, 400, 443, 444, 510, 900, 8080, 59999, 60000, 65535]
+_RECEIVERS = [
+    None,
+    PodInfo(container_ports=[ContainerPort(name="http", port=80, protocol="TCP"),
+                             ContainerPort(name="dns", port=53, protocol="UDP")]),
+    PodInfo(container_ports=[ContainerPort(name="http", port=8080), ContainerPort(name="other", port=80),
+                             ContainerPort(name="dns", port=53, protocol="TCP")]),
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(port_lists=_RULES, cap=st.sampled_from([rule_index.MAX_SEGMENT_ENTRIES, 3, 0]))
+def test_index_candidates_are_exactly_the_rules_whose_ports_match(monkeypatch, port_lists: list, cap: int) -> None:
+    monkeypatch.setattr(rule_index, "MAX_SEGMENT_ENTRIES", cap)
+    rules = [rule_of({"ports": ports}) for ports in port_lists]  # [] ports: every port
+    index = build_rule_index(rules)
+    for receiver in _RECEIVERS:
+        for protocol in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMP):
+            for port in _PACKET_PORTS:
+                sure, to_check = index_candidates(index, protocol, port, receiver)
+                matching = {i for i, rule in enumerate(rules) if rule.ports.matches(protocol, port, receiver)}
+                assert sure <= matching, (protocol, port)  # candidates not checked must match
+                assert matching <= sure | to_check, (protocol, port)  # and none that matches is missed
