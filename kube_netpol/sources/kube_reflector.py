@@ -132,6 +132,8 @@ class Reflector:
         self._relist_reason = ""
         self._missing_reported = False
         self.lists_completed = 0
+        #: The resourceVersion of the last list or event applied to the state; set on the control thread.
+        self.applied_version = ""
 
     # ------------------------------------------------------------------ control
 
@@ -204,7 +206,7 @@ class Reflector:
                         self._missing_reported = True
                         log.error("%s: not served by the API server (is the CustomResourceDefinition "
                                   "installed?); enforcing without them and retrying", name, extra=self._log_extra())
-                        self._submit_list([])
+                        self._submit_list([], None)
                 if phase == "list":
                     log.warning("%s: list failed (%s); retrying in %.2f s", name, reason, delay, extra=self._log_extra())
                 else:
@@ -254,7 +256,7 @@ class Reflector:
                 break
         if not isinstance(version, str) or not version:
             raise ValueError("the list response has no resourceVersion")
-        self._submit_list(items)
+        self._submit_list(items, version)
         self._resource_version = version
         self._backoff.reset()
         self.lists_completed += 1
@@ -265,14 +267,20 @@ class Reflector:
             log.info("%s: listed %d objects at resourceVersion %s", self.resource.plural, len(items), version,
                      extra=self._log_extra())
 
-    def _submit_list(self, items: list[Any]) -> None:
+    def _submit_list(self, items: list[Any], version: str | None) -> None:
         state, kind, synced = self._state, self.resource.kind, self._synced
 
         def replace() -> None:
             kube_apply.replace_all(state, kind, items)
+            self._note_applied(version)
             synced.set()
 
         self._submit(replace)
+
+    def _note_applied(self, version: str | None) -> None:
+        # On the control thread, right after the state changed: the source's revision follows.
+        if version:
+            self.applied_version = version
 
     # -------------------------------------------------------------------- watch
 
@@ -336,9 +344,19 @@ class Reflector:
         state = self._state
         if event.type in ("ADDED", "MODIFIED"):
             trimmed = self.resource.trim(obj)
-            self._submit(lambda: kube_apply.apply_object(state, kind, trimmed))
+
+            def apply() -> None:
+                kube_apply.apply_object(state, kind, trimmed)
+                self._note_applied(version)
+
+            self._submit(apply)
         elif event.type == "DELETED":
-            self._submit(lambda: kube_apply.delete_object(state, kind, obj))
+
+            def delete() -> None:
+                kube_apply.delete_object(state, kind, obj)
+                self._note_applied(version)
+
+            self._submit(delete)
         if version is not None:
             self._resource_version = version
         return True

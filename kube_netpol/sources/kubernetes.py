@@ -31,6 +31,7 @@ __all__ = [
     "WatchSettings",
     "api_client_from_config",
     "kubernetes_source_factory",
+    "revision_versions",
 ]
 
 #: Watch threads each hold a connection; keep the pool at least this big.
@@ -130,6 +131,32 @@ class KubernetesSource:
     def lists_completed(self, kind: str) -> int:
         """How many full lists of ``kind`` were read: 1 after the initial list, one more per relist."""
         return self._reflectors[kind].lists_completed
+
+    def revision(self) -> str:
+        """What the state holds: per kind, the resourceVersion of the last list or event applied to it.
+
+        ``"Namespace=1001,Pod=1004,NetworkPolicy=1010"`` (kinds in watch order,
+        empty before the first list). It changes whenever the control thread
+        applies new data, so /statusz's enforced_revision tells a client when a
+        change it made through the API is enforced (see ``revision_versions``).
+        """
+        reflectors = list(self._reflectors.items())  # /statusz may ask while start() fills the dict
+        return ",".join(f"{kind}={reflector.applied_version}" for kind, reflector in reflectors)
+
+
+def revision_versions(revision: str) -> dict[str, str]:
+    """A ``KubernetesSource.revision()`` back as {kind: resourceVersion} ("" before the kind's first list).
+
+    resourceVersions are opaque to clients in general; servers backed by etcd
+    (and the fake test server) hand out increasing integers, so a test may
+    compare them as numbers to decide that its change is included.
+    """
+    versions = {}
+    for part in revision.split(","):
+        kind, sep, version = part.partition("=")
+        if sep:
+            versions[kind] = version
+    return versions
 
 
 def kubernetes_source_factory(

@@ -16,6 +16,13 @@ and the official ``kubernetes`` client:
   ERROR event (what kube-apiserver does) or as an HTTP status;
 - an optional bearer token.
 
+It listens on 127.0.0.1 of the namespace its listening socket was made in:
+by default this process's, or another network namespace's when
+``socket_factory`` makes the socket there (a socket keeps the namespace it
+was created in, and the server's threads serve it from here). The first
+write of each event to a watch is timestamped (``sent_at``), so that a test
+can time what a client does with it.
+
 The test changes objects (each change bumps one global resourceVersion, as
 etcd does), compacts history, sends bookmarks, raw lines and errors, drops
 open watches, and takes the server down (connections refused) and up again on
@@ -37,7 +44,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -192,6 +199,10 @@ class FakeApiServer:
     ``gone_as``: how a watch from a compacted resourceVersion is refused:
     ``"event"`` (HTTP 200 and an ERROR event with code 410, as kube-apiserver
     does) or ``"status"`` (HTTP 410).
+
+    ``socket_factory``: makes the unbound IPv4 stream socket to listen on
+    (each ``start`` calls it again), e.g. one created inside a lab's node
+    network namespace; the server binds it to 127.0.0.1.
     """
 
     def __init__(
@@ -200,9 +211,11 @@ class FakeApiServer:
         gone_as: Literal["event", "status"] = "event",
         start: bool = True,
         initial_resource_version: int = 1000,
+        socket_factory: Callable[[], socket.socket] | None = None,
     ) -> None:
         self.token = token
         self.gone_as = gone_as
+        self.socket_factory = socket_factory
         self.port = 0
         self.requests: list[RequestRecord] = []
         self._cond = threading.Condition()
@@ -213,6 +226,7 @@ class FakeApiServer:
         self.unserved: set[str] = set()
         self._history: list[_Event] = []
         self._history_rvs: list[int] = []
+        self._sent_at: dict[int, float] = {}
         self._watchers: set[_Watcher] = set()
         self._connections: set[socket.socket] = set()
         self._lifecycle = threading.Lock()
@@ -236,7 +250,7 @@ class FakeApiServer:
         with self._lifecycle:
             if self._httpd is not None:
                 return
-            httpd = _HTTPServer(("127.0.0.1", self.port), _Handler)
+            httpd = self._make_httpd()
             httpd.fake = self
             self.port = httpd.server_address[1]
             self._httpd = httpd
@@ -246,6 +260,22 @@ class FakeApiServer:
             self._thread.start()
 
     come_up = start
+
+    def _make_httpd(self) -> _HTTPServer:
+        address = ("127.0.0.1", self.port)
+        if self.socket_factory is None:
+            return _HTTPServer(address, _Handler)
+        httpd = _HTTPServer(address, _Handler, bind_and_activate=False)
+        httpd.socket.close()  # made in this process's namespace; replaced by the factory's
+        try:
+            httpd.socket = self.socket_factory()
+            httpd.socket.setblocking(True)
+            httpd.server_bind()
+            httpd.server_activate()
+        except BaseException:
+            httpd.server_close()
+            raise
+        return httpd
 
     def go_down(self) -> None:
         """Stop listening (new connections are refused) and cut every open connection."""
@@ -294,6 +324,10 @@ class FakeApiServer:
     @property
     def resource_version(self) -> int:
         return self._rv
+
+    def sent_at(self, resource_version: int | str) -> float | None:
+        """When (``time.monotonic()``) the server began writing the event of this resourceVersion to a watch (None: not yet)."""
+        return self._sent_at.get(int(resource_version))
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         return self._store(obj, "ADDED")
@@ -625,18 +659,22 @@ class FakeApiServer:
                 if watcher.dropped or _client_gone(watcher.sock):
                     return  # cut by the test (no end of stream) or closed by the client
                 lines, end = self._collect(watcher)
-            for line in lines:
+            for line, rv in lines:
+                if rv is not None and rv not in self._sent_at:
+                    # Before the write: after it, this thread may wait for the GIL while the client already acts.
+                    self._sent_at[rv] = time.monotonic()
                 handler.write_chunk(line)
             if end or (deadline is not None and time.monotonic() >= deadline):
                 handler.end_chunked()
                 return
 
-    def _collect(self, watcher: _Watcher) -> tuple[list[bytes], bool]:
-        # Called with the lock held: history events interleaved with queued lines in order.
-        lines: list[bytes] = []
+    def _collect(self, watcher: _Watcher) -> tuple[list[tuple[bytes, int | None]], bool]:
+        # Called with the lock held: history events (with their resourceVersion) interleaved
+        # with queued lines (None) in order.
+        lines: list[tuple[bytes, int | None]] = []
         for position, line, end in watcher.pending:
             lines.extend(self._history_lines(watcher, position))
-            lines.append(line)
+            lines.append((line, None))
             if end:
                 watcher.pending.clear()
                 return lines, True
@@ -644,13 +682,13 @@ class FakeApiServer:
         lines.extend(self._history_lines(watcher, len(self._history)))
         return lines, False
 
-    def _history_lines(self, watcher: _Watcher, until: int) -> list[bytes]:
-        lines = []
+    def _history_lines(self, watcher: _Watcher, until: int) -> list[tuple[bytes, int | None]]:
+        lines: list[tuple[bytes, int | None]] = []
         for event in self._history[watcher.cursor:until]:
             if event.plural == watcher.resource.plural and (
                 watcher.namespace is None or event.namespace == watcher.namespace
             ):
-                lines.append(_line(event.type, event.obj))
+                lines.append((_line(event.type, event.obj), event.rv))
         watcher.cursor = max(watcher.cursor, until)
         return lines
 
