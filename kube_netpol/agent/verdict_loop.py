@@ -88,8 +88,8 @@ class VerdictLoop:
         stats = self.stats
         payload = queued.get_payload()
         key = flow_key(payload)
-        flow = stats.flows.get(key) if self.observer is None else None
-        packet: Packet | None = None
+        observer = self.observer
+        flow = stats.flows.get(key) if observer is None else None
         if flow is None:
             try:
                 packet = parse_packet(payload)
@@ -97,19 +97,19 @@ class VerdictLoop:
             except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
                 self._failed(queued, payload, err)
                 return
-            if key is None:
-                key = packet_flow_key(packet)
+            key = packet_flow_key(packet)
             flow = stats.flows.get(key)
             if flow is None or flow.judgement is not judgement:
                 flow = stats.add(key, judgement, judgement.allowed or self.audit, packet.protocol, packet.family)
+            if observer is not None:
+                observer(packet, judgement, flow.accepted, perf_counter_ns() - started)
         elapsed = perf_counter_ns() - started
-        counters = self.counters
         if flow.accepted:
             queued.accept()
-            counters.accepted += 1
+            self.counters.accepted += 1
         else:
             queued.drop()
-            counters.dropped += 1
+            self.counters.dropped += 1
         # FlowStats.record and VerdictStats.record_sample, inlined: this runs for every packet.
         flow.packets += 1
         microseconds = (elapsed + 999) // 1000
@@ -118,8 +118,6 @@ class VerdictLoop:
         index = stats.sample_index
         stats.samples[index & SUMMARY_MASK] = elapsed
         stats.sample_index = index + 1
-        if packet is not None and self.observer is not None:
-            self.observer(packet, flow.judgement, flow.accepted, elapsed)
 
     def _failed(self, queued: Any, payload: bytes, err: BaseException) -> None:
         self.counters.errors += 1

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from kube_netpol.api.packet import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet
+from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Verdict
 from kube_netpol.engine import Judgement
 
@@ -40,35 +40,33 @@ DEFAULT_MAX_FLOWS: Final = 65536
 #: packet that looked it up can still be updating its counters.
 FOLD_AFTER_SECONDS: Final = 1.0
 
-# Minimal transport header per protocol whose ports policies read, as the parser requires.
-_PORT_HEADER_LEN: Final = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 12}
-# IPv4 without options: version/IHL, total length, flags/fragment offset, protocol, addresses, destination port.
-_unpack_v4: Final = struct.Struct("!BxH2xHxB2x8s2xH").unpack_from
-# IPv6 with the transport header right after the fixed header: payload length, next header, addresses, port.
-_unpack_v6: Final = struct.Struct("!4xHB1x32s2xH").unpack_from
+# IPv4 without options: flags/fragment offset, protocol, addresses, destination port.
+_unpack_v4: Final = struct.Struct("!6xHxB2x8s2xH").unpack_from
+# IPv6 with the transport header right after the fixed header: next header, addresses, port.
+_unpack_v6: Final = struct.Struct("!6xB1x32s2xH").unpack_from
 
 FlowKey = tuple[bytes, int, int]  # (source + destination address bytes, protocol, destination port)
 
 
 def flow_key(payload: bytes) -> FlowKey | None:
-    """The flow key of the common first packets (IPv4 without options, IPv6 without
-    extension headers; TCP, UDP or SCTP with a complete header); None for the rest,
-    which the caller parses in full."""
-    length = len(payload)
-    if length >= 28 and payload[0] == 0x45:
-        _, total_length, fragment, protocol, addresses, port = _unpack_v4(payload)
-        needed = _PORT_HEADER_LEN.get(protocol)
-        if (
-            needed is not None
-            and not fragment & 0x1FFF
-            and length >= 20 + needed
-            and (total_length == 0 or total_length >= 20 + needed)
-        ):
-            return (addresses, protocol, port)
-    elif length >= 48 and payload[0] >> 4 == 6:
-        payload_length, protocol, addresses, port = _unpack_v6(payload)
-        needed = _PORT_HEADER_LEN.get(protocol)
-        if needed is not None and length >= 40 + needed and (payload_length == 0 or payload_length >= needed):
+    """The flow key of the common first packets (IPv4 without options and not a
+    later fragment, IPv6 without extension headers); None for the rest, which
+    the caller parses in full.
+
+    It only finds the table entry: an entry exists only for a key some earlier
+    packet produced through the full parse and the engine, so a key this
+    shortcut reads from a malformed packet (an ICMP header read as ports, a cut
+    transport header) gets at most the verdict of a well-formed packet with the
+    same addresses, protocol and port, never a verdict of its own.
+    """
+    if len(payload) >= 24:
+        first = payload[0]
+        if first == 0x45:
+            fragment, protocol, addresses, port = _unpack_v4(payload)
+            if not fragment & 0x1FFF:
+                return (addresses, protocol, port)
+        elif first >> 4 == 6 and len(payload) >= 44:
+            protocol, addresses, port = _unpack_v6(payload)
             return (addresses, protocol, port)
     return None
 

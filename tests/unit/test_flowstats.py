@@ -37,18 +37,32 @@ def test_fast_keys_equal_the_parsed_packets_keys(packet) -> None:
     [
         IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") / TCP(dport=80),  # options: full parse
         IP(src="10.0.0.1", dst="10.0.0.2", frag=10) / TCP(dport=80),  # not a first fragment
-        IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(),
-        IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrDestOpt() / TCP(dport=80),
     ],
 )
 def test_other_packets_take_the_full_path(packet) -> None:
     assert flow_key(bytes(packet)) is None
 
 
-def test_truncated_transport_headers_take_the_full_path() -> None:
-    raw = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(dport=80))
-    assert flow_key(raw[:30]) is None  # 10 of TCP's 20 bytes
-    assert flow_key(raw) is not None
+def test_shortcut_keys_of_other_protocols_never_meet_a_table_entry() -> None:
+    # The shortcut reads ICMP's id/sequence as a port; the full path keys ICMP with
+    # port 0, so such a key finds nothing and the packet is parsed and judged.
+    raw = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(id=7, seq=9))
+    assert flow_key(raw) != packet_flow_key(parse_packet(raw))
+    raw6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrDestOpt() / TCP(dport=80))
+    assert flow_key(raw6) != packet_flow_key(parse_packet(raw6))
+
+
+def test_a_cut_packet_gets_at_most_its_flow_keys_verdict() -> None:
+    evaluator = Counting()
+    loop = VerdictLoop(PolicyEngine(NoPods(), [evaluator]), 100, fail_open=True)
+    whole = syn(40000, 81)
+    loop.handle(Queued(whole))  # judged: denied
+    cut = Queued(whole[:30])  # the same flow key, TCP header cut short
+    loop.handle(cut)
+    assert cut.verdicts == ["drop"]  # the flow's verdict, not the fail-open accept
+    unknown = Queued(syn(40000, 82)[:30])  # a cut packet of a key nobody judged
+    loop.handle(unknown)
+    assert unknown.verdicts == ["accept"] and loop.counters.errors == 1  # parsed, failed, fail-open
 
 
 class Counting:
