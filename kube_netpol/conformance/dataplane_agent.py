@@ -41,12 +41,17 @@ class AgentError(RuntimeError):
 
 
 class AgentProcess:
-    """One agent in ``lab``'s node namespace reading ``manifests``; its output goes to ``log_path``."""
+    """One agent in ``lab``'s node namespace reading ``manifests``; its output goes to ``log_path``.
+
+    ``source_args`` replaces the manifests folder as the agent's source (e.g.
+    ``["--kubeconfig", FILE]``); the default reads ``manifests`` with ANP and
+    BANP enabled.
+    """
 
     def __init__(
         self,
         lab: Lab,
-        manifests: Path,
+        manifests: Path | None,
         log_path: Path,
         *,
         node_name: str,
@@ -54,7 +59,16 @@ class AgentProcess:
         fail_open: bool = False,
         strict_mode: bool = True,
         extra_args: Sequence[str] = (),
+        source_args: Sequence[str] | None = None,
     ) -> None:
+        if source_args is None:
+            if manifests is None:
+                raise ValueError("AgentProcess needs a manifests folder or source_args")
+            source_args = [
+                "--manifests", str(manifests),
+                "--enable-admin-network-policy",
+                "--enable-baseline-admin-network-policy",
+            ]  # fmt: skip
         self.lab = lab
         self.log_path = log_path
         self.node_name = node_name
@@ -63,10 +77,8 @@ class AgentProcess:
         self.strict_mode = strict_mode
         self.argv = [
             sys.executable, "-m", "kube_netpol", "run",
-            "--manifests", str(manifests),
+            *source_args,
             "--hostname-override", node_name,
-            "--enable-admin-network-policy",
-            "--enable-baseline-admin-network-policy",
             "--metrics-bind-address", f"{STATUS_HOST}:{STATUS_PORT}",
             f"--fail-open={str(fail_open).lower()}",
             f"--strict-mode={str(strict_mode).lower()}",

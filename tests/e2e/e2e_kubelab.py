@@ -18,8 +18,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -32,8 +30,6 @@ from kube_netpol.conformance.dataplane_agent import (
     APPLY_TIMEOUT,
     POLL_INTERVAL,
     START_TIMEOUT,
-    STATUS_HOST,
-    STATUS_PORT,
     AgentError,
     AgentProcess,
 )
@@ -66,51 +62,10 @@ def socket_factory_in(netns: str) -> Callable[[], socket.socket]:
 
 
 class KubeAgentProcess(AgentProcess):
-    """``AgentProcess`` reading the Kubernetes API (``run --kubeconfig FILE``) instead of a manifests folder.
+    """``AgentProcess`` reading the Kubernetes API (``run --kubeconfig FILE``) instead of a manifests folder."""
 
-    AgentProcess starts ``run --manifests DIR`` from its constructor; this
-    constructor starts the API-mode agent instead and sets the same
-    attributes, so every other method (status, metrics, stop...) applies.
-    """
-
-    def __init__(
-        self,
-        lab: Lab,
-        kubeconfig: Path,
-        log_path: Path,
-        *,
-        node_name: str,
-        table: str,
-        fail_open: bool = False,
-        strict_mode: bool = True,
-        extra_args: Sequence[str] = (),
-    ) -> None:
-        self.lab = lab
-        self.log_path = log_path
-        self.node_name = node_name
-        self.table = table
-        self.fail_open = fail_open
-        self.strict_mode = strict_mode
-        self.argv = [
-            sys.executable, "-m", "kube_netpol", "run",
-            "--kubeconfig", str(kubeconfig),
-            "--hostname-override", node_name,
-            "--metrics-bind-address", f"{STATUS_HOST}:{STATUS_PORT}",
-            f"--fail-open={str(fail_open).lower()}",
-            f"--strict-mode={str(strict_mode).lower()}",
-            "--nftables-table", table,
-            *extra_args,
-        ]  # fmt: skip
-        self._netns_fd = open_netns(lab.node_netns)
-        self._socket_maker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agent-status")
-        self._log = open(log_path, "ab")
-        try:
-            self.process = subprocess.Popen(
-                lab.node_command(self.argv), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
-            )
-        except BaseException:
-            self._release()
-            raise
+    def __init__(self, lab: Lab, kubeconfig: Path, log_path: Path, **options: Any) -> None:
+        super().__init__(lab, None, log_path, source_args=["--kubeconfig", str(kubeconfig)], **options)
 
     def enforced_versions(self, status: Mapping[str, Any] | None) -> dict[str, int]:
         """{kind: resourceVersion} the dataplane enforces, from a /statusz answer (empty when not ready)."""
