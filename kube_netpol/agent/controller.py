@@ -24,6 +24,7 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import Dataplane, DataplaneConfig
 from kube_netpol.dataplane import conntrack
 from kube_netpol.engine import PolicyEngine
+from kube_netpol.observability.decisions import RecordGate
 from kube_netpol.observability.flowstats import VerdictStats
 from kube_netpol.plugins import build_engine
 from kube_netpol.state.store import ClusterState
@@ -74,6 +75,7 @@ class Agent:
         observer: VerdictObserver | None = None,
         dataplane: Dataplane | None = None,
         stats: VerdictStats | None = None,
+        observer_gate: RecordGate | None = None,
     ) -> None:
         self.config = config
         self.state = ClusterState(node_name=config.node_name)
@@ -90,7 +92,8 @@ class Agent:
             )
         )
         self.verdict_loop = VerdictLoop(
-            self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer, stats=stats
+            self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer, stats=stats,
+            observer_gate=observer_gate,
         )
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._dirty = threading.Event()
@@ -116,9 +119,9 @@ class Agent:
     def verdict_cache_stats(self) -> tuple[int, int]:
         """(hits, misses): judged packets answered from a cached verdict (the verdict
         loop's flow table or the engine's cache) and those the pipeline evaluated."""
-        counters = self.verdict_loop.counters
+        accepted, dropped = self.verdict_loop.verdicts()
         misses = self.engine.cache_misses
-        return max(0, counters.accepted + counters.dropped - misses), misses
+        return max(0, accepted + dropped - misses), misses
 
     def ready(self) -> bool:
         return self._dataplane_ready.is_set() and self.source.ready() and self.engine.ready()
@@ -128,14 +131,14 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         """For /statusz: a tool that changed the source waits until ``enforced_revision`` is its revision."""
-        counters = self.verdict_loop.counters
+        accepted, dropped = self.verdict_loop.verdicts()
         return {
             "ready": self.ready(),
             "healthy": self.healthy(),
             "source_revision": self._source_revision(),
             "enforced_revision": self._enforced_revision,
             "queue_backend": self.dataplane.backend if self.dataplane.started else "",
-            "verdicts": {"accepted": counters.accepted, "dropped": counters.dropped, "errors": counters.errors},
+            "verdicts": {"accepted": accepted, "dropped": dropped, "errors": self.verdict_loop.counters.errors},
         }
 
     def _source_revision(self) -> str:

@@ -73,6 +73,7 @@ def run_command(args: argparse.Namespace) -> int:
             config,
             source_factory,
             observer=decision_logger.observe if decision_logger is not None else None,
+            observer_gate=decision_logger.gate if decision_logger is not None else None,
             stats=verdict_metrics.stats,
         )
     except PluginError as err:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import select
 import threading
+from struct import error as struct_error
 from time import perf_counter_ns
 from typing import Any, Callable
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.engine import Judgement, PolicyEngine
 from kube_netpol.observability.flowstats import (
-    BUCKET_OF,
-    BUCKET_TABLE_LIMIT,
-    SUMMARY_MASK,
+    TIMING_EVERY,
+    TableKey,
     VerdictStats,
-    bucket_index,
-    flow_key,
-    packet_flow_key,
+    unpack_raw_v4,
+    unpack_raw_v6,
+    table_key,
 )
+from kube_netpol.observability.decisions import RecordGate
 from kube_netpol.packet import MalformedPacket, parse_packet
 
 #: Bytes of each packet the kernel copies to us: as many as NetfilterQueue takes
@@ -40,12 +41,10 @@ VerdictObserver = Callable[[Packet, Judgement, bool, int], None]
 
 
 class VerdictCounters:
-    __slots__ = ("accepted", "dropped", "errors")
+    __slots__ = ("errors",)
 
     def __init__(self) -> None:
-        self.accepted = 0
-        self.dropped = 0
-        self.errors = 0
+        self.errors = 0  # packets that could not be parsed or judged
 
 
 class VerdictLoop:
@@ -53,10 +52,12 @@ class VerdictLoop:
 
     Fast path: a packet whose flow key (addresses, protocol, destination port)
     already has an entry in ``stats.flows`` gets that entry's verdict without
-    being parsed or judged. The table is retired whenever the engine's verdicts
-    change, so an entry is exactly a cached engine verdict plus its counters.
-    With an ``observer`` (decision records need every packet) every packet
-    takes the full path.
+    being parsed or judged, and costs one counter increment; one packet in
+    ``TIMING_EVERY`` is timed (see ``FlowStats``). The table is retired whenever the
+    engine's verdicts change, so an entry is exactly a cached engine verdict
+    plus its counters. With an ``observer`` (decision records need every
+    packet) every packet takes the full path, except while its
+    ``observer_gate`` is closed (the decision logger's rate limit is spent).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class VerdictLoop:
         observer: VerdictObserver | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         stats: VerdictStats | None = None,
+        observer_gate: RecordGate | None = None,
     ) -> None:
         self.engine = engine
         self.queue_num = queue_num
@@ -76,48 +78,93 @@ class VerdictLoop:
         self.audit = audit
         self.max_queue_len = max_queue_len
         self.observer = observer
+        self.observer_gate = observer_gate  # while closed, packets are not parsed for the observer
         self.on_error = on_error
         self.counters = VerdictCounters()
         self.stats = stats or VerdictStats()
         engine.add_sync_listener(self.stats.retire)
         self._queue: Any = None
+        self._untimed_left = 0  # packets until the next timed one
+
+    def verdicts(self) -> tuple[int, int]:
+        """(accepted, dropped) packets so far, errors excluded."""
+        accepted = dropped = 0
+        for (_, _, was_accepted), count in self.stats.totals().packets.items():
+            if was_accepted:
+                accepted += count
+            else:
+                dropped += count
+        return accepted, dropped
 
     def handle(self, queued: Any) -> None:
         """The NetfilterQueue callback; ``queued`` has get_payload/accept/drop."""
-        started = perf_counter_ns()
-        stats = self.stats
+        # One packet in TIMING_EVERY is timed from here; judged packets are always
+        # timed, the others from the start of the parse.
+        untimed_left = self._untimed_left
+        if untimed_left:
+            self._untimed_left = untimed_left - 1
+            started = 0
+        else:
+            self._untimed_left = TIMING_EVERY - 1
+            started = perf_counter_ns()
         payload = queued.get_payload()
-        key = flow_key(payload)
+        try:  # flowstats.flow_key, inlined
+            raw = unpack_raw_v4(payload) if payload[0] == 0x45 else unpack_raw_v6(payload)
+        except (IndexError, struct_error):
+            raw = None
         observer = self.observer
-        flow = stats.flows.get(key) if observer is None else None
+        if observer is None:
+            flow = self.stats.flows.get(raw)  # type: ignore[arg-type]
+        elif self.observer_gate is not None and not self.observer_gate.open:
+            # The observer takes no records now: no need to parse this packet for one.
+            flow = self.stats.flows.get(raw)  # type: ignore[arg-type]
+            if flow is not None:
+                self.observer_gate.skip(flow.judgement)
+        else:
+            flow = None
         if flow is None:
-            try:
-                packet = parse_packet(payload)
-                judgement = self.engine.evaluate(packet)
-            except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
-                self._failed(queued, payload, err)
-                return
-            key = packet_flow_key(packet)
-            flow = stats.flows.get(key)
-            if flow is None or flow.judgement is not judgement:
-                flow = stats.add(key, judgement, judgement.allowed or self.audit, packet.protocol, packet.family)
-            if observer is not None:
-                observer(packet, judgement, flow.accepted, perf_counter_ns() - started)
+            self._judge(queued, payload, raw, started or perf_counter_ns())
+            return
+        if started:
+            elapsed = perf_counter_ns() - started
+            if flow.accepted:
+                queued.accept()
+            else:
+                queued.drop()
+            self.stats.record_timed_hit(flow, elapsed)
+            return
+        flow.hits += 1
+        if flow.accepted:
+            queued.accept()
+        else:
+            queued.drop()
+
+    def _judge(self, queued: Any, payload: bytes, raw: TableKey | None, started: int) -> None:
+        """The full path: parse, evaluate, remember the verdict in the flow table."""
+        try:
+            packet = parse_packet(payload)
+            judgement = self.engine.evaluate(packet)
+        except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
+            self._failed(queued, payload, err)
+            return
+        stats = self.stats
+        key = table_key(raw, packet)
+        flow = stats.flows.get(key)
+        if flow is None or flow.judgement is not judgement:
+            flow = stats.add(key, judgement, judgement.allowed or self.audit, packet.protocol, packet.family)
+        if self.observer is not None:
+            gate = self.observer_gate
+            if gate is None or gate.open:
+                self.observer(packet, judgement, flow.accepted, perf_counter_ns() - started)
+            else:
+                gate.skip(judgement)
         elapsed = perf_counter_ns() - started
         if flow.accepted:
             queued.accept()
-            self.counters.accepted += 1
         else:
             queued.drop()
-            self.counters.dropped += 1
-        # FlowStats.record and VerdictStats.record_sample, inlined: this runs for every packet.
-        flow.packets += 1
-        microseconds = (elapsed + 999) // 1000
-        flow.buckets[BUCKET_OF[microseconds] if microseconds <= BUCKET_TABLE_LIMIT else bucket_index(microseconds)] += 1
-        flow.total_ns += elapsed
-        index = stats.sample_index
-        stats.samples[index & SUMMARY_MASK] = elapsed
-        stats.sample_index = index + 1
+        flow.record(elapsed)
+        stats.record_sample(elapsed)
 
     def _failed(self, queued: Any, payload: bytes, err: BaseException) -> None:
         self.counters.errors += 1

@@ -2,11 +2,14 @@
 
 The packet thread's share is ``DecisionLogger.observe``: a length check and
 one ``deque.append`` of a small tuple (the Packet and Judgement are shared,
-not copied). Everything else (pod names, JSON, I/O, the rate limit) happens
-on the logger's own thread, so a flood of connections can neither slow the
-verdict loop nor fill the disk: records beyond the queue's capacity are
-dropped and records beyond the rate are suppressed, both only counted, and a
-periodic summary line says how many were lost.
+not copied), and, while the rate limit's budget is spent, nothing: the
+logger's ``RecordGate`` closes and the verdict loop then answers from its
+flow table without parsing packets for records that would be dropped.
+Everything else (pod names, JSON, I/O, the rate limit itself) happens on the
+logger's own thread, so a flood of connections can neither slow the verdict
+loop nor fill the disk: records beyond the queue's capacity are dropped and
+records beyond the rate are suppressed, both only counted, and a periodic
+summary line says how many were lost.
 
 Record layout (documented in docs/observability.md)::
 
@@ -145,6 +148,31 @@ class TokenBucket:
         return False
 
 
+# ---------------------------------------------------------------------- gate
+
+
+class RecordGate:
+    """Whether the logger takes another record now: the verdict loop reads ``open`` before the parse.
+
+    While the rate limit's budget is spent the gate is closed, and the loop
+    answers packets from its flow table without parsing them for a record
+    that would be thrown away; it only counts them (``skip``). So a flood
+    costs the loop about what it costs without decision logging.
+    """
+
+    __slots__ = ("open", "skipped", "only_denied")
+
+    def __init__(self, only_denied: bool = False) -> None:
+        self.open = True
+        self.skipped = 0  # records not made because the gate was closed (rate-limited), packet thread
+        self.only_denied = only_denied
+
+    def skip(self, judgement: Judgement) -> None:
+        """Count the record a packet would have had (none for an allowed one when only denials are logged)."""
+        if not (self.only_denied and judgement.verdict is Verdict.ACCEPT):
+            self.skipped += 1
+
+
 # -------------------------------------------------------------------- logger
 
 
@@ -182,6 +210,10 @@ class DecisionLogger:
         self._clock = clock
         self._wall_clock = wall_clock
         self._bucket = TokenBucket(rate, burst if burst is not None else max(rate, 1.0), clock())
+        # Records the packet thread may still queue before the writer's next drain; the
+        # writer resets it from its bucket, the packet thread counts it down.
+        self.gate = RecordGate(only_denied)
+        self._budget = int(self._bucket.tokens)
         self._close_stream = close_stream
         # Written by the packet thread only; the writer only reads it.
         self.queue_full = 0
@@ -192,6 +224,7 @@ class DecisionLogger:
         self._warned_write = False
         self._reported_full = 0
         self._unreported_limited = 0
+        self._reported_skipped = 0
         self._last_report = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,7 +239,7 @@ class DecisionLogger:
     @property
     def suppressed(self) -> int:
         """Records never written: dropped when the queue was full plus rate-limited."""
-        return self.queue_full + self.rate_limited
+        return self.queue_full + self.rate_limited + self.gate.skipped
 
     # ------------------------------------------------------- packet thread
 
@@ -218,6 +251,10 @@ class DecisionLogger:
             self.queue_full += 1
             return
         pending.append((self._wall_clock(), packet, judgement, accepted, elapsed_ns))
+        budget = self._budget - 1
+        self._budget = budget
+        if budget <= 0:
+            self.gate.open = False
 
     # ------------------------------------------------------- writer thread
 
@@ -225,7 +262,7 @@ class DecisionLogger:
         """Records by fate, for the metrics endpoint."""
         return {
             "written": self.written,
-            "rate_limited": self.rate_limited,
+            "rate_limited": self.rate_limited + self.gate.skipped,
             "queue_full": self.queue_full,
             "write_error": self.write_errors,
         }
@@ -281,6 +318,9 @@ class DecisionLogger:
             self.rate_limited += limited
             self._unreported_limited += limited
             records = len(lines)
+            # What the bucket will allow by the next drain, less what is queued already.
+            self._budget = int(min(bucket.burst, bucket.tokens + bucket.rate * self.interval)) - len(pending)
+            self.gate.open = self._budget > 0
             summary = self._summary(now, final)
             if summary is not None:
                 lines.append(summary)
@@ -295,10 +335,12 @@ class DecisionLogger:
     def _summary(self, now: float, final: bool) -> str | None:
         """The "suppressed K records" line, at most once per report interval (and at the end)."""
         full = self.queue_full - self._reported_full
-        limited = self._unreported_limited
+        skipped = self.gate.skipped
+        limited = self._unreported_limited + skipped - self._reported_skipped
         if not (full or limited) or (not final and now - self._last_report < self.report_interval):
             return None
         self._reported_full += full
+        self._reported_skipped = skipped
         self._unreported_limited = 0
         self._last_report = now
         return json.dumps({

@@ -72,6 +72,22 @@ def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tup
     return out
 
 
+def weighted_quantile(window: list[tuple[int, int]], quantile: float) -> int:
+    """The value below which ``quantile`` of the weight lies; ``window``: sorted (value, weight) pairs.
+
+    Timed flow-table hits stand for the untimed ones of their flow (weight
+    ``TIMING_EVERY``), judged packets for themselves.
+    """
+    total = sum(weight for _, weight in window)
+    target = quantile * total
+    seen = 0
+    for value, weight in window:
+        seen += weight
+        if seen > target:
+            return value
+    return window[-1][0]
+
+
 def _protocol(number: int) -> str:
     return PROTOCOL_NAMES.get(number, str(number))
 
@@ -117,7 +133,7 @@ class VerdictMetrics:
         )
         window = sorted(self.stats.recent_samples())
         for quantile in QUANTILES:
-            value = window[min(len(window) - 1, int(quantile * len(window)))] / 1000 if window else float("nan")
+            value = weighted_quantile(window, quantile) / 1000 if window else float("nan")
             summary.samples.append(Sample(summary.name, {"quantile": repr(quantile)}, value))
         summary.add_metric([], count_value=sum(totals.packets.values()), sum_value=sum(totals.total_ns.values()) / 1000)
         yield summary

@@ -13,7 +13,7 @@ from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api import Decision, ManagedIPs, NEXT, Verdict
 from kube_netpol.engine import END_OF_PIPELINE, Judgement, PolicyEngine
 from kube_netpol.observability import flowstats
-from kube_netpol.observability.flowstats import VerdictStats, flow_key, packet_flow_key
+from kube_netpol.observability.flowstats import VerdictStats, flow_key, packet_flow_key, parsed_key, table_key
 from kube_netpol.packet import parse_packet
 
 
@@ -21,35 +21,58 @@ from kube_netpol.packet import parse_packet
     "packet",
     [
         IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=80, flags="S"),
-        IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=53),
+        IP(src="10.0.0.1", dst="10.0.0.2", flags="DF") / UDP(sport=40000, dport=53),
+        IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / UDP(sport=40000, dport=53),  # a first fragment
         IP(src="10.0.0.1", dst="10.0.0.2") / SCTP(sport=40000, dport=9),
         IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40000, dport=443, flags="S"),
-        IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=40000, dport=53),
+        IPv6(src="fd00::1", dst="fd00::2", tc=0x20) / UDP(sport=40000, dport=53),
     ],
 )
-def test_fast_keys_equal_the_parsed_packets_keys(packet) -> None:
+def test_raw_keys_of_common_first_packets_read_the_parsed_key(packet) -> None:
     raw = bytes(packet)
-    assert flow_key(raw) == packet_flow_key(parse_packet(raw))
+    parsed = parse_packet(raw)
+    assert parsed_key(flow_key(raw)) == packet_flow_key(parsed)
+    assert table_key(flow_key(raw), parsed) == flow_key(raw)  # kept under the raw key
 
 
 @pytest.mark.parametrize(
     "packet",
     [
-        IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") / TCP(dport=80),  # options: full parse
+        IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") / TCP(dport=80),  # options
         IP(src="10.0.0.1", dst="10.0.0.2", frag=10) / TCP(dport=80),  # not a first fragment
+        IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(id=7, seq=9),  # the raw key reads ICMP's id as a port
+        IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrDestOpt() / TCP(dport=80),  # the port is further on
     ],
 )
-def test_other_packets_take_the_full_path(packet) -> None:
-    assert flow_key(bytes(packet)) is None
+def test_other_packets_are_kept_under_their_parsed_key(packet) -> None:
+    raw = bytes(packet)
+    try:
+        parsed = parse_packet(raw)
+    except Exception:  # a later fragment: never judged, so never in the table
+        assert parsed_key(flow_key(raw)) is None
+        return
+    assert parsed_key(flow_key(raw)) != packet_flow_key(parsed)
+    assert table_key(flow_key(raw), parsed) == packet_flow_key(parsed)
 
 
-def test_shortcut_keys_of_other_protocols_never_meet_a_table_entry() -> None:
-    # The shortcut reads ICMP's id/sequence as a port; the full path keys ICMP with
-    # port 0, so such a key finds nothing and the packet is parsed and judged.
-    raw = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(id=7, seq=9))
-    assert flow_key(raw) != packet_flow_key(parse_packet(raw))
-    raw6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrDestOpt() / TCP(dport=80))
-    assert flow_key(raw6) != packet_flow_key(parse_packet(raw6))
+def test_raw_keys_of_short_packets() -> None:
+    assert flow_key(b"") is None and flow_key(b"\x45" * 10) is None and flow_key(b"\x60" * 30) is None
+
+
+def test_packets_the_raw_key_misreads_are_judged_every_time_but_share_an_entry() -> None:
+    evaluator = Counting()
+    engine = PolicyEngine(NoPods(), [evaluator])
+    loop = VerdictLoop(engine, 100, fail_open=True)
+    with_options = bytes(IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") / TCP(sport=1, dport=81))
+    plain = syn(40000, 81)
+    for payload in (with_options, with_options, plain, plain):
+        queued = Queued(payload)
+        loop.handle(queued)
+        assert queued.verdicts == ["drop"]
+    assert evaluator.asked == 1  # the engine's cache answered the rest
+    assert engine.cache_hits == 2  # both packets with options were parsed; the second plain SYN was a table hit
+    assert sorted(len(key) for key in loop.stats.flows) == [3, 5]  # a parsed-key entry and a raw-key entry
+    assert loop.stats.totals().packets == {(6, 4, False): 4}
 
 
 def test_a_cut_packet_gets_at_most_its_flow_keys_verdict() -> None:
@@ -171,3 +194,80 @@ def test_a_displaced_entry_keeps_its_counts() -> None:
     stats.add(key, allow, True, 17, 4).record(1000)
     stats.add(key, allow, True, 17, 4).record(1000)
     assert stats.totals().packets == {(17, 4, True): 2}
+
+
+def test_untimed_hits_count_with_the_timed_hit_before_them() -> None:
+    allow = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
+    stats = VerdictStats()
+    flow = stats.add((b"\x00" * 8, 6, 80), allow, True, 6, 4)
+    flow.record(5_000)  # judged: 5 µs, le=10
+    flow.hits += 3  # three untimed hits: no timed hit yet, so they count as the judged packet
+    assert flow.snapshot() == (4, [0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 20_000)
+    stats.record_timed_hit(flow, 300_000)  # a timed hit: 300 µs, le=500
+    assert flow.snapshot() == (5, [0, 4, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 320_000)
+    flow.hits += 2
+    flow.record(700)  # a judged packet after two untimed hits: they count as the last timed hit
+    assert flow.snapshot() == (8, [1, 4, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], 920_700)
+    assert flow.packets == 8 and flow.judged == 2 and flow.hits == 6
+    # A new flow's untimed hits count as the last timed hit of any flow, not as its judged packet.
+    other = stats.add((b"\x00" * 8, 6, 81), allow, True, 6, 4)
+    other.record(9_000)
+    other.hits += 2
+    assert other.snapshot() == (3, [0, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 609_000)
+
+
+def test_the_loop_times_one_packet_in_timing_every(monkeypatch) -> None:
+    from kube_netpol.agent import verdict_loop
+
+    clock = iter(range(0, 10**9, 1_000))  # every reading 1 µs after the last
+    monkeypatch.setattr(verdict_loop, "perf_counter_ns", lambda: next(clock))
+    loop = VerdictLoop(PolicyEngine(NoPods(), [Counting()]), 100, fail_open=True)
+    every = flowstats.TIMING_EVERY
+    count = 2 * every + 3
+    for sport in range(40000, 40000 + count):
+        loop.handle(Queued(syn(sport, 80)))
+    (flow,) = loop.stats.flows.values()
+    assert flow.judged == 1 and flow.hits == count - 1
+    # Timed: packets 0 (judged), every and 2 * every (hits, each standing for TIMING_EVERY hits).
+    assert loop.stats.recent_samples() == [(1_000, 1), (1_000, every), (1_000, every)]
+    packets, buckets, total_ns = flow.snapshot()
+    assert packets == count and sum(buckets) == count and total_ns == count * 1_000
+    # A judged packet that is not due for timing is timed from the start of its parse.
+    loop.handle(Queued(syn(40000, 82)))
+    assert loop.stats.recent_samples()[-1] == (1_000, 1)
+    totals = loop.stats.totals()
+    assert totals.packets == {(6, 4, True): count + 1} and sum(totals.buckets[(6, 4)]) == count + 1
+
+
+def test_scrapes_see_every_histogram_bucket_grow_monotonically() -> None:
+    import sys
+    import threading
+
+    evaluator = Counting()
+    loop = VerdictLoop(PolicyEngine(NoPods(), [evaluator]), 100, fail_open=True)
+    payloads = [syn(40000 + i % 20000, 80 + i % 3) for i in range(20_000)]
+    stop = threading.Event()
+    seen: list[list[int]] = []
+
+    def scrape() -> None:
+        while not stop.is_set():
+            buckets = loop.stats.totals().buckets.get((6, 4))
+            if buckets:
+                seen.append(list(buckets))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to provoke races
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for i, payload in enumerate(payloads):
+            loop.handle(Queued(payload))
+            if i % 2000 == 1999:
+                evaluator.sync()  # retire the table now and then, as policy changes do
+    finally:
+        stop.set()
+        scraper.join()
+        sys.setswitchinterval(interval)
+    assert len(seen) > 10
+    for earlier, later in zip(seen, seen[1:]):
+        assert all(b >= a for a, b in zip(earlier, later)), (earlier, later)
