@@ -52,8 +52,9 @@ UDP new flows per second, for each consumer of the queue:
   Its metrics are always on (the verdict loop's flow table records them).
   At the largest K it runs a second time with decision logging on
   (``--decision-log FILE`` into the bench's temporary folder, default rate
-  limit): a decision logger sees every packet, so the loop then takes its
-  full path (parse + engine cache) for each one instead of the fast path.
+  limit): the loop parses and judges each packet for a record while the
+  logger's rate limit has budget, and answers from its flow table (the fast
+  path, counting the record as rate-limited) once the budget is spent.
   For the two minimal consumers the queue rule is our Dataplane (the xt
   backend on a kernel without the nft queue expression) with the server pods
   managed; the agent makes its own table.
@@ -751,7 +752,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if extra == args.policies[-1] and not args.no_decision_log:
                 agent = Agent(bench, extra, decision_log=True)
                 try:
-                    label = f"agent, {policies_label}, decision logging on (every packet parsed)"
+                    label = f"agent, {policies_label}, decision logging on"
                     results["udp"].append(agent_series(bench, agent, label))
                     if equal:
                         label = f"agent, {policies_label}, decision logging on, {equal:,.0f}/s offered"

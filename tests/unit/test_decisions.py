@@ -15,6 +15,7 @@ from kube_netpol.api.podinfo import Namespace, PodInfo
 from kube_netpol.engine import END_OF_PIPELINE, Judgement
 from kube_netpol.observability.decisions import DecisionLogger, TokenBucket, decision_record
 from kube_netpol.state.store import ClusterState
+from unit_standins import Queued
 
 ALLOW_NP = Decision(Verdict.ACCEPT, "y/allow-x", "ingress[0]", "allowed by y/allow-x ingress[0]")
 DENY_NP = Decision(Verdict.DENY, "y/deny-all", "", "isolated for ingress by policy y/deny-all; no rule admits the packet")
@@ -256,23 +257,6 @@ def test_observe_is_safe_while_the_writer_drains() -> None:
 # ------------------------------------------------- with the real verdict loop
 
 
-class Queued:
-    """What NetfilterQueue hands the verdict callback."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.verdict = ""
-
-    def get_payload(self) -> bytes:
-        return self.payload
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
-
-
 @pytest.mark.parametrize("audit", [False, True])
 def test_records_from_the_verdict_loop_with_real_policies(audit: bool) -> None:
     from scapy.layers.inet import IP, TCP
@@ -296,7 +280,7 @@ def test_records_from_the_verdict_loop_with_real_policies(audit: bool) -> None:
     loop.handle(allowed)
     logger.drain()
     first, second = lines(stream)
-    assert denied.verdict == ("accept" if audit else "drop")
+    assert denied.verdicts == ["accept" if audit else "drop"]
     assert (first["src"], first["dst"], first["dst_port"], first["verdict"], first["audit"]) == ("x/a", "y/b", 80, "deny", audit)
     assert first["ingress"]["policy"] == "y/deny-all" and first["ingress"]["evaluator"] == "networkpolicy"
     assert (second["src"], second["verdict"], second["audit"]) == ("y/b", "allow", False)
@@ -324,7 +308,7 @@ def test_a_spent_budget_keeps_the_verdict_loop_on_its_fast_path(only_denied: boo
     allowed = [Queued(bytes(IP(src=Y_B, dst=X_A) / TCP(sport=port, dport=81, flags="S"))) for port in range(1000, 1100)]
     for queued in denied:
         loop.handle(queued)
-    assert all(q.verdict == "drop" for q in denied)
+    assert all(q.verdicts == ["drop"] for q in denied)
     # The burst's ten records were made; then the gate closed and the rest were table hits, not parsed.
     assert not logger.gate.open
     assert engine.cache_misses + engine.cache_hits == 10
@@ -332,7 +316,7 @@ def test_a_spent_budget_keeps_the_verdict_loop_on_its_fast_path(only_denied: boo
     assert (flow.judged, flow.hits) == (10, 990)
     for queued in allowed:
         loop.handle(queued)
-    assert all(q.verdict == "accept" for q in allowed)
+    assert all(q.verdicts == ["accept"] for q in allowed)
     assert logger.drain() == 10
     # Allowed connections are no records when only denials are logged, so not rate-limited either.
     assert logger.stats()["rate_limited"] == 990 + (0 if only_denied else 100)

@@ -15,6 +15,7 @@ from kube_netpol.engine import END_OF_PIPELINE, Judgement, PolicyEngine
 from kube_netpol.observability import flowstats
 from kube_netpol.observability.flowstats import VerdictStats, flow_key, packet_flow_key, parsed_key, table_key
 from kube_netpol.packet import parse_packet
+from unit_standins import NoPods, Queued
 
 
 @pytest.mark.parametrize(
@@ -113,25 +114,6 @@ class Counting:
 
     def set_sync_callback(self, callback) -> None:
         self.sync = callback
-
-
-class NoPods:
-    def pod_info_by_ip(self, ip):
-        return None
-
-
-class Queued:
-    def __init__(self, payload: bytes) -> None:
-        self.payload, self.verdicts = payload, []
-
-    def get_payload(self) -> bytes:
-        return self.payload
-
-    def accept(self) -> None:
-        self.verdicts.append("accept")
-
-    def drop(self) -> None:
-        self.verdicts.append("drop")
 
 
 def syn(sport: int, dport: int) -> bytes:

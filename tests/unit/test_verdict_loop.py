@@ -11,21 +11,7 @@ from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api import Decision, ManagedIPs, NEXT, Verdict
 from kube_netpol.engine import PolicyEngine
 from kube_netpol.packet import MalformedPacket, parse_packet
-
-
-class Queued:
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.verdicts: list[str] = []
-
-    def get_payload(self) -> bytes:
-        return self.payload
-
-    def accept(self) -> None:
-        self.verdicts.append("accept")
-
-    def drop(self) -> None:
-        self.verdicts.append("drop")
+from unit_standins import NoPods, Queued
 
 
 class DenyPort:
@@ -53,11 +39,6 @@ class DenyPort:
 
     def set_sync_callback(self, callback) -> None:
         pass
-
-
-class NoPods:
-    def pod_info_by_ip(self, ip):
-        return None
 
 
 def parses(payload: bytes) -> bool:
