@@ -11,16 +11,14 @@ NetworkPolicy, then BaselineAdminNetworkPolicy, decides. No match: NEXT.
 
 Hot path: the rules that apply to a pod (the ingress and egress rules of the
 ANPs whose subject selects it, flattened in precedence order) are memoised
-per PodInfo object, keyed by ``id(pod)`` with the PodInfo kept in the value
-to check identity (PodInfo messages are not hashable; the store builds a new
-one whenever the pod, its namespace or its node changes). The memo lives in
-an immutable snapshot together with the ordered policies and is replaced
-whole on a policy, Namespace or Node change, so a packet thread racing with a
-change stores into the old snapshot, never a stale entry into the new one.
-A pod change drops that pod's entry. Once memoised, an evaluation costs a
-dict lookup plus the rules of the ANPs that select the pod, however many
-ANPs exist. The same machinery serves the BaselineAdminNetworkPolicy
-evaluator.
+per PodInfo object with the pod's facts (kube_netpol.evaluators.pod_memo).
+The memo lives in an immutable snapshot together with the ordered policies
+and is replaced whole on a policy, Namespace or Node change, so a packet
+thread racing with a change stores into the old snapshot, never a stale entry
+into the new one. A pod change drops that pod's entry. Once memoised, an
+evaluation costs a dict lookup plus the rules of the ANPs that select the
+pod, however many ANPs exist. The same machinery serves the
+BaselineAdminNetworkPolicy evaluator.
 """
 
 from __future__ import annotations
@@ -32,16 +30,22 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import NEXT, Decision
 from kube_netpol.evaluators.base import StateEvaluator
+from kube_netpol.evaluators.pod_memo import PodFacts, forget, lookup, remember
 from kube_netpol.policy.adminnetworkpolicy import AdminNetworkPolicy, EgressRule, IngressRule
 from kube_netpol.state.store import Change, ClusterState
 
-#: Per-pod memo entry: (the PodInfo itself, its ingress rules, its egress rules,
-#: its labels, its namespace's labels, selected by at least one subject).
-#: Labels are copied into dicts once: a dict lookup is several times cheaper
-#: than a lookup in a protobuf map.
-PodEntry = tuple[
-    PodInfo, tuple[IngressRule, ...], tuple[EgressRule, ...], dict[str, str], dict[str, str], bool
-]
+
+class PodEntry(PodFacts):
+    """The memo entry of one PodInfo: its facts, plus the rules of the policies whose subject selects it.
+
+    ``selected`` tells whether any subject selects it (rules may be empty even then).
+    """
+
+    __slots__ = ("ingress", "egress", "selected")
+
+    ingress: tuple[IngressRule, ...]
+    egress: tuple[EgressRule, ...]
+    selected: bool
 
 
 class _Snapshot:
@@ -51,7 +55,7 @@ class _Snapshot:
 
     def __init__(self, policies: tuple[Any, ...]) -> None:
         self.policies = policies
-        self.memo: dict[int, PodEntry] = {}
+        self.memo: dict[int, PodEntry] = {}  # see pod_memo
 
 
 class SubjectRulesEvaluator(StateEvaluator):
@@ -80,18 +84,18 @@ class SubjectRulesEvaluator(StateEvaluator):
         snapshot = self._snapshot
         memo = snapshot.memo
         entry = memo.get(id(dst))
-        if entry is None or entry[0] is not dst:
+        if entry is None or entry.info is not dst:
             entry = self._remember(snapshot, dst)
-        rules = entry[1]
+        rules = entry.ingress
         if not rules:
             return NEXT
         peer = memo.get(id(src))
-        if peer is None or peer[0] is not src:
+        if peer is None or peer.info is not src:
             peer = self._remember(snapshot, src)
         protocol = packet.protocol
         port = packet.dst_port
-        labels = peer[3]
-        namespace_labels = peer[4]
+        labels = peer.labels
+        namespace_labels = peer.namespace_labels
         for rule in rules:
             if rule.matches(protocol, port, labels, namespace_labels, dst):
                 return rule.decision
@@ -103,19 +107,19 @@ class SubjectRulesEvaluator(StateEvaluator):
         snapshot = self._snapshot
         memo = snapshot.memo
         entry = memo.get(id(src))
-        if entry is None or entry[0] is not src:
+        if entry is None or entry.info is not src:
             entry = self._remember(snapshot, src)
-        rules = entry[2]
+        rules = entry.egress
         if not rules:
             return NEXT
         labels: dict[str, str] | None = None
         namespace_labels: dict[str, str] | None = None
         if dst is not None:
             peer = memo.get(id(dst))
-            if peer is None or peer[0] is not dst:
+            if peer is None or peer.info is not dst:
                 peer = self._remember(snapshot, dst)
-            labels = peer[3]
-            namespace_labels = peer[4]
+            labels = peer.labels
+            namespace_labels = peer.namespace_labels
         address = packet.dst
         node_labels = self._node_labels_by_ip.get(address, ())
         protocol = packet.protocol
@@ -127,6 +131,7 @@ class SubjectRulesEvaluator(StateEvaluator):
 
     def _remember(self, snapshot: _Snapshot, pod: PodInfo) -> PodEntry:
         """Build and memoise ``pod``'s entry (once per PodInfo object and snapshot)."""
+        entry = PodEntry(pod)
         ingress: list[IngressRule] = []
         egress: list[EgressRule] = []
         selected = False
@@ -135,18 +140,17 @@ class SubjectRulesEvaluator(StateEvaluator):
                 selected = True
                 ingress.extend(policy.ingress)
                 egress.extend(policy.egress)
-        entry: PodEntry = (
-            pod, tuple(ingress), tuple(egress), dict(pod.labels), dict(pod.namespace.labels), selected
-        )
-        snapshot.memo[id(pod)] = entry
-        return entry
+        entry.ingress = tuple(ingress)
+        entry.egress = tuple(egress)
+        entry.selected = selected
+        return remember(snapshot.memo, entry)
 
     # ------------------------------------------------------------ on changes
 
     def on_change(self, change: Change) -> None:
         if change.kind == "Pod":
             if change.old is not None:
-                self._snapshot.memo.pop(id(change.old.info), None)
+                forget(self._snapshot.memo, change.old.info)
             return
         if change.kind == "Node":
             self._node_labels_by_ip = self._index_nodes()
@@ -161,17 +165,14 @@ class SubjectRulesEvaluator(StateEvaluator):
         snapshot = self._snapshot
         if not snapshot.policies:
             return ManagedIPs()
-        memo = snapshot.memo
         ips: set[bytes] = set()
         # list() first: the packet thread may call this while the control thread edits pods.
         for pod in list(self.state.pods.values()):
             if not pod.is_policy_target or not pod.ips:
                 continue
             info = pod.info
-            entry = memo.get(id(info))
-            if entry is None or entry[0] is not info:
-                entry = self._remember(snapshot, info)
-            if entry[5]:
+            entry = lookup(snapshot.memo, info) or self._remember(snapshot, info)
+            if entry.selected:
                 ips.update(pod.ips)
         return ManagedIPs(frozenset(ips), divert_all=False)
 

@@ -5,14 +5,14 @@ direction: only what a rule of one of those policies admits passes, the rest
 is denied. Pods no policy selects get NEXT (the pipeline continues, e.g. to
 BaselineAdminNetworkPolicy).
 
-Hot path: per pod (keyed by the identity of its PodInfo, which the store
-rebuilds on every change) we remember its labels as plain dicts, its container
-ports by (protocol, port), and the rules of the policies selecting it,
-flattened in order (policy name, then rule order) and indexed by the protocol
-and ports they admit (kube_netpol.policy.rule_index). A packet then costs a
-few dict lookups and a bisection plus the rules that can match its protocol
-and port, whatever the number of other rules and policies. The first rule in
-the flattened order that admits the packet decides and is reported.
+Hot path: per PodInfo object (kube_netpol.evaluators.pod_memo) we remember
+the pod's facts (labels as plain dicts, container port names) and the rules
+of the policies selecting it, flattened in order (policy name, then rule
+order) and indexed by the protocol and ports they admit
+(kube_netpol.policy.rule_index). A packet then costs a few dict lookups and a
+bisection plus the rules that can match its protocol and port, whatever the
+number of other rules and policies. The first rule in the flattened order
+that admits the packet decides and is reported.
 """
 
 from __future__ import annotations
@@ -21,64 +21,39 @@ from bisect import bisect_right
 from typing import Mapping
 
 from kube_netpol.api.evaluator import EvaluatorContext, ManagedIPs
-from kube_netpol.api.packet import PROTOCOL_BY_NAME, Packet
+from kube_netpol.api.packet import Packet
 from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import NEXT, Decision, Verdict
 from kube_netpol.evaluators.base import StateEvaluator
+from kube_netpol.evaluators.pod_memo import NO_PORT_NAMES, PodFacts, PortNames, forget, remember
 from kube_netpol.policy.networkpolicy import NetworkPolicy, NetworkPolicyRule
 from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 from kube_netpol.state.store import Change, ClusterState
 
 KIND = "NetworkPolicy"
 
-#: Remembered pods before the memo is emptied wholesale (a bound on memory,
-#: also against entries left behind by a pod change racing with a packet).
-MEMO_SIZE = 32768
-
 #: Rule indexes remembered per namespace (one per direction and distinct list of
 #: isolating policies) before that namespace's are emptied wholesale.
 INDEX_CACHE_SIZE = 1024
 
 _Rules = RuleIndex[NetworkPolicyRule]
-_PortNames = Mapping[tuple[int, int], tuple[str, ...]]
 _Indexed = tuple[tuple[NetworkPolicy, ...], _Rules, Decision]
 
 
-class _Pod:
-    """What the evaluator remembers of one PodInfo.
+class _Pod(PodFacts):
+    """What the evaluator remembers of one PodInfo: its facts, plus the rules isolating it.
 
     ``ingress``/``egress`` are None when no policy isolates the pod in that
     direction; otherwise its rules, indexed, and ``*_deny`` is the Decision
-    when none admits the packet. ``port_names`` gives the names of the pod's
-    container ports by (protocol number, port), for named ports in rules.
+    when none admits the packet.
     """
 
-    __slots__ = (
-        "info", "labels", "namespace", "namespace_labels", "port_names",
-        "ingress", "ingress_deny", "egress", "egress_deny",
-    )  # fmt: skip
+    __slots__ = ("ingress", "ingress_deny", "egress", "egress_deny")
 
-    def __init__(
-        self,
-        info: PodInfo,
-        labels: Mapping[str, str],
-        namespace: str,
-        namespace_labels: Mapping[str, str],
-        port_names: _PortNames,
-        ingress: _Rules | None,
-        ingress_deny: Decision,
-        egress: _Rules | None,
-        egress_deny: Decision,
-    ) -> None:
-        self.info = info
-        self.labels = labels
-        self.namespace = namespace
-        self.namespace_labels = namespace_labels
-        self.port_names = port_names
-        self.ingress = ingress
-        self.ingress_deny = ingress_deny
-        self.egress = egress
-        self.egress_deny = egress_deny
+    ingress: _Rules | None
+    ingress_deny: Decision
+    egress: _Rules | None
+    egress_deny: Decision
 
 
 class NetworkPolicyEvaluator(StateEvaluator):
@@ -89,7 +64,7 @@ class NetworkPolicyEvaluator(StateEvaluator):
         # Set up the indexes before subscribing (the base class subscribes).
         self._policies: dict[str, dict[str, NetworkPolicy]] = {}  # namespace -> name -> policy
         self._ordered: dict[str, tuple[NetworkPolicy, ...]] = {}  # namespace -> policies sorted by name
-        self._memo: dict[int, _Pod] = {}  # id(PodInfo) -> _Pod (which holds the PodInfo: ids stay unique)
+        self._memo: dict[int, _Pod] = {}  # see pod_memo; replaced whole when policies change
         # Pods selected by the same policies share one index: namespace -> (direction, ids of the
         # policies isolating the pod in it) -> (those policies, kept alive so that their ids stay
         # unique; the index; the DENY decision). An entry depends on nothing but those immutable
@@ -146,7 +121,7 @@ class NetworkPolicyEvaluator(StateEvaluator):
             labels = None
             namespace = ""
             namespace_labels: Mapping[str, str] = _NO_LABELS
-            port_names: _PortNames = _NO_PORT_NAMES  # not a pod: named ports cannot resolve
+            port_names: PortNames = NO_PORT_NAMES  # not a pod: named ports cannot resolve
         else:
             peer = memo.get(id(dst))
             if peer is None or peer.info is not dst:
@@ -164,8 +139,9 @@ class NetworkPolicyEvaluator(StateEvaluator):
         # Take the memo before reading the policies: if a change swaps the memo
         # meanwhile, a result computed from the old policies lands in the old dict.
         memo = self._memo
-        namespace = info.namespace.name
-        labels = dict(info.labels)
+        pod = _Pod(info)
+        namespace = pod.namespace
+        labels = pod.labels
         ingress: list[NetworkPolicy] = []
         egress: list[NetworkPolicy] = []
         for policy in self._ordered.get(namespace, ()):
@@ -175,23 +151,9 @@ class NetworkPolicyEvaluator(StateEvaluator):
                 ingress.append(policy)
             if policy.isolates_egress:
                 egress.append(policy)
-        ingress_rules, ingress_deny = self._rules(namespace, "ingress", ingress)
-        egress_rules, egress_deny = self._rules(namespace, "egress", egress)
-        pod = _Pod(
-            info,
-            labels,
-            namespace,
-            dict(info.namespace.labels),
-            _port_names(info),
-            ingress_rules,
-            ingress_deny,
-            egress_rules,
-            egress_deny,
-        )
-        if len(memo) >= MEMO_SIZE:
-            memo = self._memo = {}
-        memo[id(info)] = pod
-        return pod
+        pod.ingress, pod.ingress_deny = self._rules(namespace, "ingress", ingress)
+        pod.egress, pod.egress_deny = self._rules(namespace, "egress", egress)
+        return remember(memo, pod)
 
     def _rules(self, namespace: str, direction: str, policies: list[NetworkPolicy]) -> tuple[_Rules | None, Decision]:
         """The indexed rules of the policies isolating a pod in one direction, and its DENY decision."""
@@ -251,7 +213,7 @@ class NetworkPolicyEvaluator(StateEvaluator):
     def _pod_changed(self, change: Change) -> None:
         old, new = change.old, change.new
         if old is not None:
-            self._memo.pop(id(old.info), None)
+            forget(self._memo, old.info)
             self._selected_by.pop(old.key, None)
         if new is not None:
             self._count_pod(new.key, new.labels)
@@ -285,7 +247,6 @@ class NetworkPolicyEvaluator(StateEvaluator):
 
 
 _NO_LABELS: Mapping[str, str] = {}
-_NO_PORT_NAMES: _PortNames = {}
 
 #: A position after every rule's.
 _NO_RULE = 1 << 62
@@ -297,7 +258,7 @@ def _first_admitting(
     protocol: int,
     port: int,
     receiver: PodInfo | None,
-    port_names: _PortNames,
+    port_names: PortNames,
     address: bytes,
     labels: Mapping[str, str] | None,
     namespace: str,
@@ -346,18 +307,6 @@ def _first_admitting(
         if rule.admits_peer(address, labels, namespace, namespace_labels):
             return rule.decision
     return decision
-
-
-def _port_names(info: PodInfo) -> _PortNames:
-    """Container port names by (protocol number, port), as PortMatcher resolves named ports."""
-    names: dict[tuple[int, int], tuple[str, ...]] = {}
-    for container_port in info.container_ports:
-        protocol = PROTOCOL_BY_NAME.get(container_port.protocol or "TCP")
-        if protocol is None or not container_port.name:
-            continue  # matches no rule's named port
-        key = (protocol, container_port.port)
-        names[key] = names.get(key, ()) + (container_port.name,)
-    return names if names else _NO_PORT_NAMES
 
 
 def _deny(direction: str, refs: list[str]) -> Decision:

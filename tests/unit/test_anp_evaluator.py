@@ -480,10 +480,11 @@ def test_memo_entries_are_checked_by_identity(state: ClusterState) -> None:
     assert evaluator.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
     # Plant an entry under dst's id that belongs to another object: it must be ignored.
     snapshot = evaluator._snapshot
-    other = state.pod_info_by_ip(_ip(ADDR["y/b"]))
-    snapshot.memo[id(dst)] = (other, (), (), {}, {}, False)
+    planted = anp_module.PodEntry(state.pod_info_by_ip(_ip(ADDR["y/b"])))
+    planted.ingress, planted.egress, planted.selected = (), (), False
+    snapshot.memo[id(dst)] = planted
     assert evaluator.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
-    assert snapshot.memo[id(dst)][0] is dst
+    assert snapshot.memo[id(dst)].info is dst
 
 
 def test_memo_keeps_no_entry_for_replaced_pod_infos(state: ClusterState) -> None:

@@ -21,6 +21,7 @@ from kube_netpol.api import (
 )
 from kube_netpol.engine import PolicyEngine
 from kube_netpol.evaluators import networkpolicy as npmod
+from kube_netpol.evaluators import pod_memo
 from kube_netpol.evaluators.networkpolicy import NetworkPolicyEvaluator, create
 from kube_netpol.policy import rule_index
 from kube_netpol.state import ClusterState
@@ -562,13 +563,34 @@ def test_evaluation_does_not_scan_policies_that_do_not_select_the_pod(c: Cluster
 
 
 def test_memo_is_bounded(c: Cluster, monkeypatch) -> None:
-    monkeypatch.setattr(npmod, "MEMO_SIZE", 3)
+    monkeypatch.setattr(pod_memo, "MEMO_SIZE", 3)
     c.apply(netpol("x/from-b", {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
     for src in ("x/b", "x/c", "y/a", "y/b", "z/a", "x/b"):
         c.ingress(src, "x/a")
         assert len(c.evaluator._memo) <= 3
     assert c.ingress("x/b", "x/a").verdict is Verdict.ACCEPT
     assert c.ingress("x/c", "x/a").verdict is Verdict.DENY
+
+
+def test_a_policy_change_during_a_miss_leaves_the_stale_entry_in_the_replaced_memo(c: Cluster, monkeypatch) -> None:
+    # The packet thread is building x/b's entry from the old policies when the control thread deletes one.
+    monkeypatch.setattr(pod_memo, "MEMO_SIZE", 1)  # and the memo is full: the store also empties it
+    c.apply(netpol("x/deny-all", {"podSelector": {}}))
+    assert c.ingress("y/a", "x/a").verdict is Verdict.DENY
+    real_rules = c.evaluator._rules
+    racing = True
+
+    def rules_while_the_policy_goes(*args):  # type: ignore[no-untyped-def]
+        nonlocal racing
+        if racing:
+            racing = False
+            c.state.delete("NetworkPolicy", "x", "deny-all")
+        return real_rules(*args)
+
+    monkeypatch.setattr(c.evaluator, "_rules", rules_while_the_policy_goes)
+    assert c.ingress("y/a", "x/b").verdict is Verdict.DENY  # decided from the old policies, as it began
+    assert not racing
+    assert c.ingress("y/a", "x/b").verdict is Verdict.NEXT  # the entry built from the old policies was not kept
 
 
 def test_namespace_relabel_drops_the_replaced_pod_infos(c: Cluster) -> None:
