@@ -38,16 +38,22 @@ agent's watch connection (``FakeApiServer.sent_at``):
   its handshake (the SYN is the packet the agent judges); the figure is when
   the first SYN was sent after which every connection shows the new verdict.
   Resolution: the probe interval. The status and agent figures are taken in
-  this phase too: with strict mode on, a change that denies the pair makes
-  the agent cut every conntrack entry the stream left (one ``conntrack -D``
-  process each), which the "during the probe stream" rows show.
+  this phase too. The stream's connections end with a RST and leave
+  conntrack entries in state CLOSE for 10 s; strict mode judges those too
+  (after a RST alone the kernel may take a new SYN on the same tuple as part
+  of the old entry), so a change that denies the pair cuts a few hundred.
+- cut (a third phase, strict mode only): ``--held`` established TCP
+  connections client -> target are open when the change that denies the
+  pair arrives, so the agent's strict-mode pass must cut them all; the
+  status figure then includes that pass. The agent logs how many entries
+  each pass deleted and how long the pass took; the phase checks the count.
 
-The pieces of a strict-mode pass (``ip -j address show`` and ``conntrack -L``)
-are timed in the node namespace at the end of each phase.
+The netlink dump that starts every strict-mode pass is timed in the node
+namespace at the end of each phase.
 
 Run as root; everything lives in lab namespaces and is removed at the end::
 
-    python bench/bench_apply_latency.py [--pods 1000] [--policies 0,100,1000] [--rounds 13]
+    python bench/bench_apply_latency.py [--pods 1000] [--policies 0,100,1000] [--rounds 13] [--held 250]
 
 Not a test: copy the tables into docs/performance.md.
 """
@@ -79,7 +85,6 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))  # the Kubernetes lab helpers th
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from kube_netpol.agent.controller import node_addresses  # noqa: E402
 from kube_netpol.conformance.dataplane_agent import STATUS_HOST, STATUS_PORT  # noqa: E402
 from kube_netpol.dataplane import conntrack  # noqa: E402
 from kube_netpol.lab.netns import entered, list_netns, open_netns  # noqa: E402
@@ -95,6 +100,10 @@ MEASURED = "bench-measured"
 METRIC_PREFIX = "kube_network_policies_"
 #: What the agent logs after a strict-mode pass that deleted conntrack entries.
 CUT_RE = re.compile(r"strict mode: cut (\d+) connection")
+#: The same line's count of live entries dumped and the pass's duration.
+PASS_RE = re.compile(r"strict mode: cut \d+ connection.*\((\d+) live conntrack entries, ([\d.]+) ms\)")
+#: Seconds a TCP conntrack entry stays in CLOSE (nf_conntrack_tcp_timeout_close).
+TCP_CLOSE_TIMEOUT = 10
 #: (change, verdict of client -> target afterwards)
 ROUND = (("create", False), ("update", True), ("update", False), ("delete", True))
 
@@ -334,7 +343,8 @@ Samples = dict[str, list[tuple[str, float]]]  # measure -> [(change, seconds)]
 
 
 def run_configuration(pods: int, policies: int, strict: bool, args: argparse.Namespace) -> dict[str, Any]:
-    samples: Samples = {key: [] for key in ("status", "agent", "sync", "probe", "status_probing", "agent_probing")}
+    samples: Samples = {key: [] for key in (
+        "status", "agent", "sync", "probe", "status_probing", "agent_probing", "status_cut", "pass_cut")}
     started = time.monotonic()
     with kube_agent_lab(
         LAB_PODS, objects=api_only_objects(pods - len(LAB_PODS)) + background_policies(policies),
@@ -349,6 +359,10 @@ def run_configuration(pods: int, policies: int, strict: bool, args: argparse.Nam
             strict_quiet = strict_pass_pieces(env)
             probes, cut = probing_phase(env, poller, samples, args)
             strict_loaded = strict_pass_pieces(env)
+            pieces = {"quiet": strict_quiet, "probing": strict_loaded}
+            if strict and args.held:
+                cut_phase(env, poller, samples, args)
+                pieces["cut"] = strict_pass_pieces(env)
             # Conntrack dumps walk the whole host's table (every namespace's entries): other labs slow them down.
             foreign_netns = [name for name in list_netns() if name not in env.lab.netns_names]
         finally:
@@ -357,7 +371,7 @@ def run_configuration(pods: int, policies: int, strict: bool, args: argparse.Nam
             "statusz_round_trip_ms": statistics.median(poller.round_trips) * 1000,
             "load_average_1m": os.getloadavg()[0],  # others' work on the machine skews every figure
             "foreign_netns": len(foreign_netns),
-            "samples": samples, "strict_pieces": {"quiet": strict_quiet, "probing": strict_loaded},
+            "samples": samples, "strict_pieces": pieces,
             "connections_cut_probing": cut}
 
 
@@ -407,31 +421,82 @@ def probing_phase(env: KubeLab, poller: StatusPoller, samples: Samples,
     return len(stream.results), cut
 
 
+def cut_phase(env: KubeLab, poller: StatusPoller, samples: Samples, args: argparse.Namespace) -> None:
+    """``--held`` established connections client -> target, then the change that denies the pair.
+
+    Each round opens the connections (allowed: no measured policy), creates
+    the denying policy and waits for /statusz to report it enforced, which
+    includes the strict-mode pass that cuts them; then deletes the policy and
+    closes the connections with a RST, which conntrack, their entries gone,
+    does not track. The phase first waits for the probe stream's CLOSE entries
+    to expire, so that every pass cuts exactly the held connections.
+    """
+    time.sleep(TCP_CLOSE_TIMEOUT + 1)
+    fd = open_netns(env.lab.host(CLIENT).netns)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="held") as client:
+            for _ in range(args.rounds):
+                held = client.submit(open_held, fd, env.ip(CLIENT), (env.ip(TARGET), 80), args.held).result()
+                try:
+                    log_before = len(env.agent.log_text())
+                    change = make_change(env, "create", False)
+                    version = int(change["metadata"]["resourceVersion"])
+                    seen = poller.wait_seen(version, args.poll)
+                    samples["status_cut"].append(("create", seen - sent_at(env, version)))
+                    logged = env.agent.log_text()[log_before:]
+                    cut = sum(int(n) for n in CUT_RE.findall(logged))
+                    if cut != args.held:
+                        raise RuntimeError(f"strict mode cut {cut} connections, not the {args.held} held open")
+                    samples["pass_cut"] += [("create", float(ms) / 1000) for _, ms in PASS_RE.findall(logged)]
+                    change = make_change(env, "delete", True)
+                    poller.wait_seen(int(change["metadata"]["resourceVersion"]), args.poll)
+                finally:
+                    for sock in held:
+                        sock.close()
+                time.sleep(args.gap)
+    finally:
+        os.close(fd)
+
+
+def open_held(netns_fd: int, source: str, target: tuple[str, int], count: int) -> list[socket.socket]:
+    """``count`` established TCP connections from inside the client's namespace, closed later with a RST."""
+    held: list[socket.socket] = []
+    with entered(netns_fd):
+        try:
+            for _ in range(count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.settimeout(5.0)
+                sock.bind((source, 0))
+                sock.connect(target)
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+    return held
+
+
 def connections_cut(env: KubeLab) -> int:
     """Connections strict mode cut so far (the agent logs each pass that cut some)."""
     return sum(int(n) for n in CUT_RE.findall(env.agent.log_text()))
 
 
 def strict_pass_pieces(env: KubeLab, repeats: int = 10) -> dict[str, float]:
-    """What a strict-mode pass runs, timed here in the node namespace (median ms): the agent does the same calls.
-
-    ``node_addresses`` (`ip -j address show`) and ``conntrack.list_flows``
-    (`conntrack -L`) run every pass; ``conntrack -D`` once per denied flow.
-    """
+    """The netlink dump every strict-mode pass starts with, timed here in the node namespace (median ms)."""
     fd = open_netns(env.lab.node_netns)
     try:
         def measure() -> dict[str, float]:
-            with entered(fd):  # a child process inherits the forking thread's namespace
-                addresses, listing, flows = [], [], 0
+            with entered(fd):  # the netlink socket belongs to the namespace of the thread that makes it
+                listing, entries, live = [], 0, 0
                 for _ in range(repeats):
                     started = time.perf_counter()
-                    node_addresses()
-                    addresses.append(time.perf_counter() - started)
-                    started = time.perf_counter()
-                    flows = len(conntrack.list_flows())
+                    with conntrack.Conntrack() as ct:
+                        dumped = ct.dump()
                     listing.append(time.perf_counter() - started)
-                return {"ip_address_ms": statistics.median(addresses) * 1000,
-                        "conntrack_list_ms": statistics.median(listing) * 1000, "conntrack_entries": flows}
+                    entries, live = len(dumped), sum(entry.live for entry in dumped)
+                return {"dump_ms": statistics.median(listing) * 1000, "conntrack_entries": entries,
+                        "live_entries": live}
 
         with concurrent.futures.ThreadPoolExecutor(1) as worker:
             return worker.submit(measure).result()
@@ -449,6 +514,8 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.001, help="/statusz poll interval in the status phase")
     parser.add_argument("--probe-interval", type=float, default=0.002, help="seconds between probes")
     parser.add_argument("--probe-timeout", type=float, default=0.1, help="seconds a probe may take to connect")
+    parser.add_argument("--held", type=int, default=250,
+                        help="connections open when a change denies them, in the cut phase (strict mode; 0: no phase)")
     parser.add_argument("--json", help="write the raw samples here")
     args = parser.parse_args()
     # This process runs the fake server, the /statusz poller and the probe stream: switch threads
@@ -470,7 +537,9 @@ def main() -> None:
     labels = {"status": "event -> /statusz enforced", "agent": "agent: received -> dataplane synced",
               "sync": "agent: dataplane sync", "probe": "event -> probe shows verdict",
               "status_probing": "event -> /statusz enforced, during the probe stream",
-              "agent_probing": "agent: received -> dataplane synced, during the probe stream"}
+              "agent_probing": "agent: received -> dataplane synced, during the probe stream",
+              "status_cut": f"event -> /statusz enforced, cutting {args.held} connections",
+              "pass_cut": f"agent: strict-mode pass cutting {args.held} connections"}
     for result in results:
         for key, label in labels.items():
             values = [v for _, v in result["samples"][key]]
@@ -487,16 +556,16 @@ def main() -> None:
                 parts.append(f"{kind} {statistics.median(values):.1f} / {max(values):.1f}")
         print(f"- strict {'on' if result['strict'] else 'off'}, {result['policies']} policies: " + ", ".join(parts))
     print()
-    print("Strict-mode pass pieces, timed in the node namespace (median ms; entries in conntrack):")
+    print("Netlink dump of the node's conntrack table, timed in the node namespace (median ms; entries, live):")
     for result in results:
         pieces = result["strict_pieces"]
         print(f"- {result['policies']} policies, strict {'on' if result['strict'] else 'off'}: " + "; ".join(
-            f"{phase}: ip -j address {p['ip_address_ms']:.1f}, conntrack -L {p['conntrack_list_ms']:.1f} "
-            f"({p['conntrack_entries']:.0f} entries)" for phase, p in pieces.items()))
+            f"{phase}: {p['dump_ms']:.1f} ({p['conntrack_entries']:.0f} entries, {p['live_entries']:.0f} live)"
+            for phase, p in pieces.items()))
         denials = [n for kind, n in result["connections_cut_probing"] if n]
         if denials:
             print(f"  during the probe stream, strict mode cut {statistics.median(denials):.0f} connections (median, "
-                  f"max {max(denials)}) per change that denied, one `conntrack -D` each")
+                  f"max {max(denials)}) on {len(denials)} of {len(result['connections_cut_probing'])} changes")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

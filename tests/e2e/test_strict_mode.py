@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import selectors
 import socket
 import time
 
 import pytest
-from e2e_agentlab import agent_lab, deny_ingress, requires_root
+from e2e_agentlab import AgentLab, agent_lab, deny_ingress, requires_root
 
 pytestmark = requires_root
 
 PODS = {"x/a": ["10.244.1.10"], "x/b": ["10.244.1.11"], "y/a": ["10.244.2.10"]}
+DUAL_STACK_PODS = {"x/a": ["10.244.1.10", "fd00:10:244:1::10"], "y/a": ["10.244.2.10", "fd00:10:244:2::10"]}
+#: What the agent logs after a strict-mode pass that deleted conntrack entries.
+CUT_RE = re.compile(r"strict mode: cut (\d+) connection")
 
 
 def echo(sock: socket.socket, payload: bytes) -> bytes | None:
@@ -59,3 +64,68 @@ def _allow_from_namespace(namespace: str, pod: str, peer_namespace: str) -> dict
     policy = deny_ingress(namespace, pod, name=f"allow-from-{peer_namespace}")
     policy["spec"]["ingress"] = [{"from": [{"namespaceSelector": {"matchLabels": {"ns": peer_namespace}}}]}]
     return policy
+
+
+def test_a_deny_cuts_every_one_of_many_open_connections_and_leaves_closed_ones() -> None:
+    with agent_lab(DUAL_STACK_PODS, policies=[_allow_from_namespace("x", "a", "y")]) as env:
+        kinds = [(4, socket.SOCK_STREAM)] * 120 + [(6, socket.SOCK_STREAM)] * 40
+        kinds += [(4, socket.SOCK_DGRAM)] * 10 + [(6, socket.SOCK_DGRAM)] * 10
+        conns = [_connect(env, version, kind) for version, kind in kinds]
+        # Closed connections leave TIME_WAIT entries: nothing to cut there.
+        for _ in range(10):
+            _close_gracefully(_connect(env, 4, socket.SOCK_STREAM))
+        try:
+            assert _echo_all(conns, b"before", wait=10.0) == [True] * len(conns)
+            cut_before = _connections_cut(env)
+
+            env.apply(deny_ingress("x", "a"))  # returns once the agent's strict-mode pass is done
+
+            # Every entry is gone: each next segment or datagram is new, judged, and dropped.
+            assert _echo_all(conns, b"after", wait=1.0) == [False] * len(conns)
+            assert _connections_cut(env) - cut_before == len(conns)
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+def _connect(env: AgentLab, version: int, kind: int) -> socket.socket:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    sock = env.host_socket("y/a", family, kind)
+    sock.settimeout(5.0)
+    sock.bind((env.ip("y/a", version), 0))
+    sock.connect((env.ip("x/a", version), 80))
+    return sock
+
+
+def _close_gracefully(sock: socket.socket) -> None:
+    """Close from our side and wait for the server's close, so that conntrack sees the whole teardown."""
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(1024):
+        pass
+    sock.close()
+
+
+def _echo_all(conns: list[socket.socket], payload: bytes, wait: float) -> list[bool]:
+    """Send ``payload`` on every connection at once; which ones echo it within ``wait`` seconds."""
+    received = {conn: b"" for conn in conns}
+    with selectors.DefaultSelector() as selector:
+        for conn in conns:
+            conn.setblocking(False)
+            conn.send(payload)
+            selector.register(conn, selectors.EVENT_READ)
+        deadline = time.monotonic() + wait
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+                conn = key.fileobj  # type: ignore[assignment]
+                try:
+                    chunk = conn.recv(len(payload))
+                except (BlockingIOError, InterruptedError):
+                    continue
+                received[conn] += chunk
+                if not chunk or len(received[conn]) >= len(payload):
+                    selector.unregister(conn)
+    return [received[conn] == payload for conn in conns]
+
+
+def _connections_cut(env: AgentLab) -> int:
+    return sum(int(n) for n in CUT_RE.findall(env.agent.log_text()))
