@@ -23,11 +23,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[dataplane,kubernetes]'
 # --- runtime ----------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 # nftables/libnftables1: the table (libnftables' JSON API); iptables: the xt
-# queue backend; conntrack: strict mode; libnetfilter-queue1: the queue reader;
-# iproute2: `ip -j address` for the node's own addresses.
+# queue backend; libnetfilter-queue1: the queue reader; iproute2: `ip -j address`
+# for the node's own addresses. Strict mode speaks ctnetlink itself: no conntrack tool.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nftables libnftables1 iptables conntrack libnetfilter-queue1 iproute2 \
+        nftables libnftables1 iptables libnetfilter-queue1 iproute2 \
     && rm -rf /var/lib/apt/lists/* \
     && update-alternatives --set iptables /usr/sbin/iptables-nft \
     && update-alternatives --set ip6tables /usr/sbin/ip6tables-nft

@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the agent needs at run time (the Dockerfile's runtime stage installs exactly these) ...
-AGENT_APT_PACKAGES=(nftables libnftables1 iptables conntrack libnetfilter-queue1 iproute2)
-# ... and what building NetfilterQueue needs.
+AGENT_APT_PACKAGES=(nftables libnftables1 iptables libnetfilter-queue1 iproute2)
+# ... what building NetfilterQueue needs ...
 BUILD_APT_PACKAGES=(libnetfilter-queue-dev gcc)
-APT_PACKAGES=("${AGENT_APT_PACKAGES[@]}" "${BUILD_APT_PACKAGES[@]}")
+# ... and what only the tests and benchmarks run (they make and flush conntrack entries;
+# the agent itself speaks ctnetlink).
+TEST_APT_PACKAGES=(conntrack)
+APT_PACKAGES=("${AGENT_APT_PACKAGES[@]}" "${BUILD_APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}")
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
