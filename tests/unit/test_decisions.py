@@ -257,6 +257,14 @@ def test_observe_is_safe_while_the_writer_drains() -> None:
 # ------------------------------------------------- with the real verdict loop
 
 
+def cluster_denying_ingress_to_y() -> ClusterState:
+    state = cluster()
+    state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "deny-all", "namespace": "y"},
+                 "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    return state
+
+
 @pytest.mark.parametrize("audit", [False, True])
 def test_records_from_the_verdict_loop_with_real_policies(audit: bool) -> None:
     from scapy.layers.inet import IP, TCP
@@ -265,10 +273,7 @@ def test_records_from_the_verdict_loop_with_real_policies(audit: bool) -> None:
     from kube_netpol.observability.metrics import VerdictMetrics
     from kube_netpol.plugins import build_engine
 
-    state = cluster()
-    state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                 "metadata": {"name": "deny-all", "namespace": "y"},
-                 "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    state = cluster_denying_ingress_to_y()
     stream = io.StringIO()
     logger = DecisionLogger(stream, provider=state)
     metrics = VerdictMetrics()
@@ -294,10 +299,7 @@ def test_a_spent_budget_keeps_the_verdict_loop_on_its_fast_path(only_denied: boo
     from kube_netpol.agent.verdict_loop import VerdictLoop
     from kube_netpol.plugins import build_engine
 
-    state = cluster()
-    state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                 "metadata": {"name": "deny-all", "namespace": "y"},
-                 "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    state = cluster_denying_ingress_to_y()
     clock = FakeClock()
     stream = io.StringIO()
     logger = DecisionLogger(stream, provider=state, rate=10, burst=10, interval=0.1, clock=clock,
