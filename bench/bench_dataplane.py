@@ -50,7 +50,10 @@ UDP new flows per second, for each consumer of the queue:
   run --manifests DIR``) with 1 + K NetworkPolicies, K in ``--policies``,
   all of them selecting the server pods (the last one admits the client).
   Its metrics are always on (the verdict loop's flow table records them).
-  At the largest K it runs a second time with decision logging on
+  At the largest K it runs again with the verdict loop's metric recording
+  patched out (``bench/unrecorded_loop.py``: the same agent, its callback
+  without the clock and the hit counter), which shows what recording costs
+  end to end, and once more with decision logging on
   (``--decision-log FILE`` into the bench's temporary folder, default rate
   limit): the loop parses and judges each packet for a record while the
   logger's rate limit has budget, and answers from its flow table (the fast
@@ -624,11 +627,12 @@ def cluster_objects(extra_policies: int) -> list[dict[str, Any]]:
 class Agent:
     """``python -m kube_netpol run --manifests DIR`` in the node namespace, with its own table."""
 
-    def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False) -> None:
+    def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False, recording: bool = True) -> None:
         from kube_netpol.sources.manifests import objects_revision
 
         self.bench = bench
-        name = f"{extra_policies}{'-decision-log' if decision_log else ''}"
+        self.recording = recording
+        name = f"{extra_policies}{'-decision-log' if decision_log else ''}{'' if recording else '-unrecorded'}"
         self.folder = bench.workdir / f"manifests-{name}"
         self.folder.mkdir()
         self.file = self.folder / "cluster.json"
@@ -637,7 +641,9 @@ class Agent:
         self.table = f"knbench-agent-{bench.lab.lab_id}"
         revision = self.write()
         self.log = open(bench.workdir / f"agent-{name}.log", "wb")
-        argv = [sys.executable, "-m", "kube_netpol", "run", "--manifests", str(self.folder),
+        # Without recording: kube-netpol with the verdict loop's recording patched out (bench/unrecorded_loop.py).
+        program = ["-m", "kube_netpol"] if recording else [str(Path(__file__).resolve().parent / "unrecorded_loop.py")]
+        argv = [sys.executable, *program, "run", "--manifests", str(self.folder),
                 "--hostname-override", NODE_NAME, "--nftables-table", self.table,
                 "--metrics-bind-address", f"{AGENT_STATUS[0]}:{AGENT_STATUS[1]}"]  # fmt: skip
         self.decision_log: Path | None = None
@@ -749,6 +755,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 agent.stop()
                 agent = None
+            if extra == args.policies[-1] and not args.no_recording_comparison:
+                agent = Agent(bench, extra, recording=False)
+                try:
+                    label = f"agent, {policies_label}, {UNRECORDED}"
+                    results["udp"].append(agent_series(bench, agent, label))
+                    if equal:
+                        label = f"agent, {policies_label}, {UNRECORDED}, {equal:,.0f}/s offered"
+                        results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
+                finally:
+                    agent.stop()
+                    agent = None
             if extra == args.policies[-1] and not args.no_decision_log:
                 agent = Agent(bench, extra, decision_log=True)
                 try:
@@ -775,7 +792,10 @@ def agent_series(bench: Bench, agent: Agent, label: str, rate: float | None = No
     records_before = agent.decision_records() if agent.decision_log else {}
     result = bench.udp_series(label, agent.process.pid, rate=rate)
     verdicts, through = agent.accepted() - before, result.judged_all
-    result.note = f"the agent counted {verdicts} accept verdicts, the servers received {through} datagrams"
+    if agent.recording:
+        result.note = f"the agent counted {verdicts} accept verdicts, the servers received {through} datagrams"
+    else:  # its counters miss the flow-table hits
+        result.note = f"recording patched out; the servers received {through} datagrams"
     if agent.decision_log:
         after = agent.decision_records()
         fates = {fate: after.get(fate, 0) - records_before.get(fate, 0) for fate in sorted(after)}
@@ -858,6 +878,8 @@ DISTURBED = 0.05
 #: The target: the agent at the largest policy count judges at least this share of what the
 #: Python accept-all consumer judges.
 TARGET = 0.80
+#: In the label of the agent run without the verdict loop's metric recording.
+UNRECORDED = "metric recording patched out"
 
 
 def target_lines(rows: list[UdpResult], full_load: bool) -> list[str]:
@@ -870,7 +892,7 @@ def target_lines(rows: list[UdpResult], full_load: bool) -> list[str]:
     largest = f"agent, {max(counts)} "
     out = [""]
     for r in rows:
-        if not r.label.startswith(largest) or "cache miss" in r.label:
+        if not r.label.startswith(largest) or "cache miss" in r.label or UNRECORDED in r.label:
             continue
         parts, met = [], True
         if full_load:
@@ -883,6 +905,13 @@ def target_lines(rows: list[UdpResult], full_load: bool) -> list[str]:
             met = met and by_cpu >= TARGET
         out.append(f"Target ({TARGET:.0%} of the Python accept-all), {r.label}: {', '.join(parts)}: "
                    f"{'met' if met else 'missed'}.")  # fmt: skip
+    unrecorded = next((r for r in rows if r.label.startswith(largest) and UNRECORDED in r.label), None)
+    recorded = next((r for r in rows if r.label.startswith(largest)
+                     and not any(other in r.label for other in (UNRECORDED, "cache miss", "decision logging"))), None)
+    if unrecorded is not None and recorded is not None and unrecorded.cpu_median and recorded.cpu_median:
+        out.append(f"Metric recording, {recorded.label}: {recorded.cpu_median - unrecorded.cpu_median:+.2f} µs CPU "
+                   f"per flow against the same agent with it patched out "
+                   f"({recorded.cpu_median / unrecorded.cpu_median - 1:+.1%}).")  # fmt: skip
     return out
 
 
@@ -906,6 +935,8 @@ def main() -> int:
                         help="seconds to wait, before each measurement, for the machine to be idle")  # fmt: skip
     parser.add_argument("--no-decision-log", action="store_true",
                         help="skip the agent run with decision logging on")  # fmt: skip
+    parser.add_argument("--no-recording-comparison", action="store_true",
+                        help="skip the agent run with the verdict loop's metric recording patched out")  # fmt: skip
 
     helper = sub.add_parser("helper").add_subparsers(dest="helper", required=True)
     p = helper.add_parser("udp-flood")

@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from struct import error as struct_error
 from typing import Any
 
 from scapy.layers.inet import IP, TCP
 
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.observability.decisions import DecisionLogger
-from kube_netpol.observability.flowstats import unpack_raw_v4, unpack_raw_v6
 from kube_netpol.plugins import build_engine
+from unrecorded_loop import UnrecordedLoop
 from kube_netpol.state import ClusterState
 
 
@@ -75,27 +74,6 @@ def per_packet_ns(loop: VerdictLoop, packets: list[Queued], rounds: int = 5) -> 
             loop.handle(queued)
         best = min(best, (time.perf_counter_ns() - started) / len(packets))
     return best
-
-
-class UnrecordedLoop(VerdictLoop):
-    """``VerdictLoop.handle`` without its metric recording (no clock, no hit counter): the baseline
-    that shows what recording costs a flow-table hit. Keep in step with ``VerdictLoop.handle``."""
-
-    def handle(self, queued: Any) -> None:
-        payload = queued.get_payload()
-        try:
-            raw = unpack_raw_v4(payload) if payload[0] == 0x45 else unpack_raw_v6(payload)
-        except (IndexError, struct_error):
-            raw = None
-        if self.observer is None:
-            flow = self.stats.flows.get(raw)  # type: ignore[arg-type]
-            if flow is not None:
-                if flow.accepted:
-                    queued.accept()
-                else:
-                    queued.drop()
-                return
-        self._judge(queued, payload, raw, 0)
 
 
 def main() -> None:
