@@ -32,6 +32,7 @@ from kube_netpol.api.verdict import NEXT, Decision
 from kube_netpol.evaluators.base import StateEvaluator
 from kube_netpol.evaluators.pod_memo import PodFacts, forget, lookup, remember
 from kube_netpol.policy.adminnetworkpolicy import AdminNetworkPolicy, EgressRule, IngressRule
+from kube_netpol.policy.ports import NO_PORT_NAMES, PortNames
 from kube_netpol.state.store import Change, ClusterState
 
 
@@ -96,8 +97,9 @@ class SubjectRulesEvaluator(StateEvaluator):
         port = packet.dst_port
         labels = peer.labels
         namespace_labels = peer.namespace_labels
+        port_names = entry.port_names  # named ports resolve on dst, the pod this entry is of
         for rule in rules:
-            if rule.matches(protocol, port, labels, namespace_labels, dst):
+            if rule.matches(protocol, port, labels, namespace_labels, port_names):
                 return rule.decision
         return NEXT
 
@@ -114,18 +116,20 @@ class SubjectRulesEvaluator(StateEvaluator):
             return NEXT
         labels: dict[str, str] | None = None
         namespace_labels: dict[str, str] | None = None
+        port_names: PortNames = NO_PORT_NAMES  # not a pod: named ports cannot resolve
         if dst is not None:
             peer = memo.get(id(dst))
             if peer is None or peer.info is not dst:
                 peer = self._remember(snapshot, dst)
             labels = peer.labels
             namespace_labels = peer.namespace_labels
+            port_names = peer.port_names
         address = packet.dst
         node_labels = self._node_labels_by_ip.get(address, ())
         protocol = packet.protocol
         port = packet.dst_port
         for rule in rules:
-            if rule.matches(protocol, port, address, dst, labels, namespace_labels, node_labels):
+            if rule.matches(protocol, port, address, port_names, labels, namespace_labels, node_labels):
                 return rule.decision
         return NEXT
 

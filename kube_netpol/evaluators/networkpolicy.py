@@ -25,8 +25,9 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import NEXT, Decision, Verdict
 from kube_netpol.evaluators.base import StateEvaluator
-from kube_netpol.evaluators.pod_memo import NO_PORT_NAMES, PodFacts, PortNames, forget, remember
+from kube_netpol.evaluators.pod_memo import PodFacts, forget, remember
 from kube_netpol.policy.networkpolicy import NetworkPolicy, NetworkPolicyRule
+from kube_netpol.policy.ports import NO_PORT_NAMES, PortNames
 from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 from kube_netpol.state.store import Change, ClusterState
 
@@ -103,7 +104,7 @@ class NetworkPolicyEvaluator(StateEvaluator):
                 peer = self._remember(src)
             labels, namespace, namespace_labels = peer.labels, peer.namespace, peer.namespace_labels
         return _first_admitting(
-            rules, target.ingress_deny, packet.protocol, packet.dst_port, dst, target.port_names,
+            rules, target.ingress_deny, packet.protocol, packet.dst_port, target.port_names,
             packet.src, labels, namespace, namespace_labels,
         )  # fmt: skip
 
@@ -129,7 +130,7 @@ class NetworkPolicyEvaluator(StateEvaluator):
             labels, namespace, namespace_labels = peer.labels, peer.namespace, peer.namespace_labels
             port_names = peer.port_names  # named ports resolve on the destination, which varies
         return _first_admitting(
-            rules, target.egress_deny, packet.protocol, packet.dst_port, dst, port_names,
+            rules, target.egress_deny, packet.protocol, packet.dst_port, port_names,
             packet.dst, labels, namespace, namespace_labels,
         )  # fmt: skip
 
@@ -257,7 +258,6 @@ def _first_admitting(
     deny: Decision,
     protocol: int,
     port: int,
-    receiver: PodInfo | None,
     port_names: PortNames,
     address: bytes,
     labels: Mapping[str, str] | None,
@@ -298,7 +298,7 @@ def _first_admitting(
     for position, rule in table.checked:
         if position >= best:
             break
-        if rule.admits(address, labels, namespace, namespace_labels, protocol, port, receiver):
+        if rule.admits(address, labels, namespace, namespace_labels, protocol, port, port_names):
             decision, best = rule.decision, position
             break
     for position, rule in table.always:

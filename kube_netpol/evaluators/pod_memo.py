@@ -35,18 +35,13 @@ own, with its own lifetime, and would only save the copies made on a miss.
 
 from __future__ import annotations
 
-from typing import Mapping, TypeVar
+from typing import TypeVar
 
-from kube_netpol.api.packet import PROTOCOL_BY_NAME
 from kube_netpol.api.podinfo import PodInfo
+from kube_netpol.policy.ports import PortNames, port_names
 
 #: Entries a memo holds before ``remember`` empties it.
 MEMO_SIZE = 32768
-
-#: Container port names by (protocol number, port).
-PortNames = Mapping[tuple[int, int], tuple[str, ...]]
-
-NO_PORT_NAMES: PortNames = {}
 
 
 class PodFacts:
@@ -89,15 +84,3 @@ def remember(memo: dict[int, Entry], entry: Entry) -> Entry:
 def forget(memo: dict[int, Entry], info: PodInfo) -> None:
     """Drop ``info``'s entry. ``info`` is alive (the caller holds it), so an entry under its id is its own."""
     memo.pop(id(info), None)
-
-
-def port_names(info: PodInfo) -> PortNames:
-    """Container port names by (protocol number, port), as PortMatcher resolves named ports."""
-    names: dict[tuple[int, int], tuple[str, ...]] = {}
-    for container_port in info.container_ports:
-        protocol = PROTOCOL_BY_NAME.get(container_port.protocol or "TCP")
-        if protocol is None or not container_port.name:
-            continue  # matches no rule's named port
-        key = (protocol, container_port.port)
-        names[key] = names.get(key, ()) + (container_port.name,)
-    return names if names else NO_PORT_NAMES

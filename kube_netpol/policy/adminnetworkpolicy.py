@@ -22,7 +22,7 @@ from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr
 from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.ports import PortMatcher, check_port_number, parse_protocol
+from kube_netpol.policy.ports import PortMatcher, PortNames, check_port_number, parse_protocol
 from kube_netpol.policy.selectors import MATCH_ALL, LabelSelector, parse_label_selector
 
 MAX_PRIORITY = 1000
@@ -87,11 +87,11 @@ class IngressRule:
         port: int,
         src_labels: Mapping[str, str],
         src_namespace_labels: Mapping[str, str],
-        dst: PodInfo,
+        dst_port_names: PortNames,
     ) -> bool:
-        """Does traffic from a pod with these labels to ``dst`` on (protocol, port) match?"""
+        """Does traffic from a pod with these labels on (protocol, port) match? Named ports resolve on ``dst_port_names``."""
         ports = self.ports
-        if ports is not None and not ports.matches(protocol, port, dst):
+        if ports is not None and not ports.matches(protocol, port, dst_port_names):
             return False
         for namespace_selector, pod_selector in self.peers:
             if namespace_selector.matches(src_namespace_labels) and pod_selector.matches(src_labels):
@@ -136,14 +136,15 @@ class EgressRule:
         protocol: int,
         port: int,
         address: bytes,
-        dst: PodInfo | None,
+        dst_port_names: PortNames,
         dst_labels: Mapping[str, str] | None,
         dst_namespace_labels: Mapping[str, str] | None,
         node_labels: tuple[Mapping[str, str], ...],
     ) -> bool:
-        """Does traffic to ``address`` (pod ``dst`` or None; owned by nodes with ``node_labels``) match?"""
+        """Does traffic to ``address`` (a pod with these labels and port names, or labels None; owned by
+        nodes with ``node_labels``) match?"""
         ports = self.ports
-        if ports is not None and not ports.matches(protocol, port, dst):
+        if ports is not None and not ports.matches(protocol, port, dst_port_names):
             return False
         if dst_labels is not None and dst_namespace_labels is not None:
             for namespace_selector, pod_selector in self.pod_peers:

@@ -14,11 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr
 from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.ports import ALL_PORTS, PortMatcher, check_port_number, parse_protocol
+from kube_netpol.policy.ports import ALL_PORTS, PortMatcher, PortNames, check_port_number, parse_protocol
 from kube_netpol.policy.selectors import MATCH_ALL, LabelSelector, parse_label_selector
 
 INGRESS = "Ingress"
@@ -112,10 +111,10 @@ class NetworkPolicyRule:
         namespace_labels: Mapping[str, str],
         protocol: int,
         port: int,
-        receiver: PodInfo | None,
+        receiver_port_names: PortNames,
     ) -> bool:
-        """``address``/``labels``/namespace describe the peer; named ports resolve on ``receiver``."""
-        return self.ports.matches(protocol, port, receiver) and self.admits_peer(
+        """``address``/``labels``/namespace describe the peer; named ports resolve on the receiving pod's port names."""
+        return self.ports.matches(protocol, port, receiver_port_names) and self.admits_peer(
             address, labels, namespace, namespace_labels
         )
 

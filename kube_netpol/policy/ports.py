@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from kube_netpol.api.packet import PROTOCOL_BY_NAME
 from kube_netpol.api.podinfo import PodInfo
@@ -25,13 +25,33 @@ def check_port_number(value: object, path: str) -> int:
     return value
 
 
+#: A pod's container port names by (protocol number, port): what named ports in
+#: rules resolve against on the pod that receives the traffic.
+PortNames = Mapping[tuple[int, int], tuple[str, ...]]
+
+NO_PORT_NAMES: PortNames = {}
+
+
+def port_names(info: PodInfo) -> PortNames:
+    """``info``'s container port names by (protocol number, port; a port without protocol is TCP)."""
+    names: dict[tuple[int, int], tuple[str, ...]] = {}
+    for container_port in info.container_ports:
+        protocol = PROTOCOL_BY_NAME.get(container_port.protocol or "TCP")
+        if protocol is None or not container_port.name:
+            continue  # matches no rule's named port
+        key = (protocol, container_port.port)
+        names[key] = names.get(key, ()) + (container_port.name,)
+    return names if names else NO_PORT_NAMES
+
+
 class PortMatcher:
     """A union of port ranges per protocol and of named container ports.
 
     ``ranges`` holds (protocol, first, last) with both ends included; a named
     port is (name, protocol or None for any protocol), resolved on the pod
     that receives the traffic: it matches when that pod declares a container
-    port with that name, the packet's protocol and the packet's port.
+    port with that name, the packet's protocol and the packet's port (looked
+    up in the pod's ``port_names``).
     """
 
     __slots__ = ("_ranges", "_named", "matches_all")
@@ -46,22 +66,18 @@ class PortMatcher:
         self._named = tuple(named)
         self.matches_all = matches_all
 
-    def matches(self, protocol: int, port: int, receiver: PodInfo | None) -> bool:
+    def matches(self, protocol: int, port: int, receiver_port_names: PortNames) -> bool:
+        """``receiver_port_names``: ``port_names`` of the receiving pod (NO_PORT_NAMES when it is no pod)."""
         if self.matches_all:
             return True
         for proto, first, last in self._ranges:
             if proto == protocol and first <= port <= last:
                 return True
-        if self._named and receiver is not None:
-            for name, proto in self._named:
-                if proto is not None and proto != protocol:
-                    continue
-                for container_port in receiver.container_ports:
-                    if (
-                        container_port.name == name
-                        and container_port.port == port
-                        and PROTOCOL_BY_NAME.get(container_port.protocol or "TCP") == protocol
-                    ):
+        if self._named:
+            names = receiver_port_names.get((protocol, port))
+            if names:
+                for name, proto in self._named:
+                    if (proto is None or proto == protocol) and name in names:
                         return True
         return False
 

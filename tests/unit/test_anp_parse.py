@@ -15,6 +15,7 @@ from kube_netpol.policy.adminnetworkpolicy import (
     parse_baseline_admin_network_policy,
 )
 from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.policy.ports import NO_PORT_NAMES, port_names
 from kube_netpol.state.store import ClusterState
 
 API = "policy.networking.k8s.io/v1alpha1"
@@ -66,10 +67,10 @@ def test_full_policy_compiles_every_part() -> None:
     assert allow.decision.verdict is Verdict.ACCEPT
     assert (allow.decision.policy, allow.decision.rule) == ("p", "allow-web")
     assert allow.ports is not None
-    assert allow.ports.matches(IPPROTO_UDP, 53, None)
-    assert not allow.ports.matches(IPPROTO_TCP, 53, None)  # protocol given: UDP only
-    assert allow.ports.matches(IPPROTO_TCP, 8005, None)  # portRange protocol defaults to TCP
-    assert not allow.ports.matches(IPPROTO_TCP, 8011, None)
+    assert allow.ports.matches(IPPROTO_UDP, 53, NO_PORT_NAMES)
+    assert not allow.ports.matches(IPPROTO_TCP, 53, NO_PORT_NAMES)  # protocol given: UDP only
+    assert allow.ports.matches(IPPROTO_TCP, 8005, NO_PORT_NAMES)  # portRange protocol defaults to TCP
+    assert not allow.ports.matches(IPPROTO_TCP, 8011, NO_PORT_NAMES)
     # An unnamed rule is named by its position; Pass is a NEXT verdict that still names the rule.
     assert passing.decision.verdict is Verdict.NEXT
     assert (passing.decision.policy, passing.decision.rule, passing.decision.reason) == ("p", "ingress[1]", "Pass")
@@ -84,9 +85,9 @@ def test_full_policy_compiles_every_part() -> None:
     assert len(to_ext.node_selectors) == 1 and to_ext.node_selectors[0].matches({"any": "thing"})
     receiver = pod_info({}, {}, (("http", 8080, "TCP"),))
     assert to_named.ports is not None
-    assert to_named.ports.matches(IPPROTO_TCP, 8080, receiver)
-    assert not to_named.ports.matches(IPPROTO_UDP, 8080, receiver)  # named port resolved with the packet's protocol
-    assert not to_named.ports.matches(IPPROTO_TCP, 8080, None)  # no pod, no named port
+    assert to_named.ports.matches(IPPROTO_TCP, 8080, port_names(receiver))
+    assert not to_named.ports.matches(IPPROTO_UDP, 8080, port_names(receiver))  # named port resolved with the packet's protocol
+    assert not to_named.ports.matches(IPPROTO_TCP, 8080, NO_PORT_NAMES)  # no pod, no named port
 
 
 def test_subject_by_namespaces_selects_every_pod_of_the_namespaces() -> None:
@@ -111,8 +112,8 @@ def test_sctp_port_and_empty_ports_list() -> None:
         ],
     }
     sctp, everything = parse_admin_network_policy(anp(spec)).ingress
-    assert sctp.ports is not None and sctp.ports.matches(IPPROTO_SCTP, 9, None)
-    assert not sctp.ports.matches(IPPROTO_TCP, 9, None)
+    assert sctp.ports is not None and sctp.ports.matches(IPPROTO_SCTP, 9, NO_PORT_NAMES)
+    assert not sctp.ports.matches(IPPROTO_TCP, 9, NO_PORT_NAMES)
     assert everything.ports is None
 
 

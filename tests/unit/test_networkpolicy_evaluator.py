@@ -25,6 +25,7 @@ from kube_netpol.evaluators import pod_memo
 from kube_netpol.evaluators.networkpolicy import NetworkPolicyEvaluator, create
 from kube_netpol.policy import rule_index
 from kube_netpol.state import ClusterState
+from kube_netpol.policy.ports import NO_PORT_NAMES, port_names
 
 # Addresses: (IPv4, IPv6) per pod.
 ADDR = {
@@ -758,9 +759,10 @@ def _reference(state: ClusterState, direction: str, packet: Packet) -> Any:
     labels = None if peer is None else dict(peer.labels)
     namespace = "" if peer is None else peer.namespace.name
     namespace_labels = {} if peer is None else dict(peer.namespace.labels)
+    receiver_ports = NO_PORT_NAMES if dst is None else port_names(dst)
     for policy in policies:
         for rule in getattr(policy, direction):
-            if rule.admits(address, labels, namespace, namespace_labels, packet.protocol, packet.dst_port, dst):
+            if rule.admits(address, labels, namespace, namespace_labels, packet.protocol, packet.dst_port, receiver_ports):
                 return rule.decision
     return (Verdict.DENY, ", ".join(p.ref for p in policies))
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ContainerPort, PodInfo, Verdict
-from kube_netpol.api.packet import PROTOCOL_BY_NAME
 from kube_netpol.policy import rule_index
 from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.policy.ports import NO_PORT_NAMES, PortNames, port_names
 from kube_netpol.policy.networkpolicy import EGRESS, INGRESS, NetworkPolicy, NetworkPolicyRule, parse_network_policy
 from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 
@@ -125,8 +125,8 @@ def rule_of(rule: dict, direction: str = "ingress"):
 def test_empty_or_absent_peers_and_ports_admit_everything(rule: dict) -> None:
     compiled = rule_of(rule)
     assert compiled.peers is None
-    assert compiled.admits(ADDRESS_OUTSIDE, None, "", {}, IPPROTO_ICMP, 0, None)
-    assert compiled.admits(ADDRESS_OUTSIDE, {"a": "b"}, "y", {}, IPPROTO_UDP, 53, None)
+    assert compiled.admits(ADDRESS_OUTSIDE, None, "", {}, IPPROTO_ICMP, 0, NO_PORT_NAMES)
+    assert compiled.admits(ADDRESS_OUTSIDE, {"a": "b"}, "y", {}, IPPROTO_UDP, 53, NO_PORT_NAMES)
 
 
 def test_null_rule_is_an_empty_rule() -> None:
@@ -201,32 +201,32 @@ def ports_of(ports: list) -> Any:
 
 def test_port_protocol_defaults_to_tcp() -> None:
     ports = ports_of([{"port": 80}])
-    assert ports.matches(IPPROTO_TCP, 80, None)
-    assert not ports.matches(IPPROTO_UDP, 80, None)
-    assert not ports.matches(IPPROTO_TCP, 81, None)
+    assert ports.matches(IPPROTO_TCP, 80, NO_PORT_NAMES)
+    assert not ports.matches(IPPROTO_UDP, 80, NO_PORT_NAMES)
+    assert not ports.matches(IPPROTO_TCP, 81, NO_PORT_NAMES)
 
 
 def test_protocol_without_port_is_every_port_of_that_protocol() -> None:
     ports = ports_of([{"protocol": "SCTP"}])
     for port in (0, 1, 9000, 65535):
-        assert ports.matches(IPPROTO_SCTP, port, None)
-    assert not ports.matches(IPPROTO_TCP, 80, None)
-    assert not ports.matches(IPPROTO_ICMP, 0, None)
+        assert ports.matches(IPPROTO_SCTP, port, NO_PORT_NAMES)
+    assert not ports.matches(IPPROTO_TCP, 80, NO_PORT_NAMES)
+    assert not ports.matches(IPPROTO_ICMP, 0, NO_PORT_NAMES)
 
 
 def test_end_port_is_an_inclusive_range() -> None:
     ports = ports_of([{"protocol": "UDP", "port": 1000, "endPort": 1002}])
-    assert [p for p in range(998, 1005) if ports.matches(IPPROTO_UDP, p, None)] == [1000, 1001, 1002]
-    assert ports_of([{"port": 80, "endPort": 80}]).matches(IPPROTO_TCP, 80, None)
+    assert [p for p in range(998, 1005) if ports.matches(IPPROTO_UDP, p, NO_PORT_NAMES)] == [1000, 1001, 1002]
+    assert ports_of([{"port": 80, "endPort": 80}]).matches(IPPROTO_TCP, 80, NO_PORT_NAMES)
 
 
 def test_named_port_resolves_on_the_receiver_with_the_rule_protocol() -> None:
-    receiver = PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
-                                        ContainerPort(name="dns", port=53, protocol="UDP")])
+    receiver = port_names(PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
+                                                   ContainerPort(name="dns", port=53, protocol="UDP")]))
     http = ports_of([{"port": "http"}])
     assert http.matches(IPPROTO_TCP, 8080, receiver)
     assert not http.matches(IPPROTO_TCP, 80, receiver)
-    assert not http.matches(IPPROTO_TCP, 8080, None)
+    assert not http.matches(IPPROTO_TCP, 8080, NO_PORT_NAMES)
     dns_tcp = ports_of([{"port": "dns"}])  # TCP by default; the container port is UDP
     assert not dns_tcp.matches(IPPROTO_TCP, 53, receiver)
     assert not dns_tcp.matches(IPPROTO_UDP, 53, receiver)
@@ -363,7 +363,7 @@ def test_the_store_refuses_invalid_policies_and_keeps_the_last_good_one() -> Non
         "NetworkPolicy x/p: spec.ingress[0].ports[0].endPort: endPort 1 must be greater than or equal to port 80"
     ]
     kept = state.policy_objects("NetworkPolicy")[("x", "p")]
-    assert kept.ingress[0].ports.matches(IPPROTO_TCP, 80, None)
+    assert kept.ingress[0].ports.matches(IPPROTO_TCP, 80, NO_PORT_NAMES)
 
 
 # ------------------------------------------------------- ports as data, index
@@ -374,10 +374,10 @@ def test_rules_carry_their_ports_as_data_matching_the_matcher() -> None:
                               {"port": "http"}, {"port": "dns", "protocol": "UDP"}]})
     assert rule.port_ranges == ((IPPROTO_TCP, 80, 80), (IPPROTO_UDP, 0, 65535), (IPPROTO_TCP, 8000, 8010))
     assert rule.named_ports == (("http", IPPROTO_TCP), ("dns", IPPROTO_UDP))
-    assert rule.ports.matches(IPPROTO_TCP, 8005, None) and rule.ports.matches(IPPROTO_UDP, 7, None)
+    assert rule.ports.matches(IPPROTO_TCP, 8005, NO_PORT_NAMES) and rule.ports.matches(IPPROTO_UDP, 7, NO_PORT_NAMES)
     everything = rule_of({})
     assert everything.port_ranges is None and everything.named_ports == ()
-    assert everything.ports.matches(IPPROTO_ICMP, 0, None)
+    assert everything.ports.matches(IPPROTO_ICMP, 0, NO_PORT_NAMES)
 
 
 def test_a_rule_for_every_port_cannot_have_named_ports() -> None:
@@ -390,20 +390,18 @@ def test_admits_peer_is_admits_without_the_port_check() -> None:
     rule = rule_of({"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 80}]})
     assert rule.admits_peer(ip("10.1.2.3"), None, "", {})
     assert not rule.admits_peer(ip("192.0.2.1"), None, "", {})
-    assert rule.admits(ip("10.1.2.3"), None, "", {}, IPPROTO_TCP, 80, None)
-    assert not rule.admits(ip("10.1.2.3"), None, "", {}, IPPROTO_TCP, 81, None)
+    assert rule.admits(ip("10.1.2.3"), None, "", {}, IPPROTO_TCP, 80, NO_PORT_NAMES)
+    assert not rule.admits(ip("10.1.2.3"), None, "", {}, IPPROTO_TCP, 81, NO_PORT_NAMES)
 
 
-def index_candidates(index: RuleIndex, protocol: int, port: int, receiver: PodInfo | None) -> tuple[set, set]:
-    """(positions the index says match without a check, positions it leaves to be checked)."""
+def index_candidates(index: RuleIndex, protocol: int, port: int, receiver: PortNames | None) -> tuple[set, set]:
+    """(positions the index says match without a check, positions it leaves to be checked);
+    ``receiver``: the receiving pod's port names, None when it is no pod."""
     table = index.by_protocol.get(protocol)
     if table is None:
         others = {id(rule) for rule in index.others}
         return {position for position, rule in enumerate(index.rules) if id(rule) in others}, set()
-    names = [] if receiver is None else [
-        cp.name for cp in receiver.container_ports
-        if cp.port == port and PROTOCOL_BY_NAME.get(cp.protocol or "TCP") == protocol
-    ]
+    names = [] if receiver is None else list(receiver.get((protocol, port), ()))
     lists = [table.numbered(port), table.always, *(table.by_name.get(name, ()) for name in names)]
     for candidates in [*lists, table.checked]:
         positions = [position for position, _ in candidates]
@@ -423,8 +421,8 @@ def test_index_narrows_to_the_rules_whose_ports_match() -> None:
         {"ports": [{"protocol": "TCP", "port": 1}, {"protocol": "TCP", "port": 2, "endPort": 65535}]},  # 6
     ]})
     index = build_rule_index(policy.ingress)
-    receiver = PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
-                                        ContainerPort(name="dns", port=53, protocol="UDP")])
+    receiver = port_names(PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
+                                                   ContainerPort(name="dns", port=53, protocol="UDP")]))
     assert index_candidates(index, IPPROTO_TCP, 80, receiver) == ({0, 1, 2, 6}, set())
     assert index_candidates(index, IPPROTO_TCP, 82, receiver) == ({2, 6}, set())
     assert index_candidates(index, IPPROTO_TCP, 8080, receiver) == ({1, 2, 6}, set())  # named, on the receiver
@@ -452,7 +450,7 @@ def test_nested_wide_ranges_past_the_bound_are_left_to_be_checked(monkeypatch) -
     assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, None) == ({5, 6, 7, 8, 9, 10}, set())
     monkeypatch.setattr(rule_index, "MAX_SEGMENT_ENTRIES", 20)  # 10 nested ranges need 1+2+...+10+...
     assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, None) == ({10}, set(range(10)))
-    receiver = PodInfo(container_ports=[ContainerPort(name="http", port=995, protocol="TCP")])
+    receiver = port_names(PodInfo(container_ports=[ContainerPort(name="http", port=995, protocol="TCP")]))
     assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, receiver) == (set(range(11)), set(range(10)))
 
 
@@ -468,12 +466,12 @@ _PORT_ENTRIES = st.one_of(
 )
 _RULES = st.lists(st.lists(_PORT_ENTRIES, max_size=4), min_size=1, max_size=12)
 _PACKET_PORTS = [0, 1, 2, 53, 69, 70, 79, 80, 81, 90, 91, 400, 443, 444, 510, 900, 8080, 59999, 60000, 65535]
-_RECEIVERS = [
-    None,
-    PodInfo(container_ports=[ContainerPort(name="http", port=80, protocol="TCP"),
-                             ContainerPort(name="dns", port=53, protocol="UDP")]),
-    PodInfo(container_ports=[ContainerPort(name="http", port=8080), ContainerPort(name="other", port=80),
-                             ContainerPort(name="dns", port=53, protocol="TCP")]),
+_RECEIVERS = [  # port names of receiving pods (the first is no pod)
+    NO_PORT_NAMES,
+    port_names(PodInfo(container_ports=[ContainerPort(name="http", port=80, protocol="TCP"),
+                                        ContainerPort(name="dns", port=53, protocol="UDP")])),
+    port_names(PodInfo(container_ports=[ContainerPort(name="http", port=8080), ContainerPort(name="other", port=80),
+                                        ContainerPort(name="dns", port=53, protocol="TCP")])),
 ]
 
 

@@ -11,7 +11,8 @@ from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.evaluators import pod_memo
 from kube_netpol.evaluators.adminnetworkpolicy import PodEntry
 from kube_netpol.evaluators.networkpolicy import _Pod
-from kube_netpol.evaluators.pod_memo import NO_PORT_NAMES, PodFacts, forget, lookup, remember
+from kube_netpol.evaluators.pod_memo import PodFacts, forget, lookup, remember
+from kube_netpol.policy.ports import NO_PORT_NAMES
 from kube_netpol.state import ClusterState
 
 ADDR = {"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}

@@ -10,7 +10,7 @@ import pytest
 from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ContainerPort, PodInfo
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr
 from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.ports import ALL_PORTS, PortMatcher, check_port_number, parse_protocol
+from kube_netpol.policy.ports import ALL_PORTS, NO_PORT_NAMES, PortMatcher, check_port_number, parse_protocol, port_names
 from kube_netpol.policy.selectors import MATCH_ALL, parse_label_selector
 
 
@@ -152,18 +152,18 @@ def test_check_port_number_refuses(value: Any) -> None:
 
 def test_port_ranges_are_per_protocol_and_inclusive() -> None:
     matcher = PortMatcher(ranges=[(IPPROTO_TCP, 80, 80), (IPPROTO_UDP, 1000, 2000)])
-    assert matcher.matches(IPPROTO_TCP, 80, None)
-    assert not matcher.matches(IPPROTO_TCP, 81, None)
-    assert not matcher.matches(IPPROTO_UDP, 80, None)
-    assert [p for p in (999, 1000, 2000, 2001) if matcher.matches(IPPROTO_UDP, p, None)] == [1000, 2000]
-    assert not matcher.matches(IPPROTO_SCTP, 1500, None)
-    assert not matcher.matches(IPPROTO_ICMP, 0, None)
+    assert matcher.matches(IPPROTO_TCP, 80, NO_PORT_NAMES)
+    assert not matcher.matches(IPPROTO_TCP, 81, NO_PORT_NAMES)
+    assert not matcher.matches(IPPROTO_UDP, 80, NO_PORT_NAMES)
+    assert [p for p in (999, 1000, 2000, 2001) if matcher.matches(IPPROTO_UDP, p, NO_PORT_NAMES)] == [1000, 2000]
+    assert not matcher.matches(IPPROTO_SCTP, 1500, NO_PORT_NAMES)
+    assert not matcher.matches(IPPROTO_ICMP, 0, NO_PORT_NAMES)
 
 
 def test_all_ports_matches_every_protocol() -> None:
     for protocol in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMP, 47):
-        assert ALL_PORTS.matches(protocol, 0, None)
-    assert not PortMatcher().matches(IPPROTO_TCP, 80, None)  # nothing listed: nothing matches
+        assert ALL_PORTS.matches(protocol, 0, NO_PORT_NAMES)
+    assert not PortMatcher().matches(IPPROTO_TCP, 80, NO_PORT_NAMES)  # nothing listed: nothing matches
 
 
 RECEIVER = PodInfo(
@@ -177,20 +177,20 @@ RECEIVER = PodInfo(
 
 def test_named_ports_resolve_on_the_receiver() -> None:
     matcher = PortMatcher(named=[("http", IPPROTO_TCP), ("legacy", IPPROTO_TCP)])
-    assert matcher.matches(IPPROTO_TCP, 8080, RECEIVER)
-    assert matcher.matches(IPPROTO_TCP, 8081, RECEIVER)
-    assert not matcher.matches(IPPROTO_TCP, 53, RECEIVER)
-    assert not matcher.matches(IPPROTO_TCP, 8080, None)  # no receiver pod: nothing to resolve
-    assert not matcher.matches(IPPROTO_TCP, 8080, PodInfo())
+    assert matcher.matches(IPPROTO_TCP, 8080, port_names(RECEIVER))
+    assert matcher.matches(IPPROTO_TCP, 8081, port_names(RECEIVER))
+    assert not matcher.matches(IPPROTO_TCP, 53, port_names(RECEIVER))
+    assert not matcher.matches(IPPROTO_TCP, 8080, NO_PORT_NAMES)  # no receiver pod: nothing to resolve
+    assert not matcher.matches(IPPROTO_TCP, 8080, port_names(PodInfo()))
 
 
 def test_named_port_needs_the_container_port_protocol_to_match() -> None:
     tcp_rule = PortMatcher(named=[("dns", IPPROTO_TCP)])
-    assert not tcp_rule.matches(IPPROTO_TCP, 53, RECEIVER)
-    assert not tcp_rule.matches(IPPROTO_UDP, 53, RECEIVER)
+    assert not tcp_rule.matches(IPPROTO_TCP, 53, port_names(RECEIVER))
+    assert not tcp_rule.matches(IPPROTO_UDP, 53, port_names(RECEIVER))
     any_protocol = PortMatcher(named=[("dns", None)])
-    assert any_protocol.matches(IPPROTO_UDP, 53, RECEIVER)
-    assert not any_protocol.matches(IPPROTO_TCP, 53, RECEIVER)
+    assert any_protocol.matches(IPPROTO_UDP, 53, port_names(RECEIVER))
+    assert not any_protocol.matches(IPPROTO_TCP, 53, port_names(RECEIVER))
 
 
 # ------------------------------------------------------------------- CIDRs
