@@ -755,24 +755,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 agent.stop()
                 agent = None
-            if extra == args.policies[-1] and not args.no_recording_comparison:
-                agent = Agent(bench, extra, recording=False)
+            if extra != args.policies[-1]:
+                continue
+            # The same agent again, at full load and at the equal rate: without its metric
+            # recording, and with decision logging on.
+            variants = [(UNRECORDED, {"recording": False}, args.no_recording_comparison),
+                        ("decision logging on", {"decision_log": True}, args.no_decision_log)]
+            for variant, options, skipped in variants:
+                if skipped:
+                    continue
+                agent = Agent(bench, extra, **options)
                 try:
-                    label = f"agent, {policies_label}, {UNRECORDED}"
-                    results["udp"].append(agent_series(bench, agent, label))
+                    results["udp"].append(agent_series(bench, agent, f"agent, {policies_label}, {variant}"))
                     if equal:
-                        label = f"agent, {policies_label}, {UNRECORDED}, {equal:,.0f}/s offered"
-                        results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
-                finally:
-                    agent.stop()
-                    agent = None
-            if extra == args.policies[-1] and not args.no_decision_log:
-                agent = Agent(bench, extra, decision_log=True)
-                try:
-                    label = f"agent, {policies_label}, decision logging on"
-                    results["udp"].append(agent_series(bench, agent, label))
-                    if equal:
-                        label = f"agent, {policies_label}, decision logging on, {equal:,.0f}/s offered"
+                        label = f"agent, {policies_label}, {variant}, {equal:,.0f}/s offered"
                         results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
                 finally:
                     agent.stop()
