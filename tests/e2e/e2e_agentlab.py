@@ -61,11 +61,26 @@ def deny_ingress(namespace: str, pod: str | None = None, name: str = "deny-ingre
             "spec": {"podSelector": selector, "policyTypes": ["Ingress"]}}
 
 
-def allow_ingress_from_pod(namespace: str, pod: str, peer: str, name: str = "allow-from-peer") -> dict[str, Any]:
-    """Isolates ``pod`` for ingress and admits only pod ``peer`` of the same namespace."""
+def allow_ingress_from_pod(
+    namespace: str, pod: str, peer: str, name: str = "allow-from-peer", ports: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Isolates ``pod`` for ingress and admits only pod ``peer`` of the same namespace (on ``ports`` if given)."""
     policy = deny_ingress(namespace, pod, name)
-    policy["spec"]["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"pod": peer}}}]}]
+    rule: dict[str, Any] = {"from": [{"podSelector": {"matchLabels": {"pod": peer}}}]}
+    if ports is not None:
+        rule["ports"] = ports
+    policy["spec"]["ingress"] = [rule]
     return policy
+
+
+#: Three pods in two namespaces, each with an IPv4 and an IPv6 address.
+DUAL_STACK_PODS = {
+    "x/a": ["10.244.1.10", "fd00:10:244:1::10"],
+    "x/b": ["10.244.1.11", "fd00:10:244:1::11"],
+    "y/a": ["10.244.2.10", "fd00:10:244:2::10"],
+}
+#: x/a admits x/b on TCP/80 only.
+B_ON_TCP_80 = allow_ingress_from_pod("x", "a", "b", name="b-on-tcp-80", ports=[{"protocol": "TCP", "port": 80}])
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from e2e_agentlab import AgentLab, agent_lab, deny_ingress, requires_root
+from e2e_agentlab import B_ON_TCP_80, DUAL_STACK_PODS, AgentLab, agent_lab, deny_ingress, requires_root
 from e2e_observe import (
     PREFIX,
     Attempt,
@@ -36,23 +36,9 @@ from kube_netpol import __version__
 
 pytestmark = requires_root
 
-PODS = {
-    "x/a": ["10.244.1.10", "fd00:10:244:1::10"],
-    "x/b": ["10.244.1.11", "fd00:10:244:1::11"],
-    "y/a": ["10.244.2.10", "fd00:10:244:2::10"],
-}
+PODS = DUAL_STACK_PODS
+POLICY = B_ON_TCP_80
 POLICY_NAME = "x/b-on-tcp-80"
-#: Isolates x/a for ingress and admits only x/b, on TCP port 80.
-POLICY = {
-    "apiVersion": "networking.k8s.io/v1",
-    "kind": "NetworkPolicy",
-    "metadata": {"name": "b-on-tcp-80", "namespace": "x"},
-    "spec": {
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}], "ports": [{"protocol": "TCP", "port": 80}]}],
-    },
-}
 #: Refused by the store (bad CIDR). Were it enforced, it would also select x/a and change every decision about it.
 BAD_CIDR_POLICY = {
     "apiVersion": "networking.k8s.io/v1",

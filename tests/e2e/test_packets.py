@@ -7,27 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_agentlab import AgentLab, agent_lab, requires_root
+from e2e_agentlab import B_ON_TCP_80, DUAL_STACK_PODS, AgentLab, agent_lab, requires_root
 
 pytestmark = requires_root
 
 FLOOD_SCRIPT = Path(__file__).with_name("e2e_malformed_flood.py")
-PODS = {
-    "x/a": ["10.244.1.10", "fd00:10:244:1::10"],
-    "x/b": ["10.244.1.11", "fd00:10:244:1::11"],
-    "y/a": ["10.244.2.10", "fd00:10:244:2::10"],
-}
-#: x/a admits x/b on TCP/80 only.
-POLICY = {
-    "apiVersion": "networking.k8s.io/v1",
-    "kind": "NetworkPolicy",
-    "metadata": {"name": "b-on-tcp-80", "namespace": "x"},
-    "spec": {
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}], "ports": [{"protocol": "TCP", "port": 80}]}],
-    },
-}
+PODS = DUAL_STACK_PODS
+POLICY = B_ON_TCP_80
 COPIES = 20
 
 
