@@ -167,9 +167,13 @@ class RecordGate:
         self.skipped = 0  # records not made because the gate was closed (rate-limited), packet thread
         self.only_denied = only_denied
 
+    def wants(self, judgement: Judgement) -> bool:
+        """Whether a connection so judged gets a record at all (only denials, when only those are logged)."""
+        return not (self.only_denied and judgement.verdict is Verdict.ACCEPT)
+
     def skip(self, judgement: Judgement) -> None:
-        """Count the record a packet would have had (none for an allowed one when only denials are logged)."""
-        if not (self.only_denied and judgement.verdict is Verdict.ACCEPT):
+        """Count the record a packet would have had."""
+        if self.wants(judgement):
             self.skipped += 1
 
 
@@ -202,7 +206,6 @@ class DecisionLogger:
             raise ValueError("the capacity must be at least 1")
         self.stream = stream
         self.provider = provider
-        self.only_denied = only_denied
         self.interval = interval
         self.report_interval = report_interval
         self._capacity = capacity
@@ -244,7 +247,7 @@ class DecisionLogger:
     # ------------------------------------------------------- packet thread
 
     def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
-        if self.only_denied and judgement.verdict is Verdict.ACCEPT:
+        if not self.gate.wants(judgement):
             return
         pending = self._pending
         if len(pending) >= self._capacity:
