@@ -3,7 +3,7 @@
 
 The real agent (``python -m kube_netpol run --kubeconfig FILE``) runs in a
 lab's node namespace, fed by the in-process fake API server
-(kube_netpol.testing.FakeApiServer), which listens inside that namespace. The
+(kube_netpol.tools.testing.FakeApiServer), which listens inside that namespace. The
 API holds ``--pods`` pods on the agent's node (two of them, bench/client and
 bench/target, are real lab namespaces; the others exist only in the API but
 count as local pods, so the policies that select them put their addresses in
@@ -85,9 +85,9 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))  # the Kubernetes lab helpers th
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from kube_netpol.conformance.dataplane_agent import STATUS_HOST, STATUS_PORT  # noqa: E402
+from kube_netpol.tools.conformance.dataplane_agent import STATUS_HOST, STATUS_PORT  # noqa: E402
 from kube_netpol.dataplane import conntrack  # noqa: E402
-from kube_netpol.lab.netns import entered, list_netns, open_netns  # noqa: E402
+from kube_netpol.tools.lab.netns import entered, list_netns, open_netns  # noqa: E402
 
 from e2e_agentlab import NODE, namespace_object, pod_object  # noqa: E402
 from e2e_kubelab import KubeLab, kube_agent_lab  # noqa: E402

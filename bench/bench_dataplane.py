@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """New flows per second judged through NFQUEUE, TCP connection rate and first-packet latency.
 
-Everything runs in a lab (kube_netpol.lab): a client pod and a server pod
+Everything runs in a lab (kube_netpol.tools.lab): a client pod and a server pod
 behind a node namespace; nothing touches the host's own ruleset, and the lab
 (namespaces, tables, processes) is removed at the end. Run as root::
 
@@ -416,7 +416,7 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        from kube_netpol.lab import Lab
+        from kube_netpol.tools.lab import Lab
 
         self.args = args
         self.workdir = workdir

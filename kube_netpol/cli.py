@@ -12,9 +12,12 @@ from typing import Sequence
 SUBCOMMAND_MODULES = (
     "kube_netpol.agent.run",
     "kube_netpol.agent.cleanup",
-    "kube_netpol.conformance.cli",
-    "kube_netpol.lab.cli",
-    "kube_netpol.observability.explain_cli",
+)
+#: The tools' subcommands; the agent's image leaves kube_netpol.tools out, and then they are not offered.
+TOOL_SUBCOMMAND_MODULES = (
+    "kube_netpol.tools.conformance.cli",
+    "kube_netpol.tools.lab.cli",
+    "kube_netpol.tools.explain.cli",
 )
 
 
@@ -23,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for module_name in TOOL_SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module_name.startswith(err.name):
+                raise
+            continue
+        module.register(subparsers)
     return parser
 
 

@@ -19,11 +19,11 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-from kube_netpol.conformance.dataplane_agent import AgentProcess
-from kube_netpol.conformance.dataplane_leaks import root_leaks
-from kube_netpol.conformance.dataplane_manifests import ManifestFolder
-from kube_netpol.lab import Lab, Probe
-from kube_netpol.lab.netns import open_netns, socket_in
+from kube_netpol.tools.conformance.dataplane_agent import AgentProcess
+from kube_netpol.tools.conformance.dataplane_leaks import root_leaks
+from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
+from kube_netpol.tools.lab import Lab, Probe
+from kube_netpol.tools.lab.netns import open_netns, socket_in
 
 NODE = "e2e-node"
 TOOLS = ("ip", "nft", "iptables", "ip6tables", "conntrack")

@@ -26,18 +26,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from e2e_agentlab import NODE, namespace_object, pod_object
-from kube_netpol.conformance.dataplane_agent import (
+from kube_netpol.tools.conformance.dataplane_agent import (
     APPLY_TIMEOUT,
     POLL_INTERVAL,
     START_TIMEOUT,
     AgentError,
     AgentProcess,
 )
-from kube_netpol.conformance.dataplane_leaks import root_leaks
-from kube_netpol.lab import Lab, Probe
-from kube_netpol.lab.netns import open_netns, socket_in
+from kube_netpol.tools.conformance.dataplane_leaks import root_leaks
+from kube_netpol.tools.lab import Lab, Probe
+from kube_netpol.tools.lab.netns import open_netns, socket_in
 from kube_netpol.sources.kubernetes import revision_versions
-from kube_netpol.testing import FakeApiServer
+from kube_netpol.tools.testing import FakeApiServer
 
 #: Kinds the agent watches with the default pipeline (NetworkPolicy only).
 WATCHED_KINDS = ("Namespace", "Pod", "NetworkPolicy")

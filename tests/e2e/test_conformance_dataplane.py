@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from e2e_agentlab import requires_root
 
-from kube_netpol.conformance import dataplane
-from kube_netpol.conformance.backend import BackendSetup
-from kube_netpol.conformance.runner import EXIT_MISMATCH, prepare, run
+from kube_netpol.tools.conformance import dataplane
+from kube_netpol.tools.conformance.backend import BackendSetup
+from kube_netpol.tools.conformance.runner import EXIT_MISMATCH, prepare, run
 
 pytestmark = requires_root
 

@@ -18,7 +18,7 @@ import pytest
 from e2e_agentlab import requires_root
 
 from kube_netpol.dataplane.conntrack import Conntrack, Entry, Flow, list_flows, select_denied
-from kube_netpol.lab.netns import add_netns, delete_netns, entered, open_netns
+from kube_netpol.tools.lab.netns import add_netns, delete_netns, entered, open_netns
 
 pytestmark = requires_root
 

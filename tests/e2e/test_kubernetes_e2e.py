@@ -25,7 +25,7 @@ from e2e_kubelab import KubeLab, kube_agent_lab  # noqa: E402
 
 from kube_netpol.sources.kubernetes import KubernetesSource, api_client_from_config, revision_versions  # noqa: E402
 from kube_netpol.state.store import ClusterState  # noqa: E402
-from kube_netpol.testing import FakeApiServer  # noqa: E402
+from kube_netpol.tools.testing import FakeApiServer  # noqa: E402
 
 PODS = {
     "x/a": ["10.244.1.10"],

@@ -11,7 +11,7 @@ import time
 
 from e2e_agentlab import requires_root
 
-from kube_netpol.lab.netns import list_netns, pids_in_netns
+from kube_netpol.tools.lab.netns import list_netns, pids_in_netns
 
 pytestmark = requires_root
 
@@ -38,9 +38,9 @@ HARNESS = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from kube_netpol.conformance.dataplane_agent import AgentProcess
-    from kube_netpol.conformance.dataplane_manifests import ManifestFolder
-    from kube_netpol.lab import Lab
+    from kube_netpol.tools.conformance.dataplane_agent import AgentProcess
+    from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
+    from kube_netpol.tools.lab import Lab
 
     folder = ManifestFolder()
     lab = Lab(sys.argv[1])

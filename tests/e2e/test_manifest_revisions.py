@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kube_netpol.sources.manifests import ManifestFolderSource, objects_revision
-from kube_netpol.conformance.dataplane_manifests import ManifestFolder
+from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
 from kube_netpol.state.store import ClusterState
 
 

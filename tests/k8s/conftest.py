@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from kube_netpol.state.store import ClusterState
-from kube_netpol.testing import FakeApiServer
+from kube_netpol.tools.testing import FakeApiServer
 
 from k8s_helpers import FAST, Driver
 

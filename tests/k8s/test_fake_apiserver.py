@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from kube_netpol.testing import FakeApiServer
+from kube_netpol.tools.testing import FakeApiServer
 
 from k8s_helpers import namespace, pod
 

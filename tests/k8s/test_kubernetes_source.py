@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("kubernetes")
 
-from kube_netpol.testing import FakeApiServer  # noqa: E402
-from kube_netpol.testing.apiserver import query_bool  # noqa: E402
+from kube_netpol.tools.testing import FakeApiServer  # noqa: E402
+from kube_netpol.tools.testing.apiserver import query_bool  # noqa: E402
 
 from k8s_helpers import (  # noqa: E402
     ALL_KINDS,

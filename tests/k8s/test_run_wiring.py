@@ -17,7 +17,7 @@ from kube_netpol.sources.kubernetes import (  # noqa: E402
     kubernetes_source_factory,
 )
 from kube_netpol.state.store import ClusterState  # noqa: E402
-from kube_netpol.testing import FakeApiServer  # noqa: E402
+from kube_netpol.tools.testing import FakeApiServer  # noqa: E402
 
 from k8s_helpers import FAST, Driver, namespace, pod  # noqa: E402
 

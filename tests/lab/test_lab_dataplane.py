@@ -20,8 +20,8 @@ from typing import Iterator
 
 import pytest
 
-from kube_netpol.lab import Lab, LabClosed, Probe, cleanup_stale, stale_netns
-from kube_netpol.lab.netns import list_netns, pids_in_netns
+from kube_netpol.tools.lab import Lab, LabClosed, Probe, cleanup_stale, stale_netns
+from kube_netpol.tools.lab.netns import list_netns, pids_in_netns
 
 pytestmark = [
     pytest.mark.root,
@@ -240,7 +240,7 @@ def test_an_exception_inside_the_with_block_tears_down() -> None:
 
 
 def test_a_failing_add_host_leaves_no_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kube_netpol.lab.lab as lab_module
+    import kube_netpol.tools.lab.lab as lab_module
 
     real_ip_batch = lab_module.ip_batch
 
@@ -281,7 +281,7 @@ def test_close_ends_processes_left_in_the_lab() -> None:
 
 CHILD = """
 import json, signal, sys, time
-from kube_netpol.lab import Lab
+from kube_netpol.tools.lab import Lab
 mode = sys.argv[1]
 # A background job inherits SIGINT ignored; behave like a program run from a terminal.
 signal.signal(signal.SIGINT, signal.default_int_handler)

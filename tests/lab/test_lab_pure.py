@@ -10,9 +10,9 @@ import sys
 import pytest
 from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit
 
-from kube_netpol.lab.names import MAX_IFNAME, LabNames, Owner, parse_netns_name, process_start_time
-from kube_netpol.lab.sctp import build_init, crc32c, parse_init, strip_ipv4_header
-from kube_netpol.lab.topology import (
+from kube_netpol.tools.lab.names import MAX_IFNAME, LabNames, Owner, parse_netns_name, process_start_time
+from kube_netpol.tools.lab.sctp import build_init, crc32c, parse_init, strip_ipv4_header
+from kube_netpol.tools.lab.topology import (
     GATEWAY_V4,
     GATEWAY_V6,
     batch_script,

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 import yaml
 
-from kube_netpol.conformance.cluster import Cluster, automatic_address
-from kube_netpol.conformance.plan import plan_scenario
-from kube_netpol.conformance.scenario import ObjectRef, Scenario, ScenarioError, parse_scenario
+from kube_netpol.tools.conformance.cluster import Cluster, automatic_address
+from kube_netpol.tools.conformance.plan import plan_scenario
+from kube_netpol.tools.conformance.scenario import ObjectRef, Scenario, ScenarioError, parse_scenario
 
 MODEL = "model: {namespaces: [x, y, z], pods: [a, b, c], ports: [80, 81], protocols: [TCP, UDP, SCTP]}"
 NOOP_EXPECT = "    expect: [{port: 80, protocol: TCP, default: allow}]\n"

@@ -8,8 +8,8 @@ import pytest
 
 from kube_netpol.api.packet import IPPROTO_SCTP, IPPROTO_UDP
 from kube_netpol.cli import main
-from kube_netpol.conformance.offline import packet_of
-from kube_netpol.conformance.probes import Probe
+from kube_netpol.tools.conformance.offline import packet_of
+from kube_netpol.tools.conformance.probes import Probe
 
 SCENARIO = """\
 name: offline-check

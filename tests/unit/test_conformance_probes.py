@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kube_netpol.conformance.plan import plan_scenario
-from kube_netpol.conformance.probes import ProbeSetPlan, matches
-from kube_netpol.conformance.scenario import ScenarioError, parse_scenario
+from kube_netpol.tools.conformance.plan import plan_scenario
+from kube_netpol.tools.conformance.probes import ProbeSetPlan, matches
+from kube_netpol.tools.conformance.scenario import ScenarioError, parse_scenario
 
 CLUSTER = """\
 cluster:

@@ -9,12 +9,12 @@ from typing import Callable, Sequence
 import pytest
 
 from kube_netpol.cli import main
-from kube_netpol.conformance import backend as backend_module
-from kube_netpol.conformance import cli as conformance_cli
-from kube_netpol.conformance.backend import BackendSetup, ModeUnavailable, load_backend_factory
-from kube_netpol.conformance.cluster import StepChange
-from kube_netpol.conformance.probes import Probe
-from kube_netpol.conformance.runner import prepare, run
+from kube_netpol.tools.conformance import backend as backend_module
+from kube_netpol.tools.conformance import cli as conformance_cli
+from kube_netpol.tools.conformance.backend import BackendSetup, ModeUnavailable, load_backend_factory
+from kube_netpol.tools.conformance.cluster import StepChange
+from kube_netpol.tools.conformance.probes import Probe
+from kube_netpol.tools.conformance.runner import prepare, run
 
 DENY_X_INGRESS = """\
 name: {name}
@@ -288,9 +288,9 @@ def test_json_layout_is_exactly_the_documented_one(tmp_path: Path, monkeypatch: 
 def test_an_unavailable_mode_is_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(backend_module.MODES, "dataplane", "kube_netpol.conformance.no_such_backend")
+    monkeypatch.setitem(backend_module.MODES, "dataplane", "kube_netpol.tools.conformance.no_such_backend")
     assert main(["conformance", "run", str(write(tmp_path, "a.yaml")), "--mode", "dataplane"]) == 2
-    assert "dataplane mode is not available yet: there is no module kube_netpol.conformance.no_such_backend" in (
+    assert "dataplane mode is not available yet: there is no module kube_netpol.tools.conformance.no_such_backend" in (
         capsys.readouterr().err
     )
 
@@ -304,6 +304,6 @@ def test_a_mode_module_whose_dependency_is_missing_says_so(monkeypatch: pytest.M
 
 
 def test_offline_mode_loads_through_the_same_seam() -> None:
-    from kube_netpol.conformance import offline
+    from kube_netpol.tools.conformance import offline
 
     assert load_backend_factory("offline") is offline.create_backend

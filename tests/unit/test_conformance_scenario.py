@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_netpol.conformance.scenario import (
+from kube_netpol.tools.conformance.scenario import (
     ContainerPort,
     NamespaceSpec,
     ObjectRef,

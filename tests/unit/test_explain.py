@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from kube_netpol.cli import main
-from kube_netpol.observability import explain_state
-from kube_netpol.observability.explain import ExplainError, explain_connection
+from kube_netpol.tools.explain import loaders as explain_state
+from kube_netpol.tools.explain.render import ExplainError, explain_connection
 from kube_netpol.plugins import build_engine
 
 ANP_API = "policy.networking.k8s.io/v1alpha1"
@@ -319,7 +319,7 @@ def test_explain_connection_api(scenario: str) -> None:
 def test_kubeconfig_lists_the_cluster_once(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kube_netpol.testing import FakeApiServer
+    from kube_netpol.tools.testing import FakeApiServer
 
     monkeypatch.setattr(explain_state, "LIST_PAGE_SIZE", 2)  # several pages per kind
     with FakeApiServer(token="secret") as server:
@@ -358,7 +358,7 @@ def test_kubeconfig_lists_the_cluster_once(
 def test_kubeconfig_without_admin_network_policy_crds(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kube_netpol.testing import FakeApiServer, apiserver
+    from kube_netpol.tools.testing import FakeApiServer, apiserver
 
     for resource in apiserver.FAKE_RESOURCES:
         if resource.kind.endswith("AdminNetworkPolicy"):

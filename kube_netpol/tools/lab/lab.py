@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Coroutine, Final, Iterable, Sequence, TypeVar
 
-from kube_netpol.lab import teardown
-from kube_netpol.lab.loop import LoopThread
-from kube_netpol.lab.names import DEFAULT_PREFIX, LabNames
-from kube_netpol.lab.netns import (
+from kube_netpol.tools.lab import teardown
+from kube_netpol.tools.lab.loop import LoopThread
+from kube_netpol.tools.lab.names import DEFAULT_PREFIX, LabNames
+from kube_netpol.tools.lab.netns import (
     NetnsError,
     add_netns,
     delete_netns,
@@ -33,10 +33,10 @@ from kube_netpol.lab.netns import (
     pids_in_netns,
     write_sysctl,
 )
-from kube_netpol.lab.processes import end_processes
-from kube_netpol.lab.probes import Probe, SctpProber, probe_tcp, probe_udp
-from kube_netpol.lab.servers import PROTOCOLS, HostServers
-from kube_netpol.lab.topology import (
+from kube_netpol.tools.lab.processes import end_processes
+from kube_netpol.tools.lab.probes import Probe, SctpProber, probe_tcp, probe_udp
+from kube_netpol.tools.lab.servers import PROTOCOLS, HostServers
+from kube_netpol.tools.lab.topology import (
     HOST_SYSCTLS,
     NODE_SYSCTLS,
     host_commands,

@@ -13,8 +13,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kube_netpol.conformance.errors import ScenarioError
-from kube_netpol.conformance.scenario import (
+from kube_netpol.tools.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance.scenario import (
     ApplyItem,
     ClusterSpec,
     ContainerPort,

@@ -60,9 +60,9 @@ def load_manifests(folder: str) -> LoadedState:
 
 def load_scenario(path: str, step: int | None = None) -> LoadedState:
     """The cluster of a scenario after step ``step`` (1-based; 0: before any step; None: after the last)."""
-    from kube_netpol.conformance.cluster import Cluster
-    from kube_netpol.conformance.errors import ScenarioError
-    from kube_netpol.conformance.scenario import load_scenario as read_scenario
+    from kube_netpol.tools.conformance.cluster import Cluster
+    from kube_netpol.tools.conformance.errors import ScenarioError
+    from kube_netpol.tools.conformance.scenario import load_scenario as read_scenario
 
     try:
         scenario = read_scenario(path)

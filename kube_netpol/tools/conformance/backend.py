@@ -21,12 +21,12 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from kube_netpol.conformance.cluster import ClusterSnapshot, StepChange
-from kube_netpol.conformance.probes import Probe
+from kube_netpol.tools.conformance.cluster import ClusterSnapshot, StepChange
+from kube_netpol.tools.conformance.probes import Probe
 
 MODES = {
-    "offline": "kube_netpol.conformance.offline",
-    "dataplane": "kube_netpol.conformance.dataplane",
+    "offline": "kube_netpol.tools.conformance.offline",
+    "dataplane": "kube_netpol.tools.conformance.dataplane",
 }
 
 

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from kube_netpol.lab.demo import run_demo
+    from kube_netpol.tools.lab.demo import run_demo
 
     if args.probe_timeout <= 0:
         print("kube-netpol lab demo: --probe-timeout must be > 0", file=sys.stderr)
@@ -36,7 +36,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def cleanup_command(args: argparse.Namespace) -> int:
-    from kube_netpol.lab import cleanup_stale
+    from kube_netpol.tools.lab import cleanup_stale
 
     try:
         removed = cleanup_stale(args.prefix)

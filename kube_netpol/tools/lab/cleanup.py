@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kube_netpol.lab.names import parse_netns_name
-from kube_netpol.lab.netns import delete_netns, list_netns, pids_in_netns
-from kube_netpol.lab.processes import end_processes
+from kube_netpol.tools.lab.names import parse_netns_name
+from kube_netpol.tools.lab.netns import delete_netns, list_netns, pids_in_netns
+from kube_netpol.tools.lab.processes import end_processes
 
 
 def stale_netns(prefix: str | None = None) -> list[str]:

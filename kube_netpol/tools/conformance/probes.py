@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from kube_netpol.conformance.cluster import ClusterSnapshot
-from kube_netpol.conformance.errors import ScenarioError
-from kube_netpol.conformance.scenario import ExpectSpec
+from kube_netpol.tools.conformance.cluster import ClusterSnapshot
+from kube_netpol.tools.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance.scenario import ExpectSpec
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kube_netpol.lab import Lab
-from kube_netpol.lab.netns import open_netns, socket_in
+from kube_netpol.tools.lab import Lab
+from kube_netpol.tools.lab.netns import open_netns, socket_in
 
 #: Where the agent serves /metrics, /healthz, /readyz and /statusz inside the node namespace
 #: (every lab has its own node namespace, so a fixed port never collides).

@@ -9,10 +9,10 @@ Used by the conformance harness's ``dataplane`` mode and by the demo::
         lab.probe("x/a", "10.244.1.11", 80, "TCP")          # True
 """
 
-from kube_netpol.lab.cleanup import cleanup_stale, stale_netns
-from kube_netpol.lab.lab import DEFAULT_PROBE_TIMEOUT, Lab, LabClosed, LabError, LabHost
-from kube_netpol.lab.probes import Probe
-from kube_netpol.lab.topology import GATEWAY_V4, GATEWAY_V6
+from kube_netpol.tools.lab.cleanup import cleanup_stale, stale_netns
+from kube_netpol.tools.lab.lab import DEFAULT_PROBE_TIMEOUT, Lab, LabClosed, LabError, LabHost
+from kube_netpol.tools.lab.probes import Probe
+from kube_netpol.tools.lab.topology import GATEWAY_V4, GATEWAY_V6
 
 __all__ = [
     "DEFAULT_PROBE_TIMEOUT",

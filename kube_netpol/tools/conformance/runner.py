@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from kube_netpol.conformance.backend import BackendFactory
-from kube_netpol.conformance.plan import ScenarioPlan, plan_scenario
-from kube_netpol.conformance.probes import Probe, ProbeSetPlan
-from kube_netpol.conformance.errors import ScenarioError
-from kube_netpol.conformance.scenario import load_scenario
+from kube_netpol.tools.conformance.backend import BackendFactory
+from kube_netpol.tools.conformance.plan import ScenarioPlan, plan_scenario
+from kube_netpol.tools.conformance.probes import Probe, ProbeSetPlan
+from kube_netpol.tools.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance.scenario import load_scenario
 
 EXIT_PASSED = 0
 EXIT_MISMATCH = 1

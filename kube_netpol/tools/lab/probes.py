@@ -18,8 +18,8 @@ import socket
 from dataclasses import dataclass
 from typing import Final
 
-from kube_netpol.lab.netns import socket_in
-from kube_netpol.lab.sctp import SctpInit, build_init
+from kube_netpol.tools.lab.netns import socket_in
+from kube_netpol.tools.lab.sctp import SctpInit, build_init
 
 #: Sends of a UDP datagram or SCTP INIT within one timeout (the first plus resends).
 SENDS_PER_TIMEOUT: Final = 4

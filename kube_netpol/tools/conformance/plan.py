@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kube_netpol.conformance.backend import BackendSetup
-from kube_netpol.conformance.cluster import Cluster, StepChange
-from kube_netpol.conformance.probes import ProbeSetPlan, expand_probe_set
-from kube_netpol.conformance.errors import ScenarioError
-from kube_netpol.conformance.scenario import Scenario
+from kube_netpol.tools.conformance.backend import BackendSetup
+from kube_netpol.tools.conformance.cluster import Cluster, StepChange
+from kube_netpol.tools.conformance.probes import ProbeSetPlan, expand_probe_set
+from kube_netpol.tools.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance.scenario import Scenario
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from kube_netpol.conformance.runner import ProbeSetResult, RunResult, ScenarioResult
+from kube_netpol.tools.conformance.runner import ProbeSetResult, RunResult, ScenarioResult
 
 ALLOWED_MARK = "."
 BLOCKED_MARK = "X"

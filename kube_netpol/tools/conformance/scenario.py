@@ -17,8 +17,8 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import yaml
 
-from kube_netpol.conformance import fields
-from kube_netpol.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance import fields
+from kube_netpol.tools.conformance.errors import ScenarioError
 from kube_netpol.state.store import KINDS, POLICY_KINDS
 
 FAMILIES = ("IPv4", "IPv6")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from kube_netpol.dataplane.nft import NftClient
 from kube_netpol.dataplane.ruleset import FAMILY, XT_CHAINS
 from kube_netpol.dataplane.xtables import Xtables, XtablesError
-from kube_netpol.lab.netns import list_netns
+from kube_netpol.tools.lab.netns import list_netns
 
 
 def root_leaks(lab_id: str, table: str) -> list[str]:

@@ -1,9 +1,9 @@
 """Test helpers shipped with the package (importable by our tests and by end-to-end tests).
 
 ``FakeApiServer`` is an in-process Kubernetes API server that speaks list and
-watch for the resources kube-netpol reads; see ``kube_netpol.testing.apiserver``.
+watch for the resources kube-netpol reads; see ``kube_netpol.tools.testing.apiserver``.
 """
 
-from kube_netpol.testing.apiserver import FAKE_RESOURCES, FakeApiServer, FakeResource, RequestRecord
+from kube_netpol.tools.testing.apiserver import FAKE_RESOURCES, FakeApiServer, FakeResource, RequestRecord
 
 __all__ = ["FAKE_RESOURCES", "FakeApiServer", "FakeResource", "RequestRecord"]

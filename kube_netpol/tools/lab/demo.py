@@ -16,10 +16,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from kube_netpol.conformance.dataplane import DataplaneBackend
-from kube_netpol.conformance.plan import plan_scenario
-from kube_netpol.conformance.report import ALLOWED_MARK, BLOCKED_MARK, render_table
-from kube_netpol.conformance.scenario import parse_scenario
+from kube_netpol.tools.conformance.dataplane import DataplaneBackend
+from kube_netpol.tools.conformance.plan import plan_scenario
+from kube_netpol.tools.conformance.report import ALLOWED_MARK, BLOCKED_MARK, render_table
+from kube_netpol.tools.conformance.scenario import parse_scenario
 
 POLICY: dict[str, Any] = {
     "apiVersion": "networking.k8s.io/v1",

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from kube_netpol.conformance.backend import BackendSetup
-from kube_netpol.conformance.cluster import ClusterSnapshot, StepChange
-from kube_netpol.conformance.dataplane_agent import APPLY_TIMEOUT, START_TIMEOUT, AgentProcess
-from kube_netpol.conformance.dataplane_leaks import root_leaks
-from kube_netpol.conformance.dataplane_manifests import ManifestFolder
-from kube_netpol.conformance.offline import OfflineBackend
-from kube_netpol.conformance.probes import Probe
-from kube_netpol.lab import Lab
-from kube_netpol.lab import Probe as LabProbe
+from kube_netpol.tools.conformance.backend import BackendSetup
+from kube_netpol.tools.conformance.cluster import ClusterSnapshot, StepChange
+from kube_netpol.tools.conformance.dataplane_agent import APPLY_TIMEOUT, START_TIMEOUT, AgentProcess
+from kube_netpol.tools.conformance.dataplane_leaks import root_leaks
+from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
+from kube_netpol.tools.conformance.offline import OfflineBackend
+from kube_netpol.tools.conformance.probes import Probe
+from kube_netpol.tools.lab import Lab
+from kube_netpol.tools.lab import Probe as LabProbe
 
 #: The node every pod of the scenario runs on (the agent's --hostname-override).
 NODE_NAME = "kube-netpol-lab-node"

@@ -16,7 +16,7 @@ import threading
 from contextlib import contextmanager
 from typing import Final, Iterator, Sequence
 
-from kube_netpol.lab.topology import batch_script
+from kube_netpol.tools.lab.topology import batch_script
 
 CLONE_NEWNET: Final = 0x40000000
 NETNS_RUN_DIR: Final = "/run/netns"

@@ -12,9 +12,9 @@ from typing import Sequence
 
 from kube_netpol.api.packet import PROTOCOL_BY_NAME, Packet
 from kube_netpol.api.verdict import Decision
-from kube_netpol.conformance.backend import BackendSetup
-from kube_netpol.conformance.cluster import StepChange
-from kube_netpol.conformance.probes import Probe
+from kube_netpol.tools.conformance.backend import BackendSetup
+from kube_netpol.tools.conformance.cluster import StepChange
+from kube_netpol.tools.conformance.probes import Probe
 from kube_netpol.plugins import DEFAULT_PIPELINE, build_engine
 from kube_netpol.state.store import ClusterState
 

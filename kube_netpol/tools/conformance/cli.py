@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from kube_netpol.conformance.backend import MODES, ModeUnavailable, load_backend_factory
-from kube_netpol.conformance.report import format_scenario, format_summary, to_json
-from kube_netpol.conformance.runner import EXIT_INVALID, ScenarioResult, prepare, run
+from kube_netpol.tools.conformance.backend import MODES, ModeUnavailable, load_backend_factory
+from kube_netpol.tools.conformance.report import format_scenario, format_summary, to_json
+from kube_netpol.tools.conformance.runner import EXIT_INVALID, ScenarioResult, prepare, run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

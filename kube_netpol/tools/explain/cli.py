@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from typing import Iterator
 
-from kube_netpol.observability.explain import (
+from kube_netpol.tools.explain.render import (
     EXIT_USAGE,
     ExplainError,
     ExplainResult,
@@ -18,7 +18,7 @@ from kube_netpol.observability.explain import (
     render_text,
     to_json,
 )
-from kube_netpol.observability.explain_state import LoadedState, StateError, load_live, load_manifests, load_scenario
+from kube_netpol.tools.explain.loaders import LoadedState, StateError, load_live, load_manifests, load_scenario
 from kube_netpol.plugins import DEFAULT_PIPELINE, PluginError, build_engine
 
 DESCRIPTION = """\

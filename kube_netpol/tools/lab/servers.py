@@ -11,8 +11,8 @@ import asyncio
 import socket
 from typing import Callable, cast
 
-from kube_netpol.lab.netns import socket_in
-from kube_netpol.lab.sctp import SctpInit, parse_init, strip_ipv4_header
+from kube_netpol.tools.lab.netns import socket_in
+from kube_netpol.tools.lab.sctp import SctpInit, parse_init, strip_ipv4_header
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 _LISTEN_BACKLOG = 1024

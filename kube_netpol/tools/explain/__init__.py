@@ -1,0 +1,1 @@
+"""`kube-netpol explain`: one connection replayed through the evaluators, step by step."""
