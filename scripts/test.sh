@@ -8,6 +8,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 SHARED_EXAMPLES=../shared/conformance/examples
 [ -d "$SHARED_EXAMPLES" ] || { echo "test: $SHARED_EXAMPLES is missing (shared/ must sit beside the repository)"; exit 2; }
 
+# The code stays linted and typed (configuration in pyproject.toml).
+ruff check kube_netpol plugins tests bench scripts
+mypy
+
 LEAKS_BEFORE=$(mktemp)
 python scripts/leak_check.py snapshot "$LEAKS_BEFORE"
 

@@ -115,7 +115,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname-override", help="this node's name (default: $NODE_NAME, else the host name)")
     parser.add_argument("--strict-mode", default=True, help="cut established connections that policies no longer allow (default true)", **bool_flag)
     parser.add_argument("--netfilter-bug-1766-fix", default=True,
-                        help="work around netfilter bug 1766 (conntrack races on parallel UDP, e.g. DNS; not needed from kernel 6.12) (default true)", **bool_flag)
+                        help="work around netfilter bug 1766 (conntrack races on parallel UDP, e.g. DNS; "
+                             "not needed from kernel 6.12) (default true)", **bool_flag)
     parser.add_argument("--enable-admin-network-policy", default=False, help="enforce AdminNetworkPolicy (default false)", **bool_flag)
     parser.add_argument("--enable-baseline-admin-network-policy", default=False,
                         help="enforce BaselineAdminNetworkPolicy (default false)", **bool_flag)

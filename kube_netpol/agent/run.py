@@ -50,12 +50,11 @@ def run_command(args: argparse.Namespace) -> int:
                   f"(pip install 'kube-netpol[kubernetes]'), or use --manifests DIR ({err})", file=sys.stderr)
             return 2
         try:
-            # In-cluster configuration unless --kubeconfig; the pipeline decides what is watched.
-            source_factory = kubernetes_source_factory(config.kubeconfig, config.pipeline)  # type: ignore[assignment]
+            # In-cluster configuration unless --kubeconfig; the pipeline's kinds decide what is watched.
+            source_factory = kubernetes_source_factory(config.kubeconfig)  # type: ignore[assignment]
         except KubernetesConfigError as err:
             print(f"kube-netpol run: {err}", file=sys.stderr)
             return 2
-    verdict_metrics = VerdictMetrics()
     decision_logger: DecisionLogger | None = None
     if config.log_decisions:
         options: dict[str, Any] = {"rate": config.decision_log_rate, "only_denied": config.decision_log_denied_only}
@@ -74,7 +73,6 @@ def run_command(args: argparse.Namespace) -> int:
             source_factory,
             observer=decision_logger.observe if decision_logger is not None else None,
             observer_gate=decision_logger.gate if decision_logger is not None else None,
-            stats=verdict_metrics.stats,
         )
     except PluginError as err:
         if decision_logger is not None:
@@ -85,16 +83,16 @@ def run_command(args: argparse.Namespace) -> int:
         decision_logger.provider = agent.state  # pod names are resolved when records are written
         decision_logger.start()
     collector = AgentCollector(
-        verdict_metrics,
+        VerdictMetrics(agent.engine),
+        agent.stats,
         invalid_objects=lambda: dict(agent.state.invalid_objects),
-        managed_ips=lambda: tuple(len(s) for s in agent.dataplane.managed) if agent.dataplane.started else (0, 0),
+        managed_ips=lambda: (len(agent.dataplane.managed[0]), len(agent.dataplane.managed[1]))
+        if agent.dataplane.started else (0, 0),
         cache_stats=agent.verdict_cache_stats,
         verdict_errors=lambda: agent.verdict_loop.counters.errors,
         decision_log_stats=(lambda: decision_logger.stats()) if decision_logger is not None else None,
     )
     REGISTRY.register(collector)
-    agent.sync_listeners.append(collector.record_sync)
-    agent.apply_listeners.append(collector.record_apply_latency)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

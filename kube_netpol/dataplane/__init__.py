@@ -91,11 +91,6 @@ class DataplaneConfig:
         )
 
 
-def _xt_comment(table: str) -> str:
-    # The table name tags our xt rules, so cleanup(table) finds exactly that agent's rules.
-    return table
-
-
 class Dataplane:
     """The nftables table (and xt queue rules) of one agent.
 
@@ -215,17 +210,6 @@ class Dataplane:
         with self._lock:
             return self._sync(desired, divert_all)
 
-    def sync_managed(self, managed_v4: Iterable[Address], managed_v6: Iterable[Address]) -> bool:
-        """``sync`` keeping the current divert-all mode."""
-        desired = _desired(managed_v4, managed_v6)
-        with self._lock:
-            return self._sync(desired, self.spec.divert_all)
-
-    def set_divert_all(self, divert_all: bool) -> bool:
-        """``sync`` keeping the current managed addresses."""
-        with self._lock:
-            return self._sync(dict(self._elements), divert_all)
-
     def stop(self) -> None:
         """Fail-open: leave everything (bypass lets traffic flow until the next start).
         Fail-closed: remove the table and our xt rules."""
@@ -260,7 +244,7 @@ class Dataplane:
 
     def _ensure_xt(self, spec: RulesetSpec, *, remove_stale: bool) -> None:
         """Our queue rule in each mangle chain the spec uses; with ``remove_stale``, in no other."""
-        comment = _xt_comment(spec.table)
+        comment = spec.table  # the table name tags our xt rules: cleanup(table) finds exactly that agent's
         rule = queue_rule_args(mark=spec.mark, queue_num=spec.queue_num, bypass=spec.fail_open, comment=comment)
         wanted = xt_chains(spec)
         for family in _FAMILIES:
@@ -284,7 +268,7 @@ def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
     for family in _FAMILIES:
         for chain in XT_CHAINS:
             try:
-                xt.remove_ours(family, _xt_comment(table), chain)
+                xt.remove_ours(family, table, chain)
             except FileNotFoundError:
                 break  # no iptables/ip6tables binary: none of our rules can exist
             except XtablesError as e:

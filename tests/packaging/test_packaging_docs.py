@@ -11,7 +11,7 @@ import yaml
 from packaging_helpers import REPO, check_packaging
 
 from kube_netpol.cli import build_parser
-from kube_netpol.sources.kube_resources import RESOURCES
+from kube_netpol.plugins import registry_for
 
 DOCS = REPO / "docs"
 PACKAGING_DOCS = ("install.md", "configuration.md", "upgrade.md", "troubleshooting.md")
@@ -78,7 +78,7 @@ def test_documented_commands_parse_with_the_real_cli() -> None:
 def test_install_doc_names_the_crds_the_agent_watches() -> None:
     text = (DOCS / "install.md").read_text()
     for kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy"):
-        resource = RESOURCES[kind]
+        resource = registry_for()[kind]
         assert f"{resource.plural}.{resource.group}" in text
         assert f"policy.networking.k8s.io_{resource.plural}.yaml" in text
 

@@ -456,8 +456,8 @@ def test_dataplane_start_and_sync_are_single_transactions() -> None:
     assert dp.sync(["10.0.0.2"], ["fd00::1"], True)
     assert nft.transactions[-1][0] == {"flush": {"chain": {"family": "inet", "table": "t1", "name": CHAIN}}}
     assert dp.divert_all
-    assert dp.sync_managed(["10.0.0.3"], []) and dp.divert_all
-    assert dp.set_divert_all(False) and dp.managed == ({"10.0.0.3"}, frozenset())
+    assert dp.sync(["10.0.0.3"], [], True) and dp.divert_all
+    assert dp.sync(["10.0.0.3"], [], False) and dp.managed == ({"10.0.0.3"}, frozenset()) and not dp.divert_all
 
 
 def test_dataplane_xt_backend_adds_xt_rules_for_both_families() -> None:
