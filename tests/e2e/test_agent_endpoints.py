@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from e2e_agentlab import agent_lab, allow_ingress_from_pod, requires_root
-from prometheus_client.parser import text_string_to_metric_families
+
+from kube_netpol.tools.testing.metrics_text import parse_metrics
 
 pytestmark = requires_root
 
@@ -25,7 +26,7 @@ def test_metrics_after_real_traffic_have_the_reference_names_and_labels() -> Non
         assert not env.probe("y/a", "x/a", protocol="UDP", version=6)
         samples = {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(env.agent.metrics())
+            for family in parse_metrics(env.agent.metrics()).values()
             for sample in family.samples
         }
 

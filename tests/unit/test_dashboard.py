@@ -7,13 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from kube_netpol.api import Decision, Packet, Verdict
 from kube_netpol.engine import END_OF_PIPELINE, Judgement
+from kube_netpol.observability.exposition import generate_text
 from kube_netpol.observability.metrics import AgentCollector, VerdictMetrics
 from kube_netpol.observability.nfqueue_proc import QueueStats
+from kube_netpol.tools.testing.metrics_text import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -62,7 +63,7 @@ def exported_series() -> dict[str, set[str]]:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     series: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in parse_metrics(generate_text(registry).decode()).values():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
     return series
