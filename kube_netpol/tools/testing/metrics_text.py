@@ -48,6 +48,8 @@ def parse_metrics(text: str) -> dict[str, Family]:
         name = parsed.name if parsed.name in types else parsed.name + "_total"
         if name not in types:
             raise ValueError(f"family {parsed.name!r} has no TYPE line")
+        if name in families:
+            raise ValueError(f"family {name!r} appears twice: its samples do not follow its TYPE line's name")
         families[name] = Family(name, types[name], samples)
     return families
 
