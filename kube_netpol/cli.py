@@ -21,8 +21,16 @@ TOOL_SUBCOMMAND_MODULES = (
 )
 
 
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    from kube_netpol import __version__
+
+    parser.add_argument("--version", action="version", version=f"kube-netpol {__version__}",
+                        help="print the version and exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kube-netpol", description="Kubernetes network policy agent")
+    add_version_flag(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
