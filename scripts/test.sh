@@ -19,7 +19,12 @@ kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
 # The same scenarios with the real agent, nftables and NFQUEUE in the lab (root);
 # it also fails if any probe's dataplane result differs from the offline one.
 kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode dataplane
-python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests
+python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests --ignore=tests/prometheus
+# The Prometheus tier: a real Prometheus scrapes the agent in the lab and runs every dashboard
+# query and alert rule; promtool checks and unit-tests the rules. -rA prints what each test saw.
+echo "test: Prometheus tier (tests/prometheus)"
+python -m pytest -q -p no:cacheprovider -rA tests/prometheus
 
-# Nothing the tests created (namespaces, tables, xt rules) may outlive them.
+# Nothing the tests created (namespaces, tables, xt rules) may outlive them; what other
+# processes on the machine create meanwhile is not looked at (scripts/leak_check.py).
 python scripts/leak_check.py compare "$LEAKS_BEFORE"

@@ -104,6 +104,13 @@ class AgentConfig:
         return tuple(name for name in DEFAULT_PIPELINE if enabled.get(name, True))
 
 
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    from kube_netpol import __version__
+
+    parser.add_argument("--version", action="version", version=f"kube-netpol {__version__}",
+                        help="print the version and exit")
+
+
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     bool_flag: dict[str, Any] = {"nargs": "?", "const": True, "type": parse_bool, "metavar": "BOOL"}
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")

@@ -263,12 +263,25 @@ def _desired(v4: Iterable[Address], v6: Iterable[Address]) -> dict[str, frozense
     return {_V4: normalize_addresses(v4, 4), _V6: normalize_addresses(v6, 6)}
 
 
-def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
+@dataclass(frozen=True)
+class Removed:
+    """What a cleanup removed: whether the table existed, and our xt rules by (IP version, chain)."""
+
+    table: bool
+    xt_rules: dict[tuple[int, str], int]
+
+    @property
+    def nothing(self) -> bool:
+        return not self.table and not any(self.xt_rules.values())
+
+
+def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> dict[tuple[int, str], int]:
     errors = []
+    removed: dict[tuple[int, str], int] = {}
     for family in _FAMILIES:
         for chain in XT_CHAINS:
             try:
-                xt.remove_ours(family, table, chain)
+                removed[(family, chain)] = xt.remove_ours(family, table, chain)
             except FileNotFoundError:
                 break  # no iptables/ip6tables binary: none of our rules can exist
             except XtablesError as e:
@@ -277,11 +290,13 @@ def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
                 log.warning("could not remove xt rules: %s", e)
     if errors:
         raise XtablesError("; ".join(errors))
+    return removed
 
 
-def _cleanup(table: str, nft: NftClient, xt: Xtables) -> None:
-    nft.run(delete_table_commands(table))
-    _remove_xt_rules(xt, table, tolerate_errors=False)
+def _cleanup(table: str, nft: NftClient, xt: Xtables) -> Removed:
+    existed = nft.list_table(table) is not None
+    nft.run(delete_table_commands(table))  # deletes it whether or not it appeared meanwhile
+    return Removed(existed, _remove_xt_rules(xt, table, tolerate_errors=False))
 
 
 def cleanup(
@@ -291,10 +306,10 @@ def cleanup(
     ip6tables: str = "ip6tables",
     nft: NftClient | None = None,
     xtables: Xtables | None = None,
-) -> None:
+) -> Removed:
     """Remove everything an agent with this table name creates: the table and our xt rules.
 
-    Safe when nothing exists. Does not need a running or started Dataplane.
+    Safe when nothing exists; says what it removed. Does not need a running or started Dataplane.
     """
     RulesetSpec(table=table)  # validate the name before touching anything
-    _cleanup(table, nft or NftClient(), xtables or Xtables({4: iptables, 6: ip6tables}))
+    return _cleanup(table, nft or NftClient(), xtables or Xtables({4: iptables, 6: ip6tables}))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -31,17 +31,15 @@ QUANTILES = (0.5, 0.9, 0.99)
 OTHER_POLICIES = "(other)"
 
 
-def _counter(name: str, documentation: str, labels: Iterable[str]) -> Metric:
-    """A counter under the reference's exact name.
+def _counter(name: str, documentation: str) -> Metric:
+    """A counter under the reference's exact name: its samples carry that name, without ``_total``.
 
-    The Go client exposes counters without a ``_total`` suffix; prometheus_client
-    would add one to the TYPE line of a ``counter``. Declaring the family
-    untyped keeps HELP, TYPE and samples under one name, so PromQL written for the
-    reference (``rate(kube_network_policies_packet_count[1m])``) works unchanged.
+    prometheus_client's own text writer would put ``_total`` on a counter's HELP
+    and TYPE lines; ``exposition.generate_text`` writes these as the Go client does
+    (``# TYPE kube_network_policies_packet_count counter``), so PromQL written for
+    the reference (``rate(kube_network_policies_packet_count[1m])``) works unchanged.
     """
-    metric = Metric(name, documentation + " (counter)", "unknown")
-    metric._labelnames = tuple(labels)  # type: ignore[attr-defined]
-    return metric
+    return Metric(name, documentation, "counter")
 
 
 class Histogram:
@@ -143,7 +141,7 @@ class VerdictMetrics:
         summary.add_metric([], count_value=sum(totals.packets.values()), sum_value=sum(totals.total_ns.values()) / 1000)
         yield summary
 
-        packets = _counter(PREFIX + "packet_count", "Number of packets", ["protocol", "family", "verdict"])
+        packets = _counter(PREFIX + "packet_count", "Number of packets")
         for (protocol, family, accepted), value in sorted(totals.packets.items()):
             packets.add_sample(PREFIX + "packet_count", {
                 "protocol": _protocol(protocol),
@@ -154,7 +152,7 @@ class VerdictMetrics:
 
         would_deny = _counter(
             PREFIX + "audit_would_deny_count",
-            "Packets accepted in audit mode that the policies deny", ["protocol", "family"],
+            "Packets accepted in audit mode that the policies deny",
         )
         for (protocol, family), value in sorted(totals.would_deny.items()):
             would_deny.add_sample(PREFIX + "audit_would_deny_count", {
@@ -168,8 +166,7 @@ class VerdictMetrics:
         """Verdicts by deciding evaluator and policy: the top policies by count, the rest as "(other)"."""
         name = PREFIX + "verdicts_by_policy"
         metric = _counter(name, "Judged connections by direction, deciding evaluator, policy and verdict "
-                                f"(the {self.top_policies} busiest policies; the rest as {OTHER_POLICIES})",
-                          ["direction", "evaluator", "policy", "verdict"])
+                                f"(the {self.top_policies} busiest policies; the rest as {OTHER_POLICIES})")
         by_policy: dict[str, int] = {}
         for key, count in totals.items():
             by_policy[key[2]] = by_policy.get(key[2], 0) + count
@@ -224,7 +221,7 @@ class AgentCollector(Collector):
                 gauge.add_metric([str(stats.queue_num)], getattr(stats, field))
             yield gauge
 
-        invalid = _counter(PREFIX + "invalid_objects", "Objects ignored because they cannot be enforced, by kind", ["kind"])
+        invalid = _counter(PREFIX + "invalid_objects", "Objects ignored because they cannot be enforced, by kind")
         for kind, count in sorted(self._invalid_objects().items()):
             invalid.add_sample(PREFIX + "invalid_objects", {"kind": kind}, count)
         yield invalid
@@ -236,16 +233,16 @@ class AgentCollector(Collector):
             family = HistogramMetricFamily(PREFIX + name, help_text)
             family.add_metric([], histogram.buckets(), histogram.total)
             yield family
-        errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)", [])
+        errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)")
         errors.add_sample(PREFIX + "dataplane_sync_errors", {}, self.control.sync_errors)
         yield errors
 
-        packet_errors = _counter(PREFIX + "packet_errors", "Packets that could not be parsed or judged; they got the fail-open/fail-closed verdict", [])
+        packet_errors = _counter(PREFIX + "packet_errors", "Packets that could not be parsed or judged; they got the fail-open/fail-closed verdict")
         packet_errors.add_sample(PREFIX + "packet_errors", {}, self._verdict_errors())
         yield packet_errors
 
         if self._decision_log_stats is not None:
-            records = _counter(PREFIX + "decision_records", "Decision records by fate (written, or dropped: rate_limited, queue_full, write_error)", ["result"])
+            records = _counter(PREFIX + "decision_records", "Decision records by fate (written, or dropped: rate_limited, queue_full, write_error)")
             for result, count in sorted(self._decision_log_stats().items()):
                 records.add_sample(PREFIX + "decision_records", {"result": result}, count)
             yield records
@@ -257,7 +254,7 @@ class AgentCollector(Collector):
         yield managed
 
         hits, misses = self._cache_stats()
-        cache = _counter(PREFIX + "verdict_cache", "Verdict cache lookups by result", ["result"])
+        cache = _counter(PREFIX + "verdict_cache", "Verdict cache lookups by result")
         cache.add_sample(PREFIX + "verdict_cache", {"result": "hit"}, hits)
         cache.add_sample(PREFIX + "verdict_cache", {"result": "miss"}, misses)
         yield cache

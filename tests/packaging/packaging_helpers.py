@@ -24,6 +24,7 @@ FULL_VALUES: dict[str, Any] = {
     "baselineAdminNetworkPolicy": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
+    "prometheusRule": {"enabled": True},
 }
 
 

@@ -7,13 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api import Decision, Verdict
+from kube_netpol.observability.exposition import generate_text
 from kube_netpol.observability.metrics import AgentCollector, ControlStats, VerdictMetrics
 from kube_netpol.observability.nfqueue_proc import QueueStats
+from kube_netpol.tools.testing.metrics_text import parse_metrics
 from unit_standins import ByPort, Queued, engine_of, syn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def exported_series() -> dict[str, set[str]]:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     series: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in parse_metrics(generate_text(registry).decode()).values():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
     return series

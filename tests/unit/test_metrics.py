@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6
+
+from kube_netpol.observability.exposition import generate_text
+from kube_netpol.tools.testing.metrics_text import parse_metrics, type_lines
 
 from kube_netpol.agent import verdict_loop
 from kube_netpol.agent.verdict_loop import VerdictLoop
@@ -51,9 +54,9 @@ def judged(monkeypatch: pytest.MonkeyPatch, decisions: dict[int, Decision], pack
 def scrape(collector: AgentCollector) -> dict[str, list]:
     registry = CollectorRegistry()
     registry.register(collector)
-    text = generate_latest(registry).decode()
+    text = generate_text(registry).decode()
     samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
+    for family in parse_metrics(text).values():
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples
@@ -134,15 +137,76 @@ def test_proc_parsing() -> None:
     assert parse_nfqueue_stats(text) == [QueueStats(100, 12345, 0, 2, 128, 3, 4, 250), QueueStats(101, 1, 0, 2, 128, 0, 0, 0)]
 
 
-def test_counters_keep_the_reference_name_in_help_type_and_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+#: Every counter the agent exports, by the reference's naming (no ``_total``).
+COUNTERS = {
+    "packet_count", "audit_would_deny_count", "verdicts_by_policy", "invalid_objects", "dataplane_sync_errors",
+    "packet_errors", "decision_records", "verdict_cache",
+}
+
+
+def test_counters_are_typed_counter_under_the_reference_name_in_help_type_and_samples(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry = CollectorRegistry()
     engine = judged(monkeypatch, {80: ALLOW}, [(syn(80), 5_000)])
-    registry.register(collector(VerdictMetrics(engine)))
-    text = generate_latest(registry).decode()
-    assert "# TYPE kube_network_policies_packet_count untyped" in text
-    assert "# HELP kube_network_policies_packet_count " in text
-    assert 'kube_network_policies_packet_count{family="IPv4",protocol="TCP",verdict="accept"} 1.0' in text
+    registry.register(AgentCollector(
+        VerdictMetrics(engine), ControlStats(), invalid_objects=lambda: {"NetworkPolicy": 2}, managed_ips=lambda: (3, 1),
+        cache_stats=lambda: (10, 4), queue_stats=lambda: [QueueStats(100, 1, 2, 2, 128, 7, 1, 99)],
+        decision_log_stats=lambda: {"written": 1},
+    ))
+    text = generate_text(registry).decode()
+    assert "# TYPE kube_network_policies_packet_count counter\n" in text
+    assert "# HELP kube_network_policies_packet_count Number of packets\n" in text
+    assert 'kube_network_policies_packet_count{family="IPv4",protocol="TCP",verdict="accept"} 1.0\n' in text
+    assert "kube_network_policies_dataplane_sync_errors 0.0\n" in text
+    prefix = "kube_network_policies_"
+    types = {name[len(prefix):]: kind for name, kind in type_lines(text).items() if name.startswith(prefix)}
+    assert {name for name, kind in types.items() if kind == "counter"} == COUNTERS
+    assert "untyped" not in types.values()
     assert "_total" not in text.replace("nfqueue_queue_total", "")
+
+
+def test_the_exposition_writes_other_families_as_prometheus_client_does() -> None:
+    registry = CollectorRegistry()
+    Counter("library_requests", "A prometheus_client counter: its samples are ..._total", ["code"],
+            registry=registry).labels("200").inc(3)
+    Histogram("library_latency_seconds", "A histogram", registry=registry, buckets=(0.1, 1)).observe(0.5)
+    assert generate_text(registry) == generate_latest(registry)
+    assert "# TYPE library_requests_total counter" in generate_text(registry).decode()
+
+
+def test_the_exposition_escapes_help_and_label_values() -> None:
+    class Odd:
+        def collect(self):  # type: ignore[no-untyped-def]
+            metric = Metric("odd_count", 'back\\slash and\nnewline', "counter")
+            metric.add_sample("odd_count", {"b": 'say "hi"\n', "a": "c:\\"}, 2, timestamp=1.5)
+            yield metric
+    text = generate_text(Odd()).decode()
+    assert text == ('# HELP odd_count back\\\\slash and\\nnewline\n# TYPE odd_count counter\n'
+                    'odd_count{a="c:\\\\",b="say \\"hi\\"\\n"} 2.0 1500\n')
+    # prometheus_client's parser reads it back; parse_metrics names it as written.
+    (family,) = parse_metrics(text).values()
+    assert family.type == "counter" and family.samples[0].labels == {"a": "c:\\", "b": 'say "hi"\n'}
+    assert family.samples[0].name == "odd_count"
+
+
+def test_a_counter_whose_samples_have_other_names_is_left_to_prometheus_client() -> None:
+    class Library:
+        def collect(self):  # type: ignore[no-untyped-def]
+            family = CounterMetricFamily("lib_events", "prometheus_client's own counter shape", labels=["k"])
+            family.add_metric(["v"], 4)
+            yield family
+    assert generate_text(Library()) == generate_latest(Library())
+    assert b"lib_events_total{" in generate_text(Library())
+
+
+@pytest.mark.parametrize("name", sorted(COUNTERS - {"decision_records"}))
+def test_each_counter_family_parses_back_under_its_written_name(name: str) -> None:
+    samples = scrape(collector(VerdictMetrics(engine_of())))
+    full = "kube_network_policies_" + name
+    assert full + "_total" not in samples
+    if name not in ("audit_would_deny_count", "packet_count", "verdicts_by_policy"):  # these have series only after traffic
+        assert full in samples, sorted(samples)
 
 
 def test_packet_errors_and_decision_records() -> None:
