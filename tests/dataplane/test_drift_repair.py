@@ -123,3 +123,49 @@ def _describe_missing_elements(table: str) -> str:
 
 def test_the_drift_says_how_many_addresses_are_missing(netns: str, table: str) -> None:
     assert in_netns(netns, _describe_missing_elements, table) == "3 managed addresses missing from the sets"
+
+
+def _guard_repairs(table: str, use_monitor: bool) -> dict[str, Any]:
+    import threading
+
+    from kube_netpol.dataplane.guard import DataplaneGuard
+    from kube_netpol.dataplane.monitor import NftablesMonitor
+
+    dp = Dataplane(DataplaneConfig(table=table, queue_backend="xt"))
+    dp.start(V4, V6)
+    repaired = threading.Event()
+    found: list[set[str]] = []
+
+    def on_repair(drift: Any) -> None:
+        found.append(set(drift.kinds()))
+        repaired.set()
+
+    # With the monitor, the timer is an hour: only the nftables event can trigger the repair.
+    guard = DataplaneGuard(dp, interval=3600 if use_monitor else 0.2, min_gap=0.1,
+                           on_repair=on_repair, monitor=NftablesMonitor if use_monitor else None)
+    guard.start()
+    try:
+        run("nft", "delete", "table", "inet", table)
+        assert repaired.wait(30), "no repair"
+        repaired.clear()
+        run("iptables", "-w", "5", "-t", "mangle", "-F", "POSTROUTING")
+        assert repaired.wait(30), "no repair"
+    finally:
+        guard.stop()
+    return {"found": found, "counts": guard.repair_counts(), "after": dp.check().describe()}
+
+
+@pytest.mark.parametrize("use_monitor", [True, False], ids=["nftables-event", "timer"])
+def test_the_guard_repairs_on_its_own(netns: str, table: str, use_monitor: bool) -> None:
+    result = in_netns(netns, _guard_repairs, table, use_monitor)
+    assert result["found"] == [{"table"}, {"xt_rule"}]
+    assert result["counts"] == {"table": 1, "xt_rule": 1}
+    assert result["after"] == "no drift"
+    assert xt_rules(netns, chain="POSTROUTING") == [xt_rule(table, queue_num=100, bypass=True)]
+
+
+def test_the_guard_defaults_repair_within_seconds() -> None:
+    from kube_netpol.dataplane import guard
+
+    assert guard.DEFAULT_MIN_GAP + guard.DEFAULT_SETTLE <= 2.0  # after an nf_tables change
+    assert guard.DEFAULT_INTERVAL <= 10.0  # after anything else
