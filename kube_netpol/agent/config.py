@@ -27,7 +27,11 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_bind_address(text: str) -> tuple[str, int]:
-    """`:9080`, `0.0.0.0:9080`, `[::1]:9080`, or `0` to disable: (host, port)."""
+    """`:9080`, `0.0.0.0:9080`, `[::1]:9080`, or `0` to disable: (host, port).
+
+    As with the reference's Go listener, an empty or unspecified host (`:9080`,
+    `0.0.0.0:9080`, `[::]:9080`) serves IPv4 and IPv6 (kube_netpol.agent.http).
+    """
     if text == "0":
         return ("", 0)
     host, sep, port_text = text.rpartition(":")
@@ -111,7 +115,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-open", default=True, help="let traffic through when the agent cannot judge it (default true)", **bool_flag)
     parser.add_argument("--nfqueue-id", type=parse_queue_id, default=100, help="NFQUEUE number (default 100)")
     parser.add_argument("--metrics-bind-address", type=parse_bind_address, default=("", 9080),
-                        help="address of /metrics, /healthz and /readyz (default :9080; 0 disables)")
+                        help="address of /metrics, /healthz and /readyz (default :9080, IPv4 and IPv6; 0 disables)")
     parser.add_argument("--hostname-override", help="this node's name (default: $NODE_NAME, else the host name)")
     parser.add_argument("--strict-mode", default=True, help="cut established connections that policies no longer allow (default true)", **bool_flag)
     parser.add_argument("--netfilter-bug-1766-fix", default=True,
