@@ -342,23 +342,36 @@ class Dataplane:
         return True
 
     def _drift(self, spec: RulesetSpec) -> tuple[Drift, TableState | None]:
-        listing = self.nft.list_table(spec.table)
-        state = parse_table(listing) if listing is not None else None
+        state = self._read_table(spec.table)
         drift = table_drift(spec, state, self._elements)
         if spec.backend == "xt":
             drift = drift.with_xt(self._xt_drift(spec))
         return drift, state
 
+    def _read_table(self, table: str) -> TableState | None:
+        """Our table as the kernel has it: everything but the elements in one terse listing, then the
+        managed sets' elements. The limiter's sets hold one element per recent source, up to 65,535
+        in a flood, which a check need not read."""
+        listing = self.nft.list_table(table, terse=True)
+        if listing is None:
+            return None
+        for i, obj in enumerate(listing):
+            name = obj.get("set", {}).get("name")
+            if name in (_V4, _V6):
+                full = self.nft.list_set(table, name)
+                if full is not None:
+                    listing[i] = {"set": full}
+        return parse_table(listing)
+
     def _xt_drift(self, spec: RulesetSpec) -> tuple[str, ...]:
         """The mangle chains where our queue rule is not exactly the one wanted (missing, changed, doubled)."""
         comment = _xt_comment(spec.table)
         rule = queue_rule_args(mark=spec.mark, queue_num=spec.queue_num, bypass=spec.fail_open, comment=comment)
-        return tuple(
-            f"IPv{family} mangle {chain}"
-            for family in _FAMILIES
-            for chain in xt_chains(spec)
-            if self._xt.list_ours(family, comment, chain) != [rule]
-        )
+        drifted = []
+        for family in _FAMILIES:
+            ours = self._xt.list_ours_by_chain(family, comment)  # one iptables -S for the whole mangle table
+            drifted += [f"IPv{family} mangle {chain}" for chain in xt_chains(spec) if ours.get(chain, []) != [rule]]
+        return tuple(drifted)
 
     def _ensure_xt(self, spec: RulesetSpec, *, remove_stale: bool) -> None:
         """Our queue rule in each mangle chain the spec uses; with ``remove_stale``, in no other."""
