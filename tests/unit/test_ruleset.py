@@ -829,3 +829,46 @@ def test_new_flow_limit_change_of_rate_rewrites_only_the_limiter() -> None:
 def test_installed_divert_all_survives_switching_the_limit() -> None:
     assert installed_divert_all(spec(), parse_table(listing(spec(new_flow_limit=250, divert_all=True)))) is True
     assert installed_divert_all(spec(new_flow_limit=9), parse_table(listing(spec(divert_all=True)))) is True
+
+
+# --- drift: what differs, for a log line and a metric ----------------------------------------------
+
+from kube_netpol.dataplane.drift import KINDS, Drift, table_drift  # noqa: E402
+
+
+def _drift_of(s: RulesetSpec, objects: list[dict], v4: frozenset = frozenset({"10.0.0.1"})) -> Drift:
+    return table_drift(s, parse_table(objects), {"managed-v4": v4, "managed-v6": frozenset()})
+
+
+def test_drift_none_when_the_kernel_holds_the_spec() -> None:
+    s = spec(new_flow_limit=250, netfilter_bug_1766_fix=True)
+    drift = _drift_of(s, listing(s, ["10.0.0.1"]))
+    assert not drift and drift.kinds() == () and drift.describe() == "no drift"
+
+
+def test_drift_kinds_each_tampering() -> None:
+    s = spec(new_flow_limit=250)
+    base = listing(s, ["10.0.0.1"])
+    assert table_drift(s, None, {}).kinds() == ("table",)
+    assert _drift_of(s, listing(s, [])).kinds() == ("element",)
+    assert _drift_of(s, listing(s, ["10.0.0.1", "10.0.0.9"])).extra_elements == 1
+    no_counter = [o for o in base if "counter" not in o]
+    assert "counter" in _drift_of(s, no_counter).kinds()
+    foreign = base + [{"chain": {"family": "inet", "table": "t1", "name": "intruder", "handle": 7}}]
+    assert _drift_of(s, foreign).kinds() == ("foreign",)
+    moved = copy.deepcopy(base)
+    next(o for o in moved if o.get("chain", {}).get("name") == CHAIN)["chain"]["prio"] = 0
+    assert _drift_of(s, moved).chains == (CHAIN,)
+    extra_rule = base + [{"rule": {"family": "inet", "table": "t1", "chain": CHAIN, "expr": [], "handle": 99}}]
+    drift = _drift_of(s, extra_rule)
+    assert drift.kinds() == ("rule",) and drift.rules == (CHAIN,)
+    assert drift.describe() == "rules changed in: postrouting"
+    assert set(Drift(table_missing=True, xt_rules=("IPv4 mangle POSTROUTING",)).kinds()) <= set(KINDS)
+
+
+def test_drift_of_a_missing_set_counts_its_addresses() -> None:
+    s = spec()
+    without_v4 = [o for o in listing(s, ["10.0.0.1"]) if o.get("set", {}).get("name") != "managed-v4"]
+    drift = _drift_of(s, without_v4)
+    assert drift.sets == ("managed-v4",) and drift.missing_elements == 1
+    assert {"set", "element"} <= set(drift.kinds())
