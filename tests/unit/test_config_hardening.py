@@ -17,7 +17,7 @@ def parse(*args: str) -> AgentConfig:
 
 
 def test_the_new_flow_limit_defaults_to_the_dataplanes() -> None:
-    assert parse().new_flow_rate_limit == AgentConfig().new_flow_rate_limit == DataplaneConfig().new_flow_limit == 1000
+    assert parse().new_flow_rate_limit == AgentConfig().new_flow_rate_limit == DataplaneConfig().new_flow_limit == 2000
     assert parse("--new-flow-rate-limit=0").new_flow_rate_limit == 0
     assert parse("--new-flow-rate-limit", "250").new_flow_rate_limit == 250
 

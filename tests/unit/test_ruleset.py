@@ -741,7 +741,7 @@ def limiter_exprs(s: RulesetSpec, chain: str = "divert") -> list[list[dict]]:
 
 def test_new_flow_limit_is_the_default_and_adds_a_regular_chain_sets_and_a_counter() -> None:
     s = RulesetSpec(table="t1", netfilter_bug_1766_fix=False)
-    assert s.new_flow_limit == 1000 == DataplaneConfig().spec("nft").new_flow_limit
+    assert s.new_flow_limit == 2000 == DataplaneConfig().spec("nft").new_flow_limit
     cmds = create_commands(s)
     added = [next(iter(c["add"])) for c in cmds]
     assert added[:6] == ["table", "set", "set", "set", "set", "counter"]
