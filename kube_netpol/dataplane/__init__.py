@@ -254,9 +254,9 @@ class Dataplane:
     def check(self) -> Drift:
         """Read the kernel back and say how it differs from what this dataplane wants; changes nothing.
 
-        One ``list table`` (its cost grows with the managed addresses: see
-        docs/performance.md) and, for the xt backend, one ``iptables -S`` per
-        family and mangle chain in use.
+        A terse ``list table`` plus the two managed sets (the cost grows with
+        the managed addresses: 1-60 ms, docs/performance.md) and, for the xt
+        backend, one ``iptables -S``/``ip6tables -S`` of the mangle table.
         """
         with self._lock:
             drift, _ = self._drift(self.spec)
