@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from kube_netpol.dataplane import Dataplane, Drift
+from kube_netpol.dataplane import Dataplane, DataplaneError, Drift
 from kube_netpol.dataplane.monitor import MonitorError, NftablesMonitor
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class DataplaneGuard:
             return None
         try:
             drift = self._dataplane.repair()
+        except DataplaneError:
+            return None  # stopped meanwhile: nothing of ours to keep
         except Exception as e:  # noqa: BLE001 - the guard must outlive a kernel that refuses once
             self.failures += 1
             log.error("dataplane drift: repairing failed (%s); the kernel may not hold the agent's ruleset", e)

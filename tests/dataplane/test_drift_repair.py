@@ -169,3 +169,10 @@ def test_the_guard_defaults_repair_within_seconds() -> None:
 
     assert guard.DEFAULT_MIN_GAP + guard.DEFAULT_SETTLE <= 2.0  # after an nf_tables change
     assert guard.DEFAULT_INTERVAL <= 10.0  # after anything else
+
+
+def test_the_guard_is_quiet_about_a_stopped_dataplane() -> None:
+    from kube_netpol.dataplane.guard import DataplaneGuard
+
+    guard = DataplaneGuard(Dataplane(DataplaneConfig(table="never-started")), monitor=None)
+    assert guard.run_once() is None and guard.failures == 0
