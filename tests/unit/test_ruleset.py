@@ -410,8 +410,16 @@ class FakeNft:
         self.transactions.append(commands)
         return []
 
-    def list_table(self, table: str) -> list[dict] | None:
-        return self.tables.get(table)
+    def list_table(self, table: str, terse: bool = False) -> list[dict] | None:
+        listed = self.tables.get(table)
+        if listed is None or not terse:
+            return copy.deepcopy(listed)
+        return [{"set": {k: v for k, v in o["set"].items() if k != "elem"}} if "set" in o else o
+                for o in copy.deepcopy(listed)]
+
+    def list_set(self, table: str, name: str) -> dict | None:
+        return next((copy.deepcopy(o["set"]) for o in self.tables.get(table) or [] if o.get("set", {}).get("name") == name),
+                    None)
 
 
 def test_resolve_queue_backend() -> None:
@@ -872,3 +880,23 @@ def test_drift_of_a_missing_set_counts_its_addresses() -> None:
     drift = _drift_of(s, without_v4)
     assert drift.sets == ("managed-v4",) and drift.missing_elements == 1
     assert {"set", "element"} <= set(drift.kinds())
+
+
+def test_in_sync_follows_check_and_repair_and_a_refused_repair() -> None:
+    dp, nft, _ = make_dataplane()
+    assert not dp.in_sync  # not started
+    dp.start(["10.0.0.1"], [])
+    assert dp.in_sync
+    nft.tables["t1"] = listing(dp.spec, ["10.0.0.1"])
+    assert not dp.check() and dp.in_sync
+    nft.tables["t1"] = listing(dp.spec, [])  # someone flushed the set
+    drift = dp.check()
+    assert drift.kinds() == ("element",) and not dp.in_sync
+    nft.fail_next = True  # the kernel refuses the repair
+    with pytest.raises(NftablesError):
+        dp.repair()
+    assert not dp.in_sync
+    assert dp.repair().kinds() == ("element",) and dp.in_sync
+    assert nft.transactions[-1] == [
+        {"add": {"element": {"family": "inet", "table": "t1", "name": "managed-v4", "elem": ["10.0.0.1"]}}}
+    ]
