@@ -322,22 +322,35 @@ def describe_errno(code: int) -> str:
 # --- judging -----------------------------------------------------------------------------------
 
 
+_UDP: Final = 17
+_DNS_PORT: Final = 53
+
+
 def select_denied(
-    entries: Iterable[Entry], relevant: Callable[[bytes], bool], allowed: Callable[[Entry], bool]
+    entries: Iterable[Entry],
+    relevant: Callable[[bytes], bool],
+    allowed: Callable[[Entry], bool],
+    dns_judged_before_dnat: bool = False,
 ) -> list[Entry]:
     """The entries to delete: live ones with a ``relevant`` address at either end that ``allowed`` rejects.
 
     Both see the entry ``as_judged``: a connection to a Service address is
-    judged with the endpoint it went to. Verdicts depend on the family,
-    protocol, addresses and destination port only, so each such key is judged
-    once, however many entries share it.
+    judged with the endpoint it went to. ``dns_judged_before_dnat``: the xt
+    backend with the netfilter bug 1766 workaround judges new DNS requests
+    (UDP to port 53) in iptables' mangle PREROUTING, before DNAT, so those
+    entries are judged with their original destination, as their first packet
+    was. Verdicts depend on the family, protocol, addresses and destination
+    port only, so each such key is judged once, however many entries share it.
     """
     verdicts: dict[tuple[int, int, bytes, bytes, int], bool] = {}
     denied = []
     for entry in entries:
         if not entry.live:
             continue
-        seen = entry.as_judged()
+        if dns_judged_before_dnat and entry.protocol == _UDP and entry.dport == _DNS_PORT:
+            seen = entry
+        else:
+            seen = entry.as_judged()
         if not (relevant(seen.src) or relevant(seen.dst)):
             continue
         key = (seen.family, seen.protocol, seen.src, seen.dst, seen.dport)

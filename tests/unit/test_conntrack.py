@@ -411,3 +411,19 @@ def test_select_denied_cuts_a_connection_through_a_service_address() -> None:
     denied = select_denied(entries, {V4("10.0.0.2")}.__contains__, allowed)
     assert denied == entries  # the entry itself, original tuple and ident, is what gets deleted
     assert seen == [(V4("10.0.0.2"), 8080)]
+
+
+def test_dns_judged_before_dnat_keeps_the_service_address() -> None:
+    """xt backend with the bug-1766 workaround: DNS requests were judged in mangle PREROUTING, before DNAT."""
+    [tcp] = [m for m in decode(_nat_variant(dnat=True)) if isinstance(m, Entry)]
+    dns = tcp._replace(protocol=17, dport=53)  # a UDP request to the Service address's port 53
+    seen: list[bytes] = []
+
+    def allowed(entry: Entry) -> bool:
+        seen.append(entry.dst)
+        return True
+
+    select_denied([dns], lambda _ip: True, allowed, dns_judged_before_dnat=True)
+    select_denied([dns], lambda _ip: True, allowed)
+    select_denied([tcp], lambda _ip: True, allowed, dns_judged_before_dnat=True)
+    assert seen == [V4("10.96.0.10"), V4("10.0.0.2"), V4("10.0.0.2")]
