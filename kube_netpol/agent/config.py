@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from kube_netpol.dataplane.ruleset import DEFAULT_NEW_FLOW_LIMIT
 from kube_netpol.plugins import DEFAULT_PIPELINE
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -27,7 +28,11 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_bind_address(text: str) -> tuple[str, int]:
-    """`:9080`, `0.0.0.0:9080`, `[::1]:9080`, or `0` to disable: (host, port)."""
+    """`:9080`, `0.0.0.0:9080`, `[::1]:9080`, or `0` to disable: (host, port).
+
+    As with the reference's Go listener, an empty or unspecified host (`:9080`,
+    `0.0.0.0:9080`, `[::]:9080`) serves IPv4 and IPv6 (kube_netpol.agent.http).
+    """
     if text == "0":
         return ("", 0)
     host, sep, port_text = text.rpartition(":")
@@ -43,6 +48,16 @@ def parse_queue_id(text: str) -> int:
         value = -1
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"invalid queue number {text!r} (0 to 65535)")
+    return value
+
+
+def parse_new_flow_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"invalid new flow limit {text!r} (new flows per second per source, 0 for none)")
     return value
 
 
@@ -77,6 +92,7 @@ class AgentConfig:
     enable_baseline_admin_network_policy: bool = False
     queue_backend: str = "auto"
     nftables_table: str = "kube-netpol"
+    new_flow_rate_limit: int = DEFAULT_NEW_FLOW_LIMIT
     evaluators: tuple[str, ...] | None = None
     evaluator_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     exempt_root_traffic: bool = True
@@ -118,7 +134,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-open", default=True, help="let traffic through when the agent cannot judge it (default true)", **bool_flag)
     parser.add_argument("--nfqueue-id", type=parse_queue_id, default=100, help="NFQUEUE number (default 100)")
     parser.add_argument("--metrics-bind-address", type=parse_bind_address, default=("", 9080),
-                        help="address of /metrics, /healthz and /readyz (default :9080; 0 disables)")
+                        help="address of /metrics, /healthz and /readyz (default :9080, IPv4 and IPv6; 0 disables)")
     parser.add_argument("--hostname-override", help="this node's name (default: $NODE_NAME, else the host name)")
     parser.add_argument("--strict-mode", default=True, help="cut established connections that policies no longer allow (default true)", **bool_flag)
     parser.add_argument("--netfilter-bug-1766-fix", default=True,
@@ -130,6 +146,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-backend", choices=("auto", "nft", "xt"), default="auto",
                         help="how packets reach the queue: native nftables queue, xtables NFQUEUE, or detect (default auto)")
     parser.add_argument("--nftables-table", default="kube-netpol", help="name of our inet table (default kube-netpol)")
+    parser.add_argument("--new-flow-rate-limit", type=parse_new_flow_limit, default=DEFAULT_NEW_FLOW_LIMIT, metavar="N",
+                        help="new connections per second one source address may send to the queue; beyond, they are "
+                             f"dropped before it, so that one pod's flood cannot delay the others' (default "
+                             f"{DEFAULT_NEW_FLOW_LIMIT}; 0: no limit)")
     parser.add_argument("--evaluators", type=parse_evaluators,
                         help="comma-separated pipeline order (default: adminnetworkpolicy,networkpolicy,baselineadminnetworkpolicy as enabled)")
     parser.add_argument("--evaluator-config", metavar="FILE", help="YAML file: evaluator name -> its settings")
@@ -177,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         enable_baseline_admin_network_policy=args.enable_baseline_admin_network_policy,
         queue_backend=args.queue_backend,
         nftables_table=args.nftables_table,
+        new_flow_rate_limit=args.new_flow_rate_limit,
         evaluators=args.evaluators,
         evaluator_settings=load_evaluator_settings(args.evaluator_config),
         exempt_root_traffic=args.exempt_root_traffic,

@@ -28,6 +28,7 @@ from kube_netpol.agent.config import AgentConfig
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import Dataplane, DataplaneConfig, conntrack
+from kube_netpol.dataplane.guard import DataplaneGuard
 from kube_netpol.engine import PolicyEngine
 from kube_netpol.observability.decisions import RecordGate, VerdictObserver
 from kube_netpol.observability.metrics import ControlStats
@@ -103,6 +104,7 @@ class Agent:
                 accept_root=config.exempt_root_traffic,
                 queue_backend=config.queue_backend,  # type: ignore[arg-type]
                 netfilter_bug_1766_fix=config.netfilter_bug_1766_fix,
+                new_flow_limit=config.new_flow_rate_limit,
             )
         )
         self.verdict_loop = VerdictLoop(
@@ -114,6 +116,9 @@ class Agent:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._dataplane_ready = threading.Event()
+        # Repairs the kernel's ruleset when it drifts from what the dataplane wants (dataplane/guard.py).
+        self.guard: DataplaneGuard | None = None
+        self._repaired = threading.Event()
         # The dataplane follows the snapshot of this generation (-1: a sync is due).
         self._synced_generation = -1
         self._strict_due = 0.0
@@ -134,7 +139,9 @@ class Agent:
         return all(t.is_alive() for t in self._threads)
 
     def ready(self) -> bool:
-        return self._dataplane_ready.is_set() and self.source.ready() and self.engine.ready()
+        """The ruleset the agent wants is in the kernel, the source has synced, every evaluator is ready."""
+        return (self._dataplane_ready.is_set() and self.dataplane.in_sync and self.source.ready()
+                and self.engine.ready())
 
     def verdict_cache_stats(self) -> tuple[int, int]:
         """(hits, misses): judged packets answered from the flow table, and those the pipeline judged."""
@@ -152,6 +159,10 @@ class Agent:
             "enforced_revision": self._enforced_revision,
             "snapshot_generation": self.engine.generation,
             "queue_backend": self.dataplane.backend if self.dataplane.started else "",
+            "dataplane": {
+                "in_sync": self.dataplane.in_sync,
+                "repairs": self.guard.repair_counts() if self.guard is not None else {},
+            },
             "verdicts": {"accepted": accepted, "dropped": dropped, "errors": self.verdict_loop.counters.errors},
         }
 
@@ -186,6 +197,8 @@ class Agent:
             v4, v6, divert_all = self._desired_managed()
             backend = self.dataplane.start(v4, v6, divert_all)
             self._synced_generation = self.engine.generation
+            self.guard = DataplaneGuard(self.dataplane, on_repair=self._on_repair)
+            self.guard.start()
             self._dataplane_ready.set()
             log.info("agent ready: pipeline %s, queue backend %s, node %s",
                      ",".join(self.config.pipeline), backend, self.config.node_name)
@@ -205,6 +218,10 @@ class Agent:
                         time.monotonic(), self._last_strict + STRICT_MODE_MIN_INTERVAL)
                 if self._synced_generation != self.engine.generation:
                     self._sync_dataplane()
+                if self._repaired.is_set():  # connections made while the kernel had no (or a wrong) ruleset
+                    self._repaired.clear()
+                    if self._strict_mode:
+                        self._strict_due = self._strict_due or time.monotonic()
                 if self._strict_due and time.monotonic() >= self._strict_due:
                     self._strict_due = 0.0
                     self._last_strict = time.monotonic()
@@ -219,8 +236,14 @@ class Agent:
             stop.set()
             packet_thread.join(timeout=5)
             self.source.stop()
+            if self.guard is not None:
+                self.guard.stop()
             self.dataplane.stop()
             log.info("agent stopped (%s)", "rules kept: fail-open" if self.config.fail_open else "rules removed")
+
+    def _on_repair(self, drift: object) -> None:
+        self._repaired.set()
+        self._wake.set()
 
     def _wake_on(self, stop: threading.Event) -> None:
         stop.wait()
@@ -297,7 +320,10 @@ class Agent:
             relevant = self._strict_mode_watches()
             with conntrack.Conntrack() as ct:
                 entries = ct.dump(live_only=True)
-                denied = conntrack.select_denied(entries, relevant, self._flow_allowed)
+                denied = conntrack.select_denied(
+                    entries, relevant, self._flow_allowed,
+                    dns_judged_before_dnat=self.dataplane.backend == "xt" and self.config.netfilter_bug_1766_fix,
+                )
                 removed = ct.delete(denied) if denied else 0
         except conntrack.ConntrackError as e:
             log.error("strict mode: %s; connections that policies no longer allow stay open", e)

@@ -116,6 +116,8 @@ def run_command(args: argparse.Namespace) -> int:
         cache_stats=agent.verdict_cache_stats,
         verdict_errors=lambda: agent.verdict_loop.counters.errors,
         decision_log_stats=(lambda: decision_logger.stats()) if decision_logger is not None else None,
+        dataplane_repairs=lambda: agent.guard.repair_counts() if agent.guard is not None else {},
+        new_flows_limited=lambda: agent.dataplane.new_flows_limited() if agent.dataplane.started else 0,
     )
     REGISTRY.register(collector)
     stop = threading.Event()

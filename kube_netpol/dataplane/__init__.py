@@ -3,9 +3,10 @@
 ``Dataplane`` owns the table's lifecycle (start/reconcile, sync, stop) and, for
 the xtables queue backend, the iptables/ip6tables rules that queue marked
 packets (mangle POSTROUTING, plus mangle PREROUTING with the netfilter bug
-1766 workaround). ``cleanup`` removes everything the agent ever creates. The
-ruleset itself is data in ``ruleset``; this module only sequences
-transactions.
+1766 workaround). ``check``/``repair`` read the kernel back and bring back
+whatever someone changed (see ``drift``). ``cleanup`` removes everything the
+agent ever creates. The ruleset itself is data in ``ruleset``; this module
+only sequences transactions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from kube_netpol.dataplane.drift import Drift, table_drift
 from kube_netpol.dataplane.nft import NftablesError, NftClient
 from kube_netpol.dataplane.queue_backend import (
     BackendChoice,
@@ -24,13 +26,17 @@ from kube_netpol.dataplane.queue_backend import (
 )
 from kube_netpol.dataplane.ruleset import (
     DEFAULT_MARK,
+    DEFAULT_NEW_FLOW_LIMIT,
     DEFAULT_QUEUE_NUM,
     DEFAULT_TABLE,
+    FAMILY,
+    LIMITED_COUNTER,
     MANAGED_SET_BY_VERSION,
     Address,
     XT_CHAINS,
     Backend,
     RulesetSpec,
+    TableState,
     delete_table_commands,
     installed_divert_all,
     normalize_addresses,
@@ -45,6 +51,7 @@ __all__ = [
     "Dataplane",
     "DataplaneConfig",
     "DataplaneError",
+    "Drift",
     "NftablesError",
     "QueueBackendUnavailable",
     "XtablesError",
@@ -77,6 +84,9 @@ class DataplaneConfig:
     # Judge new DNS requests on prerouting (https://bugzilla.netfilter.org/show_bug.cgi?id=1766,
     # fixed in kernel 6.12): see kube_netpol.dataplane.ruleset.
     netfilter_bug_1766_fix: bool = True
+    # New flows per second one source address may send to the queue; beyond, they are dropped
+    # (counted) before the queue. 0: no limit. See kube_netpol.dataplane.ruleset.
+    new_flow_limit: int = DEFAULT_NEW_FLOW_LIMIT
 
     def spec(self, backend: Backend, divert_all: bool = False) -> RulesetSpec:
         return RulesetSpec(
@@ -88,6 +98,7 @@ class DataplaneConfig:
             mark=self.mark,
             divert_all=divert_all,
             netfilter_bug_1766_fix=self.netfilter_bug_1766_fix,
+            new_flow_limit=self.new_flow_limit,
         )
 
 
@@ -112,6 +123,10 @@ class Dataplane:
         self._lock = threading.Lock()
         self._spec: RulesetSpec | None = None
         self._elements: dict[str, frozenset[str]] = {}
+        self._in_sync = False
+        # The limiter's counter restarts at 0 when its table is re-created: readings add up across that.
+        self._limited_before = 0
+        self._limited_last = 0
 
     # --- state ---------------------------------------------------------------
 
@@ -138,6 +153,15 @@ class Dataplane:
     @property
     def divert_all(self) -> bool:
         return self.spec.divert_all
+
+    @property
+    def in_sync(self) -> bool:
+        """Whether the kernel held what this dataplane wants at the last start, sync, check or repair.
+
+        False before start, after a check that found drift, and after a failed
+        sync or repair: what readiness reports.
+        """
+        return self._in_sync
 
     @property
     def managed(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -186,6 +210,7 @@ class Dataplane:
             else:
                 self._remove_xt(spec.table, tolerate_errors=True)  # left by an earlier xt-backend run
             self._spec, self._elements = spec, elements
+            self._in_sync = True
             log.info(
                 "dataplane started: table inet %s, backend %s, queue %d%s, %d managed addresses%s",
                 spec.table, backend, spec.queue_num, " (bypass)" if spec.fail_open else "",
@@ -210,6 +235,61 @@ class Dataplane:
         with self._lock:
             return self._sync(desired, divert_all)
 
+    def check(self) -> Drift:
+        """Read the kernel back and say how it differs from what this dataplane wants; changes nothing.
+
+        A terse ``list table`` plus the two managed sets (the cost grows with
+        the managed addresses: 1-60 ms, docs/performance.md) and, for the xt
+        backend, one ``iptables -S``/``ip6tables -S`` of the mangle table.
+        """
+        with self._lock:
+            drift, _ = self._drift(self.spec)
+            self._in_sync = not drift
+            return drift
+
+    def repair(self) -> Drift:
+        """``check``, then bring back whatever differs; returns what differed (false: nothing did).
+
+        The table is repaired in one transaction (``reconcile_commands`` with
+        the elements this dataplane put in its sets), the xt queue rules put
+        back before it so that a re-created table never marks packets nobody
+        queues. Raises NftablesError or XtablesError when the kernel refuses;
+        ``in_sync`` is then False.
+        """
+        with self._lock:
+            spec = self.spec
+            self._in_sync = False
+            drift, state = self._drift(spec)
+            if drift.xt_rules:
+                self._ensure_xt(spec, remove_stale=False)
+            if drift.in_table:
+                commands, _ = reconcile_commands(spec, state, self._elements)
+                self.nft.run(commands)
+            if drift.xt_rules:
+                self._ensure_xt(spec, remove_stale=True)
+            self._in_sync = True
+            return drift
+
+    def new_flows_limited(self) -> int:
+        """New flows the per-source limit dropped before the queue since start (a counter for a metric).
+
+        0 when the limit is off. Survives the table being re-created by a repair.
+        """
+        with self._lock:
+            if not self.spec.new_flow_limit:
+                return 0
+            try:
+                out = self.nft.run([{"list": {"counter": {"family": FAMILY, "table": self.spec.table,
+                                                          "name": LIMITED_COUNTER}}}])
+                packets = int(next(o["counter"]["packets"] for o in out if "counter" in o))
+            except (NftablesError, StopIteration, KeyError, TypeError, ValueError) as e:
+                log.debug("cannot read the new-flow limit's counter: %s", e)
+                packets = 0  # gone with the table: the repair brings it back from 0
+            if packets < self._limited_last:
+                self._limited_before += self._limited_last
+            self._limited_last = packets
+            return self._limited_before + packets
+
     def stop(self) -> None:
         """Fail-open: leave everything (bypass lets traffic flow until the next start).
         Fail-closed: remove the table and our xt rules."""
@@ -220,6 +300,7 @@ class Dataplane:
                 _cleanup(self.config.table, self.nft, self._xt)
             self._spec = None
             self._elements = {}
+            self._in_sync = False
 
     # --- internals -------------------------------------------------------------
 
@@ -229,6 +310,7 @@ class Dataplane:
         commands = sync_commands(old, new, self._elements, desired)
         if not commands:
             return False
+        self._in_sync = False
         try:
             self.nft.run(commands)
         except NftablesError as e:
@@ -240,7 +322,40 @@ class Dataplane:
             commands, _ = reconcile_commands(new, state, desired)
             self.nft.run(commands)
         self._spec, self._elements = new, desired
+        self._in_sync = True
         return True
+
+    def _drift(self, spec: RulesetSpec) -> tuple[Drift, TableState | None]:
+        state = self._read_table(spec.table)
+        drift = table_drift(spec, state, self._elements)
+        if spec.backend == "xt":
+            drift = drift.with_xt(self._xt_drift(spec))
+        return drift, state
+
+    def _read_table(self, table: str) -> TableState | None:
+        """Our table as the kernel has it: everything but the elements in one terse listing, then the
+        managed sets' elements. The limiter's sets hold one element per recent source, up to 65,535
+        in a flood, which a check need not read."""
+        listing = self.nft.list_table(table, terse=True)
+        if listing is None:
+            return None
+        for i, obj in enumerate(listing):
+            name = obj.get("set", {}).get("name")
+            if name in (_V4, _V6):
+                full = self.nft.list_set(table, name)
+                if full is not None:
+                    listing[i] = {"set": full}
+        return parse_table(listing)
+
+    def _xt_drift(self, spec: RulesetSpec) -> tuple[str, ...]:
+        """The mangle chains where our queue rule is not exactly the one wanted (missing, changed, doubled)."""
+        comment = spec.table  # the table name tags our xt rules: cleanup(table) finds exactly that agent's
+        rule = queue_rule_args(mark=spec.mark, queue_num=spec.queue_num, bypass=spec.fail_open, comment=comment)
+        drifted = []
+        for family in _FAMILIES:
+            ours = self._xt.list_ours_by_chain(family, comment)  # one iptables -S for the whole mangle table
+            drifted += [f"IPv{family} mangle {chain}" for chain in xt_chains(spec) if ours.get(chain, []) != [rule]]
+        return tuple(drifted)
 
     def _ensure_xt(self, spec: RulesetSpec, *, remove_stale: bool) -> None:
         """Our queue rule in each mangle chain the spec uses; with ``remove_stale``, in no other."""

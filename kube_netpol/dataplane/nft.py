@@ -45,23 +45,43 @@ class NftClient:
         self._lib.set_json_output(True)
         self._lock = threading.Lock()
 
-    def run(self, commands: Sequence[Json]) -> list[Json]:
-        """Run ``commands`` as one transaction; returns the output objects (metainfo dropped)."""
+    def run(self, commands: Sequence[Json], *, terse: bool = False) -> list[Json]:
+        """Run ``commands`` as one transaction; returns the output objects (metainfo dropped).
+
+        ``terse``: listings leave set elements out.
+        """
         if not commands:
             return []
         with self._lock:
-            rc, output, error = self._lib.json_cmd({"nftables": list(commands)})
+            if terse:
+                self._lib.set_terse_output(True)
+            try:
+                rc, output, error = self._lib.json_cmd({"nftables": list(commands)})
+            finally:
+                if terse:
+                    self._lib.set_terse_output(False)
         if rc != 0:
             raise NftablesError(error.strip() or f"libnftables returned {rc}", rc, commands)
         if not output:
             return []
         return [o for o in output.get("nftables", []) if "metainfo" not in o]
 
-    def list_table(self, table: str, family: str = FAMILY) -> list[Json] | None:
-        """The table's objects (table, sets with elements, chains, rules), None when it does not exist."""
+    def list_table(self, table: str, family: str = FAMILY, *, terse: bool = False) -> list[Json] | None:
+        """The table's objects (table, sets with elements unless ``terse``, chains, rules), None when it
+        does not exist."""
         try:
-            return self.run([{"list": {"table": {"family": family, "name": table}}}])
+            return self.run([{"list": {"table": {"family": family, "name": table}}}], terse=terse)
         except NftablesError as e:
             if e.not_found:
                 return None
             raise
+
+    def list_set(self, table: str, name: str, family: str = FAMILY) -> Json | None:
+        """One set with its elements (the ``set`` object's value), None when it does not exist."""
+        try:
+            out = self.run([{"list": {"set": {"family": family, "table": table, "name": name}}}])
+        except NftablesError as e:
+            if e.not_found:
+                return None
+            raise
+        return next((o["set"] for o in out if "set" in o), None)

@@ -16,6 +16,21 @@ The table holds two address sets and a chain on the postrouting hook::
 backend a mark that one iptables/ip6tables rule turns into NFQUEUE (this
 kernel has no native ``queue`` expression).
 
+With a per-source limit of new flows (``new_flow_limit`` > 0, the default),
+"divert" is a jump to a regular chain that first rate-limits by source
+address, so that one pod's flood cannot fill the queue every other pod's
+first packets wait in::
+
+    update @new-flows-v4 { ip saddr limit rate over N/second burst N packets }  count, drop
+    update @new-flows-v6 { ip6 saddr limit rate over N/second burst N packets } count, drop
+    ................................................ divert (queue, or mark)
+
+Over the limit means dropped, never accepted: the limit holds whatever
+fail-open says. The sets are dynamic (one element per source, forgotten 10 s
+after its last new flow); the named counter ``new-flows-limited`` counts the
+drops. ``goto`` (not ``jump``) makes each packet pass the limiter once, however
+many divert rules it matches.
+
 With the netfilter bug 1766 workaround (on by default, not needed from
 kernel 6.12) a second chain judges new DNS requests on the prerouting hook::
 
@@ -71,6 +86,18 @@ DEFAULT_QUEUE_NUM: Final = 100
 #: Not used by kube-proxy (0x4000 masquerade, 0x8000 drop) nor by Calico's default 0xffff0000 mask.
 DEFAULT_MARK: Final = 0x200000
 DNS_PORT: Final = 53
+#: New flows per second (and burst) one source address may send to the queue; 0 turns the limit off.
+#: The agent judges tens of thousands of new flows per second (docs/performance.md): two flooding
+#: pods at this rate left every other pod's connection on time in the lab, on a loaded 2-CPU VM,
+#: where 5,000 did not always; 1,000 cut into a test pod opening 1,400 connections a second.
+DEFAULT_NEW_FLOW_LIMIT: Final = 2000
+DIVERT_CHAIN: Final = "divert"
+DIVERT_DNS_CHAIN: Final = "divert-dns"
+LIMITED_COUNTER: Final = "new-flows-limited"
+#: Sources the limiter remembers at once; beyond, a new source is not limited (its flows are still judged).
+METER_SIZE: Final = 65535
+#: Seconds a source's bucket is kept after its last new flow (a full bucket refills in one second).
+METER_TIMEOUT: Final = 10
 
 #: srcnat (100) - 5: after routing and DNAT, before SNAT hides the pod's address.
 PRIORITY_NATIVE: Final = 95
@@ -99,6 +126,11 @@ MANAGED_SETS: Final = (
     ManagedSet("managed-v6", "ipv6_addr", "ip6", 6),
 )
 MANAGED_SET_BY_VERSION: Final = {s.version: s for s in MANAGED_SETS}
+#: The limiter's dynamic sets: per source address, its token bucket of new flows.
+METER_SETS: Final = (
+    ManagedSet("new-flows-v4", "ipv4_addr", "ip", 4),
+    ManagedSet("new-flows-v6", "ipv6_addr", "ip6", 6),
+)
 
 
 @dataclass(frozen=True)
@@ -113,6 +145,7 @@ class RulesetSpec:
     mark: int = DEFAULT_MARK  # our bit: "queue me" to iptables (xt), "judged at prerouting" (bug-1766 fix)
     divert_all: bool = False  # queue every new connection, not only managed addresses
     netfilter_bug_1766_fix: bool = True  # judge new DNS requests on prerouting (see the module doc)
+    new_flow_limit: int = DEFAULT_NEW_FLOW_LIMIT  # new flows/s per source sent to the queue; 0: no limit
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.table):
@@ -123,6 +156,8 @@ class RulesetSpec:
             raise ValueError(f"queue number {self.queue_num} out of range 0-65535")
         if not 0 < self.mark < 0xFFFFFFFF:
             raise ValueError(f"mark {self.mark:#x} must be a non-zero mask narrower than 32 bits")
+        if not 0 <= self.new_flow_limit <= 10_000_000:
+            raise ValueError(f"new flow limit {self.new_flow_limit} out of range 0-10000000 (0: no limit)")
 
     @property
     def priority(self) -> int:
@@ -150,8 +185,16 @@ def chains(spec: RulesetSpec) -> tuple[Chain, ...]:
     return tuple(out)
 
 
+def divert_chains(spec: RulesetSpec) -> tuple[str, ...]:
+    """The regular chains the divert rules go to (the limiter), none without a limit."""
+    if not spec.new_flow_limit:
+        return ()
+    return (DIVERT_CHAIN, DIVERT_DNS_CHAIN) if spec.netfilter_bug_1766_fix else (DIVERT_CHAIN,)
+
+
 def chain_names(spec: RulesetSpec) -> tuple[str, ...]:
-    return tuple(c.name for c in chains(spec))
+    """Every chain of the table: the regular ones first (base chains' rules go to them)."""
+    return divert_chains(spec) + tuple(c.name for c in chains(spec))
 
 
 #: Every iptables mangle chain that may hold our queue rule (cleanup looks in all of them).
@@ -184,7 +227,11 @@ DIVERT: Final = "divert"
 DIVERT_MARKED: Final = "divert-marked"
 #: Clear our bit (the xt postrouting rule must not queue the packet again) and accept.
 UNMARK_ACCEPT: Final = "unmark-accept"
-Action = Literal["accept", "divert", "divert-marked", "unmark-accept"]
+#: Count in the limiter's counter and drop.
+LIMITED_DROP: Final = "limited-drop"
+GOTO_DIVERT: Final = "goto-divert"
+GOTO_DIVERT_DNS: Final = "goto-divert-dns"
+Action = Literal["accept", "divert", "divert-marked", "unmark-accept", "limited-drop", "goto-divert", "goto-divert-dns"]
 
 MATCH_ICMPV6_ND: Final = (
     _match(_meta("l4proto"), 58),
@@ -211,6 +258,8 @@ class Rule:
 
 
 def _divert_rules(spec: RulesetSpec, action: Action) -> list[Rule]:
+    if spec.new_flow_limit:
+        action = GOTO_DIVERT if action == DIVERT else GOTO_DIVERT_DNS
     if spec.divert_all:
         return [Rule("divert-all", (), action)]
     return [
@@ -220,8 +269,20 @@ def _divert_rules(spec: RulesetSpec, action: Action) -> list[Rule]:
     ]
 
 
+def _limiter_rules(spec: RulesetSpec) -> list[Rule]:
+    rate = {"rate": spec.new_flow_limit, "per": "second", "burst": spec.new_flow_limit, "inv": True}
+    out = []
+    for s in METER_SETS:
+        update = {"set": {"op": "update", "elem": _payload(s.protocol, "saddr"), "set": "@" + s.name,
+                          "stmt": [{"limit": rate}]}}
+        out.append(Rule(f"limit-v{s.version}", (_match(_meta("nfproto"), f"ipv{s.version}"), update), LIMITED_DROP))
+    return out
+
+
 def rules(spec: RulesetSpec, chain: str = CHAIN) -> list[Rule]:
     """The rules of our chain ``chain`` for ``spec``, in order."""
+    if chain in divert_chains(spec):
+        return [*_limiter_rules(spec), Rule("divert", (), DIVERT if chain == DIVERT_CHAIN else DIVERT_MARKED)]
     if chain == PREROUTING_CHAIN and spec.netfilter_bug_1766_fix:
         return [
             Rule("loopback", MATCH_LOOPBACK, ACCEPT),
@@ -250,6 +311,12 @@ def action_statements(spec: RulesetSpec, action: str) -> list[Json]:
     """The statements that carry out ``action`` for the spec's backend."""
     if action == ACCEPT:
         return [{"accept": None}]
+    if action == LIMITED_DROP:
+        return [{"counter": LIMITED_COUNTER}, {"drop": None}]
+    if action == GOTO_DIVERT:
+        return [{"goto": {"target": DIVERT_CHAIN}}]
+    if action == GOTO_DIVERT_DNS:
+        return [{"goto": {"target": DIVERT_DNS_CHAIN}}]
     if action == UNMARK_ACCEPT:
         keep_others = 0xFFFFFFFF ^ spec.mark
         return [{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), keep_others]}}}, {"accept": None}]
@@ -280,10 +347,32 @@ def set_object(spec: RulesetSpec, s: ManagedSet) -> Json:
     return {"set": {**_table_ref(spec), "name": s.name, "type": s.addr_type}}
 
 
+def meter_set_object(spec: RulesetSpec, s: ManagedSet) -> Json:
+    # No "dynamic" flag: libnftables 1.0.6's JSON parser does not know it; nft sets it on the set
+    # itself when a rule updates the set from the packet path (the kernel lists "flags dynamic,timeout").
+    return {"set": {**_table_ref(spec), "name": s.name, "type": s.addr_type, "flags": ["timeout"],
+                    "timeout": METER_TIMEOUT, "size": METER_SIZE}}
+
+
+def counter_object(spec: RulesetSpec) -> Json:
+    return {"counter": {**_table_ref(spec), "name": LIMITED_COUNTER}}
+
+
+def meter_sets(spec: RulesetSpec) -> tuple[ManagedSet, ...]:
+    return METER_SETS if spec.new_flow_limit else ()
+
+
+def counters(spec: RulesetSpec) -> tuple[str, ...]:
+    return (LIMITED_COUNTER,) if spec.new_flow_limit else ()
+
+
 def chain_object(spec: RulesetSpec, name: str = CHAIN, *, base: bool = True) -> Json:
-    """Our chain ``name`` with its hook (``base``), or just its reference (for flush and delete)."""
+    """Our chain ``name`` with its hook (``base``), or just its reference (for flush and delete).
+
+    The limiter's chains are regular chains: they have no hook either way.
+    """
     chain: Json = {**_table_ref(spec), "name": name}
-    if base:
+    if base and name not in divert_chains(spec):
         ours = {c.name: c for c in chains(spec)}
         if name not in ours:
             raise ValueError(f"no chain {name!r} in this ruleset")
@@ -313,9 +402,11 @@ def create_commands(spec: RulesetSpec) -> list[Json]:
     """Commands that build the whole (empty-set) table from nothing."""
     cmds = [{"add": table_object(spec.table)}]
     cmds += [{"add": set_object(spec, s)} for s in MANAGED_SETS]
-    cmds += [{"add": chain_object(spec, c.name)} for c in chains(spec)]
-    for c in chains(spec):
-        cmds += [{"add": r} for r in rule_objects(spec, c.name)]
+    cmds += [{"add": meter_set_object(spec, s)} for s in meter_sets(spec)]
+    cmds += [{"add": counter_object(spec)} for _ in counters(spec)]
+    cmds += [{"add": chain_object(spec, name)} for name in chain_names(spec)]
+    for name in chain_names(spec):
+        cmds += [{"add": r} for r in rule_objects(spec, name)]
     return cmds
 
 
@@ -422,6 +513,8 @@ class SetState:
     type: Any
     flags: tuple[str, ...]
     elements: frozenset[str] | None  # None: some element is not a plain address
+    timeout: Any = None
+    size: Any = None
 
 
 @dataclass
@@ -434,12 +527,21 @@ class ChainState:
 class TableState:
     sets: dict[str, SetState] = field(default_factory=dict)
     chains: dict[str, ChainState] = field(default_factory=dict)
+    counters: set[str] = field(default_factory=set)
 
 
 _CHAIN_ATTRS: Final = ("type", "hook", "prio", "policy")
 
 
 def _plain_elements(raw: list[Any]) -> frozenset[str] | None:
+    # libnftables lists addresses as str(ipaddress) writes them (RFC 5952), so the text is taken
+    # as it is when it reads back the same; only other spellings pay for normalising (10,000
+    # elements: 3 ms against 30). The set's type is checked on its own: an ipv4_addr or
+    # ipv6_addr set lists nothing but addresses, prefixes and ranges.
+    if all(type(e) is str for e in raw):
+        texts = frozenset(raw)
+        if all(":" not in e or e == e.lower() for e in texts) and not any("::ffff:" in e and "." in e for e in texts):
+            return _valid_or_none(texts)
     out = set()
     for e in raw:
         if not isinstance(e, str):
@@ -449,6 +551,14 @@ def _plain_elements(raw: list[Any]) -> frozenset[str] | None:
         except ValueError:
             return None
     return frozenset(out)
+
+
+def _valid_or_none(texts: frozenset[str]) -> frozenset[str] | None:
+    """``texts`` if each is an address (a prefix such as 10.0.0.0/8 is not)."""
+    for e in texts:
+        if "/" in e or "-" in e:
+            return None
+    return texts
 
 
 def parse_table(listing: Iterable[Json]) -> TableState:
@@ -462,6 +572,8 @@ def parse_table(listing: Iterable[Json]) -> TableState:
                 type=s.get("type"),
                 flags=tuple(sorted([flags] if isinstance(flags, str) else flags)),
                 elements=_plain_elements(s.get("elem", [])),
+                timeout=s.get("timeout"),
+                size=s.get("size"),
             )
         elif "chain" in obj:
             c = obj["chain"]
@@ -469,6 +581,8 @@ def parse_table(listing: Iterable[Json]) -> TableState:
         elif "rule" in obj:
             r = obj["rule"]
             state.chains.setdefault(r["chain"], ChainState({})).rule_comments.append(r.get("comment"))
+        elif "counter" in obj:
+            state.counters.add(obj["counter"]["name"])
     return state
 
 
@@ -484,16 +598,18 @@ def installed_elements(state: TableState | None) -> dict[str, frozenset[str]]:
 def installed_divert_all(spec: RulesetSpec, state: TableState | None) -> bool | None:
     """The divert-all mode whose rules the kernel's postrouting chain holds, None if neither matches.
 
-    The earlier run may have had the bug-1766 workaround the other way: its
-    rules count too, so switching the workaround keeps the mode.
+    The earlier run may have had the bug-1766 workaround or the limiter the
+    other way: their rules count too, so switching them keeps the mode.
     """
     chain = state.chains.get(CHAIN) if state else None
     if chain is None:
         return None
     for mode in (False, True):
         for fix in (spec.netfilter_bug_1766_fix, not spec.netfilter_bug_1766_fix):
-            if chain.rule_comments == rule_comments(replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix)):
-                return mode
+            for limit in (spec.new_flow_limit, 0 if spec.new_flow_limit else DEFAULT_NEW_FLOW_LIMIT):
+                other = replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix, new_flow_limit=limit)
+                if chain.rule_comments == rule_comments(other):
+                    return mode
     return None
 
 
@@ -501,10 +617,56 @@ def _set_matches(st: SetState, s: ManagedSet) -> bool:
     return st.type == s.addr_type and st.flags == () and st.elements is not None
 
 
+def _meter_matches(st: SetState, s: ManagedSet) -> bool:
+    # libnftables lists a dynamic set's flags without "dynamic"; type, timeout and size say enough.
+    return st.type == s.addr_type and "timeout" in st.flags and st.timeout == METER_TIMEOUT and st.size == METER_SIZE
+
+
+@dataclass(frozen=True)
+class TableComparison:
+    """How the kernel's table differs from ``spec`` (everything empty/True: it is as wanted)."""
+
+    missing_sets: tuple[str, ...]  # ours, not in the kernel
+    bad_sets: tuple[str, ...]  # ours, in the kernel with another shape
+    foreign_sets: tuple[str, ...]  # in our table, not ours
+    missing_counters: tuple[str, ...]
+    foreign_chains: tuple[str, ...]
+    chain_ok: Mapping[str, bool]  # ours: present with the right hook and priority
+    rules_ok: Mapping[str, bool]  # ours: present, right hook, rules as generated
+    present_chains: tuple[str, ...]  # ours that the kernel has (right or wrong)
+
+
+def compare_table(spec: RulesetSpec, state: TableState) -> TableComparison:
+    """Compare the kernel's table (``state``) with what ``spec`` generates, elements aside."""
+    wanted_sets = {s.name: (s, _set_matches) for s in MANAGED_SETS}
+    wanted_sets.update({s.name: (s, _meter_matches) for s in meter_sets(spec)})
+    missing_sets = tuple(name for name in wanted_sets if name not in state.sets)
+    bad_sets = tuple(
+        name for name, (s, matches) in wanted_sets.items() if name in state.sets and not matches(state.sets[name], s)
+    )
+    foreign_sets = tuple(sorted(set(state.sets) - set(wanted_sets)))
+    missing_counters = tuple(c for c in counters(spec) if c not in state.counters)
+    ours = chain_names(spec)
+    foreign_chains = tuple(sorted(n for n in state.chains if n not in ours))
+    chain_ok: dict[str, bool] = {}
+    rules_ok: dict[str, bool] = {}
+    for name in ours:
+        have = state.chains.get(name)
+        want_attrs = {k: v for k, v in chain_object(spec, name)["chain"].items() if k in _CHAIN_ATTRS}
+        chain_ok[name] = have is not None and have.attrs == want_attrs
+        # A set or counter re-created means its rules are too: they pin what they use.
+        rules_ok[name] = (
+            have is not None and chain_ok[name] and not bad_sets and not missing_sets and not missing_counters
+            and have.rule_comments == rule_comments(spec, name)
+        )
+    return TableComparison(missing_sets, bad_sets, foreign_sets, missing_counters, foreign_chains, chain_ok,
+                           rules_ok, tuple(n for n in ours if n in state.chains))
+
+
 def reconcile_commands(
     spec: RulesetSpec, state: TableState | None, desired: Elements | None
 ) -> tuple[list[Json], dict[str, frozenset[str]]]:
-    """One transaction that brings whatever an earlier run left to ``spec``.
+    """One transaction that brings whatever an earlier run (or anyone since) left to ``spec``.
 
     ``desired`` None keeps the elements of sets that have the right shape.
     Returns the commands (empty when nothing differs) and the elements the sets
@@ -524,38 +686,28 @@ def reconcile_commands(
                 elements[s.name] = delta.add
         return cmds, elements
 
-    bad_sets = [
-        s for s in MANAGED_SETS if s.name in state.sets and not _set_matches(state.sets[s.name], s)
-    ]
-    foreign_sets = sorted(set(state.sets) - {s.name for s in MANAGED_SETS})
-    ours = chain_names(spec)
-    foreign_chains = sorted(n for n in state.chains if n not in ours)
-    present = [n for n in ours if n in state.chains]
-    chain_ok: dict[str, bool] = {}
-    rules_ok: dict[str, bool] = {}
-    for name in ours:
-        have = state.chains.get(name)
-        want_attrs = {k: v for k, v in chain_object(spec, name)["chain"].items() if k in _CHAIN_ATTRS}
-        chain_ok[name] = have is not None and have.attrs == want_attrs
-        rules_ok[name] = (
-            have is not None and chain_ok[name] and not bad_sets and have.rule_comments == rule_comments(spec, name)
-        )
-
+    diff = compare_table(spec, state)
+    present = diff.present_chains
     cmds = []
-    # Empty every chain that goes or gets new rules first: rules pin the sets and chains they use.
-    to_flush = foreign_chains + [n for n in present if not rules_ok[n]]
+    # Empty every chain that goes or gets new rules first: rules pin the sets, chains and counters they use.
+    to_flush = list(diff.foreign_chains) + [n for n in present if not diff.rules_ok[n]]
     cmds += [{"flush": chain_object(spec, n, base=False)} for n in to_flush]
-    to_delete = foreign_chains + [n for n in present if not chain_ok[n]]
+    to_delete = list(diff.foreign_chains) + [n for n in present if not diff.chain_ok[n]]
     cmds += [{"delete": chain_object(spec, n, base=False)} for n in to_delete]
-    for name in [s.name for s in bad_sets] + foreign_sets:
+    for name in diff.bad_sets + diff.foreign_sets:
         cmds.append({"delete": {"set": {**_table_ref(spec), "name": name}}})
 
-    for s in MANAGED_SETS:
-        if s.name not in state.sets or s in bad_sets:
-            cmds.append({"add": set_object(spec, s)})
-    cmds += [{"add": chain_object(spec, n)} for n in ours if not chain_ok[n]]
+    meters = {s.name: s for s in meter_sets(spec)}
+    for name in diff.missing_sets + diff.bad_sets:
+        if name in meters:
+            cmds.append({"add": meter_set_object(spec, meters[name])})
+        else:
+            cmds.append({"add": set_object(spec, next(s for s in MANAGED_SETS if s.name == name))})
+    cmds += [{"add": counter_object(spec)} for _ in diff.missing_counters]
+    ours = chain_names(spec)
+    cmds += [{"add": chain_object(spec, n)} for n in ours if not diff.chain_ok[n]]
     for name in ours:
-        if not rules_ok[name]:
+        if not diff.rules_ok[name]:
             cmds += [{"add": r} for r in rule_objects(spec, name)]
 
     current = installed_elements(state)

@@ -76,6 +76,12 @@ class Xtables:
     def list_ours(self, family: int, comment: str, chain: str = XT_CHAIN) -> list[list[str]]:
         return parse_rules(self._call(family, ["-S", chain]), comment, chain)
 
+    def list_ours_by_chain(self, family: int, comment: str) -> dict[str, list[list[str]]]:
+        """Our rules in every chain of the mangle table, from one listing: chain -> rules."""
+        out = self._call(family, ["-S"])
+        chains = {line.split()[1] for line in out.splitlines() if line.startswith("-A ")}
+        return {chain: rules for chain in chains if (rules := parse_rules(out, comment, chain))}
+
     def ensure(
         self, family: int, rule: list[str], comment: str, *, remove_stale: bool = True, chain: str = XT_CHAIN
     ) -> bool:

@@ -196,7 +196,11 @@ class AgentCollector(Collector):
         queue_stats: Callable[[], list[QueueStats]] = read_nfqueue_stats,
         verdict_errors: Callable[[], int] = lambda: 0,
         decision_log_stats: Callable[[], dict[str, int]] | None = None,
+        dataplane_repairs: Callable[[], dict[str, int]] = dict,
+        new_flows_limited: Callable[[], int] = lambda: 0,
     ) -> None:
+        self._dataplane_repairs = dataplane_repairs
+        self._new_flows_limited = new_flows_limited
         self.verdicts = verdicts
         self.control = control
         self._invalid_objects = invalid_objects
@@ -233,6 +237,13 @@ class AgentCollector(Collector):
             family = HistogramMetricFamily(PREFIX + name, help_text)
             family.add_metric([], histogram.buckets(), histogram.total)
             yield family
+        repairs = _counter(PREFIX + "dataplane_repairs", "Repairs of the kernel's ruleset that found it changed, by what had changed")
+        for kind, count in sorted(self._dataplane_repairs().items()):
+            repairs.add_sample(PREFIX + "dataplane_repairs", {"kind": kind}, count)
+        yield repairs
+        limited = _counter(PREFIX + "new_flows_rate_limited", "New flows dropped before the queue by the per-source limit")
+        limited.add_sample(PREFIX + "new_flows_rate_limited", {}, self._new_flows_limited())
+        yield limited
         errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)")
         errors.add_sample(PREFIX + "dataplane_sync_errors", {}, self.control.sync_errors)
         yield errors

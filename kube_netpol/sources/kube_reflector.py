@@ -59,12 +59,26 @@ class WatchSettings:
     connect_timeout: float = 10.0
     #: Read timeout of a list page.
     list_read_timeout: float = 60.0
-    #: How much longer than its timeoutSeconds a silent watch may stay open before we give up on it.
-    watch_read_margin: float = 30.0
+    #: Longest silence on an open watch before we give up on it and watch again from the last
+    #: resourceVersion. The API server sends a BOOKMARK about once a minute to watches that ask for
+    #: them (its bookmarkFrequency; we always ask): 60 s plus the 15 s slack it keeps events for.
+    #: A server that sends no bookmarks costs a re-watch per quiet 75 s, nothing more.
+    watch_read_timeout: float = 75.0
+    #: TCP keepalive on every connection to the API server (see ``dead_connection_timeout``).
+    keepalive_idle: int = 15
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     #: A watch that lasted this long (or delivered an event) was healthy: the backoff starts over.
     healthy_watch: float = 1.0
+
+    @property
+    def dead_connection_timeout(self) -> int:
+        """Seconds after its last sign of life that a connection whose peer vanished without a reset
+        (node gone, NAT or load balancer state dropped) fails: unanswered keepalive probes, and as
+        TCP_USER_TIMEOUT unacknowledged data. 30 s by default, well inside a minute."""
+        return self.keepalive_idle + self.keepalive_interval * self.keepalive_count
 
 
 class Backoff:
@@ -296,7 +310,8 @@ class Reflector:
                 resource_version=self._resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout,
-                _request_timeout=(settings.connect_timeout, timeout + settings.watch_read_margin),
+                # A read timeout, not a deadline: any byte (an event or a BOOKMARK) starts it again.
+                _request_timeout=(settings.connect_timeout, settings.watch_read_timeout),
             )
         except Exception as err:
             # Most servers send 410 as an ERROR event; some answer the request with it.

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 from typing import Any, Callable, Iterable
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
 from kube_netpol.api.kinds import KindSpec
 from kube_netpol.sources.kube_reflector import Reflector, Request, Submit, WatchSettings
@@ -45,8 +47,14 @@ class KubernetesConfigError(RuntimeError):
     """No usable API server configuration (bad kubeconfig, not running in a cluster)."""
 
 
-def api_client_from_config(kubeconfig: str | None = None) -> k8s_client.ApiClient:
-    """An ApiClient from ``kubeconfig``, or from the pod's service account when None."""
+def api_client_from_config(kubeconfig: str | None = None, settings: WatchSettings | None = None) -> k8s_client.ApiClient:
+    """An ApiClient from ``kubeconfig``, or from the pod's service account when None.
+
+    Its sockets use TCP keepalive and TCP_USER_TIMEOUT from ``settings`` (default
+    WatchSettings()): a watch whose peer vanished without a reset fails within
+    ``settings.dead_connection_timeout`` seconds rather than waiting out its read timeout.
+    """
+    settings = settings or WatchSettings()
     configuration = k8s_client.Configuration()
     try:
         if kubeconfig:
@@ -61,7 +69,17 @@ def api_client_from_config(kubeconfig: str | None = None) -> k8s_client.ApiClien
     # The watch loop retries with its own backoff and one log line per attempt;
     # urllib3's immediate retries would only add noise and hammer a server that is down.
     configuration.retries = 0
+    configuration.socket_options = _socket_options(settings)
     return k8s_client.ApiClient(configuration)
+
+
+def _socket_options(settings: WatchSettings) -> list[tuple[int, int, int]]:
+    """urllib3's defaults (TCP_NODELAY), keepalive as the client builds it, and TCP_USER_TIMEOUT."""
+    options = tcp_keepalive_socket_options(settings.keepalive_idle, settings.keepalive_interval,
+                                           settings.keepalive_count)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: also bounds data sent and never acknowledged
+        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, settings.dead_connection_timeout * 1000))
+    return options
 
 
 def resource_request(api_client: k8s_client.ApiClient, kind: KindSpec) -> Request:
@@ -175,7 +193,7 @@ def kubernetes_source_factory(
     Loads the configuration now, so that a bad kubeconfig fails before the
     agent starts (raises KubernetesConfigError).
     """
-    api_client = api_client_from_config(kubeconfig)
+    api_client = api_client_from_config(kubeconfig, settings)
 
     def factory(state: ClusterState) -> KubernetesSource:
         return KubernetesSource(state, api_client, settings=settings)

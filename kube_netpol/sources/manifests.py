@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import time
@@ -31,13 +32,40 @@ class ManifestError(ValueError):
     """A manifest file that cannot be read; the message names the file."""
 
 
+#: Biggest manifest file read (the API server takes requests of at most 3 MiB, etcd objects of 1.5 MiB).
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: Deepest nesting of mappings and lists (Kubernetes objects nest a few dozen levels at most).
+MAX_MANIFEST_DEPTH = 100
+#: Values a file may hold beyond one per byte of its text: only YAML aliases expand past that (alias bombs).
+MAX_ALIAS_EXPANSION = 100_000
+
+
 def read_manifest_file(path: pathlib.Path) -> list[Mapping[str, Any]]:
-    """Every object in one file: YAML documents (or JSON), with ``kind: List`` flattened."""
+    """Every object in one file: YAML documents (or JSON), with ``kind: List`` flattened.
+
+    The objects are what the API server would hold after converting the YAML to
+    JSON, as kubectl and sigs.k8s.io/yaml do: unquoted timestamps stay strings,
+    integer, float and boolean mapping keys become strings; what JSON cannot
+    hold (``!!set``, ``!!binary``, ``!!omap``, null keys, NaN) is refused. Any
+    failure, including too big, too deep or an alias bomb, is a ManifestError
+    naming the file.
+    """
     try:
-        text = path.read_text()
-        documents = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
+        text = _read_text(path)
+        if path.suffix == ".json":
+            documents = [json.loads(text)]
+        else:
+            documents = list(yaml.load_all(text, Loader=_ManifestLoader))  # noqa: S506 - a SafeLoader
+        budget = [len(text) + MAX_ALIAS_EXPANSION]
+        documents = [_json_compatible(document, 0, budget, "") for document in documents]
+    except ManifestError:
+        raise
+    except RecursionError:
+        raise ManifestError(f"{path}: nesting deeper than {MAX_MANIFEST_DEPTH} levels") from None
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise ManifestError(f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - whatever the parser raises, this file is bad, not the agent
+        raise ManifestError(f"{path}: cannot parse: {type(err).__name__}: {err}") from None
     objects: list[Mapping[str, Any]] = []
     for document in documents:
         if document is None:
@@ -49,6 +77,105 @@ def read_manifest_file(path: pathlib.Path) -> list[Mapping[str, Any]]:
         else:
             objects.append(document)
     return objects
+
+
+def _read_text(path: pathlib.Path) -> str:
+    with path.open("rb") as handle:
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
+    return data.decode("utf-8-sig")  # manifests are UTF-8, as the API server requires
+
+
+class _Refused(ValueError):
+    """A value JSON (and so the API server) cannot hold; the message says where."""
+
+
+def _json_compatible(value: Any, depth: int, budget: list[int], where: str) -> Any:
+    """``value`` with mapping keys as strings, or _Refused. ``budget`` counts values left to visit."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _Refused("more values than the file's size allows: YAML aliases expand too far")
+    if depth > MAX_MANIFEST_DEPTH:
+        raise _Refused(f"nesting deeper than {MAX_MANIFEST_DEPTH} levels")
+    if isinstance(value, dict):  # keys are strings: the loader converted them, JSON has no others
+        return {key: _json_compatible(item, depth + 1, budget, f"{where}.{key}" if where else key)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_compatible(item, depth + 1, budget, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused(f"{where}: {value} is not a JSON number")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise _Refused(f"{where}: a {type(value).__name__} is not a JSON value")
+
+
+def _key_text(key: Any) -> str | None:
+    """A mapping key as sigs.k8s.io/yaml turns it into a JSON key; None for keys it refuses."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return str(key)
+    if isinstance(key, float):
+        return ".nan" if math.isnan(key) else ".inf" if key == math.inf else "-.inf" if key == -math.inf else repr(key)
+    return None
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """The safe loader with nesting bounded before the recursive composer gets deep."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_MANIFEST_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_MANIFEST_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:  # type: ignore[override]
+        # Keys become strings as each is read: as Python values, 1 and true would be the same key.
+        self.flatten_mapping(node)  # merge keys ("<<"): merged pairs first, so the mapping's own win
+        mapping: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            name = _key_text(key)
+            if name is None:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"a {type(key).__name__} mapping key is not a JSON key", key_node.start_mark,
+                )
+            mapping[name] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    # The API server's YAML decoding keeps a timestamp in an untyped field as the string written.
+    return str(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+def _not_json(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{node.tag} has no JSON form (the API server would refuse it)", node.start_mark
+    )
+
+
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# Implicit resolvers are a class-level table shared with SafeLoader: copy it without timestamps.
+_ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ManifestLoader.add_constructor(_TIMESTAMP_TAG, _timestamp_as_text)
+for _tag in ("set", "binary", "omap", "pairs"):
+    _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _not_json)
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey | None:

@@ -266,7 +266,10 @@ def test_start_builds_table_sets_chain_and_rules(netns: str, table: str, backend
     assert in_netns(netns, start) == backend
     listed = list_table(netns, table)
     assert listed is not None
-    assert {n: s["type"] for n, s in listed.sets.items()} == {"managed-v4": "ipv4_addr", "managed-v6": "ipv6_addr"}
+    assert {n: s["type"] for n, s in listed.sets.items()} == {
+        "managed-v4": "ipv4_addr", "managed-v6": "ipv6_addr",
+        "new-flows-v4": "ipv4_addr", "new-flows-v6": "ipv6_addr",  # the per-source limit (on by default)
+    }  # fmt: skip
     assert listed.elements("managed-v4") == {"10.1.0.1", "10.1.0.2"} and listed.elements("managed-v6") == {"fd00::1"}
     chain = listed.chains["postrouting"]
     assert (chain["type"], chain["hook"], chain["policy"]) == ("filter", "postrouting", "accept")
@@ -278,6 +281,8 @@ def test_start_builds_table_sets_chain_and_rules(netns: str, table: str, backend
     assert (pre["type"], pre["hook"], pre["policy"]) == ("filter", "prerouting", "accept")
     assert pre["prio"] == (PRIORITY_PREROUTING_NATIVE if backend == "nft" else PRIORITY_PREROUTING_XT)
     assert listed.comments_in(PREROUTING_CHAIN) == rule_comments(spec, PREROUTING_CHAIN)
+    for limiter in ("divert", "divert-dns"):
+        assert "hook" not in listed.chains[limiter] and listed.comments_in(limiter) == rule_comments(spec, limiter)
     statements = json.dumps([r["expr"] for r in listed.rules])
     if backend == "xt":
         assert '"mangle"' in statements and '"queue"' not in statements
@@ -380,7 +385,7 @@ def test_start_repairs_wrong_sets_and_foreign_chains(netns: str, table: str) -> 
     in_netns(netns, lambda: Dataplane(DataplaneConfig(table=table, queue_backend="xt")).start(["10.1.0.1"], []))
     listed = list_table(netns, table)
     assert listed is not None
-    assert set(listed.chains) == {"postrouting", PREROUTING_CHAIN}
+    assert set(listed.chains) == {"postrouting", PREROUTING_CHAIN, "divert", "divert-dns"}
     assert listed.chains["postrouting"]["prio"] == PRIORITY_XT
     assert listed.chains[PREROUTING_CHAIN]["prio"] == PRIORITY_PREROUTING_XT
     assert "flags" not in listed.sets["managed-v4"] and listed.elements("managed-v4") == {"10.1.0.1"}
@@ -619,7 +624,7 @@ def test_bug_1766_switch_adds_and_removes_prerouting_chain_and_xt_rules(netns: s
     on = RulesetSpec(table=table, backend="xt")
     in_netns(netns, start, True)
     listed = list_table(netns, table)
-    assert listed is not None and set(listed.chains) == {"postrouting", PREROUTING_CHAIN}
+    assert listed is not None and set(listed.chains) == {"postrouting", PREROUTING_CHAIN, "divert", "divert-dns"}
     assert listed.comments_in(PREROUTING_CHAIN) == rule_comments(on, PREROUTING_CHAIN)
     handle = listed.chains["postrouting"]["handle"]
     assert xt_everywhere() == {
@@ -630,7 +635,7 @@ def test_bug_1766_switch_adds_and_removes_prerouting_chain_and_xt_rules(netns: s
     # Off: the prerouting chain and the PREROUTING rules go; postrouting is refilled in place.
     in_netns(netns, start, False)
     listed = list_table(netns, table)
-    assert listed is not None and set(listed.chains) == {"postrouting"}
+    assert listed is not None and set(listed.chains) == {"postrouting", "divert"}
     assert listed.chains["postrouting"]["handle"] == handle
     assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", netfilter_bug_1766_fix=False))
     assert listed.elements("managed-v4") == {"10.1.0.1"} and listed.elements("managed-v6") == {"fd00::1"}

@@ -57,6 +57,7 @@ class ScriptedSource:
 class RecordingDataplane:
     def __init__(self) -> None:
         self.started = False
+        self.in_sync = True
         self.syncs: list[tuple[frozenset[bytes], frozenset[bytes], bool]] = []
         self.backend = "test"
         self.divert_all = False
@@ -92,6 +93,10 @@ def policy(name: str, selector: dict) -> Callable[[ClusterState], Any]:
 
 @pytest.fixture
 def agent(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from kube_netpol.dataplane import guard
+
+    monkeypatch.setattr(guard.DataplaneGuard, "start", lambda self: None)  # no kernel to watch
+    monkeypatch.setattr(guard.DataplaneGuard, "stop", lambda self: None)
     monkeypatch.setattr(VerdictLoop, "bind", lambda self: None)
     monkeypatch.setattr(VerdictLoop, "run", lambda self, stop, poll_interval=0.05: stop.wait())
     dataplane = RecordingDataplane()

@@ -305,6 +305,7 @@ def test_select_denied_skips_dead_and_unwatched_entries_and_judges_each_key_once
 
 class FakeDataplane:
     divert_all = False
+    backend = "nft"
     managed = (frozenset({"10.0.0.2"}), frozenset({"fd00::9"}))
 
 
@@ -357,3 +358,73 @@ def test_strict_mode_pass_failures_are_logged_and_never_raised(
     assert "strict mode: listing conntrack entries: EPERM" in caplog.text
     assert "strict mode: the conntrack pass failed" in caplog.text and "boom" in caplog.text
 
+
+
+# --- NAT: strict mode judges what our chain judged (after DNAT, before SNAT) ----------------------
+
+V4 = lambda text: socket.inet_pton(socket.AF_INET, text)  # noqa: E731
+
+
+def _nat_variant(dnat: bool = False, snat: bool = False) -> bytes:
+    """DUMP_MESSAGES[6] (10.0.0.1:60110 -> 10.0.0.2:8080) as if it went to Service 10.96.0.10:80 (DNAT)
+    and/or was masqueraded as 10.0.0.254 (SNAT). Offsets: headers 20 bytes, then CTA_TUPLE_ORIG
+    {IP {src 32:36, dst 40:44}, PROTO {num, sport 60:62, dport 68:70}}, CTA_TUPLE_REPLY from 72
+    {IP {src 84:88, dst 92:96}, ...}."""
+    message = bytearray(bytes.fromhex(DUMP_MESSAGES[6]))
+    if dnat:
+        message[40:44] = V4("10.96.0.10")
+        message[68:70] = struct.pack(">H", 80)
+    if snat:
+        message[92:96] = V4("10.0.0.254")
+    return bytes(message)
+
+
+def test_the_reply_source_is_decoded_and_equals_the_destination_without_nat() -> None:
+    for entry in _entries():
+        assert (entry.reply_src, entry.reply_sport) == (entry.dst, entry.dport)
+        assert entry.as_judged() == entry
+
+
+def test_a_dnat_entry_is_judged_with_the_endpoint_it_went_to() -> None:
+    [entry] = [m for m in decode(_nat_variant(dnat=True)) if isinstance(m, Entry)]
+    assert (entry.dst, entry.dport) == (V4("10.96.0.10"), 80)  # the original tuple: what deletes it
+    judged = entry.as_judged()
+    assert (judged.src, judged.dst, judged.sport, judged.dport) == (V4("10.0.0.1"), V4("10.0.0.2"), 60110, 8080)
+    assert judged.ident == entry.ident
+
+
+def test_a_masqueraded_entry_is_judged_with_the_pod_as_source() -> None:
+    [entry] = [m for m in decode(_nat_variant(dnat=True, snat=True)) if isinstance(m, Entry)]
+    judged = entry.as_judged()
+    # SNAT happens after our chain judged the packet: the source is the original one, the pod's.
+    assert (judged.src, judged.dst, judged.dport) == (V4("10.0.0.1"), V4("10.0.0.2"), 8080)
+
+
+def test_select_denied_cuts_a_connection_through_a_service_address() -> None:
+    entries = [m for m in decode(_nat_variant(dnat=True)) if isinstance(m, Entry)]
+    seen: list[tuple[bytes, int]] = []
+
+    def allowed(entry: Entry) -> bool:
+        seen.append((entry.dst, entry.dport))
+        return False
+
+    # Only the endpoint is watched (managed): the Service address is not a pod's.
+    denied = select_denied(entries, {V4("10.0.0.2")}.__contains__, allowed)
+    assert denied == entries  # the entry itself, original tuple and ident, is what gets deleted
+    assert seen == [(V4("10.0.0.2"), 8080)]
+
+
+def test_dns_judged_before_dnat_keeps_the_service_address() -> None:
+    """xt backend with the bug-1766 workaround: DNS requests were judged in mangle PREROUTING, before DNAT."""
+    [tcp] = [m for m in decode(_nat_variant(dnat=True)) if isinstance(m, Entry)]
+    dns = tcp._replace(protocol=17, dport=53)  # a UDP request to the Service address's port 53
+    seen: list[bytes] = []
+
+    def allowed(entry: Entry) -> bool:
+        seen.append(entry.dst)
+        return True
+
+    select_denied([dns], lambda _ip: True, allowed, dns_judged_before_dnat=True)
+    select_denied([dns], lambda _ip: True, allowed)
+    select_denied([tcp], lambda _ip: True, allowed, dns_judged_before_dnat=True)
+    assert seen == [V4("10.96.0.10"), V4("10.0.0.2"), V4("10.0.0.2")]

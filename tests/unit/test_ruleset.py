@@ -21,8 +21,13 @@ from kube_netpol.dataplane.ruleset import (
     PRIORITY_PREROUTING_XT,
     PRIORITY_XT,
     RulesetSpec,
+    chain_names,
     chain_object,
     chains,
+    counter_object,
+    counters,
+    meter_set_object,
+    meter_sets,
     create_commands,
     delete_table_commands,
     diff_elements,
@@ -46,8 +51,9 @@ ACCEPT = {"accept": None}
 
 
 def spec(**kw: Any) -> RulesetSpec:
-    """A spec for table t1; the netfilter bug 1766 workaround is off unless asked for (tested on its own)."""
-    return RulesetSpec(**{"table": "t1", "queue_num": 7, "netfilter_bug_1766_fix": False, **kw})
+    """A spec for table t1; the netfilter bug 1766 workaround and the new-flow limit are off unless asked
+    for (each is tested on its own)."""
+    return RulesetSpec(**{"table": "t1", "queue_num": 7, "netfilter_bug_1766_fix": False, "new_flow_limit": 0, **kw})
 
 
 def exprs(s: RulesetSpec) -> list[list[dict]]:
@@ -213,10 +219,14 @@ def listing(s: RulesetSpec, v4: list[str] = (), v6: list[str] = ()) -> list[dict
         if elems:
             st["elem"] = list(elems)
         out.append({"set": st})
-    for c in chains(s):
-        out.append({"chain": {**chain_object(s, c.name)["chain"], "handle": 3}})
-    for c in chains(s):
-        for r in rule_objects(s, c.name):
+    for meter in meter_sets(s):
+        listed = dict(meter_set_object(s, meter)["set"], flags=["timeout"])  # libnftables leaves "dynamic" out
+        out.append({"set": listed})
+    out += [{"counter": {**counter_object(s)["counter"], "packets": 3, "bytes": 180}} for _ in counters(s)]
+    for name in chain_names(s):
+        out.append({"chain": {**chain_object(s, name)["chain"], "handle": 3}})
+    for name in chain_names(s):
+        for r in rule_objects(s, name):
             out.append({"rule": {**r["rule"], "expr": [{"normalised": "differently"}], "handle": 9}})
     return out
 
@@ -400,8 +410,16 @@ class FakeNft:
         self.transactions.append(commands)
         return []
 
-    def list_table(self, table: str) -> list[dict] | None:
-        return self.tables.get(table)
+    def list_table(self, table: str, terse: bool = False) -> list[dict] | None:
+        listed = self.tables.get(table)
+        if listed is None or not terse:
+            return copy.deepcopy(listed)
+        return [{"set": {k: v for k, v in o["set"].items() if k != "elem"}} if "set" in o else o
+                for o in copy.deepcopy(listed)]
+
+    def list_set(self, table: str, name: str) -> dict | None:
+        return next((copy.deepcopy(o["set"]) for o in self.tables.get(table) or [] if o.get("set", {}).get("name") == name),
+                    None)
 
 
 def test_resolve_queue_backend() -> None:
@@ -430,7 +448,7 @@ def test_probe_raises_other_errors() -> None:
 def make_dataplane(native: bool = True, tables: dict | None = None, **cfg: Any) -> tuple[Dataplane, FakeNft, FakeRunner]:
     nft = FakeNft(native_queue=native, tables=tables)
     run = FakeRunner([])
-    config = DataplaneConfig(table="t1", queue_num=7, **cfg)
+    config = DataplaneConfig(table="t1", queue_num=7, **{"new_flow_limit": 0, **cfg})
     return Dataplane(config, nft=nft, xtables=Xtables(runner=run)), nft, run  # type: ignore[arg-type]
 
 
@@ -741,3 +759,167 @@ def test_cleanup_says_what_it_removed_and_only_that() -> None:
 
     only_rules = cleanup("t1", nft=nft, xtables=Xtables(runner=FakeRunner([list(rule)])))  # type: ignore[arg-type]
     assert describe("t1", only_rules) == "no table inet t1; removed xtables rules with comment t1: 1 in iptables mangle POSTROUTING"
+
+
+# --- the per-source limit of new flows ahead of the queue ------------------------------------
+
+LIMITED = [{"counter": "new-flows-limited"}, {"drop": None}]
+
+
+def limiter_exprs(s: RulesetSpec, chain: str = "divert") -> list[list[dict]]:
+    return [o["rule"]["expr"] for o in rule_objects(s, chain)]
+
+
+def test_new_flow_limit_is_the_default_and_adds_a_regular_chain_sets_and_a_counter() -> None:
+    s = RulesetSpec(table="t1", netfilter_bug_1766_fix=False)
+    assert s.new_flow_limit == 2000 == DataplaneConfig().spec("nft").new_flow_limit
+    cmds = create_commands(s)
+    added = [next(iter(c["add"])) for c in cmds]
+    assert added[:6] == ["table", "set", "set", "set", "set", "counter"]
+    meter = cmds[3]["add"]["set"]
+    assert (meter["name"], meter["type"], meter["flags"]) == ("new-flows-v4", "ipv4_addr", ["timeout"])
+    assert cmds[5] == {"add": {"counter": {"family": "inet", "table": "t1", "name": "new-flows-limited"}}}
+    regular = cmds[6]["add"]["chain"]
+    assert regular == {"family": "inet", "table": "t1", "name": "divert"}  # no hook: only reached by goto
+    assert chain_names(s) == ("divert", "postrouting")
+
+
+@pytest.mark.parametrize("backend, divert", [("nft", [QUEUE_BYPASS]), ("xt", [MARK_XT, ACCEPT])])
+def test_new_flow_limit_rules_drop_over_the_limit_then_divert(backend: str, divert: list) -> None:
+    s = spec(backend=backend, new_flow_limit=250)
+    v4, v6, last = limiter_exprs(s)
+    assert v4 == [
+        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
+        {"set": {"op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@new-flows-v4",
+                 "stmt": [{"limit": {"rate": 250, "per": "second", "burst": 250, "inv": True}}]}},
+        *LIMITED,
+    ]
+    assert v6[1]["set"]["elem"] == {"payload": {"protocol": "ip6", "field": "saddr"}}
+    assert v6[1]["set"]["set"] == "@new-flows-v6"
+    assert last == divert
+    # Over the limit is a drop, never an accept: fail-open changes only the queue's bypass flag.
+    for fail_open in (True, False):
+        for expr in limiter_exprs(spec(backend=backend, new_flow_limit=250, fail_open=fail_open))[:2]:
+            assert expr[-1] == {"drop": None} and {"accept": None} not in expr
+
+
+def test_new_flow_limit_divert_rules_go_to_the_limiter_once() -> None:
+    s = spec(new_flow_limit=250)
+    e = exprs(s)
+    assert [x[-1] for x in e[3:]] == [{"goto": {"target": "divert"}}] * 4
+    assert exprs(replace(s, divert_all=True))[-1] == [{"goto": {"target": "divert"}}]
+    assert '"queue"' not in json.dumps(rule_objects(s))  # only the limiter's chain queues
+
+
+def test_new_flow_limit_with_the_bug_1766_chain_has_its_own_marked_divert() -> None:
+    s = spec(new_flow_limit=250, netfilter_bug_1766_fix=True)
+    assert chain_names(s) == ("divert", "divert-dns", "postrouting", "prerouting")
+    assert [x[-1] for x in exprs_of(s, "prerouting")[4:]] == [{"goto": {"target": "divert-dns"}}] * 4
+    assert limiter_exprs(s, "divert-dns")[-1] == [MARK_NFT, QUEUE_BYPASS]
+    assert limiter_exprs(s, "divert-dns")[:2] == limiter_exprs(s)[:2]  # one bucket per source for both
+
+
+MARK_NFT = MARK_XT
+
+
+def exprs_of(s: RulesetSpec, chain: str) -> list[list[dict]]:
+    return [o["rule"]["expr"] for o in rule_objects(s, chain)]
+
+
+def test_new_flow_limit_validation() -> None:
+    with pytest.raises(ValueError, match="new flow limit"):
+        spec(new_flow_limit=-1)
+
+
+def test_new_flow_limit_reconcile_up_to_date_sends_nothing_and_repairs_a_missing_counter() -> None:
+    s = spec(new_flow_limit=250, netfilter_bug_1766_fix=True)
+    assert reconcile_commands(s, parse_table(listing(s, ["10.0.0.1"])), None)[0] == []
+    broken = [o for o in listing(s) if "counter" not in o]
+    cmds, _ = reconcile_commands(s, parse_table(broken), None)
+    assert {"add": counter_object(s)} in cmds
+    # The rules that count in it are rewritten after it exists.
+    assert cmds.index({"add": counter_object(s)}) < min(i for i, c in enumerate(cmds) if "rule" in c.get("add", {}))
+
+
+def test_new_flow_limit_switched_off_removes_its_chain_sets_and_rules() -> None:
+    on = spec(new_flow_limit=250)
+    cmds, _ = reconcile_commands(spec(), parse_table(listing(on)), None)
+    assert {"delete": {"chain": {"family": "inet", "table": "t1", "name": "divert"}}} in cmds
+    assert {"delete": {"set": {"family": "inet", "table": "t1", "name": "new-flows-v4"}}} in cmds
+    flushes = [i for i, c in enumerate(cmds) if "flush" in c]
+    deletes = [i for i, c in enumerate(cmds) if "delete" in c]
+    assert max(flushes) < min(deletes)  # the goto rules go before the chain they name
+
+
+def test_new_flow_limit_change_of_rate_rewrites_only_the_limiter() -> None:
+    cmds, _ = reconcile_commands(spec(new_flow_limit=500), parse_table(listing(spec(new_flow_limit=250))), None)
+    assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "t1", "name": "divert"}}}
+    assert all(c.get("add", {}).get("rule", {}).get("chain", "divert") == "divert" for c in cmds)
+
+
+def test_installed_divert_all_survives_switching_the_limit() -> None:
+    assert installed_divert_all(spec(), parse_table(listing(spec(new_flow_limit=250, divert_all=True)))) is True
+    assert installed_divert_all(spec(new_flow_limit=9), parse_table(listing(spec(divert_all=True)))) is True
+
+
+# --- drift: what differs, for a log line and a metric ----------------------------------------------
+
+from kube_netpol.dataplane.drift import KINDS, Drift, table_drift  # noqa: E402
+
+
+def _drift_of(s: RulesetSpec, objects: list[dict], v4: frozenset = frozenset({"10.0.0.1"})) -> Drift:
+    return table_drift(s, parse_table(objects), {"managed-v4": v4, "managed-v6": frozenset()})
+
+
+def test_drift_none_when_the_kernel_holds_the_spec() -> None:
+    s = spec(new_flow_limit=250, netfilter_bug_1766_fix=True)
+    drift = _drift_of(s, listing(s, ["10.0.0.1"]))
+    assert not drift and drift.kinds() == () and drift.describe() == "no drift"
+
+
+def test_drift_kinds_each_tampering() -> None:
+    s = spec(new_flow_limit=250)
+    base = listing(s, ["10.0.0.1"])
+    assert table_drift(s, None, {}).kinds() == ("table",)
+    assert _drift_of(s, listing(s, [])).kinds() == ("element",)
+    assert _drift_of(s, listing(s, ["10.0.0.1", "10.0.0.9"])).extra_elements == 1
+    no_counter = [o for o in base if "counter" not in o]
+    assert "counter" in _drift_of(s, no_counter).kinds()
+    foreign = base + [{"chain": {"family": "inet", "table": "t1", "name": "intruder", "handle": 7}}]
+    assert _drift_of(s, foreign).kinds() == ("foreign",)
+    moved = copy.deepcopy(base)
+    next(o for o in moved if o.get("chain", {}).get("name") == CHAIN)["chain"]["prio"] = 0
+    assert _drift_of(s, moved).chains == (CHAIN,)
+    extra_rule = base + [{"rule": {"family": "inet", "table": "t1", "chain": CHAIN, "expr": [], "handle": 99}}]
+    drift = _drift_of(s, extra_rule)
+    assert drift.kinds() == ("rule",) and drift.rules == (CHAIN,)
+    assert drift.describe() == "rules changed in: postrouting"
+    assert set(Drift(table_missing=True, xt_rules=("IPv4 mangle POSTROUTING",)).kinds()) <= set(KINDS)
+
+
+def test_drift_of_a_missing_set_counts_its_addresses() -> None:
+    s = spec()
+    without_v4 = [o for o in listing(s, ["10.0.0.1"]) if o.get("set", {}).get("name") != "managed-v4"]
+    drift = _drift_of(s, without_v4)
+    assert drift.sets == ("managed-v4",) and drift.missing_elements == 1
+    assert {"set", "element"} <= set(drift.kinds())
+
+
+def test_in_sync_follows_check_and_repair_and_a_refused_repair() -> None:
+    dp, nft, _ = make_dataplane()
+    assert not dp.in_sync  # not started
+    dp.start(["10.0.0.1"], [])
+    assert dp.in_sync
+    nft.tables["t1"] = listing(dp.spec, ["10.0.0.1"])
+    assert not dp.check() and dp.in_sync
+    nft.tables["t1"] = listing(dp.spec, [])  # someone flushed the set
+    drift = dp.check()
+    assert drift.kinds() == ("element",) and not dp.in_sync
+    nft.fail_next = True  # the kernel refuses the repair
+    with pytest.raises(NftablesError):
+        dp.repair()
+    assert not dp.in_sync
+    assert dp.repair().kinds() == ("element",) and dp.in_sync
+    assert nft.transactions[-1] == [
+        {"add": {"element": {"family": "inet", "table": "t1", "name": "managed-v4", "elem": ["10.0.0.1"]}}}
+    ]

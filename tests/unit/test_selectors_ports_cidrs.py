@@ -263,3 +263,67 @@ def test_qualified_label_keys_are_accepted() -> None:
     selector = parse_label_selector({"matchLabels": {"kubernetes.io/metadata.name": "x", "app.kubernetes.io/name": "web"}})
     assert selector.matches({"kubernetes.io/metadata.name": "x", "app.kubernetes.io/name": "web"})
     assert parse_label_selector({"matchLabels": {"empty": ""}}).matches({"empty": ""})
+
+
+# Objects the API server stored before Go 1.17 may have leading zeros; it still serves them and reads
+# them with ParseCIDRSloppy (k8s.io/utils/net): decimal, never octal.
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("010.244.2.0/24", "10.244.2.0/24"),
+        ("010.0.0.0/8", "10.0.0.0/8"),  # octal would be 8.0.0.0/8
+        ("192.168.001.000/24", "192.168.1.0/24"),
+        ("0000000000010.0.0.1/32", "10.0.0.1/32"),
+        ("10.0.0.0/08", "10.0.0.0/8"),
+        ("10.0.0.0/0000032", "10.0.0.0/32"),
+        ("fd00:0000:0000:0000::/64", "fd00::/64"),
+        ("fd00:00000000000001::/32", "fd00:1::/32"),  # Go reads any number of leading zeros in a group
+        ("::ffff:010.1.2.3/128", "::ffff:10.1.2.3/128"),
+        ("FD00::1/128", "fd00::1/128"),
+        ("0" * 5000 + "1.0.0.0/8", "1.0.0.0/8"),
+    ],
+)
+def test_parse_cidr_reads_leading_zeros_as_the_api_server_does(text: str, expected: str) -> None:
+    assert parse_cidr(text) == ipaddress.ip_network(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "256.0.0.0/8", "10.0.0/8", "10.0.0.0.0/8", "10.0.0.0/255.0.0.0", "10.0.0.0/0.255.255.255",
+        "fe80::1%eth0/64", "10.0.0.0/ 8", " 10.0.0.0/8", "10.0.0.0/8 ", "1٠.0.0.0/8", "10.0.0.0/+8",
+        "fd00:10000::/32", "fd00::1::/64", "10.0.0.0/" + "0" * 5000 + "33", "0" * 5000 + "1000.0.0.0/8", "/8",
+        "10.0.0.0/", "fd00::/0129",
+    ],
+)
+def test_parse_cidr_refuses_what_go_refused(text: str) -> None:
+    with pytest.raises(InvalidObject) as err:
+        parse_cidr(text, "ipBlock.cidr")
+    assert "invalid CIDR" in err.value.reason
+
+
+def test_leading_zeros_are_read_in_ip_blocks_and_their_exceptions() -> None:
+    from kube_netpol.policy.networkpolicy import parse_network_policy
+
+    policy = parse_network_policy({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"},
+        "spec": {"podSelector": {}, "ingress": [
+            {"from": [{"ipBlock": {"cidr": "010.244.0.0/16", "except": ["010.244.002.0/24"]}}]}]},
+    })
+    addresses = policy.ingress[0].peers[0].addresses
+    assert addresses is not None
+    assert addresses.contains(bytes([10, 244, 1, 5]))
+    assert not addresses.contains(bytes([10, 244, 2, 5]))
+    assert not addresses.contains(bytes([8, 244, 1, 5]))
+
+
+def test_leading_zeros_are_read_in_admin_network_policy_networks() -> None:
+    from kube_netpol.policy.adminnetworkpolicy import parse_admin_network_policy
+
+    policy = parse_admin_network_policy({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "p"},
+        "spec": {"priority": 1, "subject": {"namespaces": {}},
+                 "egress": [{"action": "Deny", "to": [{"networks": ["010.244.2.0/24"]}]}]},
+    })
+    networks = policy.egress[0].networks
+    assert networks is not None and networks.contains(bytes([10, 244, 2, 9]))

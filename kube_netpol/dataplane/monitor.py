@@ -1,0 +1,76 @@
+"""Notice nftables ruleset changes as they happen: a netlink socket on the NFNLGRP_NFTABLES group.
+
+Every nf_tables transaction of the network namespace (any table, ours or
+not, and iptables-nft's, which are nf_tables transactions too) sends its
+objects to this group; the packet path updating a dynamic set (the new-flow
+limiter) does not. The messages are not decoded: any of them only means
+"look again", and ``Dataplane.repair`` reads what it needs. Changes made with
+iptables-legacy send nothing here; the periodic check covers them.
+
+Why a socket and not ``nft monitor``: no process to supervise, one fd to
+wait on, and nothing to parse.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+from typing import Final
+
+NETLINK_NETFILTER: Final = 12
+NFNLGRP_NFTABLES: Final = 7
+_RECV_BUFFER: Final = 1 << 16
+
+
+class MonitorError(RuntimeError):
+    """The netlink socket cannot be opened or subscribed (no CAP_NET_ADMIN, old kernel)."""
+
+
+class NftablesMonitor:
+    """``wait(timeout)``: True once the ruleset changed since the last call. Use as a context manager."""
+
+    def __init__(self) -> None:
+        try:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as e:
+            raise MonitorError(f"cannot open a netfilter netlink socket: {e.strerror}") from e
+        try:
+            self._sock.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
+            self._sock.setblocking(False)
+        except OSError as e:
+            self._sock.close()
+            raise MonitorError(f"cannot subscribe to nftables events: {e.strerror}") from e
+        self._buffer = bytearray(_RECV_BUFFER)
+
+    def __enter__(self) -> NftablesMonitor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a change; True if one came (all pending ones are consumed)."""
+        ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        return bool(ready) and self.drain()
+
+    def drain(self) -> bool:
+        """Consume every pending message without blocking; True if there was any."""
+        changed = False
+        while True:
+            try:
+                self._sock.recv_into(self._buffer)
+            except BlockingIOError:
+                return changed
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # events were lost: something changed, that is all we need
+                    changed = True
+                    continue
+                raise
+            changed = True
