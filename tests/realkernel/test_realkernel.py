@@ -60,8 +60,9 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
 def test_the_guest_runs_debians_kernel(guest: Outcome, capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\nreal-kernel tier: kernel {guest.summary['kernel']} ({guest.kernel.package}), "
-              f"qemu accelerator {guest.run.accelerator.name} ({guest.run.accelerator.reason}), "
-              f"{guest.run.seconds:.0f} s")  # fmt: skip
+              f"qemu accelerator {guest.run.accelerator.name} ({guest.run.accelerator.reason}); {guest.run.seconds:.0f} s: "
+              f"agent check {guest.summary['agent']['seconds']} s, conformance {guest.summary['conformance'][1]} s, "
+              f"pytest {guest.summary['pytest'][1]} s")  # fmt: skip
     assert guest.summary["kernel"] == guest.kernel.version
 
 
@@ -76,9 +77,11 @@ def test_auto_picks_the_native_queue_backend(guest: Outcome, capsys: pytest.Capt
     # `kube-netpol cleanup` removes what the fail-open agent kept; the native backend added no xt rules.
     assert agent["cleanup_exit"] == 0 and "kube-netpol" not in agent["tables_after_cleanup"]
     assert agent["xt_rules_after_cleanup"] == []
-    # The kernel loaded the native queue expression on demand, and never the xtables NFQUEUE target.
-    assert "nft_queue" in guest.summary["modules"]
-    assert "xt_NFQUEUE" not in guest.summary["modules"] and "nft_compat" not in guest.summary["modules"]
+    # The kernel loaded the native queue expression on demand; up to pytest (whose backend-switch test
+    # asks for xt), no agent, the conformance run's included, used the xtables NFQUEUE target.
+    modules = guest.summary["modules_before_pytest"]
+    assert "nft_queue" in modules and "nfnetlink_queue" in modules
+    assert "xt_NFQUEUE" not in modules and "nft_compat" not in modules, modules
 
 
 def _testcases(junit: Path) -> dict[str, str]:
