@@ -62,7 +62,10 @@ class GuestKernel:
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise GuestImageError(f"{argv[0]} is not installed (scripts/setup.sh installs what the tier needs)") from None
     if result.returncode != 0:
         raise GuestImageError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
     return result.stdout
@@ -113,6 +116,11 @@ def _unpack(into: Path) -> GuestKernel:
         raise GuestImageError(f"{BUSYBOX_PACKAGE} did not provide {kernel.busybox}")
     (into / _STAMP).write_text(json.dumps({"version": version, "package": kernel.package}))
     return kernel
+
+
+def can_provide_kernel() -> bool:
+    """Whether a kernel is cached or apt can fetch one (a Debian-like host)."""
+    return (CACHE / "kernel" / _STAMP).is_file() or shutil.which("apt-get") is not None
 
 
 def cached_kernel(refresh: bool = False) -> GuestKernel:
@@ -170,6 +178,8 @@ def build_initramfs(kernel: GuestKernel, dest: Path) -> Path:
             shutil.copy2(kernel.modules / module, staging / "modules" / Path(module).name)
         (staging / "modules" / "order").write_text("".join(Path(m).name + "\n" for m in order))
         members = sorted(str(p.relative_to(staging)) for p in staging.rglob("*"))
+        if shutil.which("cpio") is None:
+            raise GuestImageError("cpio is not installed (scripts/setup.sh installs what the tier needs)")
         with open(dest, "wb") as archive:
             result = subprocess.run(
                 ["cpio", "--create", "--format=newc", "--quiet", "--owner=0:0"],

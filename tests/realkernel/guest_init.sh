@@ -47,6 +47,7 @@ stage2() {
     # The kernel loads modules on demand (nf_tables, nft_queue, veth, sctp, ...) as on a node,
     # from the unpacked package: the host's root has no /lib/modules for this kernel.
     read -r modroot < "$SHARE/modroot" || die "no modroot in the share"
+    [ -x /usr/sbin/modprobe ] || die "the host has no /usr/sbin/modprobe (scripts/setup.sh installs kmod)"
     printf '#!%s sh\nexec /usr/sbin/modprobe -d "%s" "$@"\n' "$BUSYBOX" "$modroot" > /run/realkernel-modprobe
     bb chmod 755 /run/realkernel-modprobe
     echo /run/realkernel-modprobe > /proc/sys/kernel/modprobe

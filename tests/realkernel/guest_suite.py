@@ -87,26 +87,34 @@ def check_agent_backend(workdir: Path) -> dict[str, Any]:
         try:
             status = _wait_ready(agent)
             result["statusz"] = status
-            result["readyz"] = _get("/readyz")[0]
+            result["readyz"] = _get("/readyz")[0] if status is not None else 0
         finally:
             agent.send_signal(signal.SIGTERM)
             result["agent_exit"] = agent.wait(30)
     log_text = log_path.read_text(errors="replace")
     result["ready_log"] = next((line for line in log_text.splitlines() if "agent ready" in line), "")
     result["backend"] = (result.get("statusz") or {}).get("queue_backend", "")
+    # Failing open (the default), a stopped agent keeps its table: packets bypass the unread queue.
+    result["tables_after_stop"] = _tables()
     cleanup = subprocess.run([sys.executable, "-m", "kube_netpol", "cleanup"], capture_output=True, text=True)
     result["cleanup_exit"] = cleanup.returncode
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
-    result["tables_after_cleanup"] = tables.split()
+    result["tables_after_cleanup"] = _tables()
     xt = [subprocess.run([b], capture_output=True, text=True, check=True).stdout for b in ("iptables-save", "ip6tables-save")]
     result["xt_rules_after_cleanup"] = [line for out in xt for line in out.splitlines() if line.startswith("-A ")]
     result["ok"] = (
         result["backend"] == "nft" and result["readyz"] == 200 and result["agent_exit"] == 0
-        and result["cleanup_exit"] == 0 and "kube-netpol" not in tables and not result["xt_rules_after_cleanup"]
+        and "kube-netpol" in result["tables_after_stop"] and result["cleanup_exit"] == 0
+        and "kube-netpol" not in result["tables_after_cleanup"] and not result["xt_rules_after_cleanup"]
     )  # fmt: skip
     if not result["ok"]:
         print(log_text[-4000:], cleanup.stdout, cleanup.stderr, sep="\n", flush=True)
     return result
+
+
+def _tables() -> list[str]:
+    """Names of the kernel's nftables tables (``nft list tables`` says "table FAMILY NAME" per line)."""
+    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[2] for line in listed.splitlines() if len(line.split()) == 3]
 
 
 def _wait_ready(agent: subprocess.Popen[bytes]) -> dict[str, Any] | None:

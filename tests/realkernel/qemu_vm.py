@@ -65,14 +65,14 @@ def why_qemu_cannot_run() -> str | None:
     return None
 
 
-def choose_accelerator() -> Accelerator:
+def choose_accelerator(kvm: str = "/dev/kvm", cpuinfo_path: str = "/proc/cpuinfo") -> Accelerator:
     forced = os.environ.get(ACCEL_ENV, "")
     if forced in ("kvm", "tcg"):
         return Accelerator(forced, f"{ACCEL_ENV}={forced}")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return Accelerator("tcg", "no usable /dev/kvm")
+    if not os.access(kvm, os.R_OK | os.W_OK):
+        return Accelerator("tcg", f"no usable {kvm}")
     flags: set[str] = set()
-    with open("/proc/cpuinfo") as cpuinfo:
+    with open(cpuinfo_path) as cpuinfo:
         for line in cpuinfo:
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
