@@ -5,7 +5,14 @@
 # The apt packages and pip extras are those scripts/setup.sh installs for the
 # agent; tests/packaging checks that the two lists agree.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base, pinned by digest: a rebuild gets the same bytes until this line
+# changes. python:3.11-slim-bookworm as published on Docker Hub and recorded
+# in public material on 2026-08-24 (not checked against the registry from
+# the machine that wrote this line: it has no registry access). To refresh it,
+# take the "Digest:" that this prints (the multi-platform index) and paste it below:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
+# (or `crane digest python:3.11-slim-bookworm`); tests/packaging checks its form.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 # --- builder: wheels for the package and every dependency -------------------
 # NetfilterQueue compiles against libnetfilter_queue; the compiler and headers

@@ -7,9 +7,12 @@ namespaces by labels no measured pod has. The full default pipeline runs
 (AdminNetworkPolicy, NetworkPolicy, BaselineAdminNetworkPolicy), with one ANP
 and the BANP selecting the measured pods and policies/10 more ANPs selecting
 none. The measured call is
-``PolicyEngine.evaluate_uncached`` (both pipelines, no verdict cache) after a
-warm-up, so per-pod indexes are built; ``evaluate`` with its verdict cache is
-reported too. Not a test: run it and copy the table into docs/performance.md.
+``Snapshot.judge`` (both pipelines, no flow table) after a warm-up, so per-pod
+indexes are built; ``Snapshot.evaluate`` answered from the flow table (the one
+verdict cache, which the verdict loop fills) is reported too. "build s" is the
+state filled plus the first snapshot published (every evaluator taking the
+whole cluster as one batch). Not a test: run it and copy the table into
+docs/performance.md.
 
 With ``--selecting N[,N...]`` the table has one row per N instead: N more
 NetworkPolicies (on top of ``SELECTING_COLD`` cold ones) all select the
@@ -29,6 +32,7 @@ import statistics
 import time
 
 from kube_netpol.api.packet import Packet
+from kube_netpol.engine.flows import packet_flow_key
 from kube_netpol.plugins import build_engine
 from kube_netpol.state import ClusterState
 
@@ -42,8 +46,7 @@ def pod_ip(ns: int, pod: int) -> bytes:
     return bytes([10, 100 + ns // 250, ns % 250, pod + 1])
 
 
-def build_cluster(policies: int, selecting: int = 0) -> ClusterState:
-    state = ClusterState(node_name="node-1")
+def build_cluster(state: ClusterState, policies: int, selecting: int = 0) -> None:
     for ns in range(NAMESPACES):
         state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{ns}", "labels": {"team": f"t{ns % 7}"}}})
         for p in range(PODS_PER_NAMESPACE):
@@ -103,7 +106,6 @@ def build_cluster(policies: int, selecting: int = 0) -> ClusterState:
             "spec": {"podSelector": {"matchLabels": {"app": "app-0"}}, "policyTypes": ["Ingress"],
                      "ingress": [{"ports": [{"protocol": "TCP", "port": 1000 + i}]}]},
         })
-    return state
 
 
 def packets() -> list[Packet]:
@@ -150,17 +152,22 @@ def main() -> None:
     print(f"|---:|---:|---:|---:|{extra_rule}---:|---|")
     for count, selecting in sizes:
         started = time.perf_counter()
-        state = build_cluster(count, selecting)
-        engine = build_engine(state)
+        engine = build_engine(node_name="node-1")
+        build_cluster(engine.state, count, selecting)  # type: ignore[arg-type]
+        snapshot = engine.publish()
+        assert snapshot is not None
         build_seconds = time.perf_counter() - started
         flows = packets()
-        verdicts = [engine.evaluate_uncached(p).allowed for p in flows]
+        verdicts = [snapshot.judge(p).allowed for p in flows]
         assert verdicts[0::3] == [True] * (len(flows) // 3), "ns-1 app-0 -> ns-0 app-0 must be allowed"
         assert verdicts[1::3] == [False] * (len(flows) // 3), "ns-2 -> ns-0 app-0 must be denied"
         assert all(verdicts[2::3]), "unselected pods must be allowed"
         rounds = max(1, args.packets // len(flows))
-        uncached = measure(engine.evaluate_uncached, flows, rounds)
-        cached = measure(engine.evaluate, flows, rounds)
+        uncached = measure(snapshot.judge, flows, rounds)
+        for p in flows:  # what the verdict loop leaves in the flow table
+            judgement = snapshot.judge(p)
+            snapshot.add_flow(packet_flow_key(p), judgement, judgement.allowed, p.protocol, p.family)
+        cached = measure(snapshot.evaluate, flows, rounds)
         q = statistics.quantiles(uncached, n=100)
         extra = f" {statistics.median(uncached[0::3]) / 1000:.2f} |" if args.selecting else ""  # flows[0::3]: allowed
         print(f"| {selecting if args.selecting else count} | {build_seconds:.1f} | {statistics.median(uncached) / 1000:.2f} | {q[98] / 1000:.2f} |{extra} "

@@ -6,14 +6,16 @@ methods, so the figures are the agent's own Python per packet. Reported:
 
 - ``handle``, fast path: a repeat flow key (a new connection to a service the
   flow table has judged), the common case for first packets;
-- ``handle``, full path: every packet parsed and looked up in the engine's
-  cache, as with a decision logger attached while it takes records (with
-  one, plus its observe); and with the logger's rate limit spent, when its
-  gate sends packets back to the fast path;
-- the metric recording on the fast path: ``handle`` against the same
-  statements without the clock reading and the hit counter (one hit in
-  ``TIMING_EVERY`` per flow is timed and recorded in full; the figures are
-  averages over all packets).
+- ``handle``, full path: every packet parsed and looked up in the snapshot's
+  flow table, as with a decision logger attached while it takes records
+  (with one, plus its observe); and with the logger's rate limit spent, when
+  its gate sends packets back to the fast path;
+- ``handle``, every packet a new flow key: parsed, judged by the pipeline and
+  added to the flow table (an agent that just started or just changed policy);
+- the metric recording on the fast path: ``handle`` against the same loop
+  with its recording patched out (unrecorded_loop.py: no clock readings or
+  timing records; one hit in ``TIMING_EVERY`` per flow is timed and recorded
+  in full; the figures are averages over all packets).
 
     python bench/bench_verdict_loop.py [--packets 200000]
 """
@@ -29,9 +31,8 @@ from scapy.layers.inet import IP, TCP
 
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.observability.decisions import DecisionLogger
+from kube_netpol.engine import PolicyEngine
 from kube_netpol.plugins import build_engine
-from unrecorded_loop import UnrecordedLoop
-from kube_netpol.state import ClusterState
 
 
 class Queued:
@@ -50,8 +51,9 @@ class Queued:
         pass
 
 
-def cluster() -> ClusterState:
-    state = ClusterState()
+def cluster() -> PolicyEngine:
+    engine = build_engine()
+    state = engine.state
     for ns in ("x", "y"):
         state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     state.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "x", "name": "client"},
@@ -63,7 +65,8 @@ def cluster() -> ClusterState:
                  "spec": {"podSelector": {"matchLabels": {"app": "web"}},
                           "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}],
                                        "ports": [{"port": 80}]}]}})
-    return state
+    engine.publish()
+    return engine
 
 
 def per_packet_ns(loop: VerdictLoop, packets: list[Queued], rounds: int = 5) -> float:
@@ -83,12 +86,22 @@ def main() -> None:
     packets = [Queued(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1024 + i % 60000, dport=80, flags="S")))
                for i in range(args.packets)]
 
-    def loop(cls: type[VerdictLoop] = VerdictLoop, **options: Any) -> VerdictLoop:
-        return cls(build_engine(cluster()), 100, fail_open=True, **options)
+    new_keys = [Queued(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=1 + i % 65535, flags="S")))
+                for i in range(min(args.packets, 65535))]
+
+    def loop(**options: Any) -> VerdictLoop:
+        return VerdictLoop(cluster(), 100, fail_open=True, **options)
+
+    def new_key_ns() -> float:
+        best = float("inf")
+        for _ in range(5):
+            fresh = loop()  # an empty flow table each round: every packet a new key
+            best = min(best, per_packet_ns(fresh, new_keys, rounds=1))
+        return best
 
     recorded = per_packet_ns(loop(), packets)
-    unrecorded = per_packet_ns(loop(UnrecordedLoop), packets)
     full = per_packet_ns(loop(observer=lambda *args: None), packets)
+    misses = new_key_ns()
     # No writer thread and no gate: the logger's queue fills and observe only counts,
     # as while the rate limit still has budget, every packet is parsed for a record.
     ungated = per_packet_ns(loop(observer=DecisionLogger(io.StringIO()).observe), packets)
@@ -96,12 +109,17 @@ def main() -> None:
     # by the first packets, after which the loop answers from its flow table.
     logger = DecisionLogger(io.StringIO())
     gated = per_packet_ns(loop(observer=logger.observe, observer_gate=logger.gate), packets)
+    from unrecorded_loop import patch_out_recording
+
+    patch_out_recording()  # from here on, for the baseline only
+    unrecorded = per_packet_ns(loop(), packets)
     print("| what | ns per packet |")
     print("|---|---:|")
     print(f"| handle, fast path (flow table hit) | {recorded:.0f} |")
     print(f"| the same without metric recording (baseline) | {unrecorded:.0f} |")
     print(f"| metric recording on the fast path (difference) | {recorded - unrecorded:.0f} |")
-    print(f"| handle, full path (parse + engine cache), no-op observer | {full:.0f} |")
+    print(f"| handle, full path (parse + flow table), no-op observer | {full:.0f} |")
+    print(f"| handle, every packet a new flow key (parse + pipeline + new entry) | {misses:.0f} |")
     print(f"| decision logging, records being made (full path + observe) | {ungated:.0f} |")
     print(f"| decision logging, rate limit spent (gate closed: flow table hits) | {gated:.0f} |")
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""The verdict loop without its metric recording, for measuring what recording costs.
+"""The verdict loop with its metric recording patched out, for measuring what recording costs.
 
-``UnrecordedLoop.handle`` is ``VerdictLoop.handle`` less the clock reading
-and the hit counter (keep the two in step). bench_verdict_loop.py times it
-in process; run as a script, this is ``kube-netpol`` with every VerdictLoop
-using it, which bench_dataplane.py runs as the agent without recording
-(its packet counters then miss the flow-table hits: for benchmarks only).
+``patch_out_recording()`` replaces what the loop calls to record (the clock
+it reads to time packets, a flow's timing record, the summary's samples) with
+no-ops, in the running process: the loop itself is the agent's, unchanged.
+What stays is the per-flow packet counter (``hits += 1``), which is the
+packet count itself. bench_verdict_loop.py measures in process; run as a
+script, this is ``kube-netpol`` with recording patched out, which
+bench_dataplane.py runs as the agent without recording (its timing metrics
+are then empty: for benchmarks only).
 
     python bench/unrecorded_loop.py run --manifests DIR ...
 """
@@ -13,35 +16,25 @@ using it, which bench_dataplane.py runs as the agent without recording
 from __future__ import annotations
 
 import sys
-from struct import error as struct_error
-from typing import Any
-
-from kube_netpol.agent.verdict_loop import VerdictLoop
-from kube_netpol.observability.flowstats import unpack_raw_v4, unpack_raw_v6
 
 
-class UnrecordedLoop(VerdictLoop):
-    """``VerdictLoop.handle`` without its metric recording (no clock, no hit counter)."""
+def _nothing(*args: object) -> None:
+    return None
 
-    def handle(self, queued: Any) -> None:
-        payload = queued.get_payload()
-        try:
-            raw = unpack_raw_v4(payload) if payload[0] == 0x45 else unpack_raw_v6(payload)
-        except (IndexError, struct_error):
-            raw = None
-        if self.observer is None:
-            flow = self.stats.flows.get(raw)  # type: ignore[arg-type]
-            if flow is not None:
-                if flow.accepted:
-                    queued.accept()
-                else:
-                    queued.drop()
-                return
-        self._judge(queued, payload, raw, 0)
+
+def patch_out_recording() -> None:
+    from kube_netpol.agent import verdict_loop
+    from kube_netpol.engine.flows import FlowHistory, FlowStats
+
+    # int() is a C call returning 0: "not timed", as cheap as a call can be.
+    verdict_loop.perf_counter_ns = int  # type: ignore[assignment]
+    FlowStats.record = _nothing  # type: ignore[method-assign, assignment]
+    FlowHistory.record_sample = _nothing  # type: ignore[method-assign, assignment]
+    FlowHistory.record_timed_hit = _nothing  # type: ignore[method-assign, assignment]
 
 
 if __name__ == "__main__":
     from kube_netpol.cli import main
 
-    VerdictLoop.handle = UnrecordedLoop.handle  # type: ignore[method-assign]
+    patch_out_recording()
     sys.exit(main())

@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from kube_netpol.agent.config import add_version_flag
+
 # Each module has ``register(subparsers)`` that adds its parser and sets
 # ``func`` (args -> exit code) on it.
 SUBCOMMAND_MODULES = (
@@ -23,6 +25,7 @@ TOOL_SUBCOMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kube-netpol", description="Kubernetes network policy agent")
+    add_version_flag(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

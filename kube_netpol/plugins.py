@@ -1,17 +1,29 @@
-"""Finding evaluators through the ``kube_netpol.evaluators`` entry-point group."""
+"""Finding evaluators through the ``kube_netpol.evaluators`` entry-point group, and assembling the engine.
+
+The engine, the cluster state and its kind registry are always assembled
+here, exactly as the agent runs them: the registry is the union of the kinds
+the pipeline's evaluators declare.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from kube_netpol.api.evaluator import EvaluatorContext, PolicyEvaluator
+from kube_netpol.api.kinds import KindSpec
 from kube_netpol.engine import PolicyEngine
+from kube_netpol.state import ClusterState, KindRegistry
+from kube_netpol.state.kinds import KindError
 
 GROUP = "kube_netpol.evaluators"
 
 #: The pipeline order when none is configured.
 DEFAULT_PIPELINE = ("adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy")
+
+Settings = Mapping[str, Mapping[str, object]]
+
+_CONTRACT = ("name", "kinds", "pod_annotations", "ready", "update")
 
 
 class PluginError(RuntimeError):
@@ -22,11 +34,7 @@ def available_evaluators() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def build_pipeline(
-    names: Sequence[str],
-    state: Any,
-    settings: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[PolicyEvaluator]:
+def build_pipeline(names: Sequence[str], settings: Settings | None = None) -> list[PolicyEvaluator]:
     """Instantiate the named evaluators in order, each with its own settings section."""
     found = available_evaluators()
     settings = settings or {}
@@ -42,19 +50,38 @@ def build_pipeline(
             raise PluginError(f"unknown evaluator {name!r} (installed: {known})")
         try:
             factory = entry.load()
-            evaluator = factory(EvaluatorContext(state=state, settings=dict(settings.get(name, {}))))
+            evaluator = factory(EvaluatorContext(settings=dict(settings.get(name, {}))))
         except Exception as err:  # a broken plugin must say which one it is
             raise PluginError(f"evaluator {name!r} ({entry.value}) failed to load: {err}") from err
-        if not isinstance(evaluator, PolicyEvaluator):
-            raise PluginError(f"evaluator {name!r} does not implement the PolicyEvaluator protocol")
+        missing = [member for member in _CONTRACT if not hasattr(evaluator, member)]
+        if missing or not isinstance(evaluator, PolicyEvaluator):
+            raise PluginError(f"evaluator {name!r} does not implement the PolicyEvaluator protocol "
+                              f"(missing: {', '.join(missing) or 'a member of the right kind'})")
+        if not all(isinstance(kind, KindSpec) for kind in evaluator.kinds):
+            raise PluginError(f"evaluator {name!r}: kinds must be a tuple of kube_netpol.api.KindSpec")
         pipeline.append(evaluator)
     return pipeline
 
 
+def kind_registry(evaluators: Sequence[PolicyEvaluator]) -> KindRegistry:
+    try:
+        return KindRegistry.for_evaluators(evaluators)
+    except KindError as err:
+        raise PluginError(str(err)) from None
+
+
 def build_engine(
-    state: Any,
     names: Sequence[str] = DEFAULT_PIPELINE,
-    settings: Mapping[str, Mapping[str, Any]] | None = None,
-) -> PolicyEngine:
-    """The engine exactly as the agent assembles it: ``state`` is also the PodInfo provider."""
-    return PolicyEngine(state, build_pipeline(names, state, settings))
+    settings: Settings | None = None,
+    node_name: str = "",
+    cluster_id: str = "",
+) -> PolicyEngine[ClusterState]:
+    """The engine exactly as the agent assembles it, over a new, empty ClusterState (``engine.state``)."""
+    evaluators = build_pipeline(names, settings)
+    state = ClusterState(kind_registry(evaluators), cluster_id=cluster_id, node_name=node_name)
+    return PolicyEngine(state, evaluators)
+
+
+def registry_for(names: Sequence[str] = DEFAULT_PIPELINE) -> KindRegistry:
+    """The kinds a pipeline reads (for tools that list or serve objects without judging them)."""
+    return kind_registry(build_pipeline(names))

@@ -75,7 +75,10 @@ _API_RESOURCES: dict[str, tuple[tuple[str, str, bool], ...]] = {
         ("clusterrolebindings", "ClusterRoleBinding", False),
         ("clusterroles", "ClusterRole", False),
     ),
-    "monitoring.coreos.com/v1": (("servicemonitors", "ServiceMonitor", True),),
+    "monitoring.coreos.com/v1": (
+        ("prometheusrules", "PrometheusRule", True),
+        ("servicemonitors", "ServiceMonitor", True),
+    ),
 }
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -168,9 +171,15 @@ def _helm_render_here(chart: Path, values: Mapping[str, Any], release: str, name
         release_info = asyncio.run(
             helm_sdkpy.Install(config).run(release, str(chart), values=dict(values) or None, wait=False, timeout=60)
         )
+        # The install's answer leaves the hooks (`helm test` pods) out; the release's status has them.
+        hooks = asyncio.run(helm_sdkpy.Status(config).run(release)).get("hooks") or []
     finally:
         server.shutdown()
-    return {"manifest": release_info.get("manifest", ""), "notes": (release_info.get("info") or {}).get("notes", "")}
+    return {
+        "manifest": release_info.get("manifest", ""),
+        "notes": (release_info.get("info") or {}).get("notes", ""),
+        "hooks": [{"events": hook.get("events") or [], "manifest": hook.get("manifest", "")} for hook in hooks],
+    }
 
 
 def _helm_lint_here(chart: Path) -> dict[str, Any]:
@@ -211,9 +220,14 @@ def _run_child(args: list[str]) -> str:
 class Rendered:
     manifest: str
     notes: str
+    hooks: tuple[tuple[tuple[str, ...], str], ...] = ()  # (events, manifest) of each hook
 
     def objects(self) -> list[dict[str, Any]]:
         return [doc for doc in yaml.safe_load_all(self.manifest) if doc]
+
+    def hook_objects(self, event: str) -> list[dict[str, Any]]:
+        """The objects of the hooks run on ``event`` (e.g. "test" for `helm test`)."""
+        return [doc for events, manifest in self.hooks if event in events for doc in yaml.safe_load_all(manifest) if doc]
 
 
 def render_chart(
@@ -226,7 +240,8 @@ def render_chart(
     """The chart rendered by Helm with these values (like ``helm template``)."""
     out = _run_child(["_render", str(chart), json.dumps(values or {}), release, namespace])
     data = json.loads(out)
-    return Rendered(data["manifest"], data["notes"])
+    hooks = tuple((tuple(hook["events"]), hook["manifest"]) for hook in data["hooks"])
+    return Rendered(data["manifest"], data["notes"], hooks)
 
 
 @dataclass(frozen=True)
@@ -401,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render":
             rendered = render_chart(json.loads(args.values_json), release=args.release, namespace=args.namespace)
             print(rendered.manifest)
+            for events, manifest in rendered.hooks:  # as `helm template` prints them, after the rest
+                print(f"---\n# hook: {','.join(events)}\n{manifest}")
         elif args.command == "lint":
             result = lint_chart(json.loads(args.values_json))
             for message in result.messages:

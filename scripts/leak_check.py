@@ -1,18 +1,38 @@
 #!/usr/bin/env python3
-"""Did the tests leave anything behind in the host? Compare two snapshots.
+"""Did the tests leave anything behind in the host? Only what the project's tests make is looked at.
 
     leak_check.py snapshot FILE    # before the tests
-    leak_check.py compare FILE     # after: exit 1, naming each leftover, if anything new exists
+    leak_check.py compare FILE     # after: exit 1, naming each leftover, if the tests left any
 
-A snapshot lists the network namespaces, the nftables tables, chains and sets,
-and the xtables rules of both families in the root network namespace.
+Other processes on the machine (container runtimes, other engineers' test runs)
+create and remove network namespaces, tables and rules of their own meanwhile;
+those are never counted. What the tests make carries a mark:
+
+- network namespaces are named by ``kube_netpol.tools.lab.names`` (labs and
+  ``owned_name``): ``<prefix>-<pid>.<start time>-<id>[-<role>]``, naming the
+  process that made them. One is left behind when it is new since the snapshot
+  and that process has exited (a live one is a test still running);
+- nftables tables in the root namespace named ``kube-netpol`` (the agent's
+  default) or ``kn...-...`` (the tests' tables), and the xtables rules whose
+  comment names such a table, are left behind when new since the snapshot.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from typing import Callable, Mapping, Sequence
+
+from kube_netpol.tools.lab.names import Owner, name_owner
+
+#: Tables the project's agents and tests create (the agent's default, and the tests' kn<...>-<...> names).
+PROJECT_TABLE_RE = re.compile(r"^(kube-netpol|kn[a-z0-9]*-[A-Za-z0-9.-]+)$")
+#: The comment of an xtables rule (our rules carry the table's name).
+COMMENT_RE = re.compile(r'--comment (?:"([^"]*)"|(\S+))')
+
+Snapshot = Mapping[str, Sequence[str]]
 
 
 def _run(argv: list[str]) -> str:
@@ -20,23 +40,47 @@ def _run(argv: list[str]) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
+def _rule_comment(rule: str) -> str:
+    match = COMMENT_RE.search(rule)
+    return (match.group(1) or match.group(2)) if match else ""
+
+
+def project_items(netns: Sequence[str], tables: Sequence[str], rules: Sequence[str]) -> dict[str, list[str]]:
+    """What of the machine's namespaces, root tables ("family name") and xtables rules the project's tests made."""
+    return {
+        "netns": sorted({name for name in netns if name_owner(name) is not None}),
+        "nftables": sorted({table for table in tables if PROJECT_TABLE_RE.match(table.split(" ", 1)[-1])}),
+        "xtables": sorted({rule for rule in rules if PROJECT_TABLE_RE.match(_rule_comment(rule))}),
+    }
+
+
 def snapshot() -> dict[str, list[str]]:
-    items: dict[str, list[str]] = {"netns": [], "nftables": [], "xtables": []}
-    for line in _run(["ip", "netns", "list"]).splitlines():
-        if line.strip():
-            items["netns"].append(line.split()[0])
-    ruleset = _run(["nft", "-j", "list", "ruleset"])
-    for entry in (json.loads(ruleset).get("nftables", []) if ruleset else []):
-        for kind in ("table", "chain", "set"):
-            if kind in entry:
-                obj = entry[kind]
-                items["nftables"].append(f"{kind} {obj.get('family')} {obj.get('table', '')} {obj['name']}".replace("  ", " "))
+    netns = [line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line.strip()]
+    ruleset = _run(["nft", "-j", "list", "tables"])
+    tables = [f"{e['table']['family']} {e['table']['name']}" for e in (json.loads(ruleset).get("nftables", []) if ruleset else [])
+              if "table" in e]
+    rules = []
     for binary in ("iptables", "ip6tables"):
         for table in ("mangle", "filter", "raw", "nat"):
-            for line in _run([binary, "-t", table, "-S"]).splitlines():
-                if line.startswith("-A "):
-                    items["xtables"].append(f"{binary} -t {table} {line}")
-    return {key: sorted(set(values)) for key, values in items.items()}
+            rules += [f"{binary} -t {table} {line}" for line in _run([binary, "-t", table, "-S"]).splitlines()
+                      if line.startswith("-A ")]
+    return project_items(netns, tables, rules)
+
+
+def leftovers(before: Snapshot, after: Snapshot, alive: Callable[[Owner], bool] = Owner.alive) -> list[str]:
+    """What the tests left: new since ``before``, and for a namespace, its maker gone."""
+    found = []
+    for kind, items in after.items():
+        earlier = set(before.get(kind, ()))
+        for item in items:
+            if item in earlier:
+                continue
+            if kind == "netns":
+                owner = name_owner(item)
+                if owner is None or alive(owner):
+                    continue
+            found.append(f"{kind}: {item}")
+    return found
 
 
 def main(argv: list[str]) -> int:
@@ -50,12 +94,11 @@ def main(argv: list[str]) -> int:
         return 0
     with open(path) as handle:
         before = json.load(handle)
-    after = snapshot()
-    leftovers = [f"{kind}: {item}" for kind, values in after.items() for item in values if item not in set(before.get(kind, []))]
-    if leftovers:
-        print("leak check: the tests left these behind:", *leftovers, sep="\n  ", file=sys.stderr)
+    found = leftovers(before, snapshot())
+    if found:
+        print("leak check: the tests left these behind:", *found, sep="\n  ", file=sys.stderr)
         return 1
-    print("leak check: no network namespace, nftables table/chain/set or xtables rule left behind")
+    print("leak check: the tests left no network namespace, nftables table or xtables rule behind")
     return 0
 
 

@@ -25,6 +25,31 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The Prometheus tier (tests/prometheus) runs its own Prometheus servers and promtool.
+# Debian's package would start and enable a system Prometheus on :9090 (and recommends
+# node-exporter, another service): install it with no service started (policy-rc.d
+# answers 101 "not allowed"), without recommends, and keep its service off at boot.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "setup: installing prometheus (its system service stays stopped and disabled)"
+    policy=/usr/sbin/policy-rc.d
+    own_policy=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# written by kube-netpol scripts/setup.sh for one apt-get install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=true
+        trap 'rm -f "$policy"' EXIT  # also if the install fails
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if $own_policy; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kube_netpol.dataplane import Removed
 
 
 def register(subparsers: Any) -> None:
@@ -19,9 +22,21 @@ def cleanup_command(args: argparse.Namespace) -> int:
     from kube_netpol.dataplane import cleanup
 
     try:
-        cleanup(args.nftables_table)
+        removed = cleanup(args.nftables_table)
     except Exception as err:  # noqa: BLE001 - report any failure as one clear line
         print(f"kube-netpol cleanup: {err}", file=sys.stderr)
         return 1
-    print(f"removed table inet {args.nftables_table} and its xtables queue rules (if they existed)")
+    print(describe(args.nftables_table, removed))
     return 0
+
+
+def describe(table: str, removed: "Removed") -> str:
+    """What a cleanup removed, in one line: only what existed."""
+    if removed.nothing:
+        return f"nothing to remove: no table inet {table} and no xtables rules with comment {table}"
+    parts = [f"removed table inet {table}"] if removed.table else [f"no table inet {table}"]
+    rules = [f"{count} in ip{'6' if family == 6 else ''}tables mangle {chain}"
+             for (family, chain), count in sorted(removed.xt_rules.items()) if count]
+    parts.append(f"removed xtables rules with comment {table}: {', '.join(rules)}" if rules
+                 else f"no xtables rules with comment {table}")
+    return "; ".join(parts)

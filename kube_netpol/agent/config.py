@@ -104,6 +104,13 @@ class AgentConfig:
         return tuple(name for name in DEFAULT_PIPELINE if enabled.get(name, True))
 
 
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    from kube_netpol import __version__
+
+    parser.add_argument("--version", action="version", version=f"kube-netpol {__version__}",
+                        help="print the version and exit")
+
+
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     bool_flag: dict[str, Any] = {"nargs": "?", "const": True, "type": parse_bool, "metavar": "BOOL"}
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
@@ -115,7 +122,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname-override", help="this node's name (default: $NODE_NAME, else the host name)")
     parser.add_argument("--strict-mode", default=True, help="cut established connections that policies no longer allow (default true)", **bool_flag)
     parser.add_argument("--netfilter-bug-1766-fix", default=True,
-                        help="work around netfilter bug 1766 (conntrack races on parallel UDP, e.g. DNS; not needed from kernel 6.12) (default true)", **bool_flag)
+                        help="work around netfilter bug 1766 (conntrack races on parallel UDP, e.g. DNS; "
+                             "not needed from kernel 6.12) (default true)", **bool_flag)
     parser.add_argument("--enable-admin-network-policy", default=False, help="enforce AdminNetworkPolicy (default false)", **bool_flag)
     parser.add_argument("--enable-baseline-admin-network-policy", default=False,
                         help="enforce BaselineAdminNetworkPolicy (default false)", **bool_flag)

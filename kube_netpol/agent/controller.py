@@ -1,10 +1,15 @@
-"""The agent: state fed by a source, the engine, the dataplane and the verdict loop, wired together.
+"""The agent: a source feeding the state, the engine publishing snapshots, the dataplane and the verdict loop.
 
 Threads: the packet thread runs the verdict loop and nothing else; the
-control thread applies source updates, keeps the nftables sets in step with
-the managed pods and, in strict mode, cuts connections that are no longer
+control thread applies source updates to the state, publishes one engine
+snapshot per batch of changes, keeps the nftables sets in step with the
+managed pods and, in strict mode, cuts connections that are no longer
 allowed. Sources that watch from their own threads hand work to the control
 thread through ``submit`` so that the state has a single writer.
+
+One notification path: source -> state -> ``engine.publish`` -> snapshot,
+which the verdict loop reads per packet and this loop hands to the dataplane,
+strict mode, the metrics (``stats``) and /statusz.
 """
 
 from __future__ import annotations
@@ -20,15 +25,14 @@ import time
 from typing import Any, Callable, Protocol
 
 from kube_netpol.agent.config import AgentConfig
-from kube_netpol.agent.verdict_loop import VerdictLoop, VerdictObserver
+from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api.packet import Packet
-from kube_netpol.dataplane import Dataplane, DataplaneConfig
-from kube_netpol.dataplane import conntrack
+from kube_netpol.dataplane import Dataplane, DataplaneConfig, conntrack
 from kube_netpol.engine import PolicyEngine
-from kube_netpol.observability.decisions import RecordGate
-from kube_netpol.observability.flowstats import VerdictStats
+from kube_netpol.observability.decisions import RecordGate, VerdictObserver
+from kube_netpol.observability.metrics import ControlStats
 from kube_netpol.plugins import build_engine
-from kube_netpol.state.store import ClusterState
+from kube_netpol.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +62,21 @@ def node_addresses() -> frozenset[bytes]:
     return frozenset(found)
 
 
-class Source(Protocol):
-    """Something that feeds the ClusterState (manifests folder, Kubernetes API)."""
+Submit = Callable[[Callable[[], None]], None]
 
-    def start(self, submit: Callable[[Callable[[], None]], None]) -> None: ...
+
+class Source(Protocol):
+    """Something that feeds the ClusterState (a manifests folder, the Kubernetes API)."""
+
+    def start(self, submit: Submit) -> None: ...
 
     def poll(self) -> None: ...
 
     def ready(self) -> bool: ...
+
+    def revision(self) -> str:
+        """What the state holds, as the source names it ("" when it has no such notion)."""
+        ...
 
     def stop(self) -> None: ...
 
@@ -77,12 +88,12 @@ class Agent:
         source_factory: Callable[[ClusterState], Source],
         observer: VerdictObserver | None = None,
         dataplane: Dataplane | None = None,
-        stats: VerdictStats | None = None,
         observer_gate: RecordGate | None = None,
     ) -> None:
         self.config = config
-        self.state = ClusterState(node_name=config.node_name)
-        self.engine: PolicyEngine = build_engine(self.state, config.pipeline, config.evaluator_settings)
+        self.engine: PolicyEngine[ClusterState] = build_engine(
+            config.pipeline, config.evaluator_settings, node_name=config.node_name)
+        self.state = self.engine.state
         self.source = source_factory(self.state)
         self.dataplane = dataplane or Dataplane(
             DataplaneConfig(
@@ -95,11 +106,16 @@ class Agent:
             )
         )
         self.verdict_loop = VerdictLoop(
-            self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer, stats=stats,
+            self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
-        )
+        )  # fmt: skip
+        self.stats = ControlStats()
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._dirty = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._dataplane_ready = threading.Event()
+        # The dataplane follows the snapshot of this generation (-1: a sync is due).
+        self._synced_generation = -1
         self._strict_due = 0.0
         self._last_strict = 0.0
         self._node_addresses: frozenset[bytes] = frozenset()
@@ -107,34 +123,24 @@ class Agent:
         # The dataplane's managed sets (text) and the same addresses packed, for strict mode.
         self._watched: tuple[tuple[frozenset[str], frozenset[str]], frozenset[bytes]] = (
             (frozenset(), frozenset()), frozenset())
-        self._dataplane_ready = threading.Event()
-        self._wake = threading.Event()
-        # When the oldest change not yet in the dataplane reached us (monotonic seconds).
+        # When the oldest change not yet in the dataplane reached us (monotonic seconds; 0: none).
         self._pending_since = 0.0
         # The source revision whose state the dataplane (and, in strict mode, conntrack) fully reflects.
         self._enforced_revision = ""
-        self.sync_listeners: list[Callable[[float, bool], None]] = []  # (seconds, ok)
-        self.apply_listeners: list[Callable[[float], None]] = []  # change received -> enforced, seconds
-        self.engine.add_sync_listener(self._engine_changed)
-        self.state.subscribe(lambda _change: self._note_pending())
 
     # ------------------------------------------------------------ health
 
     def healthy(self) -> bool:
-        return self._threads_alive()
-
-    def verdict_cache_stats(self) -> tuple[int, int]:
-        """(hits, misses): judged packets answered from a cached verdict (the verdict
-        loop's flow table or the engine's cache) and those the pipeline evaluated."""
-        accepted, dropped = self.verdict_loop.verdicts()
-        misses = self.engine.cache_misses
-        return max(0, accepted + dropped - misses), misses
+        return all(t.is_alive() for t in self._threads)
 
     def ready(self) -> bool:
         return self._dataplane_ready.is_set() and self.source.ready() and self.engine.ready()
 
-    def _threads_alive(self) -> bool:
-        return all(t.is_alive() for t in getattr(self, "_threads", []))
+    def verdict_cache_stats(self) -> tuple[int, int]:
+        """(hits, misses): judged packets answered from the flow table, and those the pipeline judged."""
+        totals = self.engine.history.totals(self.engine.snapshot.flows)
+        packets = sum(totals.packets.values())
+        return max(0, packets - totals.entries), totals.entries
 
     def status(self) -> dict[str, Any]:
         """For /statusz: a tool that changed the source waits until ``enforced_revision`` is its revision."""
@@ -142,16 +148,12 @@ class Agent:
         return {
             "ready": self.ready(),
             "healthy": self.healthy(),
-            "source_revision": self._source_revision(),
+            "source_revision": self.source.revision(),
             "enforced_revision": self._enforced_revision,
+            "snapshot_generation": self.engine.generation,
             "queue_backend": self.dataplane.backend if self.dataplane.started else "",
             "verdicts": {"accepted": accepted, "dropped": dropped, "errors": self.verdict_loop.counters.errors},
         }
-
-    def _source_revision(self) -> str:
-        """The source's revision of what it has applied to the state ("" when the source has none)."""
-        revision = getattr(self.source, "revision", None)
-        return str(revision()) if callable(revision) else ""
 
     # ------------------------------------------------------------ running
 
@@ -165,20 +167,16 @@ class Agent:
         if not self._pending_since:
             self._pending_since = time.monotonic()
 
-    def _engine_changed(self) -> None:
-        self._dirty.set()
-        self._wake.set()
-
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then leave the dataplane as fail-open/closed asks."""
         self.source.start(self.submit)
         while not self.source.ready():
-            self._drain_work()
-            self._poll_source()
+            self._take_source_changes()
             if stop.wait(CONTROL_INTERVAL):
                 self.source.stop()
                 return
-        self._drain_work()
+        revision = self._take_source_changes()
+        self.engine.publish(revision)
         # Bind the queue before the rules divert anything to it.
         self.verdict_loop.bind()
         packet_thread = threading.Thread(target=self.verdict_loop.run, args=(stop,), name="verdict-loop", daemon=True)
@@ -187,31 +185,31 @@ class Agent:
         try:
             v4, v6, divert_all = self._desired_managed()
             backend = self.dataplane.start(v4, v6, divert_all)
+            self._synced_generation = self.engine.generation
             self._dataplane_ready.set()
             log.info("agent ready: pipeline %s, queue backend %s, node %s",
                      ",".join(self.config.pipeline), backend, self.config.node_name)
-            self._dirty.clear()
             self._pending_since = 0.0
-            self._enforced_revision = self._source_revision()
-            stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
+            if self._strict_mode:
+                # Policies may have changed while no agent ran: judge what is established now.
+                self._enforce_strict_mode()
+            self._enforced_revision = revision
+            stop_waker = threading.Thread(target=self._wake_on, args=(stop,), daemon=True)
             stop_waker.start()
             while not stop.is_set():
-                self._drain_work()
-                self._poll_source()
-                revision = self._source_revision()  # the state the sync below makes the kernel follow
-                if self._dirty.is_set():
-                    self._dirty.clear()
+                revision = self._take_source_changes()
+                snapshot = self.engine.publish(revision)
+                if snapshot is not None and self._strict_mode:
+                    # A burst of changes costs one pass, at most every STRICT_MODE_MIN_INTERVAL.
+                    self._strict_due = self._strict_due or max(
+                        time.monotonic(), self._last_strict + STRICT_MODE_MIN_INTERVAL)
+                if self._synced_generation != self.engine.generation:
                     self._sync_dataplane()
-                    if self.config.strict_mode and not self.config.audit:
-                        # A burst of changes costs one pass, at most every STRICT_MODE_MIN_INTERVAL.
-                        self._strict_due = self._strict_due or max(
-                            time.monotonic(), self._last_strict + STRICT_MODE_MIN_INTERVAL
-                        )
                 if self._strict_due and time.monotonic() >= self._strict_due:
                     self._strict_due = 0.0
                     self._last_strict = time.monotonic()
                     self._enforce_strict_mode()
-                if not self._dirty.is_set() and not self._strict_due:
+                if self._synced_generation == self.engine.generation and not self._strict_due:
                     self._enforced_revision = revision
                 if stop.is_set():
                     break
@@ -224,11 +222,24 @@ class Agent:
             self.dataplane.stop()
             log.info("agent stopped (%s)", "rules kept: fail-open" if self.config.fail_open else "rules removed")
 
-    def _poll_source(self) -> None:
+    def _wake_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self._wake.set()
+
+    @property
+    def _strict_mode(self) -> bool:
+        return self.config.strict_mode and not self.config.audit
+
+    def _take_source_changes(self) -> str:
+        """Run the sources' work and poll; returns the source revision the state now holds."""
+        self._drain_work()
         try:
             self.source.poll()
         except Exception:  # noqa: BLE001 - a source failure must not stop enforcement of the last state
             log.exception("reading the source failed; keeping the last known state")
+        if self.state.pending:
+            self._note_pending()
+        return self.source.revision()
 
     def _drain_work(self) -> None:
         while True:
@@ -242,13 +253,13 @@ class Agent:
                 log.exception("state update failed")
 
     def _desired_managed(self) -> tuple[list[bytes], list[bytes], bool]:
-        managed = self.engine.managed_ips()
-        local = self.state.local_pod_ips()
-        ips = managed.ips & local
+        managed = self.engine.managed
+        ips = list(managed.addresses)
         return [ip for ip in ips if len(ip) == 4], [ip for ip in ips if len(ip) == 16], managed.divert_all
 
     def _sync_dataplane(self) -> None:
         started = time.perf_counter()
+        generation = self.engine.generation
         ok = True
         try:
             v4, v6, divert_all = self._desired_managed()
@@ -260,14 +271,13 @@ class Agent:
         except Exception:  # noqa: BLE001 - keep enforcing the last good ruleset and retry
             ok = False
             log.exception("dataplane sync failed; retrying")
-            self._dirty.set()
-        for listener in self.sync_listeners:
-            listener(time.perf_counter() - started, ok)
-        if ok and self._pending_since:
-            latency = time.monotonic() - self._pending_since
+        self.stats.record_sync(time.perf_counter() - started, ok)
+        if not ok:
+            return
+        self._synced_generation = generation
+        if self._pending_since:
+            self.stats.record_apply_latency(time.monotonic() - self._pending_since)
             self._pending_since = 0.0
-            for apply_listener in self.apply_listeners:
-                apply_listener(latency)
 
     def _enforce_strict_mode(self) -> None:
         """Cut the connections the current policies deny: delete their conntrack entries.

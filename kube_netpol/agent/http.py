@@ -11,7 +11,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from kube_netpol.observability.exposition import CONTENT_TYPE, generate_text
 
 
 def serve_http(
@@ -27,7 +29,7 @@ def serve_http(
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._reply(200, generate_text(registry), CONTENT_TYPE)
             elif path in ("/healthz", "/livez"):
                 ok = healthy()
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
 import threading
 from typing import Any
 
-from kube_netpol.agent.config import add_agent_arguments, config_from_args
+from kube_netpol.agent.config import add_agent_arguments, add_version_flag, config_from_args
 from kube_netpol.logs import configure_logging
 from kube_netpol.plugins import PluginError
 from kube_netpol.sources.manifests import ManifestFolderSource
@@ -21,7 +22,31 @@ log = logging.getLogger("kube_netpol.agent")
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="run the agent on this node")
     add_agent_arguments(parser)
+    add_version_flag(parser)  # the image's entrypoint is `kube-netpol run`
     parser.set_defaults(func=run_command)
+
+
+def _bind_failure(address: tuple[str, int], err: OSError) -> str:
+    """One line for a metrics address the agent cannot listen on."""
+    host, port = address
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if err.errno == errno.EADDRINUSE:
+        hint = "another process (another kube-netpol agent?) listens there; stop it or choose another --metrics-bind-address"
+    else:
+        hint = "check --metrics-bind-address (the host must be an address of this node, or empty for all)"
+    return f"kube-netpol run: cannot serve metrics on {where}: {err.strerror or err}; {hint}"
+
+
+def _queue_failure(queue_num: int) -> str | None:
+    """One line when another process holds our NFQUEUE (the kernel lists it bound), else None."""
+    from kube_netpol.observability.nfqueue_proc import read_nfqueue_stats
+
+    holders = [q.port_id for q in read_nfqueue_stats() if q.queue_num == queue_num]
+    if not holders:
+        return None
+    return (f"kube-netpol run: NFQUEUE {queue_num} is already bound by another process (netlink port id {holders[0]}): "
+            f"another kube-netpol agent, or another program using queue {queue_num}, runs in this network namespace; "
+            f"stop it, or give this agent another --nfqueue-id")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -50,12 +75,11 @@ def run_command(args: argparse.Namespace) -> int:
                   f"(pip install 'kube-netpol[kubernetes]'), or use --manifests DIR ({err})", file=sys.stderr)
             return 2
         try:
-            # In-cluster configuration unless --kubeconfig; the pipeline decides what is watched.
-            source_factory = kubernetes_source_factory(config.kubeconfig, config.pipeline)  # type: ignore[assignment]
+            # In-cluster configuration unless --kubeconfig; the pipeline's kinds decide what is watched.
+            source_factory = kubernetes_source_factory(config.kubeconfig)  # type: ignore[assignment]
         except KubernetesConfigError as err:
             print(f"kube-netpol run: {err}", file=sys.stderr)
             return 2
-    verdict_metrics = VerdictMetrics()
     decision_logger: DecisionLogger | None = None
     if config.log_decisions:
         options: dict[str, Any] = {"rate": config.decision_log_rate, "only_denied": config.decision_log_denied_only}
@@ -74,7 +98,6 @@ def run_command(args: argparse.Namespace) -> int:
             source_factory,
             observer=decision_logger.observe if decision_logger is not None else None,
             observer_gate=decision_logger.gate if decision_logger is not None else None,
-            stats=verdict_metrics.stats,
         )
     except PluginError as err:
         if decision_logger is not None:
@@ -85,16 +108,16 @@ def run_command(args: argparse.Namespace) -> int:
         decision_logger.provider = agent.state  # pod names are resolved when records are written
         decision_logger.start()
     collector = AgentCollector(
-        verdict_metrics,
+        VerdictMetrics(agent.engine),
+        agent.stats,
         invalid_objects=lambda: dict(agent.state.invalid_objects),
-        managed_ips=lambda: tuple(len(s) for s in agent.dataplane.managed) if agent.dataplane.started else (0, 0),
+        managed_ips=lambda: (len(agent.dataplane.managed[0]), len(agent.dataplane.managed[1]))
+        if agent.dataplane.started else (0, 0),
         cache_stats=agent.verdict_cache_stats,
         verdict_errors=lambda: agent.verdict_loop.counters.errors,
         decision_log_stats=(lambda: decision_logger.stats()) if decision_logger is not None else None,
     )
     REGISTRY.register(collector)
-    agent.sync_listeners.append(collector.record_sync)
-    agent.apply_listeners.append(collector.record_apply_latency)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -105,9 +128,22 @@ def run_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server = None
     if config.metrics_bind_address[1]:
-        server = serve_http(config.metrics_bind_address, agent.healthy, agent.ready, status=agent.status)
+        try:
+            server = serve_http(config.metrics_bind_address, agent.healthy, agent.ready, status=agent.status)
+        except OSError as err:
+            if decision_logger is not None:
+                decision_logger.stop()
+            print(_bind_failure(config.metrics_bind_address, err), file=sys.stderr)
+            return 2
     try:
         agent.run(stop)
+    except OSError as err:
+        queue_failure = _queue_failure(config.nfqueue_id)
+        if queue_failure is None:
+            log.error("agent failed: %s", err, exc_info=config.verbosity > 0)
+            return 1
+        print(queue_failure, file=sys.stderr)
+        return 2
     except Exception as err:  # noqa: BLE001 - report start-up failures (nftables, queue) clearly
         log.error("agent failed: %s", err, exc_info=config.verbosity > 0)
         return 1

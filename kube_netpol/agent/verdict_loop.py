@@ -1,6 +1,6 @@
 """The NFQUEUE reader: parse, judge, accept or drop, one packet at a time.
 
-This is the per-packet hot path (see DESIGN.md): no logging, no allocation
+This is the per-packet hot path (docs/development.md, "How a packet travels"): no logging, no allocation
 beyond the parsed Packet, and every failure turns into the configured
 fail-open/fail-closed verdict instead of an exception that would end the loop.
 """
@@ -13,17 +13,9 @@ from struct import error as struct_error
 from time import perf_counter_ns
 from typing import Any, Callable
 
-from kube_netpol.api.packet import Packet
-from kube_netpol.engine import Judgement, PolicyEngine
-from kube_netpol.observability.flowstats import (
-    TIMING_EVERY,
-    TableKey,
-    VerdictStats,
-    unpack_raw_v4,
-    unpack_raw_v6,
-    table_key,
-)
-from kube_netpol.observability.decisions import RecordGate
+from kube_netpol.engine import PolicyEngine, Snapshot
+from kube_netpol.engine.flows import TIMING_EVERY, TableKey, table_key, unpack_raw_v4, unpack_raw_v6
+from kube_netpol.observability.decisions import RecordGate, VerdictObserver
 from kube_netpol.packet import MalformedPacket, parse_packet
 
 #: Bytes of each packet the kernel copies to us: as many as NetfilterQueue takes
@@ -36,9 +28,6 @@ COPY_RANGE = 4016
 #: Packets the kernel holds for us before it drops (or bypasses) new ones.
 DEFAULT_MAX_QUEUE_LEN = 4096
 
-#: Observer of every judged packet: (packet, judgement, accepted, nanoseconds spent).
-VerdictObserver = Callable[[Packet, Judgement, bool, int], None]
-
 
 class VerdictCounters:
     __slots__ = ("errors",)
@@ -48,28 +37,27 @@ class VerdictCounters:
 
 
 class VerdictLoop:
-    """Judges queued packets; ``stats`` is the flow table the metrics are computed from.
+    """Judges queued packets with the engine's current snapshot, one snapshot read per packet.
 
     Fast path: a packet whose flow key (addresses, protocol, destination port)
-    already has an entry in ``stats.flows`` gets that entry's verdict without
-    being parsed or judged, and costs one counter increment; one packet in
-    ``TIMING_EVERY`` is timed (see ``FlowStats``). The table is retired whenever the
-    engine's verdicts change, so an entry is exactly a cached engine verdict
-    plus its counters. With an ``observer`` (decision records need every
-    packet) every packet takes the full path, except while its
-    ``observer_gate`` is closed (the decision logger's rate limit is spent).
+    already has an entry in the snapshot's flow table gets that entry's verdict
+    without being parsed or judged, and costs one counter increment; one packet
+    in ``TIMING_EVERY`` is timed (see ``FlowStats``). Each snapshot has its own
+    table, so an entry is exactly a verdict of that snapshot plus its counters.
+    With an ``observer`` (decision records need every packet) every packet
+    takes the full path, except while its ``observer_gate`` is closed (the
+    decision logger's rate limit is spent).
     """
 
     def __init__(
         self,
-        engine: PolicyEngine,
+        engine: PolicyEngine[Any],
         queue_num: int,
         fail_open: bool,
         audit: bool = False,
         max_queue_len: int = DEFAULT_MAX_QUEUE_LEN,
         observer: VerdictObserver | None = None,
         on_error: Callable[[BaseException], None] | None = None,
-        stats: VerdictStats | None = None,
         observer_gate: RecordGate | None = None,
     ) -> None:
         self.engine = engine
@@ -81,15 +69,14 @@ class VerdictLoop:
         self.observer_gate = observer_gate  # while closed, packets are not parsed for the observer
         self.on_error = on_error
         self.counters = VerdictCounters()
-        self.stats = stats or VerdictStats()
-        engine.add_sync_listener(self.stats.retire)
+        self._history = engine.history
         self._queue: Any = None
         self._untimed_left = 0  # packets until the next timed one
 
     def verdicts(self) -> tuple[int, int]:
         """(accepted, dropped) packets so far, errors excluded."""
         accepted = dropped = 0
-        for (_, _, was_accepted), count in self.stats.totals().packets.items():
+        for (_, _, was_accepted), count in self._history.totals(self.engine.snapshot.flows).packets.items():
             if was_accepted:
                 accepted += count
             else:
@@ -107,23 +94,24 @@ class VerdictLoop:
         else:
             self._untimed_left = TIMING_EVERY - 1
             started = perf_counter_ns()
+        snapshot = self.engine.snapshot  # read once: everything below uses this snapshot
         payload = queued.get_payload()
-        try:  # flowstats.flow_key, inlined
+        try:  # flows.flow_key, inlined
             raw = unpack_raw_v4(payload) if payload[0] == 0x45 else unpack_raw_v6(payload)
         except (IndexError, struct_error):
             raw = None
         observer = self.observer
         if observer is None:
-            flow = self.stats.flows.get(raw)  # type: ignore[arg-type]
+            flow = snapshot.flows.get(raw)  # type: ignore[arg-type]
         elif self.observer_gate is not None and not self.observer_gate.open:
             # The observer takes no records now: no need to parse this packet for one.
-            flow = self.stats.flows.get(raw)  # type: ignore[arg-type]
+            flow = snapshot.flows.get(raw)  # type: ignore[arg-type]
             if flow is not None:
                 self.observer_gate.skip(flow.judgement)
         else:
             flow = None
         if flow is None:
-            self._judge(queued, payload, raw, started or perf_counter_ns())
+            self._judge(snapshot, queued, payload, raw, started or perf_counter_ns())
             return
         if started:
             elapsed = perf_counter_ns() - started
@@ -131,7 +119,7 @@ class VerdictLoop:
                 queued.accept()
             else:
                 queued.drop()
-            self.stats.record_timed_hit(flow, elapsed)
+            self._history.record_timed_hit(flow, elapsed)
             return
         flow.hits += 1
         if flow.accepted:
@@ -139,19 +127,22 @@ class VerdictLoop:
         else:
             queued.drop()
 
-    def _judge(self, queued: Any, payload: bytes, raw: TableKey | None, started: int) -> None:
-        """The full path: parse, evaluate, remember the verdict in the flow table."""
+    def _judge(self, snapshot: Snapshot, queued: Any, payload: bytes, raw: TableKey | None, started: int) -> None:
+        """The full path: parse, judge, remember the verdict in the snapshot's flow table."""
         try:
             packet = parse_packet(payload)
-            judgement = self.engine.evaluate(packet)
+            key = table_key(raw, packet)
+            flow = snapshot.flows.get(key)
+            if flow is None:
+                # A key the raw key misread may share its verdict with the parsed key's entry.
+                judgement = snapshot.evaluate(packet)
+                flow = snapshot.add_flow(key, judgement, judgement.allowed or self.audit, packet.protocol,
+                                         packet.family)  # fmt: skip
+            else:
+                judgement = flow.judgement
         except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
             self._failed(queued, payload, err)
             return
-        stats = self.stats
-        key = table_key(raw, packet)
-        flow = stats.flows.get(key)
-        if flow is None or flow.judgement is not judgement:
-            flow = stats.add(key, judgement, judgement.allowed or self.audit, packet.protocol, packet.family)
         if self.observer is not None:
             gate = self.observer_gate
             if gate is None or gate.open:
@@ -164,7 +155,7 @@ class VerdictLoop:
         else:
             queued.drop()
         flow.record(elapsed)
-        stats.record_sample(elapsed)
+        self._history.record_sample(elapsed)
 
     def _failed(self, queued: Any, payload: bytes, err: BaseException) -> None:
         self.counters.errors += 1

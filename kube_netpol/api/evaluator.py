@@ -1,75 +1,98 @@
-"""The contracts between the engine, evaluator plugins and the pod directory."""
+"""The contract between the engine and evaluator plugins.
+
+An evaluator lives on two threads:
+
+- the control thread calls ``update(view, changes)`` with every batch of
+  changes to the cluster (the first batch holds every object there is). The
+  evaluator derives what it needs, incrementally, and returns an ``Update``:
+  the ``Stage`` that answers packets from now on, and which pods it now
+  selects or no longer selects (their addresses are diverted to the queue);
+- the packet thread calls the current stage's ``evaluate_egress`` (the source
+  pod's egress) and ``evaluate_ingress`` (the destination pod's ingress). It
+  returns a final ACCEPT/DENY ``Decision`` or ``NEXT``.
+
+The engine publishes the stages of all evaluators as one snapshot after each
+batch. A stage must not change what it answers after it is returned: build a
+new one when the policies change (memo caches inside it are fine). A verdict
+may depend only on the packet's addresses, protocol and destination port, and
+on the snapshot: the engine remembers it per (source, destination, protocol,
+destination port) until the next snapshot.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
+from kube_netpol.api.cluster import Change, ClusterView, PodKey, PodRecord
+from kube_netpol.api.kinds import KindSpec
 from kube_netpol.api.packet import Packet
-from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import Decision
 
-#: Called by an evaluator when something that changes its verdicts or its
-#: managed addresses changed, so the engine drops cached verdicts and the
-#: dataplane re-reads ``managed_ips``.
-SyncCallback = Callable[[], None]
+_NOTHING_SELECTED: Mapping[PodKey, bool] = MappingProxyType({})
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """What the packet thread asks; ``src``/``dst`` are None when the address is not a pod."""
+
+    def evaluate_egress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision: ...
+
+    def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision: ...
 
 
 @dataclass(frozen=True, slots=True)
-class ManagedIPs:
-    """Pod addresses (packed bytes) whose traffic an evaluator needs to see.
+class Update:
+    """An evaluator's answer to a batch of changes.
 
-    ``divert_all`` asks for every new connection of every pod, for evaluators
-    that cannot name the pods they care about.
+    ``selected``: whether the evaluator selects each pod the batch touched
+    (True: its traffic must be diverted to the queue), so that only the pods a
+    change touched are looked at. Reporting a pod again with the same answer
+    is harmless; pods of other nodes may be left out (only this node's
+    addresses are diverted, ``ClusterView.node_name``). ``divert_all``: the evaluator needs every new connection of every
+    pod (it cannot name the pods it cares about).
     """
 
-    ips: frozenset[bytes] = frozenset()
+    stage: Stage
+    selected: Mapping[PodKey, bool] = field(default_factory=lambda: _NOTHING_SELECTED)
     divert_all: bool = False
+
+
+@runtime_checkable
+class PolicyEvaluator(Protocol):
+    """One stage of the pipeline, built by an entry point of the ``kube_netpol.evaluators`` group.
+
+    ``kinds``: the kinds it reads besides Pod and Namespace (which every
+    evaluator gets); the sources list and watch the union of the pipeline's.
+    ``pod_annotations``: annotation keys it reads from pods (``PodRecord.annotations``
+    holds only the keys some evaluator of the pipeline names).
+    """
+
+    name: str
+    kinds: tuple[KindSpec, ...]
+    pod_annotations: tuple[str, ...]
+
+    def ready(self) -> bool: ...
+
+    def update(self, view: ClusterView, changes: Sequence[Change[object]]) -> Update: ...
+
+
+@dataclass(frozen=True)
+class EvaluatorContext:
+    """What an evaluator factory is given: its section of the evaluator configuration."""
+
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+
+class EvaluatorFactory(Protocol):
+    """An entry point in the ``kube_netpol.evaluators`` group names one of these."""
+
+    def __call__(self, context: EvaluatorContext) -> PolicyEvaluator: ...
 
 
 @runtime_checkable
 class PodInfoProvider(Protocol):
     """Maps an address to the pod that owns it (None: not a pod)."""
 
-    def pod_info_by_ip(self, ip: bytes) -> PodInfo | None: ...
-
-
-@runtime_checkable
-class PolicyEvaluator(Protocol):
-    """One stage of the pipeline.
-
-    ``evaluate_egress`` is asked for the source pod's egress, ``evaluate_ingress``
-    for the destination pod's ingress; ``src``/``dst`` are None when the
-    address is not a pod. Return a final ACCEPT/DENY Decision or ``NEXT``.
-    Verdicts may depend only on the packet's addresses, protocol and
-    destination port and on the evaluator's state: the engine caches them per
-    (source, destination, protocol, destination port) until a sync callback.
-    """
-
-    name: str
-
-    def ready(self) -> bool: ...
-
-    def evaluate_egress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision: ...
-
-    def evaluate_ingress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision: ...
-
-    def managed_ips(self) -> ManagedIPs: ...
-
-    def set_sync_callback(self, callback: SyncCallback) -> None: ...
-
-
-@dataclass(frozen=True)
-class EvaluatorContext:
-    """What an evaluator factory is given.
-
-    ``state`` is the agent's ClusterState (pods, namespaces, nodes, policies);
-    ``settings`` is this evaluator's section of the evaluator configuration.
-    """
-
-    state: Any
-    settings: Mapping[str, Any] = field(default_factory=dict)
-
-
-#: An entry point in the ``kube_netpol.evaluators`` group names one of these.
-EvaluatorFactory = Callable[[EvaluatorContext], PolicyEvaluator]
+    def pod_by_ip(self, ip: bytes) -> PodRecord | None: ...

@@ -91,11 +91,6 @@ class DataplaneConfig:
         )
 
 
-def _xt_comment(table: str) -> str:
-    # The table name tags our xt rules, so cleanup(table) finds exactly that agent's rules.
-    return table
-
-
 class Dataplane:
     """The nftables table (and xt queue rules) of one agent.
 
@@ -215,17 +210,6 @@ class Dataplane:
         with self._lock:
             return self._sync(desired, divert_all)
 
-    def sync_managed(self, managed_v4: Iterable[Address], managed_v6: Iterable[Address]) -> bool:
-        """``sync`` keeping the current divert-all mode."""
-        desired = _desired(managed_v4, managed_v6)
-        with self._lock:
-            return self._sync(desired, self.spec.divert_all)
-
-    def set_divert_all(self, divert_all: bool) -> bool:
-        """``sync`` keeping the current managed addresses."""
-        with self._lock:
-            return self._sync(dict(self._elements), divert_all)
-
     def stop(self) -> None:
         """Fail-open: leave everything (bypass lets traffic flow until the next start).
         Fail-closed: remove the table and our xt rules."""
@@ -260,7 +244,7 @@ class Dataplane:
 
     def _ensure_xt(self, spec: RulesetSpec, *, remove_stale: bool) -> None:
         """Our queue rule in each mangle chain the spec uses; with ``remove_stale``, in no other."""
-        comment = _xt_comment(spec.table)
+        comment = spec.table  # the table name tags our xt rules: cleanup(table) finds exactly that agent's
         rule = queue_rule_args(mark=spec.mark, queue_num=spec.queue_num, bypass=spec.fail_open, comment=comment)
         wanted = xt_chains(spec)
         for family in _FAMILIES:
@@ -279,12 +263,25 @@ def _desired(v4: Iterable[Address], v6: Iterable[Address]) -> dict[str, frozense
     return {_V4: normalize_addresses(v4, 4), _V6: normalize_addresses(v6, 6)}
 
 
-def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
+@dataclass(frozen=True)
+class Removed:
+    """What a cleanup removed: whether the table existed, and our xt rules by (IP version, chain)."""
+
+    table: bool
+    xt_rules: dict[tuple[int, str], int]
+
+    @property
+    def nothing(self) -> bool:
+        return not self.table and not any(self.xt_rules.values())
+
+
+def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> dict[tuple[int, str], int]:
     errors = []
+    removed: dict[tuple[int, str], int] = {}
     for family in _FAMILIES:
         for chain in XT_CHAINS:
             try:
-                xt.remove_ours(family, _xt_comment(table), chain)
+                removed[(family, chain)] = xt.remove_ours(family, table, chain)
             except FileNotFoundError:
                 break  # no iptables/ip6tables binary: none of our rules can exist
             except XtablesError as e:
@@ -293,11 +290,13 @@ def _remove_xt_rules(xt: Xtables, table: str, *, tolerate_errors: bool) -> None:
                 log.warning("could not remove xt rules: %s", e)
     if errors:
         raise XtablesError("; ".join(errors))
+    return removed
 
 
-def _cleanup(table: str, nft: NftClient, xt: Xtables) -> None:
-    nft.run(delete_table_commands(table))
-    _remove_xt_rules(xt, table, tolerate_errors=False)
+def _cleanup(table: str, nft: NftClient, xt: Xtables) -> Removed:
+    existed = nft.list_table(table) is not None
+    nft.run(delete_table_commands(table))  # deletes it whether or not it appeared meanwhile
+    return Removed(existed, _remove_xt_rules(xt, table, tolerate_errors=False))
 
 
 def cleanup(
@@ -307,10 +306,10 @@ def cleanup(
     ip6tables: str = "ip6tables",
     nft: NftClient | None = None,
     xtables: Xtables | None = None,
-) -> None:
+) -> Removed:
     """Remove everything an agent with this table name creates: the table and our xt rules.
 
-    Safe when nothing exists. Does not need a running or started Dataplane.
+    Safe when nothing exists; says what it removed. Does not need a running or started Dataplane.
     """
     RulesetSpec(table=table)  # validate the name before touching anything
-    _cleanup(table, nft or NftClient(), xtables or Xtables({4: iptables, 6: ip6tables}))
+    return _cleanup(table, nft or NftClient(), xtables or Xtables({4: iptables, 6: ip6tables}))

@@ -194,7 +194,7 @@ def _tcp_over(data: bytes | bytearray | memoryview, start: int, end: int) -> boo
 def _parse_entry(
     data: bytes | bytearray | memoryview, family: int, start: int, end: int, live_only: bool
 ) -> Entry | None:
-    version = _VERSION.get(family)
+    version = _VERSION.get(family)  # type: ignore[call-overload]
     if version is None:
         return None
     unpack = _ATTR.unpack_from

@@ -9,123 +9,98 @@ Allow gives ACCEPT, Deny gives DENY, and Pass gives a NEXT decision at once
 (naming the policy and rule), skipping every remaining ANP rule so that
 NetworkPolicy, then BaselineAdminNetworkPolicy, decides. No match: NEXT.
 
-Hot path: the rules that apply to a pod (the ingress and egress rules of the
-ANPs whose subject selects it, flattened in precedence order) are memoised
-per PodInfo object with the pod's facts (kube_netpol.evaluators.pod_memo).
-The memo lives in an immutable snapshot together with the ordered policies
-and is replaced whole on a policy, Namespace or Node change, so a packet
-thread racing with a change stores into the old snapshot, never a stale entry
-into the new one. A pod change drops that pod's entry. Once memoised, an
-evaluation costs a dict lookup plus the rules of the ANPs that select the
-pod, however many ANPs exist. The same machinery serves the
-BaselineAdminNetworkPolicy evaluator.
+Built on ``kube_netpol.evaluators.indexed``, as the BaselineAdminNetworkPolicy
+evaluator is: per target pod (its labels and its namespace's labels), the
+stage's memo holds the rules of the policies whose subject selects it,
+flattened in precedence order, so an evaluation costs a dict lookup plus the
+rules of the policies that select the pod, however many policies exist.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Iterable, Mapping, Sequence
 
-from kube_netpol.api.evaluator import EvaluatorContext, ManagedIPs
+from kube_netpol.api.cluster import NO_PORT_NAMES, Change, ClusterView, Labels, PodRecord, PortNames
+from kube_netpol.api.evaluator import EvaluatorContext
+from kube_netpol.api.kinds import NODE_KIND, KindSpec
 from kube_netpol.api.packet import Packet
-from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import NEXT, Decision
-from kube_netpol.evaluators.base import StateEvaluator
-from kube_netpol.evaluators.pod_memo import PodFacts, forget, lookup, remember
-from kube_netpol.policy.adminnetworkpolicy import AdminNetworkPolicy, EgressRule, IngressRule
-from kube_netpol.policy.ports import NO_PORT_NAMES, PortNames
-from kube_netpol.state.store import Change, ClusterState
+from kube_netpol.evaluators.indexed import IndexedEvaluator, MemoEntry, SelectingStage, remember
+from kube_netpol.policy.adminnetworkpolicy import (
+    AdminNetworkPolicy,
+    EgressRule,
+    IngressRule,
+    parse_admin_network_policy,
+)
+
+KIND = "AdminNetworkPolicy"
+ADMIN_GROUP = "policy.networking.k8s.io"
+ADMIN_NETWORK_POLICY = KindSpec(
+    KIND, ADMIN_GROUP, "v1alpha1", "adminnetworkpolicies", False, parse_admin_network_policy, order=20
+)
+
+#: Node labels by node address, for ``nodes`` egress peers (a tuple: addresses may be shared).
+NodeIndex = Mapping[bytes, tuple[Labels, ...]]
 
 
-class PodEntry(PodFacts):
-    """The memo entry of one PodInfo: its facts, plus the rules of the policies whose subject selects it.
+class _Subject(MemoEntry):
+    """The rules of the policies whose subject selects the pods with these labels in this namespace."""
 
-    ``selected`` tells whether any subject selects it (rules may be empty even then).
-    """
+    __slots__ = ("namespace_labels", "ingress", "egress")
 
-    __slots__ = ("ingress", "egress", "selected")
-
+    namespace_labels: Labels
     ingress: tuple[IngressRule, ...]
     egress: tuple[EgressRule, ...]
-    selected: bool
 
 
-class _Snapshot:
-    """Policies in precedence order plus the per-pod memo built from them."""
+class SubjectRulesStage(SelectingStage):
+    """Policies in precedence order, the node index, and the memo built from them."""
 
-    __slots__ = ("policies", "memo")
+    __slots__ = ("policies", "nodes", "memo")
 
-    def __init__(self, policies: tuple[Any, ...]) -> None:
-        self.policies = policies
-        self.memo: dict[int, PodEntry] = {}  # see pod_memo
+    def __init__(self, policies: Sequence[AdminNetworkPolicy] | Sequence[object], nodes: NodeIndex) -> None:
+        self.policies = tuple(policies)
+        self.nodes = nodes
+        self.memo: dict[int, _Subject] = {}
 
-
-class SubjectRulesEvaluator(StateEvaluator):
-    """Shared by the ANP and BANP evaluators: subject-selected rules, first match decides.
-
-    Subclasses set ``name``, ``kind``, ``relevant_kinds`` and implement
-    ``ordered_policies`` (objects with ``subject``, ``ingress``, ``egress``).
-    """
-
-    kind = ""
-
-    def __init__(self, state: ClusterState) -> None:
-        super().__init__(state)
-        self._snapshot = _Snapshot(self.ordered_policies())
-        self._node_labels_by_ip = self._index_nodes()
-
-    def ordered_policies(self) -> tuple[Any, ...]:
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ per packet
-
-    def evaluate_ingress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
+    def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if dst is None or src is None:
             # Ingress peers are pods only: traffic from outside the pod network matches no rule.
             return NEXT
-        snapshot = self._snapshot
-        memo = snapshot.memo
-        entry = memo.get(id(dst))
-        if entry is None or entry.info is not dst:
-            entry = self._remember(snapshot, dst)
+        entry = self.memo.get(id(dst.labels))
+        if entry is None or entry.labels is not dst.labels or entry.namespace_labels is not dst.namespace_labels:
+            entry = self._remember(dst)
         rules = entry.ingress
         if not rules:
             return NEXT
-        peer = memo.get(id(src))
-        if peer is None or peer.info is not src:
-            peer = self._remember(snapshot, src)
         protocol = packet.protocol
         port = packet.dst_port
-        labels = peer.labels
-        namespace_labels = peer.namespace_labels
-        port_names = entry.port_names  # named ports resolve on dst, the pod this entry is of
+        labels = src.labels
+        namespace_labels = src.namespace_labels
+        port_names = dst.port_names  # named ports resolve on dst
         for rule in rules:
             if rule.matches(protocol, port, labels, namespace_labels, port_names):
                 return rule.decision
         return NEXT
 
-    def evaluate_egress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
+    def evaluate_egress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if src is None:
             return NEXT
-        snapshot = self._snapshot
-        memo = snapshot.memo
-        entry = memo.get(id(src))
-        if entry is None or entry.info is not src:
-            entry = self._remember(snapshot, src)
+        entry = self.memo.get(id(src.labels))
+        if entry is None or entry.labels is not src.labels or entry.namespace_labels is not src.namespace_labels:
+            entry = self._remember(src)
         rules = entry.egress
         if not rules:
             return NEXT
-        labels: dict[str, str] | None = None
-        namespace_labels: dict[str, str] | None = None
+        labels: Labels | None = None
+        namespace_labels: Labels | None = None
         port_names: PortNames = NO_PORT_NAMES  # not a pod: named ports cannot resolve
         if dst is not None:
-            peer = memo.get(id(dst))
-            if peer is None or peer.info is not dst:
-                peer = self._remember(snapshot, dst)
-            labels = peer.labels
-            namespace_labels = peer.namespace_labels
-            port_names = peer.port_names
+            labels = dst.labels
+            namespace_labels = dst.namespace_labels
+            port_names = dst.port_names
         address = packet.dst
-        node_labels = self._node_labels_by_ip.get(address, ())
+        node_labels = self.nodes.get(address, ())
         protocol = packet.protocol
         port = packet.dst_port
         for rule in rules:
@@ -133,71 +108,78 @@ class SubjectRulesEvaluator(StateEvaluator):
                 return rule.decision
         return NEXT
 
-    def _remember(self, snapshot: _Snapshot, pod: PodInfo) -> PodEntry:
-        """Build and memoise ``pod``'s entry (once per PodInfo object and snapshot)."""
-        entry = PodEntry(pod)
+    def selects(self, pod: PodRecord) -> bool:
+        # Through the memo: the evaluator asks only about this node's pods, whose packets this stage judges.
+        entry = self.memo.get(id(pod.labels))
+        if entry is None or entry.labels is not pod.labels or entry.namespace_labels is not pod.namespace_labels:
+            entry = self._remember(pod)
+        return entry.selected
+
+    def _remember(self, pod: PodRecord) -> _Subject:
+        entry = _Subject(pod.labels)
+        entry.namespace_labels = pod.namespace_labels
         ingress: list[IngressRule] = []
         egress: list[EgressRule] = []
-        selected = False
-        for policy in snapshot.policies:
-            if policy.subject.selects(pod):
-                selected = True
-                ingress.extend(policy.ingress)
-                egress.extend(policy.egress)
+        for policy in self.policies:
+            if policy.subject.selects(pod):  # type: ignore[attr-defined]
+                entry.selected = True
+                ingress.extend(policy.ingress)  # type: ignore[attr-defined]
+                egress.extend(policy.egress)  # type: ignore[attr-defined]
         entry.ingress = tuple(ingress)
         entry.egress = tuple(egress)
-        entry.selected = selected
-        return remember(snapshot.memo, entry)
+        return remember(self.memo, entry)
 
-    # ------------------------------------------------------------ on changes
 
-    def on_change(self, change: Change) -> None:
-        if change.kind == "Pod":
-            if change.old is not None:
-                forget(self._snapshot.memo, change.old.info)
-            return
-        if change.kind == "Node":
-            self._node_labels_by_ip = self._index_nodes()
-            policies = self._snapshot.policies
-        elif change.kind == self.kind:
-            policies = self.ordered_policies()
-        else:  # Namespace
-            policies = self._snapshot.policies
-        self._snapshot = _Snapshot(policies)
+class SubjectRulesEvaluator(IndexedEvaluator[SubjectRulesStage]):
+    """Shared by the ANP and BANP evaluators: subject-selected rules, first match decides.
 
-    def compute_managed_ips(self) -> ManagedIPs:
-        snapshot = self._snapshot
-        if not snapshot.policies:
-            return ManagedIPs()
-        ips: set[bytes] = set()
-        # list() first: the packet thread may call this while the control thread edits pods.
-        for pod in list(self.state.pods.values()):
-            if not pod.is_policy_target or not pod.ips:
-                continue
-            info = pod.info
-            entry = lookup(snapshot.memo, info) or self._remember(snapshot, info)
-            if entry.selected:
-                ips.update(pod.ips)
-        return ManagedIPs(frozenset(ips), divert_all=False)
+    Subclasses set ``name``, ``kinds`` (their policy kind and Node) and
+    ``policy_kinds``, and implement ``ordered`` (their policies in precedence order).
+    """
 
-    def _index_nodes(self) -> dict[bytes, tuple[Mapping[str, str], ...]]:
-        """Node labels by node address, for ``nodes`` egress peers (a tuple: addresses may be shared)."""
-        index: dict[bytes, tuple[Mapping[str, str], ...]] = {}
-        for node in list(self.state.nodes.values()):
-            for ip in node.ips:
-                index[ip] = index.get(ip, ()) + (dict(node.labels),)
-        return index
+    def __init__(self) -> None:
+        super().__init__(SubjectRulesStage((), {}))
+
+    def ordered(self, view: ClusterView) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def with_policies(
+        self, stage: SubjectRulesStage, view: ClusterView, changes: list[Change[object]]
+    ) -> tuple[SubjectRulesStage, Iterable[str] | None]:
+        reached: set[str] = set()
+        namespaces = list(view.namespaces())
+        for change in changes:
+            for policy in (change.old, change.new):
+                if policy is None:
+                    continue
+                selector = policy.subject.namespace_selector  # type: ignore[attr-defined]
+                reached.update(ns.name for ns in namespaces if selector.matches(ns.labels))
+        return SubjectRulesStage(self.ordered(view), stage.nodes), reached
+
+    def with_others(self, stage: SubjectRulesStage, view: ClusterView, changes: list[Change[object]]) -> SubjectRulesStage:
+        if not any(change.kind == "Node" for change in changes):
+            return stage  # the memo follows new pod and namespace records by itself
+        return SubjectRulesStage(stage.policies, index_nodes(view))
+
+
+def index_nodes(view: ClusterView) -> dict[bytes, tuple[Labels, ...]]:
+    index: dict[bytes, tuple[Labels, ...]] = {}
+    for node in view.nodes():
+        for ip in node.ips:
+            index[ip] = index.get(ip, ()) + (node.labels,)
+    return index
 
 
 class AdminNetworkPolicyEvaluator(SubjectRulesEvaluator):
     """ANPs by priority ascending, ties by name ascending; Allow/Deny final, Pass hands on."""
 
     name = "adminnetworkpolicy"
-    kind = "AdminNetworkPolicy"
-    relevant_kinds = frozenset({"AdminNetworkPolicy", "Namespace", "Node", "Pod"})
+    # ANP and BANP egress rules may name nodes as peers: node labels and addresses are needed.
+    kinds = (ADMIN_NETWORK_POLICY, NODE_KIND)
+    policy_kinds = frozenset({KIND})
 
-    def ordered_policies(self) -> tuple[AdminNetworkPolicy, ...]:
-        policies = list(self.state.policy_objects(self.kind).values())
+    def ordered(self, view: ClusterView) -> tuple[object, ...]:
+        policies = [p for p in view.objects(KIND).values() if isinstance(p, AdminNetworkPolicy)]
         policies.sort(key=_precedence)
         return tuple(policies)
 
@@ -208,4 +190,4 @@ def _precedence(policy: AdminNetworkPolicy) -> tuple[int, str]:
 
 def create(context: EvaluatorContext) -> AdminNetworkPolicyEvaluator:
     """Entry point ``adminnetworkpolicy`` of the ``kube_netpol.evaluators`` group."""
-    return AdminNetworkPolicyEvaluator(context.state)
+    return AdminNetworkPolicyEvaluator()

@@ -32,7 +32,7 @@ import time
 from typing import IO, Any, Callable, Deque
 
 from kube_netpol.api.evaluator import PodInfoProvider
-from kube_netpol.api.packet import PROTOCOL_NAMES, Packet
+from kube_netpol.api.packet import FAMILY_NAMES, PROTOCOL_NAMES, Packet
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.engine import Judgement
 
@@ -47,10 +47,10 @@ DEFAULT_CAPACITY = 10000
 DEFAULT_INTERVAL = 0.1
 #: At most one "suppressed K records" line per this many seconds.
 DEFAULT_REPORT_INTERVAL = 10.0
-FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 #: What the packet thread queues: (wall time, packet, judgement, accepted, nanoseconds spent).
 Pending = tuple[float, Packet, Judgement, bool, int]
+#: Observer of every judged packet: (packet, judgement, accepted, nanoseconds spent).
 VerdictObserver = Callable[[Packet, Judgement, bool, int], None]
 
 
@@ -80,9 +80,9 @@ def direction_fields(evaluator: str, decision: Decision) -> dict[str, Any]:
 
 def endpoint_name(provider: PodInfoProvider | None, address: bytes) -> str:
     """``namespace/pod`` of the pod owning ``address``, else the address as text."""
-    info = provider.pod_info_by_ip(address) if provider is not None else None
-    if info is not None and info.name:
-        return f"{info.namespace.name}/{info.name}"
+    pod = provider.pod_by_ip(address) if provider is not None else None
+    if pod is not None:
+        return f"{pod.namespace}/{pod.name}"
     return str(ipaddress.ip_address(address))
 
 

@@ -1,8 +1,9 @@
 """Prometheus metrics, with the reference implementation's names under ``kube_network_policies_``.
 
-The packet thread only counts into its flow table (flowstats.py: a few
-integer updates per packet, no locks, no label lookups); everything is summed
-and turned into metric families when Prometheus scrapes. Counters are exposed under the
+The packet thread only counts into the snapshot's flow table (engine/flows.py:
+a few integer updates per packet, no locks, no label lookups); the control
+thread records into ``ControlStats``; everything is summed and turned into
+metric families when Prometheus scrapes. Counters are exposed under the
 reference's exact names (``..._packet_count``, not ``..._total``) so existing
 dashboards keep working.
 """
@@ -11,16 +12,16 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from kube_netpol import __version__
-from kube_netpol.api.packet import PROTOCOL_NAMES, Packet
-from kube_netpol.engine import Judgement
-from kube_netpol.observability.flowstats import PROCESS_TIME_BUCKETS_US, VerdictStats, packet_flow_key
+from kube_netpol.api.packet import FAMILY_NAMES, PROTOCOL_NAMES
+from kube_netpol.engine import PolicyEngine
+from kube_netpol.engine.flows import PROCESS_TIME_BUCKETS_US
 from kube_netpol.observability.nfqueue_proc import QueueStats, read_nfqueue_stats
 
 PREFIX = "kube_network_policies_"
@@ -28,20 +29,17 @@ PREFIX = "kube_network_policies_"
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 QUANTILES = (0.5, 0.9, 0.99)
 OTHER_POLICIES = "(other)"
-FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 
-def _counter(name: str, documentation: str, labels: Iterable[str]) -> Metric:
-    """A counter under the reference's exact name.
+def _counter(name: str, documentation: str) -> Metric:
+    """A counter under the reference's exact name: its samples carry that name, without ``_total``.
 
-    The Go client exposes counters without a ``_total`` suffix; prometheus_client
-    would add one to the TYPE line of a ``counter``. Declaring the family
-    untyped keeps HELP, TYPE and samples under one name, so PromQL written for the
-    reference (``rate(kube_network_policies_packet_count[1m])``) works unchanged.
+    prometheus_client's own text writer would put ``_total`` on a counter's HELP
+    and TYPE lines; ``exposition.generate_text`` writes these as the Go client does
+    (``# TYPE kube_network_policies_packet_count counter``), so PromQL written for
+    the reference (``rate(kube_network_policies_packet_count[1m])``) works unchanged.
     """
-    metric = Metric(name, documentation + " (counter)", "unknown")
-    metric._labelnames = tuple(labels)  # type: ignore[attr-defined]
-    return metric
+    return Metric(name, documentation, "counter")
 
 
 class Histogram:
@@ -62,6 +60,24 @@ class Histogram:
 
     def buckets(self) -> list[tuple[str, int]]:
         return cumulative_buckets(self.bounds, self.counts)
+
+
+class ControlStats:
+    """What the control thread measures: dataplane syncs and policy apply latency (read at scrape time)."""
+
+    def __init__(self) -> None:
+        self.sync_duration = Histogram(LATENCY_BUCKETS_S)
+        self.sync_errors = 0
+        self.apply_latency = Histogram(LATENCY_BUCKETS_S)
+
+    def record_sync(self, seconds: float, ok: bool) -> None:
+        self.sync_duration.observe(seconds)
+        if not ok:
+            self.sync_errors += 1
+
+    def record_apply_latency(self, seconds: float) -> None:
+        """Seconds from a change reaching the agent to the dataplane enforcing it."""
+        self.apply_latency.observe(seconds)
 
 
 def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
@@ -93,28 +109,15 @@ def _protocol(number: int) -> str:
 
 
 class VerdictMetrics:
-    """The verdict metrics, computed at scrape time from the verdict loop's flow table.
+    """The verdict metrics, computed at scrape time from the engine's flow tables (current and retired)."""
 
-    ``stats`` is what the verdict loop records into; ``observe`` records one
-    packet the slow way (for callers other than the loop's fast path).
-    """
-
-    def __init__(self, stats: VerdictStats | None = None, top_policies: int = 20) -> None:
-        self.stats = stats or VerdictStats()
+    def __init__(self, engine: PolicyEngine[Any], top_policies: int = 20) -> None:
+        self.engine = engine
         self.top_policies = top_policies
 
-    def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
-        key = packet_flow_key(packet)
-        flow = self.stats.flows.get(key)
-        if flow is None or flow.judgement is not judgement or flow.accepted != accepted:
-            flow = self.stats.add(key, judgement, accepted, packet.protocol, packet.family)
-        flow.record(elapsed_ns)
-        self.stats.record_sample(elapsed_ns)
-
-    # --------------------------------------------------------------- export
-
     def collect(self) -> Iterator[Metric]:
-        totals = self.stats.totals()
+        history = self.engine.history
+        totals = history.totals(self.engine.snapshot.flows)
         process_time = HistogramMetricFamily(
             PREFIX + "packet_process_time", "Time it has taken to process each packet (microseconds)",
             labels=["protocol", "family"],
@@ -131,14 +134,14 @@ class VerdictMetrics:
             PREFIX + "packet_process_duration_microseconds",
             "A summary of the packet processing durations in microseconds.",
         )
-        window = sorted(self.stats.recent_samples())
+        window = sorted(history.recent_samples())
         for quantile in QUANTILES:
             value = weighted_quantile(window, quantile) / 1000 if window else float("nan")
             summary.samples.append(Sample(summary.name, {"quantile": repr(quantile)}, value))
         summary.add_metric([], count_value=sum(totals.packets.values()), sum_value=sum(totals.total_ns.values()) / 1000)
         yield summary
 
-        packets = _counter(PREFIX + "packet_count", "Number of packets", ["protocol", "family", "verdict"])
+        packets = _counter(PREFIX + "packet_count", "Number of packets")
         for (protocol, family, accepted), value in sorted(totals.packets.items()):
             packets.add_sample(PREFIX + "packet_count", {
                 "protocol": _protocol(protocol),
@@ -149,7 +152,7 @@ class VerdictMetrics:
 
         would_deny = _counter(
             PREFIX + "audit_would_deny_count",
-            "Packets accepted in audit mode that the policies deny", ["protocol", "family"],
+            "Packets accepted in audit mode that the policies deny",
         )
         for (protocol, family), value in sorted(totals.would_deny.items()):
             would_deny.add_sample(PREFIX + "audit_would_deny_count", {
@@ -163,8 +166,7 @@ class VerdictMetrics:
         """Verdicts by deciding evaluator and policy: the top policies by count, the rest as "(other)"."""
         name = PREFIX + "verdicts_by_policy"
         metric = _counter(name, "Judged connections by direction, deciding evaluator, policy and verdict "
-                                f"(the {self.top_policies} busiest policies; the rest as {OTHER_POLICIES})",
-                          ["direction", "evaluator", "policy", "verdict"])
+                                f"(the {self.top_policies} busiest policies; the rest as {OTHER_POLICIES})")
         by_policy: dict[str, int] = {}
         for key, count in totals.items():
             by_policy[key[2]] = by_policy.get(key[2], 0) + count
@@ -187,6 +189,7 @@ class AgentCollector(Collector):
     def __init__(
         self,
         verdicts: VerdictMetrics,
+        control: ControlStats,
         invalid_objects: Callable[[], dict[str, int]],
         managed_ips: Callable[[], tuple[int, int]],
         cache_stats: Callable[[], tuple[int, int]],
@@ -195,24 +198,14 @@ class AgentCollector(Collector):
         decision_log_stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.verdicts = verdicts
+        self.control = control
         self._invalid_objects = invalid_objects
         self._managed_ips = managed_ips
         self._cache_stats = cache_stats
         self._queue_stats = queue_stats
         self._verdict_errors = verdict_errors
         self._decision_log_stats = decision_log_stats
-        self.sync_duration = Histogram(LATENCY_BUCKETS_S)
-        self.sync_errors = 0
-        self.apply_latency = Histogram(LATENCY_BUCKETS_S)
         self.started = time.time()
-
-    def record_sync(self, seconds: float, ok: bool) -> None:
-        self.sync_duration.observe(seconds)
-        if not ok:
-            self.sync_errors += 1
-
-    def record_apply_latency(self, seconds: float) -> None:
-        self.apply_latency.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         yield from self.verdicts.collect()
@@ -228,28 +221,28 @@ class AgentCollector(Collector):
                 gauge.add_metric([str(stats.queue_num)], getattr(stats, field))
             yield gauge
 
-        invalid = _counter(PREFIX + "invalid_objects", "Objects ignored because they cannot be enforced, by kind", ["kind"])
+        invalid = _counter(PREFIX + "invalid_objects", "Objects ignored because they cannot be enforced, by kind")
         for kind, count in sorted(self._invalid_objects().items()):
             invalid.add_sample(PREFIX + "invalid_objects", {"kind": kind}, count)
         yield invalid
 
         for name, help_text, histogram in (
-            ("dataplane_sync_duration_seconds", "Time to bring the nftables sets and rules in line with the managed pods", self.sync_duration),
-            ("policy_apply_latency_seconds", "Time from a change reaching the agent to the dataplane enforcing it", self.apply_latency),
+            ("dataplane_sync_duration_seconds", "Time to bring the nftables sets and rules in line with the managed pods", self.control.sync_duration),
+            ("policy_apply_latency_seconds", "Time from a change reaching the agent to the dataplane enforcing it", self.control.apply_latency),
         ):
             family = HistogramMetricFamily(PREFIX + name, help_text)
             family.add_metric([], histogram.buckets(), histogram.total)
             yield family
-        errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)", [])
-        errors.add_sample(PREFIX + "dataplane_sync_errors", {}, self.sync_errors)
+        errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)")
+        errors.add_sample(PREFIX + "dataplane_sync_errors", {}, self.control.sync_errors)
         yield errors
 
-        packet_errors = _counter(PREFIX + "packet_errors", "Packets that could not be parsed or judged; they got the fail-open/fail-closed verdict", [])
+        packet_errors = _counter(PREFIX + "packet_errors", "Packets that could not be parsed or judged; they got the fail-open/fail-closed verdict")
         packet_errors.add_sample(PREFIX + "packet_errors", {}, self._verdict_errors())
         yield packet_errors
 
         if self._decision_log_stats is not None:
-            records = _counter(PREFIX + "decision_records", "Decision records by fate (written, or dropped: rate_limited, queue_full, write_error)", ["result"])
+            records = _counter(PREFIX + "decision_records", "Decision records by fate (written, or dropped: rate_limited, queue_full, write_error)")
             for result, count in sorted(self._decision_log_stats().items()):
                 records.add_sample(PREFIX + "decision_records", {"result": result}, count)
             yield records
@@ -261,7 +254,7 @@ class AgentCollector(Collector):
         yield managed
 
         hits, misses = self._cache_stats()
-        cache = _counter(PREFIX + "verdict_cache", "Verdict cache lookups by result", ["result"])
+        cache = _counter(PREFIX + "verdict_cache", "Verdict cache lookups by result")
         cache.add_sample(PREFIX + "verdict_cache", {"result": "hit"}, hits)
         cache.add_sample(PREFIX + "verdict_cache", {"result": "miss"}, misses)
         yield cache

@@ -18,10 +18,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Mapping
 
-from kube_netpol.api.podinfo import PodInfo
+from kube_netpol.api.cluster import PodRecord
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr
-from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.api.errors import InvalidObject
 from kube_netpol.policy.ports import PortMatcher, PortNames, check_port_number, parse_protocol
 from kube_netpol.policy.selectors import MATCH_ALL, LabelSelector, parse_label_selector
 
@@ -57,8 +57,8 @@ class Subject:
         self.namespace_selector = namespace_selector
         self.pod_selector = pod_selector
 
-    def selects(self, pod: PodInfo) -> bool:
-        return self.namespace_selector.matches(pod.namespace.labels) and self.pod_selector.matches(pod.labels)
+    def selects(self, pod: PodRecord) -> bool:
+        return self.namespace_selector.matches(pod.namespace_labels) and self.pod_selector.matches(pod.labels)
 
     def __repr__(self) -> str:
         return f"Subject(namespaces={self.namespace_selector!r}, pods={self.pod_selector!r})"

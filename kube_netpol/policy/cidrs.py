@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.api.errors import InvalidObject
 
 
 def parse_cidr(text: object, path: str = "cidr") -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr
-from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.api.errors import InvalidObject
 from kube_netpol.policy.ports import ALL_PORTS, PortMatcher, PortNames, check_port_number, parse_protocol
 from kube_netpol.policy.selectors import MATCH_ALL, LabelSelector, parse_label_selector
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from kube_netpol.api.packet import PROTOCOL_BY_NAME
-from kube_netpol.api.podinfo import PodInfo
-from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.api.cluster import PortNames
+
+__all__ = ["ALL_PORTS", "PortMatcher", "PortNames", "check_port_number", "parse_protocol"]
+from kube_netpol.api.errors import InvalidObject
 
 
 def parse_protocol(value: object, path: str, default: str = "TCP") -> int:
@@ -23,25 +25,6 @@ def check_port_number(value: object, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise InvalidObject(f"invalid port {value!r}: must be a number from 1 to 65535", path)
     return value
-
-
-#: A pod's container port names by (protocol number, port): what named ports in
-#: rules resolve against on the pod that receives the traffic.
-PortNames = Mapping[tuple[int, int], tuple[str, ...]]
-
-NO_PORT_NAMES: PortNames = {}
-
-
-def port_names(info: PodInfo) -> PortNames:
-    """``info``'s container port names by (protocol number, port; a port without protocol is TCP)."""
-    names: dict[tuple[int, int], tuple[str, ...]] = {}
-    for container_port in info.container_ports:
-        protocol = PROTOCOL_BY_NAME.get(container_port.protocol or "TCP")
-        if protocol is None or not container_port.name:
-            continue  # matches no rule's named port
-        key = (protocol, container_port.port)
-        names[key] = names.get(key, ()) + (container_port.name,)
-    return names if names else NO_PORT_NAMES
 
 
 class PortMatcher:
@@ -76,8 +59,8 @@ class PortMatcher:
         if self._named:
             names = receiver_port_names.get((protocol, port))
             if names:
-                for name, proto in self._named:
-                    if (proto is None or proto == protocol) and name in names:
+                for name, named_protocol in self._named:
+                    if (named_protocol is None or named_protocol == protocol) and name in names:
                         return True
         return False
 

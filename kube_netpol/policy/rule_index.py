@@ -131,6 +131,7 @@ def build_rule_index(rules: Sequence[R]) -> RuleIndex[R]:
         # A rule admitting the whole protocol is always a candidate; its numbered ports add nothing.
         numbered = {position: ranges for position, ranges in spans.get(protocol, {}).items() if position not in wide}
         cut = _segments(numbered, rules, MAX_SEGMENT_ENTRIES)
+        segments: list[Candidates[R]]
         if cut is None:
             bounds, segments = [FIRST_PORT], [()]
             checked: Candidates[R] = tuple((position, rules[position]) for position in sorted(numbered))

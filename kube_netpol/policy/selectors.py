@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from kube_netpol.policy.errors import InvalidObject
+from kube_netpol.api.errors import InvalidObject
 
 _SET_OPERATORS = ("In", "NotIn")
 _NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -60,8 +60,8 @@ class LabelSelector:
         if self.matches_all:
             return True
         get = labels.get
-        for key, value in self._equal:
-            if get(key) != value:
+        for key, expected in self._equal:
+            if get(key) != expected:
                 return False
         for key, operator, values in self._expressions:
             value = get(key)

@@ -9,10 +9,10 @@ relist or the watch that delivered it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from kube_netpol.sources.kube_watch_protocol import object_reference
-from kube_netpol.state.store import KINDS, ClusterState
+from kube_netpol.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def delete_object(state: ClusterState, kind: str, obj: Mapping[str, Any]) -> Non
         log.warning("ignoring a %s deletion without metadata.name", kind, extra={"kind": kind})
         return
     namespace, name = ref
-    state.delete(kind, namespace if KINDS[kind].namespaced else "", name)
+    state.delete(kind, namespace, name)
 
 
 def replace_all(state: ClusterState, kind: str, objects: Sequence[Mapping[str, Any]]) -> None:
@@ -40,25 +40,16 @@ def replace_all(state: ClusterState, kind: str, objects: Sequence[Mapping[str, A
         return
     except Exception:  # noqa: BLE001 - an object the store tripped over; redo it one by one
         log.warning("a %s in the list could not be applied in one pass; applying one object at a time", kind)
+    namespaced = state.kinds[kind].namespaced
     seen = set()
     for obj in objects:
         apply_object(state, kind, obj)
         ref = object_reference(obj) if isinstance(obj, Mapping) else None
         if ref is not None:
-            seen.add((ref[0] if KINDS[kind].namespaced else "", ref[1]))
-    for key in list(_keys(state, kind)):
+            seen.add((ref[0] if namespaced else "", ref[1]))
+    for key in state.keys(kind):
         if key not in seen:
             state.delete(kind, key[0], key[1])
-
-
-def _keys(state: ClusterState, kind: str) -> Iterable[tuple[str, str]]:
-    if kind == "Pod":
-        return list(state.pods)
-    if kind == "Namespace":
-        return [("", name) for name in state.namespaces]
-    if kind == "Node":
-        return [("", name) for name in state.nodes]
-    return list(state.policy_objects(kind))
 
 
 def _describe(obj: object) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from kube_netpol.sources import kube_apply
-from kube_netpol.sources.kube_resources import WatchedResource
+from kube_netpol.api.kinds import KindSpec
 from kube_netpol.sources.kube_watch_protocol import (
     GONE,
     BadEvent,
@@ -41,7 +41,7 @@ from kube_netpol.sources.kube_watch_protocol import (
     status_code,
     status_text,
 )
-from kube_netpol.state.store import ClusterState
+from kube_netpol.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.maximum, self.initial * (2 ** min(self._failures, 30)))
         self._failures += 1
-        return delay * self._rng.uniform(0.75, 1.0)
+        return float(delay * self._rng.uniform(0.75, 1.0))
 
     def reset(self) -> None:
         self._failures = 0
@@ -111,7 +111,7 @@ class Reflector:
 
     def __init__(
         self,
-        resource: WatchedResource,
+        resource: KindSpec,
         request: Request,
         state: ClusterState,
         submit: Submit,
@@ -197,7 +197,7 @@ class Reflector:
                     break
                 delay = self._backoff.next()
                 reason = describe_error(err)
-                if getattr(err, "status", None) == 404 and self.resource.is_custom:
+                if getattr(err, "status", None) == 404 and self.resource.custom:
                     reason += " (is the CustomResourceDefinition installed?)"
                     if phase == "list" and not self._synced.is_set() and not self._missing_reported:
                         # Not served at all: there are no such objects. Count the initial

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from kube_netpol.api.kinds import KindSpec
 from kube_netpol.sources.kube_reflector import Reflector, Request, Submit, WatchSettings
-from kube_netpol.sources.kube_resources import RESOURCES, WatchedResource, kinds_for_pipeline
-from kube_netpol.state.store import ClusterState
+from kube_netpol.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,11 @@ __all__ = [
     "revision_versions",
 ]
 
-#: Watch threads each hold a connection; keep the pool at least this big.
-_MIN_POOL_SIZE = len(RESOURCES) + 2
+#: Watch threads each hold a connection; keep the pool at least this big (more with many kinds).
+_MIN_POOL_SIZE = 16
+#: List methods of the core API's kinds (the state's own: namespaces, nodes, pods). Every kind of an
+#: API group (NetworkPolicy, CRDs) is listed through CustomObjectsApi, which takes any group/version/plural.
+_CORE_LIST_METHODS = {"namespaces": "list_namespace", "nodes": "list_node", "pods": "list_pod_for_all_namespaces"}
 
 
 class KubernetesConfigError(RuntimeError):
@@ -47,9 +50,9 @@ def api_client_from_config(kubeconfig: str | None = None) -> k8s_client.ApiClien
     configuration = k8s_client.Configuration()
     try:
         if kubeconfig:
-            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except Exception as err:  # noqa: BLE001 - the loaders raise ConfigException, OSError, YAML errors...
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
         raise KubernetesConfigError(f"cannot load the {where}: {err}") from None
@@ -61,12 +64,16 @@ def api_client_from_config(kubeconfig: str | None = None) -> k8s_client.ApiClien
     return k8s_client.ApiClient(configuration)
 
 
-def resource_request(api_client: k8s_client.ApiClient, resource: WatchedResource) -> Request:
-    """``request(**query)`` for one resource: the client's list method, unparsed response."""
-    api = getattr(k8s_client, resource.client_api)(api_client)
-    method = getattr(api, resource.client_method)
-    if resource.is_custom:
-        method = functools.partial(method, resource.group, resource.version, resource.plural)
+def resource_request(api_client: k8s_client.ApiClient, kind: KindSpec) -> Request:
+    """``request(**query)`` listing (or watching) one kind cluster-wide: the client's list method, unparsed response."""
+    method: Callable[..., Any]
+    if kind.group:
+        method = functools.partial(
+            k8s_client.CustomObjectsApi(api_client).list_cluster_custom_object, kind.group, kind.version, kind.plural)
+    elif kind.plural in _CORE_LIST_METHODS:
+        method = getattr(k8s_client.CoreV1Api(api_client), _CORE_LIST_METHODS[kind.plural])
+    else:
+        raise ValueError(f"cannot list {kind.path}: a core API kind other than namespaces, nodes and pods")
 
     def request(**query: Any) -> Any:
         query = {key: value for key, value in query.items() if value is not None}
@@ -76,37 +83,37 @@ def resource_request(api_client: k8s_client.ApiClient, resource: WatchedResource
 
 
 class KubernetesSource:
-    """Feeds ClusterState from the API server: the agent's ``Source`` (start/poll/ready/stop).
+    """Feeds ClusterState from the API server: the agent's ``Source`` (start/poll/ready/revision/stop).
 
-    ``kinds`` are ClusterState kinds (see ``kube_resources.RESOURCES``);
-    ``kinds_for_pipeline`` picks them from the evaluator pipeline.
+    Watches every kind of the state's registry (the union of the kinds the
+    pipeline's evaluators declare), or only ``kinds`` of it when given.
     """
 
     def __init__(
         self,
         state: ClusterState,
         api_client: k8s_client.ApiClient,
-        kinds: Iterable[str] = ("Namespace", "Pod", "NetworkPolicy"),
+        kinds: Iterable[str] | None = None,
         settings: WatchSettings | None = None,
     ) -> None:
-        unknown = [kind for kind in kinds if kind not in RESOURCES]
+        names = state.kinds.names if kinds is None else tuple(dict.fromkeys(kinds))
+        unknown = [kind for kind in names if kind not in state.kinds]
         if unknown:
-            raise ValueError(f"cannot watch {', '.join(unknown)} (known: {', '.join(RESOURCES)})")
+            raise ValueError(f"cannot watch {', '.join(unknown)} (the pipeline reads: {', '.join(state.kinds.names)})")
         self.state = state
         self.api_client = api_client
-        self.kinds = tuple(dict.fromkeys(kinds))
+        self.kinds = names
         self.settings = settings or WatchSettings()
         self._reflectors: dict[str, Reflector] = {}
 
     def start(self, submit: Submit) -> None:
         if self._reflectors:
             raise RuntimeError("KubernetesSource.start called twice")
-        for kind in self.kinds:
-            resource = RESOURCES[kind]
-            request = resource_request(self.api_client, resource)
-            self._reflectors[kind] = Reflector(resource, request, self.state, submit, self.settings)
-        log.info("watching %s at %s", ", ".join(RESOURCES[k].plural for k in self.kinds),
-                 self.api_client.configuration.host)
+        specs = [self.state.kinds[kind] for kind in self.kinds]
+        for spec in specs:
+            request = resource_request(self.api_client, spec)
+            self._reflectors[spec.kind] = Reflector(spec, request, self.state, submit, self.settings)
+        log.info("watching %s at %s", ", ".join(spec.plural for spec in specs), self.api_client.configuration.host)
         for reflector in self._reflectors.values():
             reflector.start()
 
@@ -161,7 +168,6 @@ def revision_versions(revision: str) -> dict[str, str]:
 
 def kubernetes_source_factory(
     kubeconfig: str | None,
-    pipeline: Sequence[str],
     settings: WatchSettings | None = None,
 ) -> Callable[[ClusterState], KubernetesSource]:
     """What ``kube-netpol run`` passes to the Agent without ``--manifests``.
@@ -170,9 +176,8 @@ def kubernetes_source_factory(
     agent starts (raises KubernetesConfigError).
     """
     api_client = api_client_from_config(kubeconfig)
-    kinds = kinds_for_pipeline(pipeline)
 
     def factory(state: ClusterState) -> KubernetesSource:
-        return KubernetesSource(state, api_client, kinds, settings)
+        return KubernetesSource(state, api_client, settings=settings)
 
     return factory

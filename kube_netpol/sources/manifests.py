@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import pathlib
-import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
-from kube_netpol.state.store import KINDS, ClusterState
+from kube_netpol.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def read_manifest_file(path: pathlib.Path) -> list[Mapping[str, Any]]:
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey | None:
+    """(kind, namespace as the object gives it or "", name); None without kind or name."""
     kind = obj.get("kind")
     meta = obj.get("metadata")
     if not isinstance(kind, str) or not isinstance(meta, Mapping) or not meta.get("name"):
         return None
-    namespaced = KINDS[kind].namespaced if kind in KINDS else True
-    return (kind, str(meta.get("namespace") or "") if namespaced else "", str(meta["name"]))
+    return (kind, str(meta.get("namespace") or ""), str(meta["name"]))
 
 
 @dataclass
@@ -67,16 +67,24 @@ class _FileState:
 
 
 class ManifestSource:
-    """Keeps a ClusterState equal to the objects in a folder."""
+    """Keeps a ClusterState equal to the objects in a folder.
 
-    # Kinds applied first so that pods find their namespace and node.
-    _ORDER = {"Namespace": 0, "Node": 1, "Pod": 2}
+    A file that cannot be read (any error: I/O, YAML, a value JSON cannot
+    hold) is reported once per version of the file and its last good objects
+    stay in force. Objects of kinds the pipeline does not read (Services,
+    ConfigMaps...) are ignored. When one object (kind, namespace, name) is in
+    several files, the file that comes first in path order wins and the
+    duplicate is reported.
+    """
 
     def __init__(self, folder: str | os.PathLike[str], state: ClusterState) -> None:
         self.folder = pathlib.Path(folder)
         self.state = state
         self._files: dict[pathlib.Path, _FileState] = {}
         self._applied: dict[ObjectKey, str] = {}
+        self._duplicates: dict[ObjectKey, tuple[pathlib.Path, ...]] = {}
+        #: Files whose last version could not be read, with the reason.
+        self.unreadable: dict[pathlib.Path, str] = {}
         self.loaded = False
 
     def _scan(self) -> dict[pathlib.Path, tuple[int, int]]:
@@ -101,66 +109,84 @@ class ManifestSource:
         for path in list(self._files):
             if path not in current:
                 del self._files[path]
+                self.unreadable.pop(path, None)
                 changed = True
         for path, signature in current.items():
             known = self._files.get(path)
             if known is not None and known.signature == signature:
                 continue
             try:
-                objects = read_manifest_file(path)
-            except ManifestError as err:
-                log.error("cannot read manifest, keeping its previous objects: %s", err)
+                entries = self._read(path)
+            except Exception as err:  # noqa: BLE001 - any failure costs this file only, never the folder
+                reason = str(err) if isinstance(err, ManifestError) else f"{path}: {type(err).__name__}: {err}"
+                log.error("cannot read manifest, keeping its previous objects: %s", reason)
+                self.unreadable[path] = reason
                 if known is not None:
                     known.signature = signature  # report once per version of the file
                 else:
                     self._files[path] = _FileState(signature)
                 continue
-            entries: dict[ObjectKey, str] = {}
-            for obj in objects:
-                key = object_key(obj) if isinstance(obj, Mapping) else None
-                if key is None:
-                    log.warning("ignoring an object without kind or metadata.name in %s", path)
-                    continue
-                entries[key] = json.dumps(obj, sort_keys=True)
             self._files[path] = _FileState(signature, entries)
+            self.unreadable.pop(path, None)
             changed = True
         if changed:
             changed = self._reconcile()
         self.loaded = True
         return changed
 
-    def _reconcile(self) -> bool:
+    def _read(self, path: pathlib.Path) -> dict[ObjectKey, str]:
+        entries: dict[ObjectKey, str] = {}
+        for obj in read_manifest_file(path):
+            key = object_key(obj) if isinstance(obj, Mapping) else None
+            if key is None:
+                log.warning("ignoring an object without kind or metadata.name in %s", path)
+                continue
+            entries[key] = json.dumps(obj, sort_keys=True)  # a later object with the same key wins
+        return entries
+
+    def _desired(self) -> dict[ObjectKey, str]:
+        """Every object of the files, the first file in path order winning a duplicate."""
         desired: dict[ObjectKey, str] = {}
-        for file_state in self._files.values():
-            desired.update(file_state.objects)
+        holders: dict[ObjectKey, list[pathlib.Path]] = {}
+        for path in sorted(self._files):
+            for key, text in self._files[path].objects.items():
+                holders.setdefault(key, []).append(path)
+                desired.setdefault(key, text)
+        duplicates = {key: tuple(paths) for key, paths in holders.items() if len(paths) > 1}
+        for key, paths in duplicates.items():
+            if self._duplicates.get(key) != paths:
+                log.warning("%s %s is in %d files (%s); using the one in %s, the first in path order",
+                            key[0], f"{key[1]}/{key[2]}" if key[1] else key[2], len(paths),
+                            ", ".join(map(str, paths)), paths[0])
+        self._duplicates = duplicates
+        return desired
+
+    def _reconcile(self) -> bool:
+        desired = self._desired()
+        kinds = self.state.kinds
         applied_any = False
-        for key in sorted(set(self._applied) - set(desired), key=lambda k: -self._ORDER.get(k[0], 9)):
-            self.state.delete(*key)
+        for key in sorted(set(self._applied) - set(desired), key=lambda k: -kinds.order_of(k[0])):
             del self._applied[key]
-            applied_any = True
-        for key in sorted(desired, key=lambda k: self._ORDER.get(k[0], 9)):
+            if key[0] in kinds:
+                self.state.delete(*key)
+                applied_any = True
+        for key in sorted(desired, key=lambda k: kinds.order_of(k[0])):
             if self._applied.get(key) == desired[key]:
                 continue
-            self.state.apply(json.loads(desired[key]))
-            # Remember refused objects too: they are reported once, not on every scan.
+            # Remember refused objects and ignored kinds too: each is looked at once, not on every scan.
             self._applied[key] = desired[key]
+            if key[0] not in kinds:
+                log.debug("ignoring %s %s/%s: no evaluator of the pipeline reads this kind", *key)
+                continue
+            self.state.apply(json.loads(desired[key]))
             applied_any = True
         return applied_any
-
-    def watch(self, stop: threading.Event, interval: float = 0.1, on_change: Any = None) -> None:
-        """Poll until ``stop`` is set; ``on_change()`` runs after every applied change."""
-        while not stop.wait(interval):
-            try:
-                if self.sync() and on_change is not None:
-                    on_change()
-            except ManifestError as err:
-                log.error("%s", err)
 
     def objects(self) -> Iterator[ObjectKey]:
         return iter(self._applied)
 
     def applied_entries(self) -> Mapping[ObjectKey, str]:
-        """What was applied: (kind, namespace, name) -> canonical JSON."""
+        """What was taken from the files: (kind, namespace, name) -> canonical JSON."""
         return dict(self._applied)
 
 
@@ -184,23 +210,42 @@ def objects_revision(objects: Iterable[Mapping[str, Any]]) -> str:
     return entries_revision(entries)
 
 
+#: A folder that stays missing or unreadable is reported at most this often (seconds).
+FOLDER_ERROR_INTERVAL = 60.0
+
+
 class ManifestFolderSource:
     """The manifests folder as an agent source: read at start, re-read on every poll."""
 
     def __init__(self, folder: str, state: ClusterState) -> None:
         self._source = ManifestSource(folder, state)
         self._revision = ""
+        self._folder_error = ""
+        self._folder_error_logged = 0.0
 
     def start(self, submit: Callable[[Callable[[], None]], None]) -> None:
-        self._source.sync()
-        self._update_revision()
+        self.poll()
+        self._update_revision()  # also for a folder with nothing in it yet
 
     def poll(self) -> None:
         try:
             if self._source.sync():
                 self._update_revision()
         except ManifestError as err:
-            log.error("%s", err)
+            self._report_folder_error(str(err))
+            return
+        if self._folder_error:
+            log.info("manifests folder %s is readable again", self._source.folder)
+            self._folder_error = ""
+
+    def _report_folder_error(self, reason: str) -> None:
+        """Once, then again every FOLDER_ERROR_INTERVAL while it lasts (polls run 20 times a second)."""
+        now = time.monotonic()
+        if reason != self._folder_error or now - self._folder_error_logged >= FOLDER_ERROR_INTERVAL:
+            log.error("%s; keeping the last objects read from it (next report in %.0f s if it stays so)",
+                      reason, FOLDER_ERROR_INTERVAL)
+            self._folder_error = reason
+            self._folder_error_logged = now
 
     def revision(self) -> str:
         """A digest of the objects applied to the state (see ``objects_revision``)."""

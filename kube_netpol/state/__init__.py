@@ -1,6 +1,6 @@
-"""The cluster objects the evaluators read, indexed for the hot path."""
+"""The cluster objects the evaluators read, indexed for the hot path, and the kind registry."""
 
-from kube_netpol.state.objects import NamespaceRecord, NodeRecord, PodRecord
-from kube_netpol.state.store import Change, ClusterState
+from kube_netpol.state.kinds import KindRegistry
+from kube_netpol.state.store import ClusterState, Refusal
 
-__all__ = ["Change", "ClusterState", "NamespaceRecord", "NodeRecord", "PodRecord"]
+__all__ = ["ClusterState", "KindRegistry", "Refusal"]

@@ -1,10 +1,14 @@
-"""ClusterState: the one store every source writes and every evaluator reads.
+"""ClusterState: the one store every source writes and the engine reads.
 
-Sources (the Kubernetes watch, a manifests folder, the conformance harness)
-call ``apply``/``delete``/``replace`` from one control thread. The packet
-thread only reads: every change swaps whole values in dicts (atomic under the
-GIL) and PodInfo messages are rebuilt, never mutated, so a reader sees either
-the old or the new object.
+Sources call ``apply``/``delete``/``replace`` from one control thread. Every
+accepted change is recorded in the pending batch; the control thread hands
+``take_changes()`` to the engine, which publishes one snapshot for it. The
+packet thread only reads ``pod_by_ip``: records are immutable and indexes are
+updated by replacing single dict values (atomic under the GIL).
+
+Memory: pods of one namespace with the same labels share one labels dict,
+pods with the same container ports share one ports tuple and one port-name
+map; a record keeps no copy of the object it came from.
 """
 
 from __future__ import annotations
@@ -13,270 +17,395 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, Hashable, Iterable, Iterator, Mapping, TypeVar
 
-from kube_netpol.api.podinfo import PodInfo
-from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.state.objects import (
+from kube_netpol.api.cluster import (
+    NO_LABELS,
+    NO_PORT_NAMES,
+    Change,
+    ContainerPortTuple,
+    Labels,
     NamespaceRecord,
     NodeRecord,
+    ObjectKey,
+    PodKey,
     PodRecord,
-    metadata_of,
-    namespace_from_object,
-    node_from_object,
-    pod_from_object,
-    rebuild_pod_info,
+    PortNames,
 )
+from kube_netpol.api.errors import InvalidObject
+from kube_netpol.api.packet import PROTOCOL_BY_NAME
+from kube_netpol.state.kinds import KindRegistry
+from kube_netpol.state.records import PodObject, metadata_of, read_pod, reference, salvage_pod
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace or "", name)
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
-    """One object added (old None), updated, or removed (new None)."""
+class Refusal:
+    """An object the state did not take as written: ``kind``, ``namespace/name``, why."""
 
     kind: str
-    key: Key
-    old: Any
-    new: Any
+    reference: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.reference}: {self.reason}"
 
 
-Listener = Callable[[Change], None]
+class Interner(Generic[V]):
+    """Shares one value between the records that would hold equal ones, and lets it go with the last."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, list[Any]] = {}  # key -> [value, users]
+
+    def acquire(self, key: Hashable, make: Any) -> V:
+        slot = self._values.get(key)
+        if slot is None:
+            slot = self._values[key] = [make(), 0]
+        slot[1] += 1
+        return slot[0]  # type: ignore[no-any-return]
+
+    def release(self, key: Hashable) -> None:
+        slot = self._values.get(key)
+        if slot is not None:
+            slot[1] -= 1
+            if slot[1] <= 0:
+                del self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
-@dataclass(frozen=True)
-class KindInfo:
-    api_version: str
-    namespaced: bool
-
-
-#: The kinds the store understands, with the apiVersion it accepts for each.
-KINDS: dict[str, KindInfo] = {
-    "Namespace": KindInfo("v1", False),
-    "Pod": KindInfo("v1", True),
-    "Node": KindInfo("v1", False),
-    "NetworkPolicy": KindInfo("networking.k8s.io/v1", True),
-    "AdminNetworkPolicy": KindInfo("policy.networking.k8s.io/v1alpha1", False),
-    "BaselineAdminNetworkPolicy": KindInfo("policy.networking.k8s.io/v1alpha1", False),
-}
-POLICY_KINDS = ("NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
-
-
-def _policy_parser(kind: str) -> Callable[[Mapping[str, Any]], Any]:
-    # Imported on use so that the store does not depend on every policy module at import time.
-    if kind == "NetworkPolicy":
-        from kube_netpol.policy.networkpolicy import parse_network_policy
-
-        return parse_network_policy
-    from kube_netpol.policy import adminnetworkpolicy
-
-    if kind == "AdminNetworkPolicy":
-        return adminnetworkpolicy.parse_admin_network_policy
-    return adminnetworkpolicy.parse_baseline_admin_network_policy
+def port_names_of(ports: tuple[ContainerPortTuple, ...]) -> PortNames:
+    """Container port names by (protocol number, port)."""
+    names: dict[tuple[int, int], tuple[str, ...]] = {}
+    for name, port, protocol in ports:
+        number = PROTOCOL_BY_NAME.get(protocol or "TCP")
+        if number is None or not name:
+            continue  # matches no rule's named port
+        key = (number, port)
+        names[key] = names.get(key, ()) + (name,)
+    return names if names else NO_PORT_NAMES
 
 
 class ClusterState:
-    """Pods, namespaces, nodes and parsed policies, plus the pod-by-address index."""
+    """Pods, namespaces, nodes and parsed objects of the registry's other kinds; the pod-by-address index."""
 
-    def __init__(self, cluster_id: str = "", node_name: str = "") -> None:
+    def __init__(self, kinds: KindRegistry | None = None, cluster_id: str = "", node_name: str = "") -> None:
+        self.kinds = kinds or KindRegistry()
         self.cluster_id = cluster_id
-        self.node_name = node_name
-        self.namespaces: dict[str, NamespaceRecord] = {}
-        self.nodes: dict[str, NodeRecord] = {}
-        self.pods: dict[Key, PodRecord] = {}
-        self.policies: dict[str, dict[Key, Any]] = {kind: {} for kind in POLICY_KINDS}
-        self.invalid_objects: collections.Counter[str] = collections.Counter()
-        self.generation = 0
+        self._node_name = node_name
+        self._namespaces: dict[str, NamespaceRecord] = {}
+        self._nodes: dict[str, NodeRecord] = {}
+        self._pods: dict[PodKey, PodRecord] = {}
+        self._objects: dict[str, dict[ObjectKey, object]] = {
+            spec.kind: {} for spec in self.kinds if spec.kind not in ("Namespace", "Node", "Pod")
+        }
         self._pods_by_ip: dict[bytes, PodRecord] = {}
         # Every live pod claiming an address, so that the index can fall back to
         # another owner when the pod it points to goes away (a replaced pod
         # whose successor arrived first).
-        self._ip_owners: dict[bytes, dict[Key, PodRecord]] = collections.defaultdict(dict)
-        self._pods_by_namespace: dict[str, dict[str, PodRecord]] = collections.defaultdict(dict)
-        self._listeners: list[Listener] = []
-        self._invalid_listeners: list[Callable[[str, str, str], None]] = []
+        self._ip_owners: dict[bytes, dict[PodKey, PodRecord]] = {}
+        self._pods_by_namespace: dict[str, dict[str, PodRecord]] = {}
+        self._pods_by_node: dict[str, set[PodKey]] = {}
+        # What a pod object said (without its namespace's and node's labels), to rebuild its record.
+        self._pod_objects: dict[PodKey, PodObject] = {}
+        self._labels: Interner[Labels] = Interner()
+        self._ports: Interner[tuple[tuple[ContainerPortTuple, ...], PortNames]] = Interner()
+        self._pending: dict[tuple[str, ObjectKey], Change[object]] = {}
+        self._refusals: list[Refusal] = []
+        self.invalid_objects: collections.Counter[str] = collections.Counter()
 
-    # ----------------------------------------------------------------- reading
+    # ----------------------------------------------------------------- reading (ClusterView)
 
-    def pod_info_by_ip(self, ip: bytes) -> PodInfo | None:
-        pod = self._pods_by_ip.get(ip)
-        return pod.info if pod is not None else None
+    @property
+    def node_name(self) -> str:
+        return self._node_name
+
+    def pod(self, key: PodKey) -> PodRecord | None:
+        return self._pods.get(key)
 
     def pod_by_ip(self, ip: bytes) -> PodRecord | None:
         return self._pods_by_ip.get(ip)
 
     def pods_in_namespace(self, namespace: str) -> Iterable[PodRecord]:
-        return self._pods_by_namespace.get(namespace, {}).values()
+        pods = self._pods_by_namespace.get(namespace)
+        return list(pods.values()) if pods else ()
 
-    def policy_objects(self, kind: str) -> Mapping[Key, Any]:
-        return self.policies[kind]
+    def pods(self) -> Iterator[PodRecord]:
+        return iter(list(self._pods.values()))
 
-    def local_pod_ips(self) -> set[bytes]:
-        """Addresses of this node's pods (all pods when no node name is set)."""
-        return {
-            ip
-            for ip, pod in self._pods_by_ip.items()
-            if not self.node_name or pod.node_name == self.node_name
-        }
+    def namespace(self, name: str) -> NamespaceRecord | None:
+        return self._namespaces.get(name)
 
-    def iter_policy_targets(self) -> Iterator[PodRecord]:
-        return (pod for pod in self.pods.values() if pod.is_policy_target)
+    def namespaces(self) -> Iterable[NamespaceRecord]:
+        return list(self._namespaces.values())
 
-    # ----------------------------------------------------------- subscriptions
+    def node(self, name: str) -> NodeRecord | None:
+        return self._nodes.get(name)
 
-    def subscribe(self, listener: Listener) -> None:
-        """Call ``listener`` after every change (from the control thread)."""
-        self._listeners.append(listener)
+    def nodes(self) -> Iterable[NodeRecord]:
+        return list(self._nodes.values())
 
-    def subscribe_invalid(self, listener: Callable[[str, str, str], None]) -> None:
-        """Call ``listener(kind, ref, reason)`` for every object refused."""
-        self._invalid_listeners.append(listener)
+    def objects(self, kind: str) -> Mapping[ObjectKey, object]:
+        return self._objects.get(kind, {})
+
+    def keys(self, kind: str) -> list[ObjectKey]:
+        """The keys of every object of ``kind`` held now."""
+        if kind == "Namespace":
+            return [("", name) for name in self._namespaces]
+        if kind == "Node":
+            return [("", name) for name in self._nodes]
+        if kind == "Pod":
+            return list(self._pods)
+        return list(self._objects.get(kind, ()))
+
+    def is_local(self, pod: PodRecord) -> bool:
+        """A pod of this node (every pod when the state has no node name)."""
+        return not self._node_name or pod.node_name == self._node_name
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def take_changes(self) -> list[Change[object]]:
+        """The changes since the last call, one per object (its first old and last new value)."""
+        changes = list(self._pending.values())
+        self._pending = {}
+        return changes
+
+    def take_refusals(self) -> list[Refusal]:
+        """Objects refused since the last call."""
+        refusals, self._refusals = self._refusals, []
+        return refusals
 
     # ---------------------------------------------------------------- changing
 
     def apply(self, obj: Mapping[str, Any], kind: str | None = None) -> bool:
-        """Create or replace one object. Returns False (after logging) if it was refused.
+        """Create or replace one object. Returns False if it was refused (logged) or its kind is not used.
 
         ``kind`` is for list responses, whose items carry no kind. A refused
         update leaves the last accepted version of the object in force.
         """
-        kind = kind or (obj.get("kind") if isinstance(obj, Mapping) else None)
-        ref = _reference(obj)
+        if not isinstance(obj, Mapping):
+            self._refuse(kind or "object", "<not an object>", "not an object")
+            return False
+        kind = kind or obj.get("kind")
+        spec = self.kinds.get(kind) if isinstance(kind, str) else None
+        if spec is None:
+            # Objects of kinds the pipeline does not read (Services, ConfigMaps in a manifests folder).
+            log.debug("ignoring %s %s: no evaluator of the pipeline reads this kind", kind, reference(obj))
+            return False
         try:
-            if not isinstance(obj, Mapping):
-                raise InvalidObject("not an object")
-            info = KINDS.get(kind or "")
-            if info is None:
-                raise InvalidObject(f"unsupported kind {kind!r} (supported: {', '.join(KINDS)})")
             api_version = obj.get("apiVersion")
-            if api_version is not None and api_version != info.api_version:
-                raise InvalidObject(f"unsupported apiVersion {api_version!r} for {kind} (expected {info.api_version})")
-            assert kind is not None
-            if kind == "Namespace":
-                self._set_namespace(namespace_from_object(obj))
-            elif kind == "Node":
-                self._set_node(node_from_object(obj))
-            elif kind == "Pod":
-                self._set_pod(obj)
+            if api_version is not None and api_version != spec.api_version:
+                raise InvalidObject(f"unsupported apiVersion {api_version!r} for {spec.kind} (expected {spec.api_version})")
+            if spec.kind == "Namespace":
+                self._set_namespace(spec.parse(obj))  # type: ignore[arg-type]
+            elif spec.kind == "Node":
+                self._set_node(spec.parse(obj))  # type: ignore[arg-type]
+            elif spec.kind == "Pod":
+                return self._set_pod(obj)
             else:
-                parsed = _policy_parser(kind)(obj)
-                key = (getattr(parsed, "namespace", "") or "", parsed.name)
-                old = self.policies[kind].get(key)
-                self.policies[kind][key] = parsed
-                self._emit(Change(kind, key, old, parsed))
+                parsed = spec.parse(obj)
+                key = metadata_of(obj, spec.namespaced)
+                objects = self._objects[spec.kind]
+                old = objects.get(key)
+                objects[key] = parsed
+                self._record(spec.kind, key, old, parsed)
         except InvalidObject as err:
-            self._refuse(kind or "object", ref, str(err))
+            self._refuse(spec.kind, reference(obj), str(err))
             return False
         return True
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Remove an object; True if it existed."""
-        key = (namespace or "", name)
+        """Remove an object; True if it existed (objects of kinds not in the registry never do)."""
+        spec = self.kinds.get(kind)
+        if spec is None:
+            return False
+        key = (namespace if spec.namespaced else "", name)
         if kind == "Namespace":
-            old_ns = self.namespaces.pop(name, None)
+            old_ns = self._namespaces.pop(name, None)
             if old_ns is None:
                 return False
-            # Rebuild the pods first: listeners read them when they hear of the change.
-            self._refresh_namespace_pods(name)
-            self._emit(Change(kind, ("", name), old_ns, None))
+            self._record("Namespace", key, old_ns, None)
+            self._rebuild_pods(self._pods_by_namespace.get(name, {}).values())
             return True
         if kind == "Node":
-            old_node = self.nodes.pop(name, None)
+            old_node = self._nodes.pop(name, None)
             if old_node is None:
                 return False
-            self._refresh_node_pods(name)
-            self._emit(Change(kind, ("", name), old_node, None))
+            self._record("Node", key, old_node, None)
+            self._rebuild_pods_of_node(name)
             return True
         if kind == "Pod":
-            old_pod = self.pods.pop(key, None)
+            old_pod = self._pods.pop(key, None)
             if old_pod is None:
                 return False
             self._unindex_pod(old_pod)
-            self._emit(Change(kind, key, old_pod, None))
+            self._release_pod(self._pod_objects.pop(key))
+            self._record("Pod", key, old_pod, None)
             return True
-        if kind in self.policies:
-            old = self.policies[kind].pop(key, None)
-            if old is None:
-                return False
-            self._emit(Change(kind, key, old, None))
-            return True
-        raise ValueError(f"unsupported kind {kind!r}")
+        old = self._objects[kind].pop(key, None)
+        if old is None:
+            return False
+        self._record(kind, key, old, None)
+        return True
 
     def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
         """Make the objects of ``kind`` exactly ``objects`` (a fresh list after a relist)."""
-        seen: set[Key] = set()
+        spec = self.kinds.get(kind)
+        if spec is None:
+            return
+        seen: set[ObjectKey] = set()
         for obj in objects:
             self.apply(obj, kind)
-            meta = obj.get("metadata") or {}
-            namespaced = KINDS[kind].namespaced
-            seen.add(((meta.get("namespace") or "") if namespaced else "", meta.get("name") or ""))
-        for key in list(self._keys_of(kind)):
+            try:
+                seen.add(metadata_of(obj, spec.namespaced))
+            except (InvalidObject, AttributeError):
+                continue
+        for key in self.keys(kind):
             if key not in seen:
                 self.delete(kind, key[0], key[1])
 
     # ---------------------------------------------------------------- internal
 
-    def _keys_of(self, kind: str) -> Iterable[Key]:
-        if kind == "Namespace":
-            return [("", n) for n in self.namespaces]
-        if kind == "Node":
-            return [("", n) for n in self.nodes]
-        if kind == "Pod":
-            return list(self.pods)
-        return list(self.policies[kind])
+    def _record(self, kind: str, key: ObjectKey, old: object, new: object) -> None:
+        slot = (kind, key)
+        earlier = self._pending.get(slot)
+        if earlier is not None:
+            old = earlier.old
+        if old is None and new is None:
+            self._pending.pop(slot, None)  # created and deleted within one batch
+            return
+        self._pending[slot] = Change(kind, key, old, new)
 
     def _refuse(self, kind: str, ref: str, reason: str) -> None:
         self.invalid_objects[kind] += 1
-        log.warning("ignoring invalid %s %s: %s", kind, ref, reason, extra={"kind": kind, "object": ref})
-        for listener in self._invalid_listeners:
-            listener(kind, ref, reason)
-
-    def _emit(self, change: Change) -> None:
-        self.generation += 1
-        for listener in self._listeners:
-            listener(change)
+        self._refusals.append(Refusal(kind, ref, reason))
+        log.warning("refusing %s %s: %s", kind, ref, reason, extra={"kind": kind, "object": ref})
 
     def _set_namespace(self, record: NamespaceRecord) -> None:
-        old = self.namespaces.get(record.name)
-        self.namespaces[record.name] = record
+        old = self._namespaces.get(record.name)
         if old is not None and old.labels == record.labels:
             return
-        self._refresh_namespace_pods(record.name)
-        self._emit(Change("Namespace", ("", record.name), old, record))
+        self._namespaces[record.name] = record
+        self._record("Namespace", ("", record.name), old, record)
+        self._rebuild_pods(self._pods_by_namespace.get(record.name, {}).values())
 
     def _set_node(self, record: NodeRecord) -> None:
-        old = self.nodes.get(record.name)
-        self.nodes[record.name] = record
+        old = self._nodes.get(record.name)
         if old == record:
-            return  # status heartbeats change nothing policies read; keep the verdict cache
+            return  # status heartbeats change nothing policies read
+        self._nodes[record.name] = record
+        self._record("Node", ("", record.name), old, record)
         if old is None or old.labels != record.labels:
-            self._refresh_node_pods(record.name)
-        self._emit(Change("Node", ("", record.name), old, record))
+            self._rebuild_pods_of_node(record.name)
 
-    def _set_pod(self, obj: Mapping[str, Any]) -> None:
-        ns_name, _, _ = metadata_of(obj, namespaced=True)
-        spec = obj.get("spec") or {}
-        node_name = spec.get("nodeName") if isinstance(spec, Mapping) else None
-        node = self.nodes.get(node_name) if isinstance(node_name, str) else None
-        record = pod_from_object(obj, self.namespaces.get(ns_name), node, self.cluster_id, time.time_ns())
-        old = self.pods.get(record.key)
+    def _set_pod(self, obj: Mapping[str, Any]) -> bool:
+        """False when the object was refused (a new pod with usable addresses is still kept, see salvage_pod)."""
+        try:
+            pod_object = read_pod(obj, self.kinds.pod_annotations)
+        except InvalidObject as err:
+            key = _pod_key(obj)
+            if key is None or key in self._pods:
+                raise  # an invalid update keeps the last valid version
+            salvaged = salvage_pod(obj)
+            if salvaged is None:
+                raise
+            # Kept without labels or ports, so that its namespace's isolation applies to it.
+            self._refuse("Pod", reference(obj), f"{err}; kept with no labels and no ports")
+            self._store_pod(salvaged, valid=False)
+            return False
+        self._store_pod(pod_object, valid=True)
+        return True
+
+    def _store_pod(self, pod_object: PodObject, valid: bool) -> None:
+        record = self._build_pod(pod_object, valid)
+        key = record.key  # one tuple, shared by every index
+        old = self._pods.get(key)
+        if old is not None and old.same_as(record):
+            # Nothing policies read changed (a status heartbeat, an annotation we do not keep).
+            self._release_pod(pod_object)
+            return
         if old is not None:
             self._unindex_pod(old)
-        self.pods[record.key] = record
+            self._release_pod(self._pod_objects[key])
+        self._pod_objects[key] = pod_object
+        self._pods[key] = record
         self._index_pod(record)
-        self._emit(Change("Pod", record.key, old, record))
+        self._record("Pod", key, old, record)
+
+    def _acquire_pod(self, pod: PodObject) -> tuple[Labels, tuple[tuple[ContainerPortTuple, ...], PortNames]]:
+        # Interned per namespace, empty labels too: evaluators key memos on the labels dict's identity,
+        # and a pod's rules depend on its namespace.
+        labels = self._labels.acquire((pod.namespace, frozenset(pod.labels.items())), lambda: pod.labels)
+        ports = self._ports.acquire(pod.container_ports, lambda: (pod.container_ports, port_names_of(pod.container_ports)))
+        return labels, ports
+
+    def _release_pod(self, pod: PodObject) -> None:
+        self._labels.release((pod.namespace, frozenset(pod.labels.items())))
+        self._ports.release(pod.container_ports)
+
+    def _build_pod(self, pod: PodObject, valid: bool) -> PodRecord:
+        labels, (ports, port_names) = self._acquire_pod(pod)
+        namespace = self._namespaces.get(pod.namespace)
+        node = self._nodes.get(pod.node_name) if pod.node_name else None
+        return PodRecord(
+            namespace=pod.namespace,
+            name=pod.name,
+            labels=labels,
+            namespace_labels=namespace.labels if namespace is not None else NO_LABELS,
+            node_name=pod.node_name,
+            node_labels=node.labels if node is not None else NO_LABELS,
+            ips=pod.ips,
+            host_network=pod.host_network,
+            terminal=pod.terminal,
+            container_ports=ports,
+            port_names=port_names,
+            updated_ns=time.time_ns(),
+            cluster_id=self.cluster_id,
+            valid=valid,
+            annotations=pod.annotations or NO_LABELS,
+        )
+
+    def _rebuild_pods(self, pods: Iterable[PodRecord]) -> None:
+        """New records for pods whose namespace or node changed (their labels live in the record)."""
+        for old in list(pods):
+            pod_object = self._pod_objects[old.key]
+            record = self._build_pod(pod_object, old.valid)
+            self._release_pod(pod_object)  # _build_pod acquired its shared parts once more
+            self._replace_pod_record(old, record)
+            self._record("Pod", old.key, old, record)
+
+    def _rebuild_pods_of_node(self, node_name: str) -> None:
+        keys = self._pods_by_node.get(node_name, ())
+        self._rebuild_pods([self._pods[key] for key in list(keys)])
 
     def _index_pod(self, pod: PodRecord) -> None:
-        self._pods_by_namespace[pod.namespace][pod.name] = pod
+        self._pods_by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
+        if pod.node_name:
+            self._pods_by_node.setdefault(pod.node_name, set()).add(pod.key)
         if pod.is_policy_target:
             for ip in pod.ips:
-                self._ip_owners[ip][pod.key] = pod
+                self._ip_owners.setdefault(ip, {})[pod.key] = pod
                 self._pods_by_ip[ip] = pod
 
     def _unindex_pod(self, pod: PodRecord) -> None:
-        self._pods_by_namespace[pod.namespace].pop(pod.name, None)
+        in_namespace = self._pods_by_namespace.get(pod.namespace)
+        if in_namespace is not None:
+            in_namespace.pop(pod.name, None)
+            if not in_namespace:
+                del self._pods_by_namespace[pod.namespace]
+        on_node = self._pods_by_node.get(pod.node_name)
+        if on_node is not None:
+            on_node.discard(pod.key)
+            if not on_node:
+                del self._pods_by_node[pod.node_name]
         for ip in pod.ips:
             owners = self._ip_owners.get(ip)
             if owners is None:
@@ -291,7 +420,7 @@ class ClusterState:
                 del self._ip_owners[ip]
 
     def _replace_pod_record(self, pod: PodRecord, new: PodRecord) -> None:
-        self.pods[pod.key] = new
+        self._pods[pod.key] = new
         self._pods_by_namespace[pod.namespace][pod.name] = new
         for ip in pod.ips:
             owners = self._ip_owners.get(ip)
@@ -300,28 +429,9 @@ class ClusterState:
             if self._pods_by_ip.get(ip) is pod:
                 self._pods_by_ip[ip] = new
 
-    def _refresh_namespace_pods(self, namespace: str) -> None:
-        ns = self.namespaces.get(namespace)
-        now = time.time_ns()
-        for pod in list(self.pods_in_namespace(namespace)):
-            node = self.nodes.get(pod.node_name)
-            self._replace_pod_record(pod, rebuild_pod_info(pod, ns, node, now))
 
-    def _refresh_node_pods(self, node_name: str) -> None:
-        node = self.nodes.get(node_name)
-        now = time.time_ns()
-        for pod in [p for p in self.pods.values() if p.node_name == node_name]:
-            ns = self.namespaces.get(pod.namespace)
-            self._replace_pod_record(pod, rebuild_pod_info(pod, ns, node, now))
-
-
-def _reference(obj: object) -> str:
-    """``namespace/name`` or ``name`` of an object, for log lines, whatever its shape."""
-    if not isinstance(obj, Mapping):
-        return "<not an object>"
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        return "<no metadata>"
-    name = meta.get("name") or "<no name>"
-    namespace = meta.get("namespace")
-    return f"{namespace}/{name}" if namespace else str(name)
+def _pod_key(obj: Mapping[str, Any]) -> PodKey | None:
+    try:
+        return metadata_of(obj, namespaced=True)
+    except InvalidObject:
+        return None

@@ -41,6 +41,7 @@ from kube_netpol.dataplane.ruleset import (
     rule_comments,
 )
 from kube_netpol.dataplane.xtables import queue_rule_args
+from kube_netpol.tools.lab.names import owned_name
 
 pytestmark = [
     pytest.mark.root,
@@ -135,6 +136,7 @@ def sh(*args: str, netns: str | None = None, check: bool = True) -> str:
 
 
 def unique(prefix: str) -> str:
+    """A table name of this test's own (tables live in the test's namespaces)."""
     return f"{prefix}-{os.getpid() % 100000}-{secrets.token_hex(3)}"
 
 
@@ -196,7 +198,7 @@ def xt_rule(
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = unique("kn-dp")
+    name = owned_name("kn-dp")  # says which process made it: scripts/leak_check.py reads it
     sh("ip", "netns", "add", name)
     try:
         sh("ip", "link", "set", "lo", "up", netns=name)
@@ -514,7 +516,7 @@ def connects(address: str, timeout: float = 1.5) -> int | None:
 
 @pytest.fixture
 def topology() -> Iterator[Topology]:
-    topo = Topology(unique("kn-c"), unique("kn-n"), unique("kn-s"))
+    topo = Topology(owned_name("kn-c"), owned_name("kn-n"), owned_name("kn-s"))
     server_pid = None
     try:
         for ns in (topo.client, topo.node, topo.server):

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from e2e_agentlab import AgentLab
-from prometheus_client.parser import text_string_to_metric_families
+
+from kube_netpol.tools.testing.metrics_text import parse_metrics
 
 PREFIX = "kube_network_policies_"
 #: Offset of ``tcpi_total_retrans`` in Linux's ``struct tcp_info`` (stable ABI since 2.6).
@@ -45,14 +46,14 @@ class MetricFamily:
 
 
 class Metrics:
-    """One scrape of /metrics, parsed by prometheus_client's own text parser."""
+    """One scrape of /metrics, names and types as written (what Prometheus stores)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.families: dict[str, MetricFamily] = {}
-        for family in text_string_to_metric_families(text):
+        for family in parse_metrics(text).values():
             self.families[family.name] = MetricFamily(
-                family.name, family.type, tuple((s.name, dict(s.labels), s.value) for s in family.samples)
+                family.name, family.type, tuple((s.name, s.labels, s.value) for s in family.samples)
             )
 
     def ours(self) -> dict[str, MetricFamily]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from e2e_agentlab import agent_lab, allow_ingress_from_pod, requires_root
-from prometheus_client.parser import text_string_to_metric_families
+
+from kube_netpol.tools.testing.metrics_text import parse_metrics
 
 pytestmark = requires_root
 
@@ -25,7 +27,7 @@ def test_metrics_after_real_traffic_have_the_reference_names_and_labels() -> Non
         assert not env.probe("y/a", "x/a", protocol="UDP", version=6)
         samples = {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(env.agent.metrics())
+            for family in parse_metrics(env.agent.metrics()).values()
             for sample in family.samples
         }
 
@@ -51,12 +53,18 @@ def test_cleanup_command_removes_table_and_xt_rules_inside_the_namespace() -> No
     with agent_lab(PODS, fail_open=True, policies=[allow_ingress_from_pod("x", "a", "b")]) as env:
         assert env.agent.stop() == 0  # fail-open: the rules stay behind
         assert env.table_exists() and env.xt_rules()
+        rules_before = env.xt_rules()
         result = env.node([sys.executable, "-m", "kube_netpol", "cleanup", "--nftables-table", env.agent.table])
         assert result.returncode == 0, result.stderr
         assert not env.table_exists()
         assert env.xt_rules() == []
+        # It says what it removed: the table, and each xt rule it found.
+        assert result.stdout.startswith(f"removed table inet {env.agent.table}; removed xtables rules"), result.stdout
+        assert sum(int(n) for n in re.findall(r"(\d+) in ip6?tables mangle", result.stdout)) == len(rules_before)
         # Nothing diverts any more: traffic the policy denied flows.
         assert env.probe("y/a", "x/a")
         # Running it again on a clean node is fine.
         again = env.node([sys.executable, "-m", "kube_netpol", "cleanup", "--nftables-table", env.agent.table])
         assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == (f"nothing to remove: no table inet {env.agent.table} "
+                                        f"and no xtables rules with comment {env.agent.table}")

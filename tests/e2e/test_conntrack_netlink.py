@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -18,6 +17,7 @@ import pytest
 from e2e_agentlab import requires_root
 
 from kube_netpol.dataplane.conntrack import Conntrack, Entry, Flow, list_flows, select_denied
+from kube_netpol.tools.lab.names import owned_name
 from kube_netpol.tools.lab.netns import add_netns, delete_netns, entered, open_netns
 
 pytestmark = requires_root
@@ -58,7 +58,7 @@ ENTRIES = [
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"knct-{secrets.token_hex(4)}"
+    name = owned_name("knct")
     add_netns(name)
     try:
         yield name

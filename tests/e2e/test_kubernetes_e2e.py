@@ -24,7 +24,8 @@ from e2e_agentlab import allow_ingress_from_pod, deny_ingress, requires_root  # 
 from e2e_kubelab import KubeLab, kube_agent_lab  # noqa: E402
 
 from kube_netpol.sources.kubernetes import KubernetesSource, api_client_from_config, revision_versions  # noqa: E402
-from kube_netpol.state.store import ClusterState  # noqa: E402
+from kube_netpol.plugins import registry_for  # noqa: E402
+from kube_netpol.state import ClusterState  # noqa: E402
 from kube_netpol.tools.testing import FakeApiServer  # noqa: E402
 
 PODS = {
@@ -101,7 +102,7 @@ def test_the_source_revision_moves_only_when_the_control_thread_applies_a_change
 
     with FakeApiServer() as server:
         server.create({"kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}})
-        source = KubernetesSource(ClusterState(), api_client_from_config(str(server.write_kubeconfig(tmp_path / "kc"))))
+        source = KubernetesSource(ClusterState(registry_for(("networkpolicy",))), api_client_from_config(str(server.write_kubeconfig(tmp_path / "kc"))))
         assert source.revision() == ""
         source.start(work.put)
         try:
@@ -122,7 +123,7 @@ def test_the_source_revision_moves_only_when_the_control_thread_applies_a_change
             assert server.sent_at(version) is not None
 
             run_queued_work_until(lambda: revision_versions(source.revision())["NetworkPolicy"] == version)
-            assert ("x", "deny-ingress") in source.state.policy_objects("NetworkPolicy")
+            assert ("x", "deny-ingress") in source.state.objects("NetworkPolicy")
             assert revision_versions(source.revision()) == {"Namespace": listed_at, "Pod": listed_at,
                                                             "NetworkPolicy": version}
 
@@ -130,7 +131,7 @@ def test_the_source_revision_moves_only_when_the_control_thread_applies_a_change
             run_queued_work_until(
                 lambda: revision_versions(source.revision())["NetworkPolicy"] == deleted["metadata"]["resourceVersion"]
             )
-            assert ("x", "deny-ingress") not in source.state.policy_objects("NetworkPolicy")
+            assert ("x", "deny-ingress") not in source.state.objects("NetworkPolicy")
         finally:
             source.stop()
 

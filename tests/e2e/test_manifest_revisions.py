@@ -6,7 +6,8 @@ from pathlib import Path
 
 from kube_netpol.sources.manifests import ManifestFolderSource, objects_revision
 from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
-from kube_netpol.state.store import ClusterState
+from kube_netpol.plugins import registry_for
+from kube_netpol.state import ClusterState
 
 
 def namespace(name: str, team: str) -> dict:  # type: ignore[type-arg]
@@ -15,7 +16,7 @@ def namespace(name: str, team: str) -> dict:  # type: ignore[type-arg]
 
 def test_the_source_reports_the_revision_the_writer_expects_after_each_write(tmp_path: Path) -> None:
     folder = ManifestFolder(str(tmp_path))
-    state = ClusterState()
+    state = ClusterState(registry_for())
     source = ManifestFolderSource(str(folder.path), state)
     source.start(lambda work: work())
     revisions = []
@@ -24,7 +25,7 @@ def test_the_source_reports_the_revision_the_writer_expects_after_each_write(tmp
         expected = folder.write([namespace("x", team)])
         source.poll()
         assert source.revision() == expected
-        assert state.namespaces["x"].labels["team"] == team
+        assert state.namespace("x").labels["team"] == team
         revisions.append(expected)
     assert revisions[0] == revisions[3] and len(set(revisions)) == 3
     assert not [p.name for p in folder.path.iterdir() if p.name != "cluster.json"]  # no temporary file left

@@ -104,13 +104,15 @@ def check_families(metrics: Metrics, decision_log: bool) -> None:
     """Names, label names and types of every family, and that docs/observability.md lists each one."""
     ours = metrics.ours()
     expected = {name: labels for name, labels in FAMILY_LABELS.items() if decision_log or name != "decision_records"}
-    assert set(ours) == set(expected)
+    assert set(ours) == set(expected), (
+        "families differ; `_total` names mean /metrics is written by prometheus_client's generate_latest, "
+        "not kube_netpol.observability.exposition.generate_text")
     for name, family in ours.items():
         if family.samples:  # a family without series yet (audit_would_deny_count) has no labels to show
             assert family.label_names == expected[name], name
         kind = "histogram" if name in HISTOGRAMS else "gauge" if name in GAUGES else (
-            "summary" if name == "packet_process_duration_microseconds" else "unknown")
-        # Counters are untyped under the reference's names: no "_total" series anywhere.
+            "summary" if name == "packet_process_duration_microseconds" else "counter")
+        # Counters are typed counter under the reference's names: no "_total" series anywhere.
         assert family.type == kind, (name, family.type)
     assert not any(sample.endswith("_total") for family in metrics.families.values()
                    for sample, _, _ in family.samples if sample.startswith(PREFIX) and "nfqueue" not in sample)

@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from kube_netpol.state.store import ClusterState
+from kube_netpol.plugins import registry_for
+from kube_netpol.state import ClusterState
 from kube_netpol.tools.testing import FakeApiServer
 
 from k8s_helpers import FAST, Driver
@@ -44,7 +45,7 @@ def make_driver(kubeconfig: pathlib.Path) -> Iterator[Callable[..., Driver]]:
     sources: list[Any] = []
 
     def make(kinds: tuple[str, ...], settings: Any = FAST, start: bool = True) -> Driver:
-        source = KubernetesSource(ClusterState(), api_client_from_config(str(kubeconfig)), kinds, settings)
+        source = KubernetesSource(ClusterState(registry_for()), api_client_from_config(str(kubeconfig)), kinds, settings)
         sources.append(source)
         driver = Driver(source)
         if start:

@@ -8,7 +8,7 @@ import time
 from typing import Any, Callable
 
 from kube_netpol.sources.kube_reflector import WatchSettings
-from kube_netpol.state.store import ClusterState
+from kube_netpol.state import ClusterState
 
 ANP_API = "policy.networking.k8s.io/v1alpha1"
 
@@ -127,13 +127,13 @@ def state_view(state: ClusterState) -> dict[str, dict[tuple[str, str], Any]]:
     """What the state holds, per kind, in a comparable form."""
     return {
         "Namespace": {("", n): {k: v for k, v in r.labels.items() if k != "kubernetes.io/metadata.name"}
-                      for n, r in state.namespaces.items()},
-        "Node": {("", n): (dict(r.labels), r.ips) for n, r in state.nodes.items()},
-        "Pod": {k: (dict(r.labels), r.ips, r.node_name) for k, r in state.pods.items()},
-        "NetworkPolicy": {k: p.policy_types for k, p in state.policy_objects("NetworkPolicy").items()},
-        "AdminNetworkPolicy": {k: p.priority for k, p in state.policy_objects("AdminNetworkPolicy").items()},
+                      for r in state.namespaces() for n in [r.name]},
+        "Node": {("", r.name): (dict(r.labels), r.ips) for r in state.nodes()},
+        "Pod": {r.key: (dict(r.labels), r.ips, r.node_name) for r in state.pods()},
+        "NetworkPolicy": {k: p.policy_types for k, p in state.objects("NetworkPolicy").items()},
+        "AdminNetworkPolicy": {k: p.priority for k, p in state.objects("AdminNetworkPolicy").items()},
         "BaselineAdminNetworkPolicy": {k: tuple(r.name for r in p.ingress)
-                                       for k, p in state.policy_objects("BaselineAdminNetworkPolicy").items()},
+                                       for k, p in state.objects("BaselineAdminNetworkPolicy").items()},
     }
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from kube_netpol.sources import kube_apply
 from kube_netpol.sources.kube_reflector import Backoff, describe_error
-from kube_netpol.sources.kube_resources import RESOURCES, kinds_for_pipeline
-from kube_netpol.sources.kube_trim import trim_namespace, trim_node, trim_pod, trim_policy
+from kube_netpol.api import trim_to_spec as trim_policy
+from kube_netpol.plugins import registry_for
+from kube_netpol.state.trim import trim_namespace, trim_node, trim_pod
 from kube_netpol.sources.kube_watch_protocol import (
     BadEvent,
     parse_event,
@@ -19,7 +20,7 @@ from kube_netpol.sources.kube_watch_protocol import (
     status_code,
     status_text,
 )
-from kube_netpol.state.store import ClusterState
+from kube_netpol.state import ClusterState
 
 from k8s_helpers import namespace, network_policy, node, packed, pod
 
@@ -83,10 +84,8 @@ def test_trim_pod_keeps_what_policies_need_only() -> None:
     # What the state builds from the trimmed pod equals what it builds from the full one.
     a, b = ClusterState(), ClusterState()
     assert a.apply(full, "Pod") and b.apply(trimmed, "Pod")
-    from_full, from_trimmed = a.pods[("a", "p")], b.pods[("a", "p")]
-    for record in (from_full, from_trimmed):
-        record.info.ClearField("last_updated")  # a timestamp, different by construction
-    assert from_full == from_trimmed
+    from_full, from_trimmed = a.pod(("a", "p")), b.pod(("a", "p"))
+    assert from_full.same_as(from_trimmed)  # all but the update time, different by construction
     assert from_trimmed.ips == (packed("10.0.0.1"), packed("fd00::1"))
     assert from_trimmed.host_network and not from_trimmed.terminal
 
@@ -98,7 +97,7 @@ def test_trim_keeps_malformed_parts_for_the_state_to_refuse() -> None:
     assert trim_pod({"spec": {"containers": ["c", {"ports": 5}]}})["spec"] == {"containers": ["c", {"ports": 5}]}
     bad = pod("a", "p", "10.0.0.1")
     bad["spec"]["containers"][0]["ports"][0]["containerPort"] = "eighty"
-    state = ClusterState()
+    state = ClusterState(registry_for())
     assert not state.apply(trim_pod(bad), "Pod")
     assert state.invalid_objects["Pod"] == 1
 
@@ -121,20 +120,23 @@ def test_trim_other_kinds() -> None:
 
 
 def test_kinds_follow_the_pipeline() -> None:
-    assert kinds_for_pipeline(("networkpolicy",)) == ("Namespace", "Pod", "NetworkPolicy")
-    assert kinds_for_pipeline(("adminnetworkpolicy", "networkpolicy")) == (
-        "Namespace", "Pod", "NetworkPolicy", "Node", "AdminNetworkPolicy")
-    assert kinds_for_pipeline(("networkpolicy", "baselineadminnetworkpolicy")) == (
-        "Namespace", "Pod", "NetworkPolicy", "Node", "BaselineAdminNetworkPolicy")
-    assert set(kinds_for_pipeline(("adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy"))) == set(RESOURCES)
+    # In apply order: namespaces and nodes before pods, pods before policies.
+    assert registry_for(("networkpolicy",)).names == ("Namespace", "Pod", "NetworkPolicy")
+    assert registry_for(("adminnetworkpolicy", "networkpolicy")).names == (
+        "Namespace", "Node", "Pod", "AdminNetworkPolicy", "NetworkPolicy")
+    assert registry_for(("networkpolicy", "baselineadminnetworkpolicy")).names == (
+        "Namespace", "Node", "Pod", "BaselineAdminNetworkPolicy", "NetworkPolicy")
+    assert set(registry_for().names) == {
+        "Namespace", "Node", "Pod", "NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"}
 
 
 def test_resource_paths() -> None:
-    assert RESOURCES["Pod"].path == "/api/v1/pods"
-    assert RESOURCES["NetworkPolicy"].path == "/apis/networking.k8s.io/v1/networkpolicies"
-    assert RESOURCES["BaselineAdminNetworkPolicy"].path == (
+    kinds = registry_for()
+    assert kinds["Pod"].path == "/api/v1/pods"
+    assert kinds["NetworkPolicy"].path == "/apis/networking.k8s.io/v1/networkpolicies"
+    assert kinds["BaselineAdminNetworkPolicy"].path == (
         "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies")
-    assert RESOURCES["AdminNetworkPolicy"].is_custom and not RESOURCES["Pod"].is_custom
+    assert kinds["AdminNetworkPolicy"].custom and not kinds["Pod"].custom and not kinds["NetworkPolicy"].custom
 
 
 # --------------------------------------------------------------------- backoff
@@ -167,23 +169,25 @@ def test_describe_error() -> None:
 
 
 def test_replace_all_survives_an_object_the_store_trips_over(caplog: pytest.LogCaptureFixture) -> None:
-    state = ClusterState()
+    state = ClusterState(registry_for())
     state.apply(namespace("a"))
     state.apply(pod("a", "gone", "10.0.0.9"))
     weird = pod("a", "weird", "10.0.0.2")
     weird["spec"] = "not an object"
     with caplog.at_level(logging.WARNING, logger="kube_netpol"):
         kube_apply.replace_all(state, "Pod", [pod("a", "good", "10.0.0.1"), weird, pod("a", "also", "10.0.0.3")])
-    assert set(state.pods) == {("a", "good"), ("a", "also")}
+    # The refused pod stays with no labels (its address is usable), so that isolation applies to it.
+    assert set(state.keys("Pod")) == {("a", "good"), ("a", "also"), ("a", "weird")}
+    assert not state.pod(("a", "weird")).valid
     assert any("a/weird" in r.getMessage() for r in caplog.records)
 
 
 def test_delete_object_uses_the_key_of_the_kind() -> None:
-    state = ClusterState()
+    state = ClusterState(registry_for())
     state.apply(node("n", "192.168.0.1"))
     state.apply(pod("a", "p", "10.0.0.1"))
     # Cluster-scoped objects have no namespace even if the event says one.
     kube_apply.delete_object(state, "Node", {"metadata": {"name": "n", "namespace": "x"}})
     kube_apply.delete_object(state, "Pod", {"metadata": {"name": "p", "namespace": "a"}})
     kube_apply.delete_object(state, "Pod", {"metadata": {}})  # logged, ignored
-    assert not state.nodes and not state.pods
+    assert not state.keys("Node") and not state.keys("Pod")

@@ -65,14 +65,14 @@ def test_initial_sync_of_every_kind(apiserver: FakeApiServer, make_driver: MakeD
     state = driver.source.state
 
     assert state_view(state) == server_view(apiserver.objects)
-    assert len(state.pods) == 5
-    web = state.pod_info_by_ip(packed("10.0.0.2"))
+    assert len(state.keys("Pod")) == 5
+    web = state.pod_by_ip(packed("10.0.0.2"))
     assert web is not None and web.labels["app"] == "web"
-    assert web.namespace.labels["team"] == "red"
-    assert web.node.labels["zone"] == "z1"
-    assert [(p.name, p.port, p.protocol) for p in web.container_ports] == [("http", 8080, "TCP")]
-    assert state.nodes["node-1"].ips == (packed("192.168.1.1"),)
-    assert state.policy_objects("AdminNetworkPolicy")[("", "anp")].priority == 10
+    assert web.namespace_labels["team"] == "red"
+    assert web.node_labels["zone"] == "z1"
+    assert web.container_ports == (("http", 8080, "TCP"),)
+    assert state.node("node-1").ips == (packed("192.168.1.1"),)
+    assert state.objects("AdminNetworkPolicy")[("", "anp")].priority == 10
     # The pods came in pages of two, from one consistent list.
     pages = apiserver.list_requests("Pod")
     assert len(pages) == 3
@@ -92,8 +92,8 @@ def test_only_the_configured_kinds_are_watched(apiserver: FakeApiServer, make_dr
     seed(apiserver)
     driver = synced(make_driver, apiserver, ("Namespace", "Pod", "NetworkPolicy"))
     assert not apiserver.list_requests("AdminNetworkPolicy") and not apiserver.list_requests("Node")
-    assert not driver.source.state.policy_objects("AdminNetworkPolicy")
-    assert len(driver.source.state.pods) == 5
+    assert not driver.source.state.objects("AdminNetworkPolicy")
+    assert len(driver.source.state.keys("Pod")) == 5
 
 
 def test_add_update_delete_of_every_kind_reach_the_state(apiserver: FakeApiServer, make_driver: MakeDriver) -> None:
@@ -108,8 +108,8 @@ def test_add_update_delete_of_every_kind_reach_the_state(apiserver: FakeApiServe
     apiserver.create(network_policy("c", "np2"))
     apiserver.create(admin_network_policy("anp2", 20))
     driver.run_until(matches_server(driver, apiserver), what="the additions")
-    new = state.pod_info_by_ip(packed("10.0.2.1"))
-    assert new is not None and new.namespace.labels["team"] == "green" and new.node.labels["zone"] == "z2"
+    new = state.pod_by_ip(packed("10.0.2.1"))
+    assert new is not None and new.namespace_labels["team"] == "green" and new.node_labels["zone"] == "z2"
 
     # Update each.
     apiserver.update(namespace("c", team="yellow"))
@@ -119,10 +119,10 @@ def test_add_update_delete_of_every_kind_reach_the_state(apiserver: FakeApiServe
     apiserver.update(admin_network_policy("anp2", 30))
     apiserver.update(baseline_admin_network_policy(("deny", "deny-more")))
     driver.run_until(matches_server(driver, apiserver), what="the updates")
-    assert state.pod_info_by_ip(packed("10.0.2.1")) is None
-    moved = state.pod_info_by_ip(packed("10.0.2.9"))
+    assert state.pod_by_ip(packed("10.0.2.1")) is None
+    moved = state.pod_by_ip(packed("10.0.2.9"))
     assert moved is not None and moved.labels["app"] == "newer"
-    assert moved.namespace.labels["team"] == "yellow" and moved.node.labels["zone"] == "z3"
+    assert moved.namespace_labels["team"] == "yellow" and moved.node_labels["zone"] == "z3"
 
     # Delete each.
     apiserver.delete("Pod", "new", "c")
@@ -132,8 +132,8 @@ def test_add_update_delete_of_every_kind_reach_the_state(apiserver: FakeApiServe
     apiserver.delete("Node", "node-2")
     apiserver.delete("Namespace", "c")
     driver.run_until(matches_server(driver, apiserver), what="the deletions")
-    assert "c" not in state.namespaces and "node-2" not in state.nodes
-    assert not state.policy_objects("BaselineAdminNetworkPolicy")
+    assert state.namespace("c") is None and state.node("node-2") is None
+    assert not state.objects("BaselineAdminNetworkPolicy")
     # All of it came through the watches: one list per kind.
     assert all(driver.source.lists_completed(kind) == 1 for kind in ALL_KINDS)
 
@@ -171,7 +171,7 @@ def test_watch_that_ends_normally_is_resumed(apiserver: FakeApiServer, make_driv
     driver = synced(make_driver, apiserver, ("Namespace", "Pod", "NetworkPolicy"), settings)
     driver.run_until(lambda: len(apiserver.watch_requests("Pod")) >= 2, timeout=4, what="the second watch")
     apiserver.create(pod("a", "later", "10.0.0.50"))
-    driver.run_until(lambda: ("a", "later") in driver.source.state.pods, what="the new pod")
+    driver.run_until(lambda: driver.source.state.pod(("a", "later")) is not None, what="the new pod")
     assert len(apiserver.list_requests("Pod")) == 3  # the initial three pages only
     assert any("pods: watch closed by the server; reconnecting" in r.getMessage() for r in source_logs.records)
 
@@ -200,8 +200,8 @@ def test_410_gone_relists_and_the_state_equals_the_server(
     driver.run_until(matches_server(driver, apiserver), what="the relist")
     driver.run_until(lambda: all(driver.source.lists_completed(k) == 2 for k in ALL_KINDS), what="every relist")
     state = driver.source.state
-    assert state.pod_info_by_ip(packed("10.0.0.2")) is None  # web-1, deleted meanwhile
-    assert state.pod_info_by_ip(packed("10.0.0.1")).namespace.labels["team"] == "orange"
+    assert state.pod_by_ip(packed("10.0.0.2")) is None  # web-1, deleted meanwhile
+    assert state.pod_by_ip(packed("10.0.0.1")).namespace_labels["team"] == "orange"
     assert {r.getMessage().split(":")[0] for r in source_logs.records if "relisted" in r.getMessage()} == {
         "namespaces", "nodes", "pods", "networkpolicies", "adminnetworkpolicies", "baselineadminnetworkpolicies"
     }
@@ -214,7 +214,7 @@ def test_410_error_event_on_an_open_watch_relists(apiserver: FakeApiServer, make
     apiserver.compact(expire_open_watches=True)
     driver.run_until(lambda: driver.source.lists_completed("Pod") == 2, what="the pods relist")
     apiserver.create(pod("b", "after", "10.0.1.50"))
-    driver.run_until(lambda: ("b", "after") in driver.source.state.pods, what="a pod after the relist")
+    driver.run_until(lambda: driver.source.state.pod(("b", "after")) is not None, what="a pod after the relist")
 
 
 def test_other_error_events_reconnect_from_the_same_version(apiserver: FakeApiServer, make_driver: MakeDriver,
@@ -247,8 +247,10 @@ def test_malformed_objects_are_logged_and_ignored_while_others_apply(
     driver.run_until(driver.source.ready, what="the initial lists")
     apiserver.wait_for_watches(["Pod"])
     state = driver.source.state
-    assert set(state.pods) == {("a", "good")}
-    assert set(state.policy_objects("NetworkPolicy")) == {("a", "good")}
+    # A refused pod with a usable address stays, with no labels, so that isolation still applies to it.
+    assert set(state.keys("Pod")) == {("a", "good"), ("a", "weird-spec")}
+    assert not state.pod(("a", "weird-spec")).valid and state.pod(("a", "good")).valid
+    assert set(state.objects("NetworkPolicy")) == {("a", "good")}
     messages = [r.getMessage() for r in source_logs.records]
     assert any("a/bad-ip" in m and "invalid" in m for m in messages)
     assert any("a/weird-spec" in m for m in messages)
@@ -260,8 +262,8 @@ def test_malformed_objects_are_logged_and_ignored_while_others_apply(
     bad_labels["metadata"]["labels"] = {"app": 7}
     apiserver.create(bad_labels)
     apiserver.create(pod("a", "good-2", "10.0.0.5"))
-    driver.run_until(lambda: ("a", "good-2") in state.pods, what="the good pod after the bad ones")
-    assert ("a", "bad-labels") not in state.pods
+    driver.run_until(lambda: state.pod(("a", "good-2")) is not None, what="the good pod after the bad ones")
+    assert state.pod(("a", "bad-labels")).labels == {}  # kept, but with no labels
     messages = [r.getMessage() for r in source_logs.records]
     assert any("pods: skipping a watch event: not valid JSON" in m for m in messages)
     assert any("a/bad-labels" in m for m in messages)
@@ -275,7 +277,7 @@ def test_api_server_down_at_start(apiserver: FakeApiServer, make_driver: MakeDri
     driver = make_driver(ALL_KINDS)
     driver.run_for(0.4)
     assert not driver.source.ready()
-    assert not driver.source.state.pods
+    assert not driver.source.state.keys("Pod")
     failures = [r for r in source_logs.records if "pods: list failed" in r.getMessage()]
     assert len(failures) >= 2  # it keeps retrying, one line per attempt
     assert "retrying in" in failures[0].getMessage()
@@ -330,7 +332,7 @@ def test_bookmarks_advance_the_resource_version(apiserver: FakeApiServer, make_d
     apiserver.drop_watches()
     driver.run_until(lambda: len(apiserver.watch_requests("Pod")) == 2, what="the reconnect")
     apiserver.create(pod("a", "after-bookmark", "10.0.0.60"))
-    driver.run_until(lambda: ("a", "after-bookmark") in driver.source.state.pods, what="the new pod")
+    driver.run_until(lambda: driver.source.state.pod(("a", "after-bookmark")) is not None, what="the new pod")
     assert apiserver.watch_requests("Pod")[-1].query["resourceVersion"] == str(version)
     assert all(driver.source.lists_completed(k) == 1 for k in kinds)
 
@@ -349,12 +351,13 @@ def test_stop_ends_the_watch_threads_promptly(apiserver: FakeApiServer, make_dri
 
 def test_wrong_token_is_refused_and_never_ready(apiserver: FakeApiServer, tmp_path,
                                                 source_logs: pytest.LogCaptureFixture) -> None:
+    from kube_netpol.plugins import registry_for
     from kube_netpol.sources.kubernetes import KubernetesSource, api_client_from_config
-    from kube_netpol.state.store import ClusterState
+    from kube_netpol.state import ClusterState
 
     seed(apiserver)
     config = apiserver.write_kubeconfig(tmp_path / "wrong", token="wrong")
-    source = KubernetesSource(ClusterState(), api_client_from_config(str(config)), ("Pod",), FAST)
+    source = KubernetesSource(ClusterState(registry_for()), api_client_from_config(str(config)), ("Pod",), FAST)
     driver = Driver(source)
     driver.start()
     try:
@@ -371,10 +374,10 @@ def test_a_missing_crd_does_not_block_the_other_kinds(apiserver: FakeApiServer, 
     driver = make_driver(("Namespace", "Pod", "NetworkPolicy", "AdminNetworkPolicy"))
     # Ready without ANPs: NetworkPolicy enforcement must not wait for a CRD that is not installed.
     driver.run_until(driver.source.ready, what="ready without the ANP CRD")
-    assert "x" in driver.source.state.namespaces
+    assert driver.source.state.namespace("x") is not None
     assert "adminnetworkpolicies: not served by the API server" in source_logs.text
     # Once the CRD is installed, the kind is listed and watched like the others.
     apiserver.create(admin_network_policy("anp", 10))
     apiserver.unserved = set()
-    driver.run_until(lambda: ("", "anp") in driver.source.state.policy_objects("AdminNetworkPolicy"),
+    driver.run_until(lambda: ("", "anp") in driver.source.state.objects("AdminNetworkPolicy"),
                      what="the ANP after the CRD appeared")

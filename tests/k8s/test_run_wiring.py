@@ -16,7 +16,7 @@ from kube_netpol.sources.kubernetes import (  # noqa: E402
     KubernetesSource,
     kubernetes_source_factory,
 )
-from kube_netpol.state.store import ClusterState  # noqa: E402
+from kube_netpol.plugins import build_engine  # noqa: E402
 from kube_netpol.tools.testing import FakeApiServer  # noqa: E402
 
 from k8s_helpers import FAST, Driver, namespace, pod  # noqa: E402
@@ -27,15 +27,15 @@ from k8s_helpers import FAST, Driver, namespace, pod  # noqa: E402
     [
         (AgentConfig(), ("Namespace", "Pod", "NetworkPolicy")),
         (AgentConfig(enable_admin_network_policy=True),
-         ("Namespace", "Pod", "NetworkPolicy", "Node", "AdminNetworkPolicy")),
+         ("Namespace", "Node", "Pod", "AdminNetworkPolicy", "NetworkPolicy")),
         (AgentConfig(enable_admin_network_policy=True, enable_baseline_admin_network_policy=True),
-         ("Namespace", "Pod", "NetworkPolicy", "Node", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")),
+         ("Namespace", "Node", "Pod", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "NetworkPolicy")),
     ],
 )
 def test_factory_watches_what_the_pipeline_needs(kubeconfig: pathlib.Path, config: AgentConfig,
                                                  kinds: tuple[str, ...]) -> None:
-    factory = kubernetes_source_factory(str(kubeconfig), config.pipeline)
-    source = factory(ClusterState())
+    factory = kubernetes_source_factory(str(kubeconfig))
+    source = factory(build_engine(config.pipeline).state)  # type: ignore[arg-type]
     assert isinstance(source, KubernetesSource)
     assert source.kinds == kinds
 
@@ -43,23 +43,23 @@ def test_factory_watches_what_the_pipeline_needs(kubeconfig: pathlib.Path, confi
 def test_factory_source_syncs_from_the_kubeconfig_server(apiserver: FakeApiServer, kubeconfig: pathlib.Path) -> None:
     apiserver.create(namespace("a"))
     apiserver.create(pod("a", "p", "10.0.0.1"))
-    source = kubernetes_source_factory(str(kubeconfig), AgentConfig().pipeline, FAST)(ClusterState())
+    source = kubernetes_source_factory(str(kubeconfig), FAST)(build_engine(AgentConfig().pipeline).state)  # type: ignore[arg-type]
     driver = Driver(source)
     driver.start()
     try:
         driver.run_until(source.ready, what="the initial lists")
-        assert set(source.state.pods) == {("a", "p")}
+        assert set(source.state.keys("Pod")) == {("a", "p")}
     finally:
         source.stop()
 
 
 def test_bad_configuration_is_reported(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(KubernetesConfigError, match="kubeconfig"):
-        kubernetes_source_factory(str(tmp_path / "missing"), ("networkpolicy",))
+        kubernetes_source_factory(str(tmp_path / "missing"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
     with pytest.raises(KubernetesConfigError, match="in-cluster"):
-        kubernetes_source_factory(None, ("networkpolicy",))
+        kubernetes_source_factory(None)
 
 
 def test_run_command_refuses_a_bad_kubeconfig(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,

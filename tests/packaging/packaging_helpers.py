@@ -24,6 +24,7 @@ FULL_VALUES: dict[str, Any] = {
     "baselineAdminNetworkPolicy": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
+    "prometheusRule": {"enabled": True},
 }
 
 
@@ -82,8 +83,8 @@ def rbac_rules(objects: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
 def watched_rules(args: list[str]) -> set[tuple[str, str, str]]:
     """get/list/watch on exactly the resources an agent started with ``args`` watches."""
     from kube_netpol.agent.config import config_from_args
-    from kube_netpol.sources.kube_resources import RESOURCES, kinds_for_pipeline
+    from kube_netpol.plugins import registry_for
 
     config = config_from_args(parse_agent_args(args))
-    watched = {(RESOURCES[kind].group, RESOURCES[kind].plural) for kind in kinds_for_pipeline(config.pipeline)}
+    watched = {(kind.group, kind.plural) for kind in registry_for(config.pipeline)}
     return {(group, plural, verb) for group, plural in watched for verb in ("get", "list", "watch")}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,12 @@ import yaml
 from packaging_helpers import REPO, check_packaging
 
 from kube_netpol.cli import build_parser
-from kube_netpol.sources.kube_resources import RESOURCES
+from kube_netpol.plugins import registry_for
 
 DOCS = REPO / "docs"
 PACKAGING_DOCS = ("install.md", "configuration.md", "upgrade.md", "troubleshooting.md")
+#: Docs whose links are checked too (their code blocks hold usage synopses, not commands).
+LINKED_DOCS = (*PACKAGING_DOCS, "observability.md", "development.md")
 
 
 def test_flag_table_is_generated_from_the_parser() -> None:
@@ -78,7 +83,7 @@ def test_documented_commands_parse_with_the_real_cli() -> None:
 def test_install_doc_names_the_crds_the_agent_watches() -> None:
     text = (DOCS / "install.md").read_text()
     for kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy"):
-        resource = RESOURCES[kind]
+        resource = registry_for()[kind]
         assert f"{resource.plural}.{resource.group}" in text
         assert f"policy.networking.k8s.io_{resource.plural}.yaml" in text
 
@@ -90,10 +95,62 @@ def _anchors(path: Path) -> set[str]:
 
 
 def test_docs_links_resolve() -> None:
-    for name in PACKAGING_DOCS:
+    for name in LINKED_DOCS:
         text = (DOCS / name).read_text()
         for target, anchor in re.findall(r"\]\(([\w-]*\.md)?(?:#([\w-]+))?\)", text):
             target_path = DOCS / (target or name)
             assert target_path.exists(), f"{name} links to missing {target}"
             if anchor:
                 assert anchor in _anchors(target_path), f"{name} links to missing {target}#{anchor}"
+
+
+# --------------------------------------------------------------------------- README: the first hour
+
+def _first_hour_commands() -> list[str]:
+    """The commands of the README's "Your first hour" table (one per row)."""
+    section = (REPO / "README.md").read_text().split("## Your first hour", 1)[1].split("\n## ", 1)[0]
+    return [cell.replace("\\|", "|") for cell in re.findall(r"^\| [^|]+ \| `(.+)` \|$", section, re.M)]
+
+
+def test_readme_first_hour_commands_are_true() -> None:
+    commands = _first_hour_commands()
+    assert len(commands) == 7, commands
+    metrics_doc = (DOCS / "observability.md").read_text()
+    for command in commands:
+        words = shlex.split(command.split(" | ")[0])
+        program, args = words[0], words[1:]
+        if program.startswith("./scripts/"):
+            assert os.access(REPO / program, os.X_OK), f"{program} is not an executable script"
+        elif program == ".venv/bin/kube-netpol":
+            build_parser().parse_args(args)  # SystemExit (a failure) if the CLI rejects it
+            for flag in ("--scenario",):
+                if flag in args:
+                    assert (REPO / args[args.index(flag) + 1]).is_file()
+        elif program == "kubectl":
+            assert args[:2] in (["apply", "-f"], ["delete", "-f"]) and (REPO / args[2]).is_file(), command
+        elif program == "curl":
+            metric = re.search(r"\^(\w+)", command)
+            assert metric and f"`{metric.group(1)}`" in metrics_doc, command
+            assert args[-1].endswith(":9080/metrics")  # the default --metrics-bind-address
+        else:
+            pytest.fail(f"unchecked command in the README: {command}")
+
+
+def test_readme_first_hour_explain_gives_the_verdict_it_promises() -> None:
+    (explain,) = [c for c in _first_hour_commands() if "--scenario" in c]
+    words = shlex.split(explain)[1:]
+    result = subprocess.run([sys.executable, "-m", "kube_netpol", *words], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr  # 1: denied
+    assert "verdict: DENY" in result.stdout and "y/a" in result.stdout and "x/b" in result.stdout
+
+
+def test_license_is_the_apache_2_0_text_pyproject_names() -> None:
+    import tomllib
+
+    text = (REPO / "LICENSE").read_text()
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    assert "Apache License" in text.splitlines()[1] and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert text.rstrip().endswith("limitations under the License.")
+    assert len(text) > 11000  # the full text, not a notice

@@ -7,8 +7,11 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.specifiers import SpecifierSet
@@ -105,8 +108,9 @@ def stages() -> list[Stage]:
     return parsed
 
 
-def test_base_is_python_3_11_slim_bookworm(stages: list[Stage]) -> None:
-    assert {stage.base for stage in stages} == {"python:3.11-slim-bookworm"}
+def test_base_is_python_3_11_slim_bookworm_pinned_by_digest(stages: list[Stage]) -> None:
+    (base,) = {stage.base for stage in stages}
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base), base
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert SpecifierSet(requires).contains("3.11")
 
@@ -212,3 +216,132 @@ def test_build_context_has_what_the_builder_copies(stages: list[Stage]) -> None:
     for source in sources:
         assert (REPO / source).exists(), source
         assert f"!{source}" in ignore or f"!{source}/" in ignore, f".dockerignore leaves {source} out of the context"
+
+
+# --------------------------------------------------------------------------- what the image holds
+
+def image_context() -> set[str]:
+    """The files `docker build .` sends, by Docker's .dockerignore rules (docker-py's implementation)."""
+    from docker.utils.build import exclude_paths
+
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return {path for path in exclude_paths(str(REPO), patterns) if (REPO / path).is_file()}
+
+
+def test_the_image_context_has_the_agent_and_no_test_code() -> None:
+    context = image_context()
+    assert {"pyproject.toml", "README.md", "kube_netpol/__init__.py", "kube_netpol/agent/run.py",
+            "kube_netpol/observability/exposition.py"} <= context
+    # The Dockerfile and .dockerignore always go to the daemon; the builder copies neither.
+    assert {path.split("/")[0] for path in context} == {"pyproject.toml", "README.md", "kube_netpol", "Dockerfile",
+                                                         ".dockerignore"}
+    for test_code in ("tests/", "kube_netpol/tools/", "bench/", "plugins/", "scripts/"):
+        assert not [path for path in context if path.startswith(test_code)], test_code
+    assert not [path for path in context if "__pycache__" in path or path.endswith(".pyc")]
+    # ...and the check bites: the tools are in the repository.
+    assert (REPO / "kube_netpol" / "tools" / "lab" / "lab.py").is_file()
+
+
+@pytest.fixture
+def context_copy(tmp_path: Path) -> Path:
+    """The package as the image's builder gets it, and nothing else."""
+    root = tmp_path / "context"
+    for path in image_context():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / path, root / path)
+    return root
+
+
+def _from_context(context: Path, then: str) -> str:
+    """Python code that imports the package from ``context`` only, as in the image (which has no editable
+    install: the development one's import hook is taken out, or it would find kube_netpol.tools here)."""
+    return (f"import sys; sys.path.insert(0, {str(context)!r}); "
+            "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]; "
+            + then)
+
+
+def _run_from(context: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`kube-netpol ARGS` with the package imported from ``context``."""
+    code = _from_context(context, "from kube_netpol.cli import main; sys.exit(main())")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, **kwargs)
+
+
+def test_the_cli_from_the_image_context_offers_the_agent_only(context_copy: Path) -> None:
+    code = _from_context(context_copy, "import importlib.util, kube_netpol; print(kube_netpol.__file__); "
+                                       "print(importlib.util.find_spec('kube_netpol.tools'))")
+    where = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert where == [str(context_copy / "kube_netpol" / "__init__.py"), "None"]
+    help_text = _run_from(context_copy, "--help", timeout=60).stdout
+    assert "run" in help_text and "cleanup" in help_text
+    assert not {"conformance", "lab", "explain"} & set(re.findall(r"\b[a-z]+\b", help_text.split("COMMAND", 1)[1])), help_text
+    assert _run_from(context_copy, "run", "--version", timeout=60).stdout.startswith("kube-netpol ")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "nft", "iptables")),
+                    reason="needs root, iproute2, nft and iptables")
+def test_the_agent_runs_from_the_image_context_alone(context_copy: Path, tmp_path: Path) -> None:
+    """`kube-netpol run --manifests` from the image's files gets ready: it needs neither tests/ nor the tools."""
+    import concurrent.futures
+    import signal
+    import socket
+    import time
+
+    from kube_netpol.tools.lab.names import owned_name
+    from kube_netpol.tools.lab.netns import add_netns, delete_netns, open_netns, socket_in
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "cluster.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n"
+        "spec: {nodeName: image-node, containers: [{name: c, image: i}]}\nstatus: {phase: Running, podIP: 10.9.0.2}\n"
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\n"
+        "spec: {podSelector: {}, policyTypes: [Ingress]}\n")
+    netns = owned_name("knimg")
+    add_netns(netns)
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, timeout=30)
+    maker = concurrent.futures.ThreadPoolExecutor(1)
+    fd = open_netns(netns)
+    code = _from_context(context_copy, "from kube_netpol.cli import main; sys.exit(main())")
+    log_path = tmp_path / "agent.log"
+    log = open(log_path, "w")  # a file, not a pipe nobody reads while the agent runs
+    agent = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code, "run", "--manifests", str(manifests),
+         "--hostname-override", "image-node", "--metrics-bind-address", "127.0.0.1:9080", "--nftables-table", "knimg"],
+        stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        ready = False
+        while not ready and agent.poll() is None and time.monotonic() < deadline:
+            sock = maker.submit(socket_in, fd, socket.AF_INET, socket.SOCK_STREAM).result()
+            try:
+                sock.settimeout(2)
+                sock.connect(("127.0.0.1", 9080))
+                sock.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(4096):  # the whole answer: closing early resets the server's write
+                    answer += chunk
+                ready = answer.startswith(b"HTTP/1.0 200")
+            except OSError:
+                time.sleep(0.1)
+            finally:
+                sock.close()
+        if not ready:
+            agent.kill()
+            agent.wait(15)
+            pytest.fail("the agent from the image context did not get ready:\n" + log_path.read_text())
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(15)
+        output = log_path.read_text()
+        assert agent.returncode == 0, output
+        assert "agent ready" in output and "Traceback" not in output, output
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(5)
+        log.close()
+        maker.shutdown()
+        os.close(fd)
+        delete_netns([netns])

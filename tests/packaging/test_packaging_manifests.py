@@ -25,7 +25,7 @@ from kube_netpol.agent.config import config_from_args
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 IMAGE = f"ghcr.io/kube-netpol/kube-netpol:v{__version__}"
 #: Kinds without a schema in kubernetes-validate (custom resources).
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def _validate_all(objects: Iterable[dict[str, Any]]) -> list[str]:
@@ -58,6 +58,8 @@ def test_rendered_chart_is_valid_kubernetes(rendered_default: Any, rendered_full
     assert sorted(_validate_all(rendered_full.objects())) == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "DaemonSet", "ConfigMap"]
     )
+    # The `helm test` pod is a hook: not in the release's manifest, validated all the same.
+    assert _validate_all(rendered_default.hook_objects("test")) == ["Pod"]
 
 
 def test_validation_catches_a_broken_daemonset(install_objects: list[dict[str, Any]]) -> None:
@@ -83,7 +85,7 @@ def agent_view(objects: list[dict[str, Any]]) -> dict[str, Any]:
         "objects": sorted(
             (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""))
             for o in objects
-            if o["kind"] not in ("ServiceMonitor", "ConfigMap")
+            if o["kind"] not in ("ServiceMonitor", "PrometheusRule", "ConfigMap")
         ),
         "rules": rbac_rules(objects),
         "binding": (binding["roleRef"], binding["subjects"]),

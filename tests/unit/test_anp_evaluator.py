@@ -14,8 +14,11 @@ from kube_netpol.engine import PolicyEngine
 from kube_netpol.evaluators import adminnetworkpolicy as anp_module
 from kube_netpol.evaluators.adminnetworkpolicy import create as anp_create
 from kube_netpol.evaluators.baselineadminnetworkpolicy import create as banp_create
+from kube_netpol.plugins import registry_for
 from kube_netpol.policy.adminnetworkpolicy import Subject
-from kube_netpol.state.store import ClusterState
+from unit_standins import PublishingState, publishing_engine
+
+ClusterState = PublishingState
 
 API = "policy.networking.k8s.io/v1alpha1"
 HAVE_NETWORKPOLICY = importlib.util.find_spec("kube_netpol.evaluators.networkpolicy") is not None
@@ -113,7 +116,7 @@ ADDR6 = {"x/a": "fd00:1::10", "y/a": "fd00:2::10"}
 
 
 def make_state() -> ClusterState:
-    state = ClusterState()
+    state = ClusterState(registry_for())
     for name in ("x", "y", "z"):
         assert state.apply(namespace(name, ns=name))
     web_ports = [
@@ -133,8 +136,16 @@ def state() -> ClusterState:
 
 
 def admin_engine(state: ClusterState) -> PolicyEngine:
-    context = EvaluatorContext(state=state)
-    return PolicyEngine(state, [anp_create(context), banp_create(context)])
+    context = EvaluatorContext()
+    return publishing_engine(state, [anp_create(context), banp_create(context)])
+
+
+def anp_engine(state: ClusterState) -> PolicyEngine:
+    return publishing_engine(state, [anp_create(EvaluatorContext())])
+
+
+def managed(engine: PolicyEngine) -> set[bytes]:
+    return set(engine.managed.addresses)
 
 
 def check(engine: PolicyEngine, src: str, dst: str, port: int = 80, protocol: str = "TCP", family: int = 4):
@@ -414,8 +425,8 @@ def test_host_network_pods_are_not_subjects(state: ClusterState) -> None:
     state.apply(pod("x", "host", ["172.18.0.5"], host_network=True))
     state.apply(anp("p", 1, ns_sel(ns="x"), ingress=[rule("Deny", [{"namespaces": {}}])]))
     assert allowed(engine, "y/a", "172.18.0.5")
-    managed = engine.managed_ips().ips
-    assert _ip(ADDR["x/a"]) in managed and _ip("172.18.0.5") not in managed
+    diverted = managed(engine)
+    assert _ip(ADDR["x/a"]) in diverted and _ip("172.18.0.5") not in diverted
 
 
 # ------------------------------------------------------------ managed, memo
@@ -428,16 +439,15 @@ def _ip(text: str) -> bytes:
 
 
 def test_managed_ips_are_the_subject_pods(state: ClusterState) -> None:
-    evaluator = anp_create(EvaluatorContext(state=state))
-    assert evaluator.managed_ips().ips == frozenset()
+    engine = anp_engine(state)
+    assert managed(engine) == set()
     state.apply(anp("p", 1, pods_sel({"ns": "x"}, {"pod": "a"}), ingress=[rule("Deny", [{"namespaces": {}}])]))
-    managed = evaluator.managed_ips()
-    assert managed.ips == {_ip(ADDR["x/a"]), _ip(ADDR6["x/a"])}
-    assert managed.divert_all is False
+    assert managed(engine) == {_ip(ADDR["x/a"]), _ip(ADDR6["x/a"])}
+    assert engine.managed.divert_all is False
     state.apply(pod("x", "b", [ADDR["x/b"]], labels={"pod": "a"}))
-    assert evaluator.managed_ips().ips == {_ip(ADDR["x/a"]), _ip(ADDR6["x/a"]), _ip(ADDR["x/b"])}
+    assert managed(engine) == {_ip(ADDR["x/a"]), _ip(ADDR6["x/a"]), _ip(ADDR["x/b"])}
     state.apply(namespace("x", ns="renamed"))
-    assert evaluator.managed_ips().ips == frozenset()
+    assert managed(engine) == set()
 
 
 def test_unrelated_anps_cost_nothing_once_memoised(state: ClusterState, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -445,11 +455,11 @@ def test_unrelated_anps_cost_nothing_once_memoised(state: ClusterState, monkeypa
         state.apply(anp(f"other-{i:03}", i % 1000, ns_sel(ns=f"nobody-{i}"), ingress=[rule("Deny", [{"namespaces": {}}])]))
     state.apply(anp("mine-1", 500, ns_sel(ns="x"), ingress=[rule("Deny", [ns_sel(ns="z")], "deny-z")]))
     state.apply(anp("mine-2", 600, pods_sel({"ns": "x"}, {"pod": "a"}), ingress=[rule("Allow", [ns_sel(ns="y")], "allow-y")]))
-    evaluator = anp_create(EvaluatorContext(state=state))
-    src = state.pod_info_by_ip(_ip(ADDR["y/a"]))
-    dst = state.pod_info_by_ip(_ip(ADDR["x/a"]))
+    (evaluator,) = anp_engine(state).evaluators
+    src = state.pod_by_ip(_ip(ADDR["y/a"]))
+    dst = state.pod_by_ip(_ip(ADDR["x/a"]))
     packet = Packet.from_strings(ADDR["y/a"], ADDR["x/a"], "TCP", 80)
-    first = evaluator.evaluate_ingress(packet, src, dst)
+    first = evaluator.stage.evaluate_ingress(packet, src, dst)
     assert (first.policy, first.rule) == ("mine-2", "allow-y")
 
     calls = 0
@@ -462,55 +472,60 @@ def test_unrelated_anps_cost_nothing_once_memoised(state: ClusterState, monkeypa
 
     monkeypatch.setattr(Subject, "selects", counting)
     for _ in range(10):
-        assert evaluator.evaluate_ingress(packet, src, dst) is first  # the same Decision object every time
+        assert evaluator.stage.evaluate_ingress(packet, src, dst) is first  # the same Decision object every time
     assert calls == 0
-    # A change of the destination pod drops only its entry: one pass over the ANPs for it.
+    # A change of the destination pod makes a new entry for it only: one pass over the ANPs.
     state.apply(pod("x", "a", [ADDR["x/a"]], labels={"pod": "a", "new": "label"}))
-    dst = state.pod_info_by_ip(_ip(ADDR["x/a"]))
-    assert evaluator.evaluate_ingress(packet, src, dst) is first
+    dst = state.pod_by_ip(_ip(ADDR["x/a"]))
+    assert evaluator.stage.evaluate_ingress(packet, src, dst) is first
     assert calls == 202
 
 
 def test_memo_entries_are_checked_by_identity(state: ClusterState) -> None:
-    evaluator = anp_create(EvaluatorContext(state=state))
+    (evaluator,) = anp_engine(state).evaluators
     state.apply(anp("p", 1, ns_sel(ns="x"), ingress=[rule("Deny", [{"namespaces": {}}])]))
-    src = state.pod_info_by_ip(_ip(ADDR["y/a"]))
-    dst = state.pod_info_by_ip(_ip(ADDR["x/a"]))
+    src = state.pod_by_ip(_ip(ADDR["y/a"]))
+    dst = state.pod_by_ip(_ip(ADDR["x/a"]))
     packet = Packet.from_strings(ADDR["y/a"], ADDR["x/a"], "TCP", 80)
-    assert evaluator.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
-    # Plant an entry under dst's id that belongs to another object: it must be ignored.
-    snapshot = evaluator._snapshot
-    planted = anp_module.PodEntry(state.pod_info_by_ip(_ip(ADDR["y/b"])))
-    planted.ingress, planted.egress, planted.selected = (), (), False
-    snapshot.memo[id(dst)] = planted
-    assert evaluator.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
-    assert snapshot.memo[id(dst)].info is dst
+    stage = evaluator.stage
+    assert stage.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
+    # Plant an entry under dst's labels' id that belongs to other labels: it must be ignored.
+    planted = anp_module._Subject(state.pod_by_ip(_ip(ADDR["y/b"])).labels)
+    planted.namespace_labels, planted.ingress, planted.egress = dst.namespace_labels, (), ()
+    stage.memo[id(dst.labels)] = planted
+    assert stage.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
+    assert stage.memo[id(dst.labels)].labels is dst.labels
+    # An entry of the same labels in an older namespace version is not taken either.
+    stale = anp_module._Subject(dst.labels)
+    stale.namespace_labels, stale.ingress, stale.egress = {"ns": "x"}, (), ()
+    stage.memo[id(dst.labels)] = stale
+    assert stage.evaluate_ingress(packet, src, dst).verdict is Verdict.DENY
 
 
-def test_memo_keeps_no_entry_for_replaced_pod_infos(state: ClusterState) -> None:
+def test_a_namespace_relabel_makes_new_entries_for_its_pods_only(state: ClusterState) -> None:
     engine = admin_engine(state)
     evaluator = engine.evaluators[0]
     state.apply(anp("p", 1, ns_sel(ns="x"), ingress=[rule("Deny", [{"namespaces": {}}])]))
     assert not allowed(engine, "y/a", "x/a")
-
-    def live() -> set[int]:
-        return {id(p.info) for p in state.pods.values()}
-
-    memo = evaluator._snapshot.memo
-    assert set(memo) == {id(state.pod_info_by_ip(_ip(ADDR[r]))) for r in ("x/a", "y/a")}
-    # A pod update drops that pod's entry (the old PodInfo is not kept alive by the memo).
-    state.apply(pod("x", "a", [ADDR["x/a"]], labels={"pod": "a", "v": "2"}))
-    assert set(evaluator._snapshot.memo) <= live()
-    assert not allowed(engine, "y/a", "x/a")
-    # A namespace relabel rebuilds the PodInfo of its pods: the memo starts afresh.
+    memo = evaluator.stage.memo
+    x_a, y_a = state.pod(("x", "a")), state.pod(("y", "a"))
+    x_entry, y_entry = memo[id(x_a.labels)], memo[id(y_a.labels)]
+    assert x_entry.selected and x_entry.ingress and not y_entry.selected
+    # A namespace relabel makes new records of its pods, with the namespace's new labels: the subject's
+    # namespace selector is judged again for them, while the other namespaces' entries stay.
     state.apply(namespace("y", ns="y", extra="1"))
-    assert evaluator._snapshot.memo == {}
+    assert evaluator.stage.memo is memo  # no policy changed: the same stage
+    new_y_a = state.pod(("y", "a"))
+    assert new_y_a.namespace_labels is not y_a.namespace_labels
+    assert memo[id(new_y_a.labels)].namespace_labels is new_y_a.namespace_labels
+    assert memo[id(x_a.labels)] is x_entry
     assert not allowed(engine, "y/a", "x/a")
-    assert set(evaluator._snapshot.memo) <= live()
+    state.apply(namespace("x", ns="not-x"))  # x leaves the subject
+    assert allowed(engine, "y/a", "x/a") and managed(engine) == set()
 
 
 def test_factory_builds_a_named_evaluator(state: ClusterState) -> None:
-    evaluator = anp_create(EvaluatorContext(state=state))
+    evaluator = anp_create(EvaluatorContext())
     assert evaluator.name == "adminnetworkpolicy"
     assert evaluator.ready()
     assert isinstance(evaluator, anp_module.AdminNetworkPolicyEvaluator)
@@ -522,9 +537,9 @@ def test_factory_builds_a_named_evaluator(state: ClusterState) -> None:
 def _full_engine(state: ClusterState) -> PolicyEngine:
     if not HAVE_NETWORKPOLICY:
         pytest.skip("kube_netpol.evaluators.networkpolicy is not there yet")
-    from kube_netpol.plugins import build_engine
+    from kube_netpol.plugins import DEFAULT_PIPELINE, build_pipeline
 
-    return build_engine(state)
+    return publishing_engine(state, build_pipeline(DEFAULT_PIPELINE))
 
 
 def _np(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:

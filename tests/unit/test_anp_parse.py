@@ -8,14 +8,16 @@ from typing import Any
 import pytest
 
 from kube_netpol.api.packet import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
-from kube_netpol.api.podinfo import PodInfo
 from kube_netpol.api.verdict import Verdict
 from kube_netpol.policy.adminnetworkpolicy import (
     parse_admin_network_policy,
     parse_baseline_admin_network_policy,
 )
-from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.ports import NO_PORT_NAMES, port_names
+from kube_netpol.api.errors import InvalidObject
+from kube_netpol.api import NO_PORT_NAMES
+from kube_netpol.api import PodRecord
+from kube_netpol.plugins import registry_for
+from unit_standins import pod_record
 from kube_netpol.state.store import ClusterState
 
 API = "policy.networking.k8s.io/v1alpha1"
@@ -29,12 +31,8 @@ def banp(spec: dict[str, Any], name: str = "default") -> dict[str, Any]:
     return {"apiVersion": API, "kind": "BaselineAdminNetworkPolicy", "metadata": {"name": name}, "spec": spec}
 
 
-def pod_info(ns_labels: dict[str, str], labels: dict[str, str], ports: tuple[tuple[str, int, str], ...] = ()) -> PodInfo:
-    info = PodInfo(name="p", labels=labels)
-    info.namespace.labels.update(ns_labels)
-    for name, port, protocol in ports:
-        info.container_ports.add(name=name, port=port, protocol=protocol)
-    return info
+def pod_info(ns_labels: dict[str, str], labels: dict[str, str], ports: tuple[tuple[str, int, str], ...] = ()) -> PodRecord:
+    return pod_record(labels, namespace_labels=ns_labels, ports=ports)
 
 
 FULL = {
@@ -85,8 +83,8 @@ def test_full_policy_compiles_every_part() -> None:
     assert len(to_ext.node_selectors) == 1 and to_ext.node_selectors[0].matches({"any": "thing"})
     receiver = pod_info({}, {}, (("http", 8080, "TCP"),))
     assert to_named.ports is not None
-    assert to_named.ports.matches(IPPROTO_TCP, 8080, port_names(receiver))
-    assert not to_named.ports.matches(IPPROTO_UDP, 8080, port_names(receiver))  # named port resolved with the packet's protocol
+    assert to_named.ports.matches(IPPROTO_TCP, 8080, receiver.port_names)
+    assert not to_named.ports.matches(IPPROTO_UDP, 8080, receiver.port_names)  # named port resolved with the packet's protocol
     assert not to_named.ports.matches(IPPROTO_TCP, 8080, NO_PORT_NAMES)  # no pod, no named port
 
 
@@ -255,15 +253,15 @@ def test_invalid_banps_are_refused(path: str, value: Any, where: str, words: str
 
 
 def test_store_refuses_invalid_objects_and_keeps_the_last_good_version() -> None:
-    state = ClusterState()
+    state = ClusterState(registry_for())
     assert state.apply(anp(FULL))
-    good = state.policy_objects("AdminNetworkPolicy")[("", "p")]
+    good = state.objects("AdminNetworkPolicy")[("", "p")]
     assert not state.apply(anp(_mutated("priority", 5000)))
     assert state.invalid_objects["AdminNetworkPolicy"] == 1
-    assert state.policy_objects("AdminNetworkPolicy")[("", "p")] is good
+    assert state.objects("AdminNetworkPolicy")[("", "p")] is good
     assert not state.apply(banp(BANP_BASE, name="mine"))
     assert not state.apply(banp(_mutated("ingress.0.action", "Pass", BANP_BASE)))
     assert state.invalid_objects["BaselineAdminNetworkPolicy"] == 2
-    assert dict(state.policy_objects("BaselineAdminNetworkPolicy")) == {}
+    assert dict(state.objects("BaselineAdminNetworkPolicy")) == {}
     assert state.apply(banp(BANP_BASE))
-    assert list(state.policy_objects("BaselineAdminNetworkPolicy")) == [("", "default")]
+    assert list(state.objects("BaselineAdminNetworkPolicy")) == [("", "default")]

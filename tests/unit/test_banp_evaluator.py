@@ -14,7 +14,10 @@ from kube_netpol.api.verdict import NEXT, Verdict
 from kube_netpol.engine import PolicyEngine
 from kube_netpol.evaluators.adminnetworkpolicy import create as anp_create
 from kube_netpol.evaluators.baselineadminnetworkpolicy import create as banp_create
-from kube_netpol.state.store import ClusterState
+from kube_netpol.plugins import registry_for
+from unit_standins import PublishingState, publishing_engine
+
+ClusterState = PublishingState
 
 API = "policy.networking.k8s.io/v1alpha1"
 HAVE_NETWORKPOLICY = importlib.util.find_spec("kube_netpol.evaluators.networkpolicy") is not None
@@ -28,7 +31,7 @@ def _ip(text: str) -> bytes:
 
 
 def make_state() -> ClusterState:
-    state = ClusterState()
+    state = ClusterState(registry_for())
     for name in ("x", "y", "z"):
         assert state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"ns": name}}})
     for ref, ip in ADDR.items():
@@ -66,8 +69,8 @@ ALL_NAMESPACES = {"namespaces": {}}
 
 
 def engine_for(state: ClusterState) -> PolicyEngine:
-    context = EvaluatorContext(state=state)
-    return PolicyEngine(state, [anp_create(context), banp_create(context)])
+    context = EvaluatorContext()
+    return publishing_engine(state, [anp_create(context), banp_create(context)])
 
 
 def check(engine: PolicyEngine, src: str, dst: str, port: int = 80, protocol: str = "TCP", family: int = 4):
@@ -76,14 +79,15 @@ def check(engine: PolicyEngine, src: str, dst: str, port: int = 80, protocol: st
 
 
 def test_without_a_banp_everything_is_next(state: ClusterState) -> None:
-    evaluator = banp_create(EvaluatorContext(state=state))
+    engine = publishing_engine(state, [banp_create(EvaluatorContext())])
+    (evaluator,) = engine.evaluators
     assert evaluator.name == "baselineadminnetworkpolicy"
-    src = state.pod_info_by_ip(_ip(ADDR["y/a"]))
-    dst = state.pod_info_by_ip(_ip(ADDR["x/a"]))
+    src = state.pod_by_ip(_ip(ADDR["y/a"]))
+    dst = state.pod_by_ip(_ip(ADDR["x/a"]))
     packet = Packet.from_strings(ADDR["y/a"], ADDR["x/a"], "TCP", 80)
-    assert evaluator.evaluate_ingress(packet, src, dst) is NEXT
-    assert evaluator.evaluate_egress(packet, src, dst) is NEXT
-    assert evaluator.managed_ips().ips == frozenset()
+    assert evaluator.stage.evaluate_ingress(packet, src, dst) is NEXT
+    assert evaluator.stage.evaluate_egress(packet, src, dst) is NEXT
+    assert set(engine.managed.addresses) == set()
 
 
 def test_banp_rules_in_written_order_and_no_match_accepts(state: ClusterState) -> None:
@@ -188,13 +192,12 @@ def test_banp_updates_deletes_and_refused_updates(state: ClusterState) -> None:
 
 
 def test_banp_managed_ips(state: ClusterState) -> None:
-    evaluator = banp_create(EvaluatorContext(state=state))
+    engine = publishing_engine(state, [banp_create(EvaluatorContext())])
     state.apply(banp({"subject": {"namespaces": {"matchLabels": {"ns": "x"}}}}))
-    managed = evaluator.managed_ips()
-    assert managed.ips == {_ip(ADDR["x/a"]), _ip(ADDR6["x/a"]), _ip(ADDR["x/b"])}
-    assert not managed.divert_all
+    assert set(engine.managed.addresses) == {_ip(ADDR["x/a"]), _ip(ADDR6["x/a"]), _ip(ADDR["x/b"])}
+    assert not engine.managed.divert_all
     state.delete("BaselineAdminNetworkPolicy", "", "default")
-    assert evaluator.managed_ips().ips == frozenset()
+    assert set(engine.managed.addresses) == set()
 
 
 # ------------------------------------------------------ with NetworkPolicy too
@@ -207,9 +210,9 @@ def _np(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 def test_full_pipeline_networkpolicy_shadows_the_banp(state: ClusterState) -> None:
     if not HAVE_NETWORKPOLICY:
         pytest.skip("kube_netpol.evaluators.networkpolicy is not there yet")
-    from kube_netpol.plugins import build_engine
+    from kube_netpol.plugins import DEFAULT_PIPELINE, build_pipeline
 
-    engine = build_engine(state)
+    engine = publishing_engine(state, build_pipeline(DEFAULT_PIPELINE))
     state.apply(banp({"subject": ALL_NAMESPACES, "ingress": [{"name": "deny-y", "action": "Deny", "from": from_ns(ns="y")}]}))
     assert not check(engine, "y/a", "x/a").allowed
     assert not check(engine, "y/a", "z/a").allowed

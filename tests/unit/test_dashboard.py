@@ -7,13 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from kube_netpol.api import Decision, Packet, Verdict
-from kube_netpol.engine import END_OF_PIPELINE, Judgement
-from kube_netpol.observability.metrics import AgentCollector, VerdictMetrics
+from kube_netpol.agent.verdict_loop import VerdictLoop
+from kube_netpol.api import Decision, Verdict
+from kube_netpol.observability.exposition import generate_text
+from kube_netpol.observability.metrics import AgentCollector, ControlStats, VerdictMetrics
 from kube_netpol.observability.nfqueue_proc import QueueStats
+from kube_netpol.tools.testing.metrics_text import parse_metrics
+from unit_standins import ByPort, Queued, engine_of, syn
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -38,23 +40,26 @@ TOKEN = re.compile(r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<ident>[A-Za-z_:][A-
 
 def exported_series() -> dict[str, set[str]]:
     """Sample name -> label names, scraped from the agent's collectors as run.py registers them."""
-    verdicts = VerdictMetrics()
-    tcp = Packet(4, 6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 40000, 80)
     deny = Decision(Verdict.DENY, "x/deny-all", "", "isolated")
     allow = Decision(Verdict.ACCEPT, "x/allow", "ingress[0]", "allowed")
-    verdicts.observe(tcp, Judgement(Verdict.DENY, END_OF_PIPELINE, "", deny, "networkpolicy"), True, 12_000)
-    verdicts.observe(tcp, Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", allow, "networkpolicy"), True, 3_000)
-    verdicts.observe(tcp, Judgement(Verdict.DENY, END_OF_PIPELINE, "", deny, "networkpolicy"), False, 8_000)
+    engine = engine_of(ByPort({80: deny, 81: allow, 82: deny}))
+    # Through the verdict loop's own recording: a denial audit mode let through, an allowed and a denied connection.
+    VerdictLoop(engine, 100, fail_open=True, audit=True).handle(Queued(syn(80)))
+    normal = VerdictLoop(engine, 100, fail_open=True)
+    normal.handle(Queued(syn(81)))
+    normal.handle(Queued(syn(82)))
+    control = ControlStats()
+    control.record_sync(0.004, ok=True)
+    control.record_sync(0.2, ok=False)
+    control.record_apply_latency(0.03)
     collector = AgentCollector(
-        verdicts,
+        VerdictMetrics(engine),
+        control,
         invalid_objects=lambda: {"NetworkPolicy": 1},
         managed_ips=lambda: (2, 1),
         cache_stats=lambda: (5, 3),
         queue_stats=lambda: [QueueStats(100, 1234, 2, 2, 128, 7, 1, 99)],
     )
-    collector.record_sync(0.004, ok=True)
-    collector.record_sync(0.2, ok=False)
-    collector.record_apply_latency(0.03)
     registry = CollectorRegistry()
     registry.register(collector)
     # The agent registers into prometheus_client's default registry, which also has these.
@@ -62,7 +67,7 @@ def exported_series() -> dict[str, set[str]]:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     series: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in parse_metrics(generate_text(registry).decode()).values():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
     return series

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from kube_netpol.api import Decision, Packet, Verdict
-from kube_netpol.api.podinfo import Namespace, PodInfo
-from kube_netpol.engine import END_OF_PIPELINE, Judgement
+from kube_netpol.api import Decision, Packet, PodRecord, Verdict
+from kube_netpol.engine import END_OF_PIPELINE, Judgement, PolicyEngine
 from kube_netpol.observability.decisions import DecisionLogger, TokenBucket, decision_record
-from kube_netpol.state.store import ClusterState
-from unit_standins import Queued
+from kube_netpol.plugins import build_engine
+from kube_netpol.state import ClusterState
+from unit_standins import Queued, pod_record
 
 ALLOW_NP = Decision(Verdict.ACCEPT, "y/allow-x", "ingress[0]", "allowed by y/allow-x ingress[0]")
 DENY_NP = Decision(Verdict.DENY, "y/deny-all", "", "isolated for ingress by policy y/deny-all; no rule admits the packet")
@@ -33,7 +33,13 @@ def denied_by_ingress() -> Judgement:
 
 
 def cluster() -> ClusterState:
-    state = ClusterState()
+    return cluster_engine().state  # type: ignore[return-value]
+
+
+def cluster_engine() -> PolicyEngine:
+    """The default pipeline's engine over namespaces x and y with pods x/a and y/b (published)."""
+    engine = build_engine()
+    state = engine.state
     for ns in ("x", "y"):
         state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for ns, name, ip in (("x", "a", X_A), ("y", "b", Y_B)):
@@ -42,7 +48,8 @@ def cluster() -> ClusterState:
             "spec": {"containers": [{"name": "c"}]},
             "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
         })
-    return state
+    engine.publish()
+    return engine
 
 
 class FakeClock:
@@ -92,9 +99,9 @@ def test_addresses_that_are_not_pods_stay_addresses_and_ipv6_is_named() -> None:
 def test_pods_are_resolved_when_the_record_is_written() -> None:
     class Directory:
         def __init__(self) -> None:
-            self.pods: dict[bytes, PodInfo] = {}
+            self.pods: dict[bytes, PodRecord] = {}
 
-        def pod_info_by_ip(self, ip: bytes) -> PodInfo | None:
+        def pod_by_ip(self, ip: bytes) -> PodRecord | None:
             return self.pods.get(ip)
 
     directory = Directory()
@@ -102,7 +109,7 @@ def test_pods_are_resolved_when_the_record_is_written() -> None:
     logger = DecisionLogger(stream, provider=directory)
     logger.observe(packet(), denied_by_ingress(), False, 1)
     # The pod appears after the packet was judged but before the writer runs.
-    directory.pods[ipaddress.ip_address(X_A).packed] = PodInfo(name="a", namespace=Namespace(name="x"))
+    directory.pods[ipaddress.ip_address(X_A).packed] = pod_record(name="a", namespace="x")
     logger.drain()
     assert (lines(stream)[0]["src"], lines(stream)[0]["dst"]) == ("x/a", Y_B)
 
@@ -257,12 +264,13 @@ def test_observe_is_safe_while_the_writer_drains() -> None:
 # ------------------------------------------------- with the real verdict loop
 
 
-def cluster_denying_ingress_to_y() -> ClusterState:
-    state = cluster()
-    state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                 "metadata": {"name": "deny-all", "namespace": "y"},
-                 "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
-    return state
+def engine_denying_ingress_to_y() -> PolicyEngine:
+    engine = cluster_engine()
+    engine.state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",  # type: ignore[attr-defined]
+                        "metadata": {"name": "deny-all", "namespace": "y"},
+                        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    engine.publish()
+    return engine
 
 
 @pytest.mark.parametrize("audit", [False, True])
@@ -270,15 +278,11 @@ def test_records_from_the_verdict_loop_with_real_policies(audit: bool) -> None:
     from scapy.layers.inet import IP, TCP
 
     from kube_netpol.agent.verdict_loop import VerdictLoop
-    from kube_netpol.observability.metrics import VerdictMetrics
-    from kube_netpol.plugins import build_engine
 
-    state = cluster_denying_ingress_to_y()
+    engine = engine_denying_ingress_to_y()
     stream = io.StringIO()
-    logger = DecisionLogger(stream, provider=state)
-    metrics = VerdictMetrics()
-    loop = VerdictLoop(build_engine(state), 100, fail_open=True, audit=audit, observer=logger.observe,
-                       stats=metrics.stats)
+    logger = DecisionLogger(stream, provider=engine.state)
+    loop = VerdictLoop(engine, 100, fail_open=True, audit=audit, observer=logger.observe)
     denied = Queued(bytes(IP(src=X_A, dst=Y_B) / TCP(sport=40001, dport=80, flags="S")))
     allowed = Queued(bytes(IP(src=Y_B, dst=X_A) / TCP(sport=40002, dport=81, flags="S")))
     loop.handle(denied)
@@ -297,14 +301,12 @@ def test_a_spent_budget_keeps_the_verdict_loop_on_its_fast_path(only_denied: boo
     from scapy.layers.inet import IP, TCP
 
     from kube_netpol.agent.verdict_loop import VerdictLoop
-    from kube_netpol.plugins import build_engine
 
-    state = cluster_denying_ingress_to_y()
+    engine = engine_denying_ingress_to_y()
     clock = FakeClock()
     stream = io.StringIO()
-    logger = DecisionLogger(stream, provider=state, rate=10, burst=10, interval=0.1, clock=clock,
+    logger = DecisionLogger(stream, provider=engine.state, rate=10, burst=10, interval=0.1, clock=clock,
                             only_denied=only_denied, report_interval=1000)
-    engine = build_engine(state)
     loop = VerdictLoop(engine, 100, fail_open=True, observer=logger.observe, observer_gate=logger.gate)
     denied = [Queued(bytes(IP(src=X_A, dst=Y_B) / TCP(sport=port, dport=80, flags="S"))) for port in range(1000, 2000)]
     allowed = [Queued(bytes(IP(src=Y_B, dst=X_A) / TCP(sport=port, dport=81, flags="S"))) for port in range(1000, 1100)]
@@ -313,9 +315,9 @@ def test_a_spent_budget_keeps_the_verdict_loop_on_its_fast_path(only_denied: boo
     assert all(q.verdicts == ["drop"] for q in denied)
     # The burst's ten records were made; then the gate closed and the rest were table hits, not parsed.
     assert not logger.gate.open
-    assert engine.cache_misses + engine.cache_hits == 10
-    (flow,) = loop.stats.flows.values()
-    assert (flow.judged, flow.hits) == (10, 990)
+    (flow,) = engine.snapshot.flows.values()
+    assert (flow.judged, flow.hits) == (10, 990)  # ten parsed (one of them judged by the pipeline), the rest hits
+    assert engine.history.totals(engine.snapshot.flows).entries == 1
     for queued in allowed:
         loop.handle(queued)
     assert all(q.verdicts == ["accept"] for q in allowed)

@@ -304,13 +304,15 @@ def test_missing_or_unreadable_state_exits_2(capsys: pytest.CaptureFixture[str],
 
 
 def test_explain_connection_api(scenario: str) -> None:
-    loaded = explain_state.load_scenario(scenario, 1)
-    engine = build_engine(loaded.state)
-    result = explain_connection(loaded.state, engine, "y/b", "x/a", 80, "tcp")
+    engine = build_engine()
+    loaded = explain_state.load_scenario(engine.state, scenario, 1)
+    engine.publish()
+    assert "after step 1/" in loaded.description
+    result = explain_connection(engine.state, engine, "y/b", "x/a", 80, "tcp")
     assert result.allowed and result.exit_code == 0
     assert result.explanation.judgement.ingress.policy == "x/only-80"
     with pytest.raises(ExplainError, match="unknown protocol"):
-        explain_connection(loaded.state, engine, "y/b", "x/a", 80, "icmp")
+        explain_connection(engine.state, engine, "y/b", "x/a", 80, "icmp")
 
 
 # ----------------------------------------------------------------- live cluster
@@ -358,12 +360,11 @@ def test_kubeconfig_lists_the_cluster_once(
 def test_kubeconfig_without_admin_network_policy_crds(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kube_netpol.tools.testing import FakeApiServer, apiserver
+    from kube_netpol.tools.testing import FakeApiServer, default_kinds
 
-    for resource in apiserver.FAKE_RESOURCES:
-        if resource.kind.endswith("AdminNetworkPolicy"):
-            monkeypatch.delitem(apiserver._BY_PREFIX, (resource.prefix, resource.plural))  # noqa: SLF001 - a CRD-less cluster
-    with FakeApiServer() as server:
+    # A cluster without the network-policy-api CRDs: it does not serve those kinds at all.
+    served = [kind for kind in default_kinds() if not kind.kind.endswith("AdminNetworkPolicy")]
+    with FakeApiServer(kinds=served) as server:
         server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
         server.create(pod("shop", "web", "10.1.0.5", {"app": "web"}, []))
         server.create(pod("shop", "db", "10.1.0.6", {"app": "db"}, []))

@@ -10,12 +10,12 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
 from scapy.layers.sctp import SCTP
 
 from kube_netpol.agent.verdict_loop import VerdictLoop
-from kube_netpol.api import Decision, ManagedIPs, NEXT, Verdict
-from kube_netpol.engine import END_OF_PIPELINE, Judgement, PolicyEngine
-from kube_netpol.observability import flowstats
-from kube_netpol.observability.flowstats import VerdictStats, flow_key, packet_flow_key, parsed_key, table_key
+from kube_netpol.api import Decision, NEXT, Verdict
+from kube_netpol.engine import END_OF_PIPELINE, Judgement, Snapshot
+from kube_netpol.engine import flows as flowstats
+from kube_netpol.engine.flows import FlowHistory, flow_key, packet_flow_key, parsed_key, table_key
 from kube_netpol.packet import parse_packet
-from unit_standins import NoPods, Queued
+from unit_standins import Queued, engine_of, touch
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_raw_keys_of_short_packets() -> None:
 
 def test_packets_the_raw_key_misreads_are_judged_every_time_but_share_an_entry() -> None:
     evaluator = Counting()
-    engine = PolicyEngine(NoPods(), [evaluator])
+    engine = engine_of(evaluator)
     loop = VerdictLoop(engine, 100, fail_open=True)
     with_options = bytes(IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") / TCP(sport=1, dport=81))
     plain = syn(40000, 81)
@@ -70,15 +70,18 @@ def test_packets_the_raw_key_misreads_are_judged_every_time_but_share_an_entry()
         queued = Queued(payload)
         loop.handle(queued)
         assert queued.verdicts == ["drop"]
-    assert evaluator.asked == 1  # the engine's cache answered the rest
-    assert engine.cache_hits == 2  # both packets with options were parsed; the second plain SYN was a table hit
-    assert sorted(len(key) for key in loop.stats.flows) == [3, 5]  # a parsed-key entry and a raw-key entry
-    assert loop.stats.totals().packets == {(6, 4, False): 4}
+    assert evaluator.asked == 1  # the flow table answered the rest
+    flows = engine.snapshot.flows
+    assert sorted(len(key) for key in flows) == [3, 5]  # a parsed-key entry and a raw-key entry
+    by_length = {len(key): flow for key, flow in flows.items()}
+    # Both packets with options were parsed (the second found the parsed-key entry); the second plain SYN was a hit.
+    assert (by_length[3].judged, by_length[3].hits) == (2, 0) and (by_length[5].judged, by_length[5].hits) == (1, 1)
+    assert engine.history.totals(flows).packets == {(6, 4, False): 4}
 
 
 def test_a_cut_packet_gets_at_most_its_flow_keys_verdict() -> None:
     evaluator = Counting()
-    loop = VerdictLoop(PolicyEngine(NoPods(), [evaluator]), 100, fail_open=True)
+    loop = VerdictLoop(engine_of(evaluator), 100, fail_open=True)
     whole = syn(40000, 81)
     loop.handle(Queued(whole))  # judged: denied
     cut = Queued(whole[:30])  # the same flow key, TCP header cut short
@@ -97,10 +100,6 @@ class Counting:
     def __init__(self) -> None:
         self.asked = 0
         self.deny = Decision(Verdict.DENY, "x/deny", "ingress[0]")
-        self.sync = None
-
-    def ready(self) -> bool:
-        return True
 
     def evaluate_egress(self, packet, src, dst):
         return NEXT
@@ -109,11 +108,11 @@ class Counting:
         self.asked += 1
         return self.deny if packet.dst_port == 81 else NEXT
 
-    def managed_ips(self):
-        return ManagedIPs()
 
-    def set_sync_callback(self, callback) -> None:
-        self.sync = callback
+def snapshot_of(max_flows: int = 65536) -> tuple[Snapshot, FlowHistory]:
+    """A snapshot with no stages and its flow history."""
+    history = FlowHistory(max_flows=max_flows)
+    return Snapshot(1, "", (), (), lambda ip: None, history), history
 
 
 def syn(sport: int, dport: int) -> bytes:
@@ -122,21 +121,22 @@ def syn(sport: int, dport: int) -> bytes:
 
 def test_repeated_flow_keys_skip_the_engine_until_verdicts_change() -> None:
     evaluator = Counting()
-    engine = PolicyEngine(NoPods(), [evaluator])
+    engine = engine_of(evaluator)
     loop = VerdictLoop(engine, 100, fail_open=False)
     for sport in range(40000, 40010):  # ten new connections to one service
         queued = Queued(syn(sport, 81))
         loop.handle(queued)
         assert queued.verdicts == ["drop"]
     assert evaluator.asked == 1
-    assert engine.cache_misses == 1 and engine.cache_hits == 0  # the flow table answered first
-    # A policy change retires the table: the next packet is judged again.
+    (flow,) = engine.snapshot.flows.values()
+    assert (flow.judged, flow.hits) == (1, 9)  # the flow table answered after the first
+    # A change publishes a new snapshot with a new table: the next packet is judged again.
     evaluator.deny = Decision(Verdict.ACCEPT, "x/allow", "ingress[0]")
-    evaluator.sync()
+    touch(engine)
     queued = Queued(syn(40011, 81))
     loop.handle(queued)
     assert queued.verdicts == ["accept"] and evaluator.asked == 2
-    totals = loop.stats.totals()
+    totals = engine.history.totals(engine.snapshot.flows)
     assert totals.packets == {(6, 4, False): 10, (6, 4, True): 1}
     assert totals.decisions[("ingress", "counting", "x/deny", "deny")] == 10
     assert totals.decisions[("ingress", "counting", "x/allow", "allow")] == 1
@@ -144,44 +144,45 @@ def test_repeated_flow_keys_skip_the_engine_until_verdicts_change() -> None:
 
 
 def test_audit_mode_accepts_and_counts_would_be_denials() -> None:
-    loop = VerdictLoop(PolicyEngine(NoPods(), [Counting()]), 100, fail_open=False, audit=True)
+    engine = engine_of(Counting())
+    loop = VerdictLoop(engine, 100, fail_open=False, audit=True)
     for sport in range(40000, 40003):
         queued = Queued(syn(sport, 81))
         loop.handle(queued)
         assert queued.verdicts == ["accept"]
-    totals = loop.stats.totals()
+    totals = engine.history.totals(engine.snapshot.flows)
     assert totals.packets == {(6, 4, True): 3} and totals.would_deny == {(6, 4): 3}
 
 
 def test_full_tables_are_retired_and_nothing_is_lost(monkeypatch) -> None:
     monkeypatch.setattr(flowstats, "FOLD_AFTER_SECONDS", 0.0)
-    stats = VerdictStats(max_flows=4)
+    snapshot, history = snapshot_of(max_flows=4)
     judgement = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
     for port in range(1, 11):
-        flow = stats.add((b"\x00" * 8, 6, port), judgement, True, 6, 4)
+        flow = snapshot.add_flow((b"\x00" * 8, 6, port), judgement, True, 6, 4)
         flow.record(1500)
-    assert len(stats.flows) <= 4
-    first = stats.totals()
+    assert len(snapshot.flows) <= 4
+    first = history.totals(snapshot.flows)
     assert first.packets == {(6, 4, True): 10}
     assert first.buckets[(6, 4)][1] == 10  # 1.5 µs rounds up into the le=10 bucket
     time.sleep(0.01)
-    again = stats.totals()  # retired tables folded exactly once
+    again = history.totals(snapshot.flows)  # retired tables folded exactly once
     assert again.packets == {(6, 4, True): 10} and again.total_ns == {(6, 4): 15000}
 
 
 def test_a_displaced_entry_keeps_its_counts() -> None:
-    stats = VerdictStats()
+    snapshot, history = snapshot_of()
     allow = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
     key = (b"\x00" * 8, 17, 53)
-    stats.add(key, allow, True, 17, 4).record(1000)
-    stats.add(key, allow, True, 17, 4).record(1000)
-    assert stats.totals().packets == {(17, 4, True): 2}
+    snapshot.add_flow(key, allow, True, 17, 4).record(1000)
+    snapshot.add_flow(key, allow, True, 17, 4).record(1000)
+    assert history.totals(snapshot.flows).packets == {(17, 4, True): 2}
 
 
 def test_untimed_hits_count_with_the_timed_hit_before_them() -> None:
     allow = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
-    stats = VerdictStats()
-    flow = stats.add((b"\x00" * 8, 6, 80), allow, True, 6, 4)
+    snapshot, stats = snapshot_of()
+    flow = snapshot.add_flow((b"\x00" * 8, 6, 80), allow, True, 6, 4)
     flow.record(5_000)  # judged: 5 µs, le=10
     flow.hits += 3  # three untimed hits: no timed hit yet, so they count as the judged packet
     assert flow.snapshot() == (4, [0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 20_000)
@@ -192,7 +193,7 @@ def test_untimed_hits_count_with_the_timed_hit_before_them() -> None:
     assert flow.snapshot() == (8, [1, 4, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], 920_700)
     assert flow.packets == 8 and flow.judged == 2 and flow.hits == 6
     # A new flow's untimed hits count as the last timed hit of any flow, not as its judged packet.
-    other = stats.add((b"\x00" * 8, 6, 81), allow, True, 6, 4)
+    other = snapshot.add_flow((b"\x00" * 8, 6, 81), allow, True, 6, 4)
     other.record(9_000)
     other.hits += 2
     assert other.snapshot() == (3, [0, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 609_000)
@@ -203,21 +204,22 @@ def test_the_loop_times_one_packet_in_timing_every(monkeypatch) -> None:
 
     clock = iter(range(0, 10**9, 1_000))  # every reading 1 µs after the last
     monkeypatch.setattr(verdict_loop, "perf_counter_ns", lambda: next(clock))
-    loop = VerdictLoop(PolicyEngine(NoPods(), [Counting()]), 100, fail_open=True)
+    engine = engine_of(Counting())
+    loop = VerdictLoop(engine, 100, fail_open=True)
     every = flowstats.TIMING_EVERY
     count = 2 * every + 3
     for sport in range(40000, 40000 + count):
         loop.handle(Queued(syn(sport, 80)))
-    (flow,) = loop.stats.flows.values()
+    (flow,) = engine.snapshot.flows.values()
     assert flow.judged == 1 and flow.hits == count - 1
     # Timed: packets 0 (judged), every and 2 * every (hits, each standing for TIMING_EVERY hits).
-    assert loop.stats.recent_samples() == [(1_000, 1), (1_000, every), (1_000, every)]
+    assert engine.history.recent_samples() == [(1_000, 1), (1_000, every), (1_000, every)]
     packets, buckets, total_ns = flow.snapshot()
     assert packets == count and sum(buckets) == count and total_ns == count * 1_000
     # A judged packet that is not due for timing is timed from the start of its parse.
     loop.handle(Queued(syn(40000, 82)))
-    assert loop.stats.recent_samples()[-1] == (1_000, 1)
-    totals = loop.stats.totals()
+    assert engine.history.recent_samples()[-1] == (1_000, 1)
+    totals = engine.history.totals(engine.snapshot.flows)
     assert totals.packets == {(6, 4, True): count + 1} and sum(totals.buckets[(6, 4)]) == count + 1
 
 
@@ -226,14 +228,15 @@ def test_scrapes_see_every_histogram_bucket_grow_monotonically() -> None:
     import threading
 
     evaluator = Counting()
-    loop = VerdictLoop(PolicyEngine(NoPods(), [evaluator]), 100, fail_open=True)
+    engine = engine_of(evaluator)
+    loop = VerdictLoop(engine, 100, fail_open=True)
     payloads = [syn(40000 + i % 20000, 80 + i % 3) for i in range(20_000)]
     stop = threading.Event()
     seen: list[list[int]] = []
 
     def scrape() -> None:
         while not stop.is_set():
-            buckets = loop.stats.totals().buckets.get((6, 4))
+            buckets = engine.history.totals(engine.snapshot.flows).buckets.get((6, 4))
             if buckets:
                 seen.append(list(buckets))
 
@@ -245,7 +248,7 @@ def test_scrapes_see_every_histogram_bucket_grow_monotonically() -> None:
         for i, payload in enumerate(payloads):
             loop.handle(Queued(payload))
             if i % 2000 == 1999:
-                evaluator.sync()  # retire the table now and then, as policy changes do
+                touch(engine)  # retire the table now and then, as policy changes do
     finally:
         stop.set()
         scraper.join()

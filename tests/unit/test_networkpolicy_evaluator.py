@@ -19,13 +19,14 @@ from kube_netpol.api import (
     PolicyEvaluator,
     Verdict,
 )
+from kube_netpol.api import NO_PORT_NAMES
 from kube_netpol.engine import PolicyEngine
+from kube_netpol.evaluators import indexed
 from kube_netpol.evaluators import networkpolicy as npmod
-from kube_netpol.evaluators import pod_memo
 from kube_netpol.evaluators.networkpolicy import NetworkPolicyEvaluator, create
+from kube_netpol.api import NODE_KIND
 from kube_netpol.policy import rule_index
-from kube_netpol.state import ClusterState
-from kube_netpol.policy.ports import NO_PORT_NAMES, port_names
+from kube_netpol.state import ClusterState, KindRegistry
 
 # Addresses: (IPv4, IPv6) per pod.
 ADDR = {
@@ -72,21 +73,37 @@ def netpol(ref: str, spec: dict) -> dict:
 
 
 class Cluster:
-    """A ClusterState, the evaluator and an engine, with helpers that speak in pod names."""
+    """The engine with only this evaluator, as the agent builds it, with helpers that speak in pod names.
+
+    Every change is published at once, as the agent's control thread does after each batch.
+    """
 
     def __init__(self) -> None:
-        self.state = ClusterState(cluster_id="c1", node_name="node-1")
+        evaluator = create(EvaluatorContext())
+        # Nodes too, although this evaluator does not read them: a node relabel rebuilds its pods' records.
+        self.state = ClusterState(KindRegistry([*evaluator.kinds, NODE_KIND]), cluster_id="c1", node_name="node-1")
+        self.engine = PolicyEngine(self.state, [evaluator])
         self.state.apply(namespace("x", team="x-team"))
         self.state.apply(namespace("y", team="y-team", env="prod"))
         self.state.apply(namespace("z"))
         for ref in ("x/a", "x/b", "x/c", "y/a", "y/b", "z/a"):
             self.state.apply(pod(ref))
         self.state.apply(pod("x/host", {"pod": "host"}, hostNetwork=True))
-        self.evaluator = create(EvaluatorContext(self.state))
-        self.engine = PolicyEngine(self.state, [self.evaluator])
+        self.engine.publish()
+        (self.evaluator,) = self.engine.evaluators
 
     def apply(self, obj: dict) -> None:
         assert self.state.apply(obj), obj
+        self.engine.publish()
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        deleted = self.state.delete(kind, namespace, name)
+        self.engine.publish()
+        return deleted
+
+    @property
+    def memo(self) -> dict:
+        return self.evaluator.stage.memo  # type: ignore[attr-defined, no-any-return]
 
     def packet(self, src: str, dst: str, protocol: int | str = "TCP", port: int = 80, family: int = 4) -> Packet:
         i = 0 if family == 4 else 1
@@ -97,18 +114,18 @@ class Cluster:
 
     def ingress(self, src: str, dst: str, protocol: int | str = "TCP", port: int = 80, family: int = 4):
         packet = self.packet(src, dst, protocol, port, family)
-        return self.evaluator.evaluate_ingress(
-            packet, self.state.pod_info_by_ip(packet.src), self.state.pod_info_by_ip(packet.dst)
+        return self.evaluator.stage.evaluate_ingress(  # type: ignore[attr-defined]
+            packet, self.state.pod_by_ip(packet.src), self.state.pod_by_ip(packet.dst)
         )
 
     def egress(self, src: str, dst: str, protocol: int | str = "TCP", port: int = 80, family: int = 4):
         packet = self.packet(src, dst, protocol, port, family)
-        return self.evaluator.evaluate_egress(
-            packet, self.state.pod_info_by_ip(packet.src), self.state.pod_info_by_ip(packet.dst)
+        return self.evaluator.stage.evaluate_egress(  # type: ignore[attr-defined]
+            packet, self.state.pod_by_ip(packet.src), self.state.pod_by_ip(packet.dst)
         )
 
     def managed(self) -> set[str]:
-        ips = self.evaluator.managed_ips().ips
+        ips = set(self.engine.managed.addresses)
         return {ref for ref, addrs in ADDR.items() if any(ipaddress.ip_address(a).packed in ips for a in addrs)}
 
 
@@ -131,21 +148,22 @@ def test_it_is_a_policy_evaluator_named_networkpolicy(c: Cluster) -> None:
 def test_entry_point_builds_it() -> None:
     from kube_netpol.plugins import build_pipeline
 
-    (evaluator,) = build_pipeline(["networkpolicy"], ClusterState())
+    (evaluator,) = build_pipeline(["networkpolicy"])
     assert isinstance(evaluator, NetworkPolicyEvaluator)
+    assert [kind.kind for kind in evaluator.kinds] == ["NetworkPolicy"]
 
 
-def test_policies_present_before_the_evaluator_is_built_are_enforced() -> None:
-    state = ClusterState()
+def test_policies_present_before_the_engine_is_built_are_enforced() -> None:
+    evaluator = create(EvaluatorContext())
+    state = ClusterState(KindRegistry(evaluator.kinds), node_name="node-1")
     state.apply(namespace("x"))
     state.apply(pod("x/a"))
     state.apply(pod("x/b"))
-    state.apply(netpol("x/deny", {"podSelector": {"matchLabels": {"pod": "a"}}}))
-    evaluator = create(EvaluatorContext(state))
+    assert state.apply(netpol("x/deny", {"podSelector": {"matchLabels": {"pod": "a"}}}))
     engine = PolicyEngine(state, [evaluator])
     assert not engine.evaluate(Packet.from_strings("10.0.0.2", "10.0.0.1", "TCP", 80)).allowed
     assert engine.evaluate(Packet.from_strings("10.0.0.1", "10.0.0.2", "TCP", 80)).allowed
-    assert evaluator.managed_ips().ips == {ipaddress.ip_address(a).packed for a in ADDR["x/a"]}
+    assert set(engine.managed.addresses) == {ipaddress.ip_address(a).packed for a in ADDR["x/a"]}
 
 
 # ------------------------------------------------------------- isolation
@@ -425,7 +443,7 @@ def test_decisions_are_precompiled_objects(c: Cluster) -> None:
                                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "y-team"}}}]}]}))
     assert c.ingress("y/a", "x/a") is c.ingress("y/b", "x/a", port=443)
     assert c.ingress("z/a", "x/a") is c.ingress("z/a", "x/a", port=22)
-    assert c.ingress("y/a", "x/a") is c.state.policy_objects("NetworkPolicy")[("x", "from-y")].ingress[0].decision
+    assert c.ingress("y/a", "x/a") is c.state.objects("NetworkPolicy")[("x", "from-y")].ingress[0].decision
 
 
 # ---------------------------------------------------------- state changes
@@ -434,7 +452,7 @@ def test_decisions_are_precompiled_objects(c: Cluster) -> None:
 def test_deleting_a_policy_restores_access(c: Cluster) -> None:
     c.apply(netpol("x/deny-all", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))
     assert not c.allowed("y/a", "x/a") and not c.allowed("x/a", "y/a")
-    assert c.state.delete("NetworkPolicy", "x", "deny-all")
+    assert c.delete("NetworkPolicy", "x", "deny-all")
     assert c.allowed("y/a", "x/a") and c.allowed("x/a", "y/a")
     assert c.ingress("y/a", "x/a") is NEXT
     assert c.managed() == set()
@@ -490,7 +508,7 @@ def test_relabelling_a_namespace_changes_the_verdict(c: Cluster) -> None:
 def test_a_deleted_pod_is_not_a_peer_any_more(c: Cluster) -> None:
     c.apply(netpol("x/from-b", {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
     assert c.allowed("x/b", "x/a")
-    c.state.delete("Pod", "x", "b")
+    c.delete("Pod", "x", "b")
     assert not c.allowed("x/b", "x/a")  # its address is no pod now
     assert c.managed() == {"x/a", "x/c"}
 
@@ -498,9 +516,12 @@ def test_a_deleted_pod_is_not_a_peer_any_more(c: Cluster) -> None:
 def test_node_relabel_keeps_verdicts_right(c: Cluster) -> None:
     c.apply(netpol("x/from-b", {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
     assert c.allowed("x/b", "x/a") and not c.allowed("x/c", "x/a")
+    entries = dict(c.memo)
     c.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}}})
+    assert all(c.state.pod(key).node_labels == {"zone": "a"} for key in (("x", "a"), ("x", "b")))
     assert c.allowed("x/b", "x/a") and not c.allowed("x/c", "x/a")
-    assert len(c.evaluator._memo) == 3  # x/a, x/b, x/c: the entries of the replaced PodInfos were dropped
+    # Entries are keyed on the pods' labels, which a node relabel leaves as they are: all are reused.
+    assert all(c.memo[key] is entry for key, entry in entries.items())
 
 
 # ------------------------------------------------------------- managed IPs
@@ -515,7 +536,7 @@ def test_managed_ips_are_selected_policy_targets_in_either_direction(c: Cluster)
     assert c.managed() == {"y/b"}
     c.apply(pod("y/a", {"pod": "b"}))
     assert c.managed() == {"y/a", "y/b"}
-    c.state.delete("NetworkPolicy", "y", "ingress-b")
+    c.delete("NetworkPolicy", "y", "ingress-b")
     assert c.managed() == set()
 
 
@@ -523,19 +544,18 @@ def test_managed_ips_count_overlapping_policies(c: Cluster) -> None:
     c.apply(netpol("x/p1", {"podSelector": {"matchLabels": {"pod": "a"}}}))
     c.apply(netpol("x/p2", {"podSelector": {}}))
     assert c.managed() == {"x/a", "x/b", "x/c"}
-    c.state.delete("NetworkPolicy", "x", "p2")
+    c.delete("NetworkPolicy", "x", "p2")
     assert c.managed() == {"x/a"}  # still selected by p1
-    c.state.delete("NetworkPolicy", "x", "p1")
+    c.delete("NetworkPolicy", "x", "p1")
     assert c.managed() == set()
 
 
-def test_changes_tell_the_engine(c: Cluster) -> None:
-    calls: list[int] = []
-    c.evaluator.set_sync_callback(lambda: calls.append(1))
+def test_each_change_is_one_snapshot(c: Cluster) -> None:
+    generation = c.engine.generation
     c.apply(netpol("x/p", {"podSelector": {}}))
     c.apply(pod("x/a", {"pod": "a2"}))
     c.apply(namespace("x", team="other"))
-    assert len(calls) == 3
+    assert c.engine.generation == generation + 3
 
 
 # ----------------------------------------------------------- memo behaviour
@@ -564,55 +584,62 @@ def test_evaluation_does_not_scan_policies_that_do_not_select_the_pod(c: Cluster
 
 
 def test_memo_is_bounded(c: Cluster, monkeypatch) -> None:
-    monkeypatch.setattr(pod_memo, "MEMO_SIZE", 3)
+    monkeypatch.setattr(indexed, "MEMO_SIZE", 3)
     c.apply(netpol("x/from-b", {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
     for src in ("x/b", "x/c", "y/a", "y/b", "z/a", "x/b"):
-        c.ingress(src, "x/a")
-        assert len(c.evaluator._memo) <= 3
+        c.allowed(src, "x/a")
+        assert len(c.memo) <= 3
     assert c.ingress("x/b", "x/a").verdict is Verdict.ACCEPT
     assert c.ingress("x/c", "x/a").verdict is Verdict.DENY
 
 
 def test_a_policy_change_during_a_miss_leaves_the_stale_entry_in_the_replaced_memo(c: Cluster, monkeypatch) -> None:
     # The packet thread is building x/b's entry from the old policies when the control thread deletes one.
-    monkeypatch.setattr(pod_memo, "MEMO_SIZE", 1)  # and the memo is full: the store also empties it
+    monkeypatch.setattr(indexed, "MEMO_SIZE", 1)  # and the memo is full: the store also empties it
     c.apply(netpol("x/deny-all", {"podSelector": {}}))
     assert c.ingress("y/a", "x/a").verdict is Verdict.DENY
-    real_rules = c.evaluator._rules
+    old = c.evaluator.stage
+    real_rules = old._rules
     racing = True
 
     def rules_while_the_policy_goes(*args):  # type: ignore[no-untyped-def]
         nonlocal racing
         if racing:
             racing = False
-            c.state.delete("NetworkPolicy", "x", "deny-all")
+            c.delete("NetworkPolicy", "x", "deny-all")
         return real_rules(*args)
 
-    monkeypatch.setattr(c.evaluator, "_rules", rules_while_the_policy_goes)
-    assert c.ingress("y/a", "x/b").verdict is Verdict.DENY  # decided from the old policies, as it began
-    assert not racing
-    assert c.ingress("y/a", "x/b").verdict is Verdict.NEXT  # the entry built from the old policies was not kept
+    monkeypatch.setattr(old, "_rules", rules_while_the_policy_goes)
+    packet = c.packet("y/a", "x/b")
+    # The packet holds the stage it read: decided from the old policies, as it began.
+    assert old.evaluate_ingress(packet, c.state.pod_by_ip(packet.src), c.state.pod_by_ip(packet.dst)).verdict is Verdict.DENY
+    assert not racing and c.evaluator.stage is not old
+    assert c.ingress("y/a", "x/b").verdict is Verdict.NEXT  # the entry built from the old policies is not in the new memo
 
 
-def test_namespace_relabel_drops_the_replaced_pod_infos(c: Cluster) -> None:
+def test_a_peer_namespace_relabel_keeps_the_targets_entries(c: Cluster) -> None:
     c.apply(netpol("x/from-y", {"podSelector": {},
                                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "y-team"}}}]}]}))
     assert c.allowed("y/a", "x/a") and c.allowed("y/b", "x/b")
-    assert len(c.evaluator._memo) == 4
+    entries = dict(c.memo)
+    assert all(id(c.state.pod(key).labels) in entries for key in (("x", "a"), ("x", "b"), ("y", "a"), ("y", "b")))
     c.apply(namespace("y", team="gone"))
     assert not c.allowed("y/a", "x/a")
-    assert len(c.evaluator._memo) == 2  # the new y/a and x/a; no entry holds a replaced PodInfo
+    assert c.memo == entries  # peers are read as they are now; the targets' rules did not change
 
 
-def test_pod_change_drops_its_entry(c: Cluster) -> None:
+def test_a_relabelled_pod_gets_a_new_entry(c: Cluster) -> None:
     c.apply(netpol("x/deny-web", {"podSelector": {"matchLabels": {"role": "web"}}}))
     assert c.allowed("y/a", "x/a")
-    assert len(c.evaluator._memo) == 2
+    old_labels = c.state.pod(("x", "a")).labels
+    old_entry = c.memo[id(old_labels)]
+    assert old_entry.ingress is None
     c.apply(pod("x/a", {"pod": "a", "role": "web"}))
     assert not c.allowed("y/a", "x/a")
-    assert len(c.evaluator._memo) == 2  # the new x/a and y/a
-    c.state.delete("Pod", "y", "a")
-    assert len(c.evaluator._memo) == 1
+    new_labels = c.state.pod(("x", "a")).labels
+    assert new_labels is not old_labels and c.memo[id(new_labels)].ingress is not None
+    # The old labels' entry stays until the memo is full; it answers for no record of the new labels.
+    assert c.memo[id(old_labels)] is old_entry and old_entry.labels is not new_labels
 
 
 # ------------------------------------------------ many rules: the port index
@@ -647,9 +674,9 @@ def test_an_earlier_rule_wins_over_a_later_one_of_another_kind(c: Cluster) -> No
     c.apply(netpol("x/c-tcp", {"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP"}]}]}))
     c.apply(netpol("x/d-any", {"podSelector": {}, "ingress": [{}]}))
     assert c.ingress("y/a", "x/a", port=80).policy == "x/a-80"  # all four admit it
-    c.state.delete("NetworkPolicy", "x", "a-80")
+    c.delete("NetworkPolicy", "x", "a-80")
     assert c.ingress("y/a", "x/a", port=80).policy == "x/b-http"
-    c.state.delete("NetworkPolicy", "x", "b-http")
+    c.delete("NetworkPolicy", "x", "b-http")
     assert c.ingress("y/a", "x/a", port=80).policy == "x/c-tcp"
     assert c.ingress("y/a", "x/a", "UDP", 80).policy == "x/d-any"
 
@@ -704,8 +731,8 @@ def test_pods_selected_by_the_same_policies_share_one_index(c: Cluster) -> None:
     assert c.ingress("z/a", "y/a").verdict is Verdict.ACCEPT
 
     def index_of(ref: str):  # type: ignore[no-untyped-def]
-        info = c.state.pod_info_by_ip(ipaddress.ip_address(ADDR[ref][0]).packed)
-        return c.evaluator._memo[id(info)].ingress
+        record = c.state.pod_by_ip(ipaddress.ip_address(ADDR[ref][0]).packed)
+        return c.memo[id(record.labels)].ingress
 
     x_index, y_index = index_of("x/a"), index_of("y/a")
     assert x_index is index_of("x/b") and x_index is not y_index
@@ -744,22 +771,22 @@ _ENDPOINTS = ["x/a", "x/c", "y/a", "y/b", "ext"]
 
 def _reference(state: ClusterState, direction: str, packet: Packet) -> Any:
     """The decision by trying every rule of every isolating policy in order, as the API describes it."""
-    src, dst = state.pod_info_by_ip(packet.src), state.pod_info_by_ip(packet.dst)
+    src, dst = state.pod_by_ip(packet.src), state.pod_by_ip(packet.dst)
     target, peer, address = (dst, src, packet.src) if direction == "ingress" else (src, dst, packet.dst)
     if target is None:
         return NEXT
     policies = sorted(
-        (p for (ns, _), p in state.policy_objects("NetworkPolicy").items()
-         if ns == target.namespace.name and p.selects(dict(target.labels))
+        (p for (ns, _), p in state.objects("NetworkPolicy").items()
+         if ns == target.namespace and p.selects(dict(target.labels))
          and (p.isolates_ingress if direction == "ingress" else p.isolates_egress)),
         key=lambda p: p.name,
     )
     if not policies:
         return NEXT
     labels = None if peer is None else dict(peer.labels)
-    namespace = "" if peer is None else peer.namespace.name
-    namespace_labels = {} if peer is None else dict(peer.namespace.labels)
-    receiver_ports = NO_PORT_NAMES if dst is None else port_names(dst)
+    namespace = "" if peer is None else peer.namespace
+    namespace_labels = {} if peer is None else dict(peer.namespace_labels)
+    receiver_ports = NO_PORT_NAMES if dst is None else dst.port_names
     for policy in policies:
         for rule in getattr(policy, direction):
             if rule.admits(address, labels, namespace, namespace_labels, packet.protocol, packet.dst_port, receiver_ports):

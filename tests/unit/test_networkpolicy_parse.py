@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ContainerPort, PodInfo, Verdict
+from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, NO_PORT_NAMES, PortNames, Verdict
 from kube_netpol.policy import rule_index
-from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.ports import NO_PORT_NAMES, PortNames, port_names
+from kube_netpol.api.errors import InvalidObject
+from kube_netpol.state.store import port_names_of
 from kube_netpol.policy.networkpolicy import EGRESS, INGRESS, NetworkPolicy, NetworkPolicyRule, parse_network_policy
 from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 
@@ -221,8 +221,8 @@ def test_end_port_is_an_inclusive_range() -> None:
 
 
 def test_named_port_resolves_on_the_receiver_with_the_rule_protocol() -> None:
-    receiver = port_names(PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
-                                                   ContainerPort(name="dns", port=53, protocol="UDP")]))
+    receiver = port_names_of((("http", 8080, "TCP"),
+                                                   ("dns", 53, "UDP"),))
     http = ports_of([{"port": "http"}])
     assert http.matches(IPPROTO_TCP, 8080, receiver)
     assert not http.matches(IPPROTO_TCP, 80, receiver)
@@ -352,17 +352,16 @@ def test_parsing_does_not_modify_the_object() -> None:
 
 
 def test_the_store_refuses_invalid_policies_and_keeps_the_last_good_one() -> None:
+    from kube_netpol.plugins import registry_for
     from kube_netpol.state import ClusterState
 
-    state = ClusterState()
-    reasons: list[str] = []
-    state.subscribe_invalid(lambda kind, ref, reason: reasons.append(f"{kind} {ref}: {reason}"))
+    state = ClusterState(registry_for())
     assert state.apply(netpol({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))
     assert not state.apply(netpol({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 1}]}]}))
-    assert reasons == [
+    assert [str(refusal) for refusal in state.take_refusals()] == [
         "NetworkPolicy x/p: spec.ingress[0].ports[0].endPort: endPort 1 must be greater than or equal to port 80"
     ]
-    kept = state.policy_objects("NetworkPolicy")[("x", "p")]
+    kept = state.objects("NetworkPolicy")[("x", "p")]
     assert kept.ingress[0].ports.matches(IPPROTO_TCP, 80, NO_PORT_NAMES)
 
 
@@ -421,8 +420,8 @@ def test_index_narrows_to_the_rules_whose_ports_match() -> None:
         {"ports": [{"protocol": "TCP", "port": 1}, {"protocol": "TCP", "port": 2, "endPort": 65535}]},  # 6
     ]})
     index = build_rule_index(policy.ingress)
-    receiver = port_names(PodInfo(container_ports=[ContainerPort(name="http", port=8080, protocol="TCP"),
-                                                   ContainerPort(name="dns", port=53, protocol="UDP")]))
+    receiver = port_names_of((("http", 8080, "TCP"),
+                                                   ("dns", 53, "UDP"),))
     assert index_candidates(index, IPPROTO_TCP, 80, receiver) == ({0, 1, 2, 6}, set())
     assert index_candidates(index, IPPROTO_TCP, 82, receiver) == ({2, 6}, set())
     assert index_candidates(index, IPPROTO_TCP, 8080, receiver) == ({1, 2, 6}, set())  # named, on the receiver
@@ -450,7 +449,7 @@ def test_nested_wide_ranges_past_the_bound_are_left_to_be_checked(monkeypatch) -
     assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, None) == ({5, 6, 7, 8, 9, 10}, set())
     monkeypatch.setattr(rule_index, "MAX_SEGMENT_ENTRIES", 20)  # 10 nested ranges need 1+2+...+10+...
     assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, None) == ({10}, set(range(10)))
-    receiver = port_names(PodInfo(container_ports=[ContainerPort(name="http", port=995, protocol="TCP")]))
+    receiver = port_names_of((("http", 995, "TCP"),))
     assert index_candidates(build_rule_index(rules), IPPROTO_TCP, 995, receiver) == (set(range(11)), set(range(10)))
 
 
@@ -468,10 +467,10 @@ _RULES = st.lists(st.lists(_PORT_ENTRIES, max_size=4), min_size=1, max_size=12)
 _PACKET_PORTS = [0, 1, 2, 53, 69, 70, 79, 80, 81, 90, 91, 400, 443, 444, 510, 900, 8080, 59999, 60000, 65535]
 _RECEIVERS = [  # port names of receiving pods (the first is no pod)
     NO_PORT_NAMES,
-    port_names(PodInfo(container_ports=[ContainerPort(name="http", port=80, protocol="TCP"),
-                                        ContainerPort(name="dns", port=53, protocol="UDP")])),
-    port_names(PodInfo(container_ports=[ContainerPort(name="http", port=8080), ContainerPort(name="other", port=80),
-                                        ContainerPort(name="dns", port=53, protocol="TCP")])),
+    port_names_of((("http", 80, "TCP"),
+                                        ("dns", 53, "UDP"),)),
+    port_names_of((("http", 8080, ""), ("other", 80, ""),
+                                        ("dns", 53, "TCP"),)),
 ]
 
 

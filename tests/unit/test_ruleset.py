@@ -456,8 +456,8 @@ def test_dataplane_start_and_sync_are_single_transactions() -> None:
     assert dp.sync(["10.0.0.2"], ["fd00::1"], True)
     assert nft.transactions[-1][0] == {"flush": {"chain": {"family": "inet", "table": "t1", "name": CHAIN}}}
     assert dp.divert_all
-    assert dp.sync_managed(["10.0.0.3"], []) and dp.divert_all
-    assert dp.set_divert_all(False) and dp.managed == ({"10.0.0.3"}, frozenset())
+    assert dp.sync(["10.0.0.3"], [], True) and dp.divert_all
+    assert dp.sync(["10.0.0.3"], [], False) and dp.managed == ({"10.0.0.3"}, frozenset()) and not dp.divert_all
 
 
 def test_dataplane_xt_backend_adds_xt_rules_for_both_families() -> None:
@@ -718,3 +718,26 @@ def test_bug_1766_cleanup_removes_xt_rules_from_both_chains() -> None:
     run.chains["ip6tables", "PREROUTING"] = [list(rule), ["-j", "ACCEPT"]]
     cleanup("t1", nft=FakeNft(), xtables=Xtables(runner=run))  # type: ignore[arg-type]
     assert run.nonempty() == {("ip6tables", "PREROUTING"): [["-j", "ACCEPT"]]}
+
+
+def test_cleanup_says_what_it_removed_and_only_that() -> None:
+    from kube_netpol.agent.cleanup import describe
+
+    rule = queue_rule_args(mark=0x200000, queue_num=7, bypass=True, comment="t1")
+    run = FakeRunner([list(rule)])
+    run.chains["ip6tables", "PREROUTING"] = [list(rule), ["-j", "ACCEPT"]]
+    nft = FakeNft(tables={"t1": [{"table": {"family": "inet", "name": "t1"}}]})
+    removed = cleanup("t1", nft=nft, xtables=Xtables(runner=run))  # type: ignore[arg-type]
+    assert removed.table and not removed.nothing
+    assert {key: n for key, n in removed.xt_rules.items() if n} == {(4, "POSTROUTING"): 1, (6, "PREROUTING"): 1}
+    assert describe("t1", removed) == (
+        "removed table inet t1; removed xtables rules with comment t1: "
+        "1 in iptables mangle POSTROUTING, 1 in ip6tables mangle PREROUTING")
+
+    nft.tables.clear()  # the table is gone now, and so are our rules
+    again = cleanup("t1", nft=nft, xtables=Xtables(runner=run))  # type: ignore[arg-type]
+    assert again.nothing
+    assert describe("t1", again) == "nothing to remove: no table inet t1 and no xtables rules with comment t1"
+
+    only_rules = cleanup("t1", nft=nft, xtables=Xtables(runner=FakeRunner([list(rule)])))  # type: ignore[arg-type]
+    assert describe("t1", only_rules) == "no table inet t1; removed xtables rules with comment t1: 1 in iptables mangle POSTROUTING"

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ContainerPort, PodInfo
+from kube_netpol.api import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, NO_PORT_NAMES, PodInfo
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr
-from kube_netpol.policy.errors import InvalidObject
-from kube_netpol.policy.ports import ALL_PORTS, NO_PORT_NAMES, PortMatcher, check_port_number, parse_protocol, port_names
+from kube_netpol.api.errors import InvalidObject
+from kube_netpol.policy.ports import ALL_PORTS, PortMatcher, check_port_number, parse_protocol
+from kube_netpol.state.store import port_names_of
 from kube_netpol.policy.selectors import MATCH_ALL, parse_label_selector
 
 
@@ -75,7 +76,7 @@ def test_labels_and_expressions_are_anded() -> None:
 
 
 def test_selectors_read_protobuf_label_maps() -> None:
-    info = PodInfo(labels={"app": "web", "env": "prod"})
+    info = PodInfo(labels={"app": "web", "env": "prod"})  # a plugin may hold the reference's PodInfo
     assert parse_label_selector({"matchLabels": {"app": "web"}, "matchExpressions": [expr("env", "Exists")]}).matches(
         info.labels
     )
@@ -166,31 +167,29 @@ def test_all_ports_matches_every_protocol() -> None:
     assert not PortMatcher().matches(IPPROTO_TCP, 80, NO_PORT_NAMES)  # nothing listed: nothing matches
 
 
-RECEIVER = PodInfo(
-    container_ports=[
-        ContainerPort(name="http", port=8080, protocol="TCP"),
-        ContainerPort(name="legacy", port=8081, protocol=""),  # unset protocol means TCP
-        ContainerPort(name="dns", port=53, protocol="UDP"),
-    ]
-)
+RECEIVER = port_names_of((
+    ("http", 8080, "TCP"),
+    ("legacy", 8081, ""),  # unset protocol means TCP
+    ("dns", 53, "UDP"),
+))
 
 
 def test_named_ports_resolve_on_the_receiver() -> None:
     matcher = PortMatcher(named=[("http", IPPROTO_TCP), ("legacy", IPPROTO_TCP)])
-    assert matcher.matches(IPPROTO_TCP, 8080, port_names(RECEIVER))
-    assert matcher.matches(IPPROTO_TCP, 8081, port_names(RECEIVER))
-    assert not matcher.matches(IPPROTO_TCP, 53, port_names(RECEIVER))
+    assert matcher.matches(IPPROTO_TCP, 8080, RECEIVER)
+    assert matcher.matches(IPPROTO_TCP, 8081, RECEIVER)
+    assert not matcher.matches(IPPROTO_TCP, 53, RECEIVER)
     assert not matcher.matches(IPPROTO_TCP, 8080, NO_PORT_NAMES)  # no receiver pod: nothing to resolve
-    assert not matcher.matches(IPPROTO_TCP, 8080, port_names(PodInfo()))
+    assert not matcher.matches(IPPROTO_TCP, 8080, port_names_of(()))
 
 
 def test_named_port_needs_the_container_port_protocol_to_match() -> None:
     tcp_rule = PortMatcher(named=[("dns", IPPROTO_TCP)])
-    assert not tcp_rule.matches(IPPROTO_TCP, 53, port_names(RECEIVER))
-    assert not tcp_rule.matches(IPPROTO_UDP, 53, port_names(RECEIVER))
+    assert not tcp_rule.matches(IPPROTO_TCP, 53, RECEIVER)
+    assert not tcp_rule.matches(IPPROTO_UDP, 53, RECEIVER)
     any_protocol = PortMatcher(named=[("dns", None)])
-    assert any_protocol.matches(IPPROTO_UDP, 53, port_names(RECEIVER))
-    assert not any_protocol.matches(IPPROTO_TCP, 53, port_names(RECEIVER))
+    assert any_protocol.matches(IPPROTO_UDP, 53, RECEIVER)
+    assert not any_protocol.matches(IPPROTO_TCP, 53, RECEIVER)
 
 
 # ------------------------------------------------------------------- CIDRs

@@ -1,4 +1,4 @@
-"""ClusterState: objects in, PodInfo and change events out."""
+"""ClusterState: objects in, pod records and batches of changes out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from kube_netpol.state import Change, ClusterState
+from kube_netpol.plugins import registry_for
+from kube_netpol.state import ClusterState
 
 
 def ip(text: str) -> bytes:
@@ -30,40 +31,41 @@ def pod(ns: str, name: str, ips: list[str], labels: dict | None = None, **spec) 
 
 @pytest.fixture
 def state() -> ClusterState:
-    s = ClusterState(cluster_id="c1", node_name="node-1")
+    s = ClusterState(registry_for(), cluster_id="c1", node_name="node-1")
     s.apply(namespace("x", team="web"))
     return s
 
 
-def test_pod_info_by_ip_for_every_address(state: ClusterState) -> None:
+def test_pod_by_ip_for_every_address(state: ClusterState) -> None:
     assert state.apply(pod("x", "a", ["10.0.0.1", "fd00::1"], {"app": "web"},
                            ports=[{"name": "http", "containerPort": 8080}]))
     for address in ("10.0.0.1", "fd00::1"):
-        info = state.pod_info_by_ip(ip(address))
-        assert info is not None
+        record = state.pod_by_ip(ip(address))
+        assert record is not None and record.ips == (ip("10.0.0.1"), ip("fd00::1"))
+        info = record.info()
         assert info.name == "a" and dict(info.labels) == {"app": "web"}
         assert info.namespace.name == "x"
         assert dict(info.namespace.labels) == {"team": "web", "kubernetes.io/metadata.name": "x"}
         assert [(p.name, p.port, p.protocol) for p in info.container_ports] == [("http", 8080, "TCP")]
         assert info.cluster_id == "c1" and info.node.name == "node-1" and info.last_updated > 0
-    assert state.pod_info_by_ip(ip("10.0.0.2")) is None
+    assert state.pod_by_ip(ip("10.0.0.2")) is None
 
 
-def test_namespace_relabel_rebuilds_pod_info(state: ClusterState) -> None:
+def test_namespace_relabel_rebuilds_pod_records(state: ClusterState) -> None:
     state.apply(pod("x", "a", ["10.0.0.1"]))
-    before = state.pod_info_by_ip(ip("10.0.0.1"))
+    before = state.pod_by_ip(ip("10.0.0.1"))
     state.apply(namespace("x", team="db"))
-    after = state.pod_info_by_ip(ip("10.0.0.1"))
+    after = state.pod_by_ip(ip("10.0.0.1"))
     assert after is not before
-    assert after.namespace.labels["team"] == "db"
-    assert before.namespace.labels["team"] == "web"  # readers holding the old object see a consistent old view
+    assert after.namespace_labels["team"] == "db"
+    assert before.namespace_labels["team"] == "web"  # readers holding the old record see a consistent old view
 
 
 def test_pod_before_its_namespace(state: ClusterState) -> None:
     state.apply(pod("y", "a", ["10.0.1.1"]))
-    assert dict(state.pod_info_by_ip(ip("10.0.1.1")).namespace.labels) == {}
+    assert dict(state.pod_by_ip(ip("10.0.1.1")).namespace_labels) == {}
     state.apply(namespace("y", env="prod"))
-    assert state.pod_info_by_ip(ip("10.0.1.1")).namespace.labels["env"] == "prod"
+    assert state.pod_by_ip(ip("10.0.1.1")).namespace_labels["env"] == "prod"
 
 
 def test_node_labels_reach_pod_info(state: ClusterState) -> None:
@@ -71,40 +73,42 @@ def test_node_labels_reach_pod_info(state: ClusterState) -> None:
     state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}},
                  "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.5"},
                                           {"type": "Hostname", "address": "node-1"}]}})
-    assert state.pod_info_by_ip(ip("10.0.0.1")).node.labels["zone"] == "a"
-    assert state.nodes["node-1"].ips == (ip("192.168.1.5"),)
+    assert state.pod_by_ip(ip("10.0.0.1")).node_labels["zone"] == "a"
+    assert state.pod_by_ip(ip("10.0.0.1")).info().node.labels["zone"] == "a"
+    assert state.node("node-1").ips == (ip("192.168.1.5"),)
 
 
 def test_host_network_and_finished_pods_are_not_pods_for_policy(state: ClusterState) -> None:
     state.apply(pod("x", "host", ["192.168.1.5"], hostNetwork=True))
     state.apply(pod("x", "done", ["10.0.0.9"], phase="Succeeded"))
-    assert state.pod_info_by_ip(ip("192.168.1.5")) is None
-    assert state.pod_info_by_ip(ip("10.0.0.9")) is None
-    assert ("x", "host") in state.pods
+    assert state.pod_by_ip(ip("192.168.1.5")) is None
+    assert state.pod_by_ip(ip("10.0.0.9")) is None
+    assert state.pod(("x", "host")) is not None
 
 
 def test_delete_and_address_reuse(state: ClusterState) -> None:
     state.apply(pod("x", "old", ["10.0.0.1"]))
     state.apply(pod("x", "new", ["10.0.0.1"]))  # the successor arrives before the old pod's deletion
-    assert state.pod_info_by_ip(ip("10.0.0.1")).name == "new"
+    assert state.pod_by_ip(ip("10.0.0.1")).name == "new"
     assert state.delete("Pod", "x", "new")
-    assert state.pod_info_by_ip(ip("10.0.0.1")).name == "old"
+    assert state.pod_by_ip(ip("10.0.0.1")).name == "old"
     assert state.delete("Pod", "x", "old")
-    assert state.pod_info_by_ip(ip("10.0.0.1")) is None
+    assert state.pod_by_ip(ip("10.0.0.1")) is None
     assert not state.delete("Pod", "x", "old")
 
 
 def test_pod_update_moves_addresses(state: ClusterState) -> None:
     state.apply(pod("x", "a", ["10.0.0.1"]))
     state.apply(pod("x", "a", ["10.0.0.2"]))
-    assert state.pod_info_by_ip(ip("10.0.0.1")) is None
-    assert state.pod_info_by_ip(ip("10.0.0.2")).name == "a"
+    assert state.pod_by_ip(ip("10.0.0.1")) is None
+    assert state.pod_by_ip(ip("10.0.0.2")).name == "a"
 
 
-def test_local_pod_ips(state: ClusterState) -> None:
+def test_local_pods(state: ClusterState) -> None:
     state.apply(pod("x", "a", ["10.0.0.1"]))
     state.apply(pod("x", "b", ["10.0.0.2"], node="node-2"))
-    assert state.local_pod_ips() == {ip("10.0.0.1")}
+    assert [p.name for p in state.pods() if state.is_local(p)] == ["a"]
+    assert all(ClusterState().is_local(p) for p in state.pods())  # no node name: every pod is local
 
 
 @pytest.mark.parametrize(
@@ -113,40 +117,61 @@ def test_local_pod_ips(state: ClusterState) -> None:
         (pod("x", "a", ["not-an-ip"]), "invalid IP address 'not-an-ip'"),
         ({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}, "metadata.namespace is required"),
         ({"apiVersion": "v2", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"}}, "unsupported apiVersion 'v2'"),
-        ({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a"}}, "unsupported kind 'Secret'"),
-        (pod("x", "a", ["10.0.0.1"], ports=[{"containerPort": 80, "protocol": "ICMP"}]), "unsupported protocol 'ICMP'"),
         ("garbage", "not an object"),
     ],
 )
 def test_invalid_objects_are_logged_counted_and_ignored(state: ClusterState, caplog, obj, fragment) -> None:
-    refused: list[tuple[str, str, str]] = []
-    state.subscribe_invalid(lambda kind, ref, reason: refused.append((kind, ref, reason)))
+    state.take_changes()
     with caplog.at_level(logging.WARNING):
         assert state.apply(obj) is False
     assert fragment in caplog.text
-    assert len(refused) == 1 and fragment in refused[0][2]
+    refused = state.take_refusals()
+    assert len(refused) == 1 and fragment in refused[0].reason
     assert sum(state.invalid_objects.values()) == 1
-    assert state.pod_info_by_ip(ip("10.0.0.1")) is None
+    assert state.pod_by_ip(ip("10.0.0.1")) is None and state.take_changes() == []
+
+
+def test_an_invalid_new_pod_with_an_address_is_kept_without_labels_or_ports(state: ClusterState) -> None:
+    assert not state.apply(pod("x", "a", ["10.0.0.1"], {"app": "web"},
+                               ports=[{"containerPort": 80, "protocol": "ICMP"}]))
+    (refusal,) = state.take_refusals()
+    assert "unsupported protocol 'ICMP'" in refusal.reason and refusal.kind == "Pod"
+    kept = state.pod_by_ip(ip("10.0.0.1"))
+    assert kept is not None and not kept.valid and kept.labels == {} and kept.port_names == {}
+
+
+def test_objects_of_kinds_the_pipeline_does_not_read_are_ignored(state: ClusterState) -> None:
+    state.take_changes()
+    assert not state.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a"}})
+    assert not state.delete("Service", "x", "a")
+    assert state.take_refusals() == [] and not state.invalid_objects and state.take_changes() == []
 
 
 def test_a_refused_update_keeps_the_last_good_version(state: ClusterState) -> None:
     state.apply(pod("x", "a", ["10.0.0.1"], {"v": "1"}))
     assert not state.apply(pod("x", "a", ["bad"], {"v": "2"}))
-    assert state.pod_info_by_ip(ip("10.0.0.1")).labels["v"] == "1"
+    assert state.pod_by_ip(ip("10.0.0.1")).labels["v"] == "1"
 
 
-def test_listeners_and_generation(state: ClusterState) -> None:
-    changes: list[Change] = []
-    state.subscribe(changes.append)
-    generation = state.generation
+def test_changes_come_in_batches_one_per_object(state: ClusterState) -> None:
+    state.take_changes()
     state.apply(pod("x", "a", ["10.0.0.1"]))
     state.apply(namespace("x", team="web"))  # same labels: no change
-    state.delete("Pod", "x", "a")
-    assert [(c.kind, c.key, c.old is None, c.new is None) for c in changes] == [
+    state.apply(pod("x", "b", ["10.0.0.2"]))
+    state.apply(pod("x", "b", ["10.0.0.3"]))
+    assert [(c.kind, c.key, c.old is None, c.new is None) for c in state.take_changes()] == [
         ("Pod", ("x", "a"), True, False),
-        ("Pod", ("x", "a"), False, True),
+        ("Pod", ("x", "b"), True, False),  # created, then updated: one change, the last version
     ]
-    assert state.generation == generation + 2
+    first = state.pod(("x", "b"))
+    state.apply(pod("x", "b", ["10.0.0.4"]))
+    state.delete("Pod", "x", "a")
+    changes = state.take_changes()
+    assert [(c.kind, c.key) for c in changes] == [("Pod", ("x", "b")), ("Pod", ("x", "a"))]
+    assert changes[0].old is first and changes[1].new is None
+    state.apply(pod("x", "c", ["10.0.0.5"]))
+    state.delete("Pod", "x", "c")
+    assert state.take_changes() == []  # created and deleted within one batch: nothing happened
 
 
 def test_replace_makes_the_kind_exactly_the_list(state: ClusterState) -> None:
@@ -156,23 +181,22 @@ def test_replace_makes_the_kind_exactly_the_list(state: ClusterState) -> None:
     item = pod("x", "c", ["10.0.0.3"])
     del item["kind"], item["apiVersion"]
     state.replace("Pod", [pod("x", "b", ["10.0.0.2"]), item])
-    assert set(state.pods) == {("x", "b"), ("x", "c")}
-    assert state.pod_info_by_ip(ip("10.0.0.1")) is None
+    assert set(state.keys("Pod")) == {("x", "b"), ("x", "c")}
+    assert state.pod_by_ip(ip("10.0.0.1")) is None
 
 
-def test_listeners_see_rebuilt_pods_when_a_namespace_or_node_goes(state: ClusterState) -> None:
+def test_the_batch_holds_rebuilt_pods_when_a_namespace_or_node_goes(state: ClusterState) -> None:
     state.apply(pod("x", "a", ["10.0.0.1"]))
     state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}}})
-    seen: list[tuple[str, dict]] = []
-
-    def listener(change: Change) -> None:
-        info = state.pod_info_by_ip(ip("10.0.0.1"))
-        seen.append((change.kind, dict(info.namespace.labels) if change.kind == "Namespace" else dict(info.node.labels)))
-
-    state.subscribe(listener)
+    state.take_changes()
     state.delete("Namespace", "", "x")
+    (namespace_change, pod_change) = state.take_changes()
+    assert (namespace_change.kind, pod_change.kind) == ("Namespace", "Pod")
+    assert dict(pod_change.new.namespace_labels) == {} and pod_change.old.namespace_labels["team"] == "web"
     state.delete("Node", "", "node-1")
-    assert seen == [("Namespace", {}), ("Node", {})]
+    (node_change, pod_change) = state.take_changes()
+    assert (node_change.kind, pod_change.kind) == ("Node", "Pod")
+    assert dict(pod_change.new.node_labels) == {} and pod_change.old.node_labels == {"zone": "a"}
 
 
 @pytest.mark.parametrize(
@@ -190,10 +214,8 @@ def test_listeners_see_rebuilt_pods_when_a_namespace_or_node_goes(state: Cluster
 def test_malformed_pods_are_refused_not_crashed_on(state: ClusterState, mutate, fragment) -> None:
     obj = pod("x", "a", ["10.0.0.1"])
     mutate(obj)
-    refused: list[str] = []
-    state.subscribe_invalid(lambda kind, ref, reason: refused.append(reason))
     assert state.apply(obj) is False
-    assert fragment in refused[0]
+    assert fragment in state.take_refusals()[0].reason
 
 
 def test_malformed_nodes_are_refused(state: ClusterState) -> None:

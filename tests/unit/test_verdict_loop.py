@@ -8,10 +8,9 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from kube_netpol.agent.verdict_loop import VerdictLoop
-from kube_netpol.api import Decision, ManagedIPs, NEXT, Verdict
-from kube_netpol.engine import PolicyEngine
+from kube_netpol.api import Decision, NEXT, Verdict
 from kube_netpol.packet import MalformedPacket, parse_packet
-from unit_standins import NoPods, Queued
+from unit_standins import Queued, engine_of
 
 
 class DenyPort:
@@ -23,9 +22,6 @@ class DenyPort:
         self.port, self.broken_port = port, broken_port
         self.deny = Decision(Verdict.DENY, "p", "r")
 
-    def ready(self) -> bool:
-        return True
-
     def evaluate_egress(self, packet, src, dst):
         return NEXT
 
@@ -33,12 +29,6 @@ class DenyPort:
         if packet.dst_port == self.broken_port:
             raise RuntimeError("plugin bug")
         return self.deny if packet.dst_port == self.port else NEXT
-
-    def managed_ips(self):
-        return ManagedIPs()
-
-    def set_sync_callback(self, callback) -> None:
-        pass
 
 
 def parses(payload: bytes) -> bool:
@@ -54,7 +44,7 @@ def syn(dport: int) -> bytes:
 
 
 def loop(fail_open: bool, audit: bool = False, observed: list | None = None) -> VerdictLoop:
-    engine = PolicyEngine(NoPods(), [DenyPort(81, 99)])
+    engine = engine_of(DenyPort(81, 99))
     observer = (lambda p, j, accepted, ns: observed.append((p.dst_port, accepted, ns))) if observed is not None else None
     return VerdictLoop(engine, 100, fail_open=fail_open, audit=audit, observer=observer)
 

@@ -83,4 +83,4 @@ def load_backend_factory(mode: str) -> BackendFactory:
     factory = getattr(module, "create_backend", None)
     if not callable(factory):
         raise ModeUnavailable(f"{module_name} has no create_backend(setup) function")
-    return factory
+    return factory  # type: ignore[no-any-return]

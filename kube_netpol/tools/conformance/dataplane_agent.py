@@ -127,7 +127,8 @@ class AgentProcess:
             return None
         if code != 200:
             return None
-        return json.loads(body)
+        status = json.loads(body)
+        return status if isinstance(status, Mapping) else None
 
     def metrics(self) -> str:
         code, body = self.http_get("/metrics")

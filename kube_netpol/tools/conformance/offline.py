@@ -1,8 +1,9 @@
 """The `offline` mode: no kernel; every probe's first packet is judged by the PolicyEngine.
 
-The engine is assembled exactly as the agent assembles it (``build_engine``
-over a ``ClusterState``), and the state is fed incrementally, step by step,
-so the engine's verdict cache must follow every change, as in the agent.
+The engine is assembled exactly as the agent assembles it (``build_engine``),
+and the state is fed incrementally, step by step, each step published as one
+snapshot, so the evaluators' incremental indexes must follow every change,
+as in the agent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from kube_netpol.tools.conformance.backend import BackendSetup
 from kube_netpol.tools.conformance.cluster import StepChange
 from kube_netpol.tools.conformance.probes import Probe
 from kube_netpol.plugins import DEFAULT_PIPELINE, build_engine
-from kube_netpol.state.store import ClusterState
 
 #: Source ports of probes: 40000, 40001, ... (the engine never looks at them; a lab would).
 EPHEMERAL_FIRST = 40000
@@ -25,18 +25,16 @@ EPHEMERAL_COUNT = 20000
 
 class OfflineBackend:
     def __init__(self, evaluators: Sequence[str] = DEFAULT_PIPELINE) -> None:
-        self.state = ClusterState()
-        self._refused: list[str] = []
-        self.state.subscribe_invalid(lambda kind, ref, reason: self._refused.append(f"{kind} {ref} refused: {reason}"))
-        self.engine = build_engine(self.state, evaluators)
+        self.engine = build_engine(evaluators)
+        self.state = self.engine.state
 
     def apply(self, change: StepChange) -> list[str]:
-        self._refused = []
         for ref in change.deletes:
             self.state.delete(ref.kind, ref.namespace, ref.name)
         for obj in change.applies:
             self.state.apply(obj)
-        return self._refused
+        self.engine.publish()
+        return [f"{r.kind} {r.reference} refused: {r.reason}" for r in self.state.take_refusals()]
 
     def run(self, probes: Sequence[Probe]) -> list[bool]:
         return [self.engine.evaluate(packet_of(probe, n)).allowed for n, probe in enumerate(probes)]

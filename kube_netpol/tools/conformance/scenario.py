@@ -19,10 +19,15 @@ import yaml
 
 from kube_netpol.tools.conformance import fields
 from kube_netpol.tools.conformance.errors import ScenarioError
-from kube_netpol.state.store import KINDS, POLICY_KINDS
+from kube_netpol.plugins import registry_for
+from kube_netpol.state.kinds import RECORD_KINDS
 
 FAMILIES = ("IPv4", "IPv6")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+#: The kinds of the default pipeline, whose objects scenarios write.
+KINDS = registry_for()
+#: Kinds handed to the implementation as written (policies): every kind but the state's own records.
+POLICY_KINDS = tuple(name for name in KINDS.names if name not in RECORD_KINDS)
 #: The kinds a step may apply or delete.
 SUPPORTED_KINDS = ("Namespace", "Pod", *POLICY_KINDS)
 #: What the model uses when it leaves ports or protocols out: the e2e suite's model.

@@ -1,4 +1,5 @@
-"""`kube-netpol explain --from A --to B --port P [--protocol TCP] [--family IPv4|IPv6] (--manifests DIR | --scenario FILE [--step N] | --kubeconfig FILE)`."""
+"""`kube-netpol explain --from A --to B --port P [--protocol TCP] [--family IPv4|IPv6]
+(--manifests DIR | --scenario FILE [--step N] | --kubeconfig FILE)`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from kube_netpol.tools.explain.render import (
 )
 from kube_netpol.tools.explain.loaders import LoadedState, StateError, load_live, load_manifests, load_scenario
 from kube_netpol.plugins import DEFAULT_PIPELINE, PluginError, build_engine
+from kube_netpol.state import ClusterState
 
 DESCRIPTION = """\
 Explain why a connection is allowed or denied: the egress pipeline of the source
@@ -73,26 +75,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(func=run_command)
 
 
-def _load(args: argparse.Namespace) -> LoadedState:
+def _load(args: argparse.Namespace, state: ClusterState) -> LoadedState:
     if args.step is not None and not args.scenario:
         raise StateError("--step needs --scenario")
     if args.scenario:
-        return load_scenario(args.scenario, args.step)
+        return load_scenario(state, args.scenario, args.step)
     if args.manifests:
-        return load_manifests(args.manifests)
-    return load_live(args.kubeconfig, args.evaluators)
+        return load_manifests(state, args.manifests)
+    return load_live(state, args.kubeconfig)
 
 
 @contextlib.contextmanager
 def _quiet_refusals() -> Iterator[None]:
     """Refused objects are part of the answer ("ignored invalid ..."), not warnings on stderr."""
     store_log = logging.getLogger("kube_netpol.state.store")
-    level = store_log.level
+    manifests_log = logging.getLogger("kube_netpol.sources.manifests")
+    levels = store_log.level, manifests_log.level
     store_log.setLevel(logging.ERROR)
+    manifests_log.setLevel(logging.CRITICAL)  # unreadable files end the command with their reason
     try:
         yield
     finally:
-        store_log.setLevel(level)
+        store_log.setLevel(levels[0])
+        manifests_log.setLevel(levels[1])
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -100,12 +105,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         settings = load_evaluator_settings(args.evaluator_config)
+        engine = build_engine(args.evaluators, settings)
+        state = engine.state
         with _quiet_refusals():
-            loaded = _load(args)
-        engine = build_engine(loaded.state, args.evaluators, settings)
-        result = explain_connection(
-            loaded.state, engine, args.source, args.destination, args.port, args.protocol, args.family
-        )
+            loaded = _load(args, state)
+        engine.publish()
+        result = explain_connection(state, engine, args.source, args.destination, args.port, args.protocol, args.family)
     except (StateError, ExplainError, PluginError, ValueError) as err:
         print(f"kube-netpol explain: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,22 +1,21 @@
 """Where `kube-netpol explain` gets the cluster from: a manifests folder, a scenario file, or the API server.
 
-Each loader returns a ``LoadedState``: a ClusterState filled once (no watch),
-a description of where it came from, and the objects the store refused (an
-ignored policy is often the answer to "why is this allowed?").
+Each loader fills the engine's ClusterState once (no watch), through the
+sources and the kind registry as the agent would, and returns a
+``LoadedState``: a description of where it came from, and the objects the
+state refused (an ignored policy is often the answer to "why is this allowed?").
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from kube_netpol.state.store import ClusterState
+from kube_netpol.state import ClusterState
 
 #: Items per page when listing from the API server.
 LIST_PAGE_SIZE = 500
-#: The order kinds are listed and applied in: pods find their namespace and node.
-_LIST_ORDER = ("Namespace", "Node", "Pod", "NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
 
 
 class StateError(Exception):
@@ -29,7 +28,6 @@ class NotServed(StateError):
 
 @dataclass
 class LoadedState:
-    state: ClusterState
     #: Human-readable origin, e.g. ``scenario s.yaml after step 2/3 ("deny all")``.
     description: str
     #: The same as data, for ``--output json``.
@@ -40,25 +38,26 @@ class LoadedState:
     notes: list[str] = field(default_factory=list)
 
 
-def _recording_state() -> tuple[ClusterState, list[str]]:
-    state = ClusterState()
-    refused: list[str] = []
-    state.subscribe_invalid(lambda kind, ref, reason: refused.append(f"{kind} {ref}: {reason}"))
-    return state, refused
+def _refused(state: ClusterState) -> list[str]:
+    return [str(refusal) for refusal in state.take_refusals()]
 
 
-def load_manifests(folder: str) -> LoadedState:
+def load_manifests(state: ClusterState, folder: str) -> LoadedState:
     from kube_netpol.sources.manifests import ManifestError, ManifestSource
 
-    state, refused = _recording_state()
+    source = ManifestSource(folder, state)
     try:
-        ManifestSource(folder, state).sync()
+        source.sync()
     except ManifestError as err:
         raise StateError(str(err)) from None
-    return LoadedState(state, f"manifests in {folder}", {"source": "manifests", "path": folder}, refused)
+    if source.unreadable:
+        # An answer from part of the folder could say "allowed" where the rest denies.
+        problems = "; ".join(source.unreadable.values())
+        raise StateError(f"cannot read every manifest in {folder}: {problems}")
+    return LoadedState(f"manifests in {folder}", {"source": "manifests", "path": folder}, _refused(state))
 
 
-def load_scenario(path: str, step: int | None = None) -> LoadedState:
+def load_scenario(state: ClusterState, path: str, step: int | None = None) -> LoadedState:
     """The cluster of a scenario after step ``step`` (1-based; 0: before any step; None: after the last)."""
     from kube_netpol.tools.conformance.cluster import Cluster
     from kube_netpol.tools.conformance.errors import ScenarioError
@@ -76,7 +75,6 @@ def load_scenario(path: str, step: int | None = None) -> LoadedState:
             change = cluster.apply_step(spec)
     except ScenarioError as err:
         raise StateError(str(err if err.source else err.in_file(path))) from None
-    state, refused = _recording_state()
     for obj in change.cluster.objects():
         state.apply(obj)
     if wanted == 0:
@@ -86,15 +84,14 @@ def load_scenario(path: str, step: int | None = None) -> LoadedState:
         step_name = steps[wanted - 1].name
         description = f"scenario {path} after step {wanted}/{count} ({step_name!r})"
     origin = {"source": "scenario", "path": path, "step": wanted, "step_name": step_name}
-    return LoadedState(state, description, origin, refused)
+    return LoadedState(description, origin, _refused(state))
 
 
-def load_live(kubeconfig: str, pipeline: Sequence[str]) -> LoadedState:
-    """One list of every kind the pipeline reads, from the API server ``kubeconfig`` points at."""
+def load_live(state: ClusterState, kubeconfig: str) -> LoadedState:
+    """One list of every kind the state's registry holds, from the API server ``kubeconfig`` points at."""
     try:
         from kube_netpol.sources import kubernetes as kube_source
         from kube_netpol.sources.kube_apply import replace_all
-        from kube_netpol.sources.kube_resources import RESOURCES, kinds_for_pipeline
     except ImportError as err:
         raise StateError(
             "reading a live cluster needs the Kubernetes source (kube_netpol.sources.kubernetes and the "
@@ -104,26 +101,23 @@ def load_live(kubeconfig: str, pipeline: Sequence[str]) -> LoadedState:
         api_client = kube_source.api_client_from_config(kubeconfig)
     except kube_source.KubernetesConfigError as err:
         raise StateError(str(err)) from None
-    state, refused = _recording_state()
     notes: list[str] = []
-    kinds = sorted(kinds_for_pipeline(pipeline), key=_LIST_ORDER.index)
     try:
-        for kind in kinds:
-            resource = RESOURCES[kind]
+        for spec in state.kinds:  # in apply order: pods find their namespace and node
             try:
-                items = _list_all(kube_source.resource_request(api_client, resource))
+                items = _list_all(kube_source.resource_request(api_client, spec))
             except NotServed:
-                if not resource.is_custom:
+                if not spec.custom:
                     raise
-                # Most clusters do not install the AdminNetworkPolicy CRDs: then there are none.
-                notes.append(f"the API server does not serve {resource.path} (CRD not installed?): no {kind} objects")
+                # Most clusters do not install the network-policy-api CRDs: then there are none.
+                notes.append(f"the API server does not serve {spec.path} (CRD not installed?): no {spec.kind} objects")
                 continue
-            replace_all(state, kind, [resource.trim(item) for item in items])
+            replace_all(state, spec.kind, [spec.trim(item) for item in items])
     finally:
-        api_client.close()
+        api_client.close()  # type: ignore[no-untyped-call]
     host = api_client.configuration.host
-    return LoadedState(state, f"the cluster at {host} (kubeconfig {kubeconfig})",
-                       {"source": "cluster", "kubeconfig": kubeconfig, "server": host}, refused, notes)
+    return LoadedState(f"the cluster at {host} (kubeconfig {kubeconfig})",
+                       {"source": "cluster", "kubeconfig": kubeconfig, "server": host}, _refused(state), notes)
 
 
 def _list_all(request: Any) -> list[Mapping[str, Any]]:

@@ -16,8 +16,8 @@ from kube_netpol.api.packet import PROTOCOL_BY_NAME, Packet
 from kube_netpol.api.verdict import Verdict
 from kube_netpol.engine import Explanation, PolicyEngine, Step
 from kube_netpol.observability.decisions import direction_fields
-from kube_netpol.state.objects import PodRecord
-from kube_netpol.state.store import ClusterState
+from kube_netpol.api.cluster import PodRecord
+from kube_netpol.state import ClusterState
 
 FAMILIES = ("IPv4", "IPv6")
 #: Exit statuses: scripts can test `kube-netpol explain ... && echo allowed`.
@@ -79,10 +79,10 @@ def _addresses(state: ClusterState, text: str, role: str) -> tuple[dict[str, str
     """{family: address} of an endpoint, and its pod when named as ``ns/pod``."""
     if "/" in text:
         namespace, _, name = text.partition("/")
-        pod = state.pods.get((namespace, name))
+        pod = state.pod((namespace, name))
         if not namespace or not name or pod is None:
             raise ExplainError(f"{role} {text!r}: no such pod")
-        addresses = {}
+        addresses: dict[str, str] = {}
         for packed in pod.ips:
             address = ipaddress.ip_address(packed)
             addresses.setdefault(_family_name(address), str(address))
@@ -151,7 +151,7 @@ def resolve_port(port: str | int, protocol: str, destination: PodRecord | None, 
 
 def explain_connection(
     state: ClusterState,
-    engine: PolicyEngine,
+    engine: PolicyEngine[ClusterState],
     source: str,
     destination: str,
     port: str | int,

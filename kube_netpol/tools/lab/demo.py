@@ -94,7 +94,9 @@ def run_demo(out: TextIO = sys.stdout, probe_timeout: float = 1.0) -> int:
                 for line in render_table(
                     probe_set.sources,
                     probe_set.destinations,
-                    lambda src, dst: "-" if (src, dst) not in cells else ALLOWED_MARK if cells[src, dst] else BLOCKED_MARK,
+                    lambda src, dst, cells=cells: (  # type: ignore[misc]
+                        "-" if (src, dst) not in cells else ALLOWED_MARK if cells[src, dst] else BLOCKED_MARK
+                    ),
                     indent="  ",
                 ):
                     say(line)

@@ -23,6 +23,12 @@ NETNS_NAME_RE: Final = re.compile(
 )
 #: Interface names must fit IFNAMSIZ - 1.
 MAX_IFNAME: Final = 15
+#: Every name that says which process made it: lab namespaces and ``owned_name``'s,
+#: ``<prefix>-<pid>.<start time>-<id>[-<role>]``. scripts/leak_check.py reads it.
+OWNED_NAME_RE: Final = re.compile(
+    r"^(?P<prefix>[a-z][a-z0-9-]*?)-(?P<pid>\d+)\.(?P<start>\d+)-(?P<id>[0-9a-f]{6})(?:-[a-z0-9]+)?$"
+)
+OWNED_PREFIX_RE: Final = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,24 @@ def process_start_time(pid: int) -> int | None:
     # The command name (field 2) is in parentheses and may contain spaces or ')'.
     after_comm = text[text.rindex(b")") + 2 :].split()
     return int(after_comm[22 - 3])
+
+
+def owned_name(prefix: str) -> str:
+    """A unique name (a network namespace, a table) that says which process made it.
+
+    A test's leftover is then recognisable as such, and as a leftover once its
+    maker has exited (scripts/leak_check.py), among whatever else the machine runs.
+    """
+    if not OWNED_PREFIX_RE.match(prefix):
+        raise ValueError(f"name prefix must match {OWNED_PREFIX_RE.pattern}: {prefix!r}")
+    owner = Owner.current()
+    return f"{prefix}-{owner.pid}.{owner.start_time}-{secrets.token_hex(3)}"
+
+
+def name_owner(name: str) -> Owner | None:
+    """The process a name made by ``owned_name`` (or a lab) names, or None for any other name."""
+    match = OWNED_NAME_RE.match(name)
+    return None if match is None else Owner(int(match["pid"]), int(match["start"]))
 
 
 @dataclass(frozen=True)

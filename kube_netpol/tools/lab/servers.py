@@ -33,7 +33,7 @@ class _TcpEcho(asyncio.Protocol):
         self._transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transports.discard(self._transport)  # type: ignore[arg-type]
+        self._transports.discard(self._transport)
 
 
 class _UdpEcho(asyncio.DatagramProtocol):

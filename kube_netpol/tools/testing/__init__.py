@@ -4,6 +4,6 @@
 watch for the resources kube-netpol reads; see ``kube_netpol.tools.testing.apiserver``.
 """
 
-from kube_netpol.tools.testing.apiserver import FAKE_RESOURCES, FakeApiServer, FakeResource, RequestRecord
+from kube_netpol.tools.testing.apiserver import FakeApiServer, FakeResource, RequestRecord, default_kinds
 
-__all__ = ["FAKE_RESOURCES", "FakeApiServer", "FakeResource", "RequestRecord"]
+__all__ = ["FakeApiServer", "FakeResource", "RequestRecord", "default_kinds"]

@@ -3,10 +3,11 @@
 It speaks enough of the API's HTTP protocol for the agent's Kubernetes source
 and the official ``kubernetes`` client:
 
-- collections ``/api/v1/{pods,namespaces,nodes}``,
-  ``/apis/networking.k8s.io/v1/networkpolicies``,
-  ``/apis/policy.networking.k8s.io/v1alpha1/{adminnetworkpolicies,baselineadminnetworkpolicies}``
-  (plus ``/namespaces/{ns}/...`` variants of namespaced ones, and GET of one object);
+- the collection of every kind of its kind registry (by default the default
+  pipeline's: ``/api/v1/{pods,namespaces,nodes}``,
+  ``/apis/networking.k8s.io/v1/networkpolicies``, the network-policy-api
+  kinds; a test with a plugin passes that plugin's registry), plus
+  ``/namespaces/{ns}/...`` variants of namespaced ones, and GET of one object;
 - lists with ``limit``/``continue`` served from a consistent snapshot, and a
   list ``resourceVersion``;
 - watches (``watch=true``) from a ``resourceVersion``, as a chunked stream of
@@ -44,10 +45,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+from kube_netpol.api.kinds import KindSpec
 
 Key = tuple[str, str]  # (namespace or "", name)
 
@@ -69,32 +72,21 @@ class FakeResource:
     def path(self) -> str:
         return f"{self.prefix}/{self.plural}"
 
+    @classmethod
+    def of(cls, spec: KindSpec) -> FakeResource:
+        return cls(spec.kind, spec.plural, spec.api_version, spec.namespaced, not spec.custom)
 
-FAKE_RESOURCES: tuple[FakeResource, ...] = (
-    FakeResource("Pod", "pods", "v1", True, True),
-    FakeResource("Namespace", "namespaces", "v1", False, True),
-    FakeResource("Node", "nodes", "v1", False, True),
-    FakeResource("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", True, True),
-    FakeResource("AdminNetworkPolicy", "adminnetworkpolicies", "policy.networking.k8s.io/v1alpha1", False, False),
-    FakeResource(
-        "BaselineAdminNetworkPolicy", "baselineadminnetworkpolicies", "policy.networking.k8s.io/v1alpha1", False, False
-    ),
-)
-_BY_KIND = {r.kind: r for r in FAKE_RESOURCES}
-_BY_PREFIX = {(r.prefix, r.plural): r for r in FAKE_RESOURCES}
-_PREFIXES = sorted({r.prefix for r in FAKE_RESOURCES}, key=len, reverse=True)
+
+def default_kinds() -> tuple[KindSpec, ...]:
+    """The kinds of the default pipeline's registry."""
+    from kube_netpol.plugins import registry_for
+
+    return tuple(registry_for())
 
 
 def query_bool(value: str | None) -> bool:
     """A boolean query parameter as kube-apiserver reads it (Go's strconv.ParseBool: older clients send "True")."""
     return value in ("1", "t", "T", "true", "TRUE", "True")
-
-
-def resource_for_kind(kind: str) -> FakeResource:
-    try:
-        return _BY_KIND[kind]
-    except KeyError:
-        raise ValueError(f"the fake API server does not serve {kind!r}") from None
 
 
 @dataclass(frozen=True)
@@ -212,7 +204,12 @@ class FakeApiServer:
         start: bool = True,
         initial_resource_version: int = 1000,
         socket_factory: Callable[[], socket.socket] | None = None,
+        kinds: Iterable[KindSpec] | None = None,
     ) -> None:
+        resources = tuple(FakeResource.of(spec) for spec in (default_kinds() if kinds is None else kinds))
+        self._by_kind = {r.kind: r for r in resources}
+        self._by_prefix = {(r.prefix, r.plural): r for r in resources}
+        self._prefixes = sorted({r.prefix for r in resources}, key=len, reverse=True)
         self.token = token
         self.gone_as = gone_as
         self.socket_factory = socket_factory
@@ -221,7 +218,7 @@ class FakeApiServer:
         self._cond = threading.Condition()
         self._rv = initial_resource_version
         self._floor = 0
-        self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.plural: {} for r in FAKE_RESOURCES}
+        self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.plural: {} for r in resources}
         # Kinds answered with 404, as when their CustomResourceDefinition is not installed.
         self.unserved: set[str] = set()
         self._history: list[_Event] = []
@@ -234,6 +231,12 @@ class FakeApiServer:
         self._thread: threading.Thread | None = None
         if start:
             self.start()
+
+    def resource_for_kind(self, kind: str) -> FakeResource:
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise ValueError(f"the fake API server does not serve {kind!r}") from None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -337,13 +340,13 @@ class FakeApiServer:
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create or update."""
-        resource = resource_for_kind(obj["kind"])
+        resource = self.resource_for_kind(obj["kind"])
         with self._cond:
             exists = self._key(resource, obj) in self._objects[resource.plural]
         return self._store(obj, "MODIFIED" if exists else "ADDED")
 
     def delete(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        resource = resource_for_kind(kind)
+        resource = self.resource_for_kind(kind)
         key = (namespace if resource.namespaced else "", name)
         with self._cond:
             obj = self._objects[resource.plural].pop(key, None)
@@ -356,13 +359,13 @@ class FakeApiServer:
         return copy.deepcopy(obj)
 
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any] | None:
-        resource = resource_for_kind(kind)
+        resource = self.resource_for_kind(kind)
         with self._cond:
             obj = self._objects[resource.plural].get((namespace if resource.namespaced else "", name))
             return copy.deepcopy(obj) if obj is not None else None
 
     def objects(self, kind: str) -> list[dict[str, Any]]:
-        resource = resource_for_kind(kind)
+        resource = self.resource_for_kind(kind)
         with self._cond:
             return [copy.deepcopy(o) for _, o in sorted(self._objects[resource.plural].items())]
 
@@ -429,11 +432,11 @@ class FakeApiServer:
     # --------------------------------------------------------------- request log
 
     def list_requests(self, kind: str) -> list[RequestRecord]:
-        path = resource_for_kind(kind).plural
+        path = self.resource_for_kind(kind).plural
         return [r for r in list(self.requests) if not r.watch and r.path.endswith("/" + path)]
 
     def watch_requests(self, kind: str) -> list[RequestRecord]:
-        path = resource_for_kind(kind).plural
+        path = self.resource_for_kind(kind).plural
         return [r for r in list(self.requests) if r.watch and r.path.endswith("/" + path)]
 
     # ------------------------------------------------------------------ internal
@@ -446,7 +449,7 @@ class FakeApiServer:
         return ((meta.get("namespace") or "") if resource.namespaced else "", name)
 
     def _store(self, obj: Mapping[str, Any], event_type: str) -> dict[str, Any]:
-        resource = resource_for_kind(obj["kind"])
+        resource = self.resource_for_kind(obj["kind"])
         stored = copy.deepcopy(dict(obj))
         stored.setdefault("apiVersion", resource.group_version)
         meta = stored.setdefault("metadata", {})
@@ -471,7 +474,7 @@ class FakeApiServer:
         self._cond.notify_all()
 
     def _watchers_of(self, kind: str | None) -> Any:
-        plural = resource_for_kind(kind).plural if kind else None
+        plural = self.resource_for_kind(kind).plural if kind else None
         return (w for w in self._watchers if not w.dropped and (plural is None or w.resource.plural == plural))
 
     def _queue_line(self, kind: str | None, line: bytes, end: bool) -> None:
@@ -492,16 +495,16 @@ class FakeApiServer:
 
     def _route(self, path: str) -> tuple[FakeResource, str | None, str | None] | None:
         """(resource, namespace or None for all, object name or None) for a request path."""
-        for prefix in _PREFIXES:
+        for prefix in self._prefixes:
             if not path.startswith(prefix + "/"):
                 continue
             parts = [p for p in path[len(prefix) + 1:].split("/") if p]
             if len(parts) >= 3 and parts[0] == "namespaces":
-                resource = _BY_PREFIX.get((prefix, parts[2]))
+                resource = self._by_prefix.get((prefix, parts[2]))
                 if resource is not None and resource.namespaced and len(parts) <= 4:
                     return resource, parts[1], parts[3] if len(parts) == 4 else None
             if 1 <= len(parts) <= 2:
-                resource = _BY_PREFIX.get((prefix, parts[0]))
+                resource = self._by_prefix.get((prefix, parts[0]))
                 if resource is not None:
                     return resource, None, parts[1] if len(parts) == 2 else None
         return None

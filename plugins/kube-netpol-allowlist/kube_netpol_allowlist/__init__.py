@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from kube_netpol.api import (
+    NEXT,
+    Change,
+    ClusterView,
     Decision,
     EvaluatorContext,
-    ManagedIPs,
-    NEXT,
+    KindSpec,
     Packet,
-    PodInfo,
-    SyncCallback,
+    PodRecord,
+    Update,
     Verdict,
 )
 
-__all__ = ["AllowListEvaluator", "create"]
+__all__ = ["AllowListEvaluator", "AllowListStage", "create"]
 
 
-class AllowListEvaluator:
-    name = "allowlist"
+class AllowListStage:
+    """Accepts a direction when the peer's address is listed; the list never changes."""
 
     def __init__(self, cidrs: Iterable[str]) -> None:
         networks = []
@@ -38,31 +40,35 @@ class AllowListEvaluator:
             )
             for length in (4, 16)
         }
-        self._decisions = {
-            "egress": Decision(Verdict.ACCEPT, policy="allowlist", rule="destination in allow-list"),
-            "ingress": Decision(Verdict.ACCEPT, policy="allowlist", rule="source in allow-list"),
-        }
+        self._egress = Decision(Verdict.ACCEPT, policy="allowlist", rule="destination in allow-list")
+        self._ingress = Decision(Verdict.ACCEPT, policy="allowlist", rule="source in allow-list")
 
     def _listed(self, address: bytes) -> bool:
         value = int.from_bytes(address, "big")
         return any(first <= value <= last for first, last in self._ranges[len(address)])
 
+    def evaluate_egress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
+        return self._egress if self._listed(packet.dst) else NEXT
+
+    def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
+        return self._ingress if self._listed(packet.src) else NEXT
+
+
+class AllowListEvaluator:
+    name = "allowlist"
+    kinds: tuple[KindSpec, ...] = ()  # it reads no objects
+    pod_annotations: tuple[str, ...] = ()
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self._stage = AllowListStage(cidrs)
+
     def ready(self) -> bool:
         return True
 
-    def evaluate_egress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
-        return self._decisions["egress"] if self._listed(packet.dst) else NEXT
-
-    def evaluate_ingress(self, packet: Packet, src: PodInfo | None, dst: PodInfo | None) -> Decision:
-        return self._decisions["ingress"] if self._listed(packet.src) else NEXT
-
-    def managed_ips(self) -> ManagedIPs:
-        # It only ever accepts, so it never needs traffic diverted for its own sake.
-        return ManagedIPs()
-
-    def set_sync_callback(self, callback: SyncCallback) -> None:
-        # The list is fixed at start-up; nothing ever changes.
-        pass
+    def update(self, view: ClusterView, changes: Sequence[Change[object]]) -> Update:
+        # The list is fixed at start-up: the same stage, and it selects no pod (it only ever
+        # accepts, so it never needs traffic diverted for its own sake).
+        return Update(self._stage)
 
 
 def create(context: EvaluatorContext) -> AllowListEvaluator:

@@ -6,7 +6,7 @@ from __future__ import annotations
 class InvalidObject(ValueError):
     """An object that cannot be enforced as written.
 
-    The state store logs it with the object's kind and name and ignores the
+    The cluster state logs it with the object's kind and name and ignores the
     object; it is never treated as allow-all.
     """
 

@@ -1,16 +1,17 @@
-"""Per-flow verdict statistics: all the bookkeeping the packet thread does.
+"""The flow table: the one verdict cache, and all the bookkeeping the packet thread does.
 
 Each verdict the verdict loop hands out is kept with its counters in a
-``FlowStats``, keyed like the engine's verdict cache (addresses, protocol,
-destination port). A repeat of the flow key then costs the loop one
-``struct`` unpack and one dict lookup instead of parsing and judging, and
+``FlowStats`` in the current snapshot's table, keyed by the flow's addresses,
+protocol and destination port. A repeat of the flow key then costs the loop
+one ``struct`` unpack and one dict lookup instead of parsing and judging, and
 recording a packet is a few integer updates on that object. Everything else
 (sums by protocol, family, verdict, policy) is computed when metrics are
 scraped.
 
-The current table is retired, not cleared, when verdicts change (the engine
-invalidates) or when it is full: a retired table stays readable for scrapes and
-is folded into totals once the packet thread can no longer be writing to it.
+A table belongs to one snapshot: it is retired, not cleared, when the engine
+publishes the next snapshot or when it is full; a retired table stays readable
+for scrapes and is folded into the totals (``FlowHistory``) once the packet
+thread can no longer be writing to it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Final
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Verdict
-from kube_netpol.engine import Judgement
+from kube_netpol.engine.judgement import Judgement
 
 #: The reference's histogram buckets, in microseconds.
 PROCESS_TIME_BUCKETS_US: Final = (1, 10, 50, 200, 500, 750, 1000, 2000, 5000, 10000, 100000)
@@ -201,11 +202,14 @@ class Totals:
     would_deny: dict[tuple[int, int], int] = field(default_factory=dict)
     # (direction, deciding evaluator, policy, allow|deny)
     decisions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    #: Flow-table entries that counted packets: each is one run of the pipeline.
+    entries: int = 0
 
     def add(self, stats: FlowStats) -> None:
         count, flow_buckets, flow_total_ns = stats.snapshot()
         if not count:
             return
+        self.entries += 1
         key = (stats.protocol, stats.family)
         counted = (stats.protocol, stats.family, stats.accepted)
         self.packets[counted] = self.packets.get(counted, 0) + count
@@ -229,7 +233,7 @@ class Totals:
             self.decisions[label] = self.decisions.get(label, 0) + count
 
     def merged(self, other: "Totals") -> "Totals":
-        result = Totals()
+        result = Totals(entries=self.entries + other.entries)
         for totals in (self, other):
             for name in ("packets", "total_ns", "would_deny", "decisions"):
                 target = getattr(result, name)
@@ -242,47 +246,34 @@ class Totals:
         return result
 
 
-class VerdictStats:
-    """The packet thread's flow table, plus what scrapes need to sum it."""
+FlowTable = dict[TableKey, FlowStats]
+
+
+class FlowHistory:
+    """Retired flow tables and recent processing times, for the metrics (one per engine)."""
 
     def __init__(self, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
         self.max_flows = max_flows
-        self.flows: dict[TableKey, FlowStats] = {}
         # Recent timed packets for the summary's quantiles, written at sample_index & mask:
         # processing time (ns) and how many packets the time stands for.
         self.samples = [0] * SUMMARY_WINDOW
         self.sample_weights = [0] * SUMMARY_WINDOW
         self.sample_index = 0
         self.last_hit_ns = 0  # the last timed hit's processing time, of any flow
-        self._retired: list[tuple[float, dict[TableKey, FlowStats]]] = []
+        self._retired: list[tuple[float, FlowTable]] = []
         self._folded = Totals()
         self._fold_lock = threading.Lock()
         self._retire_lock = threading.Lock()
 
-    def add(self, key: TableKey, judgement: Judgement, accepted: bool, protocol: int, family: int) -> FlowStats:
-        """A new entry for ``key`` (packet thread)."""
-        flows = self.flows
-        if len(flows) >= self.max_flows:
-            flows = self.retire()
-        stats = FlowStats(judgement, accepted, protocol, family, self.last_hit_ns)
-        displaced = flows.get(key)
-        if displaced is None:
-            flows[key] = stats
-            return stats
-        # The key's verdict changed within one table (a race with a retirement, or
-        # a caller recording by hand): keep what the old entry counted. Under the
-        # fold lock, so that a scrape sees the counts in one place, never two or none.
-        with self._fold_lock:
-            self._folded.add(displaced)
-            flows[key] = stats
-        return stats
+    def retire(self, table: FlowTable) -> None:
+        """Keep ``table`` for the totals: it is no longer current (any thread)."""
+        with self._retire_lock:
+            self._retired.append((time.monotonic(), table))
 
-    def retire(self) -> dict[TableKey, FlowStats]:
-        """Start a new table: verdicts changed, or the table is full. Safe from any thread."""
-        with self._retire_lock:  # two retirements at once must not both take the same table
-            retired, self.flows = self.flows, {}
-            self._retired.append((time.monotonic(), retired))
-            return self.flows
+    def fold(self, stats: FlowStats) -> None:
+        """Count an entry that left its table (replaced under its key) into the totals."""
+        with self._fold_lock:
+            self._folded.add(stats)
 
     def record_sample(self, elapsed_ns: int, weight: int = 1) -> None:
         """Keep a timed packet's time for the summary; ``weight``: the packets it stands for."""
@@ -297,30 +288,32 @@ class VerdictStats:
         self.last_hit_ns = elapsed_ns
         self.record_sample(elapsed_ns, TIMING_EVERY)
 
-    def totals(self) -> Totals:
-        """Everything counted so far (scrape thread)."""
+    def totals(self, current: FlowTable) -> Totals:
+        """Everything counted so far, ``current`` (the current snapshot's table) included (scrape thread)."""
         with self._fold_lock:
             cutoff = time.monotonic() - FOLD_AFTER_SECONDS
-            keep: list[tuple[float, dict[TableKey, FlowStats]]] = []
+            keep: list[tuple[float, FlowTable]] = []
             # The retired tables and the current one as one consistent picture: a
             # retirement in between would make a table count twice or not at all.
             # What retire() appends after this copy is kept by the slice assignment below.
             with self._retire_lock:
                 retired = list(self._retired)
-                current = self.flows
             for retired_at, table in retired:
                 if retired_at <= cutoff:
                     for stats in list(table.values()):
                         self._folded.add(stats)
                 else:
                     keep.append((retired_at, table))
-            self._retired[: len(retired)] = keep
+            with self._retire_lock:
+                self._retired[: len(retired)] = keep
             live = Totals()
+            seen = {id(table) for _, table in keep}
             for _, table in keep:
                 for stats in list(table.values()):
                     live.add(stats)
-            for stats in list(current.values()):
-                live.add(stats)
+            if id(current) not in seen:
+                for stats in list(current.values()):
+                    live.add(stats)
             return self._folded.merged(live)
 
     def recent_samples(self) -> list[tuple[int, int]]:

@@ -1,0 +1,132 @@
+"""One immutable policy snapshot: the evaluators' stages of one batch of changes, and its flow table.
+
+The verdict loop reads ``engine.snapshot`` once per packet and uses nothing
+else: a packet racing a change judges and records into the snapshot it read,
+whose table is retired with it, so a verdict of the old policies can never
+land in the new table.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from kube_netpol.api.cluster import PodRecord
+from kube_netpol.api.evaluator import Stage
+from kube_netpol.api.packet import Packet
+from kube_netpol.api.verdict import Decision, Verdict
+from kube_netpol.engine.flows import FlowHistory, FlowStats, FlowTable, TableKey, packet_flow_key
+from kube_netpol.engine.judgement import END_OF_PIPELINE, Explanation, Judgement, Step
+
+ACCEPT = Verdict.ACCEPT
+DENY = Verdict.DENY
+
+PodLookup = Callable[[bytes], PodRecord | None]
+Evaluate = Callable[[Packet, PodRecord | None, PodRecord | None], Decision]
+
+
+class Snapshot:
+    """``generation`` counts publications; ``revision`` is the source revision the state had then.
+
+    ``flows`` is the flow table (the packet thread adds to it); everything else
+    never changes after publication.
+    """
+
+    __slots__ = ("generation", "revision", "names", "stages", "flows", "retired",
+                 "_pod_by_ip", "_egress", "_ingress", "_history")  # fmt: skip
+
+    def __init__(
+        self,
+        generation: int,
+        revision: str,
+        names: Sequence[str],
+        stages: Sequence[Stage],
+        pod_by_ip: PodLookup,
+        history: FlowHistory,
+    ) -> None:
+        self.generation = generation
+        self.revision = revision
+        self.names = tuple(names)
+        self.stages = tuple(stages)
+        self.flows: FlowTable = {}
+        self.retired = False
+        self._pod_by_ip = pod_by_ip
+        self._history = history
+        # Bound methods, looked up once: the pipeline loop then costs a call per stage.
+        self._egress = tuple(zip(self.names, (stage.evaluate_egress for stage in self.stages)))
+        self._ingress = tuple(zip(self.names, (stage.evaluate_ingress for stage in self.stages)))
+
+    def judge(self, packet: Packet) -> Judgement:
+        """Run both pipelines for one packet (no flow table)."""
+        pod_by_ip = self._pod_by_ip
+        src = pod_by_ip(packet.src)
+        dst = pod_by_ip(packet.dst)
+        egress, egress_by = END_OF_PIPELINE, ""
+        for name, evaluate in self._egress:
+            decision = evaluate(packet, src, dst)
+            if decision.verdict:
+                egress, egress_by = decision, name
+                break
+        ingress, ingress_by = END_OF_PIPELINE, ""
+        for name, evaluate in self._ingress:
+            decision = evaluate(packet, src, dst)
+            if decision.verdict:
+                ingress, ingress_by = decision, name
+                break
+        verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
+        return Judgement(verdict, egress, egress_by, ingress, ingress_by)
+
+    def evaluate(self, packet: Packet) -> Judgement:
+        """The verdict for one packet: the flow table's if it has the key, else judged (and not stored).
+
+        For callers other than the verdict loop (strict mode, the offline
+        harness): only the loop adds to the table, so its counters count packets.
+        """
+        flow = self.flows.get(packet_flow_key(packet))
+        return flow.judgement if flow is not None else self.judge(packet)
+
+    def add_flow(self, key: TableKey, judgement: Judgement, accepted: bool, protocol: int, family: int) -> FlowStats:
+        """A new flow-table entry for ``key`` (packet thread)."""
+        history = self._history
+        flows = self.flows
+        if len(flows) >= history.max_flows and not self.retired:
+            # Full: a new table (a bound on memory). A retired snapshot keeps filling its
+            # retired table: the packet thread is about to move to the next snapshot.
+            history.retire(flows)
+            flows = self.flows = {}
+        stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns)
+        displaced = flows.get(key)
+        if displaced is not None:
+            history.fold(displaced)  # keep what it counted (a caller recording by hand)
+        flows[key] = stats
+        return stats
+
+    def explain(self, packet: Packet) -> Explanation:
+        """Walk both pipelines, keeping every answer up to the deciding one."""
+        src = self._pod_by_ip(packet.src)
+        dst = self._pod_by_ip(packet.dst)
+        egress_steps = _walk(self._egress, packet, src, dst)
+        ingress_steps = _walk(self._ingress, packet, src, dst)
+        egress, egress_by = _first_final(egress_steps)
+        ingress, ingress_by = _first_final(ingress_steps)
+        verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
+        return Explanation(
+            packet, src, dst, egress_steps, ingress_steps, Judgement(verdict, egress, egress_by, ingress, ingress_by)
+        )
+
+
+def _walk(
+    stages: Sequence[tuple[str, Evaluate]], packet: Packet, src: PodRecord | None, dst: PodRecord | None
+) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    for name, evaluate in stages:
+        steps.append(Step(name, evaluate(packet, src, dst)))
+        if steps[-1].decision.verdict:
+            break
+    return tuple(steps)
+
+
+def _first_final(steps: Sequence[Step]) -> tuple[Decision, str]:
+    for step in steps:
+        if step.decision.verdict:
+            return step.decision, step.evaluator
+    return END_OF_PIPELINE, ""
