@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 # What the agent needs at run time (the Dockerfile's runtime stage installs exactly these) ...
 AGENT_APT_PACKAGES=(nftables libnftables1 iptables libnetfilter-queue1 iproute2)
 # ... what building NetfilterQueue needs ...
-BUILD_APT_PACKAGES=(libnetfilter-queue-dev gcc)
-# ... and what only the tests and benchmarks run (they make and flush conntrack entries;
-# the agent itself speaks ctnetlink).
-TEST_APT_PACKAGES=(conntrack)
+BUILD_APT_PACKAGES=(libnetfilter-queue-dev gcc libc6-dev)
+# ... and what only the tests and benchmarks run: conntrack (they make and flush entries; the
+# agent itself speaks ctnetlink); qemu, cpio and kmod's depmod for the real-kernel tier, which
+# boots Debian's kernel (tests/realkernel fetches and caches it itself).
+TEST_APT_PACKAGES=(conntrack qemu-system-x86 cpio kmod)
 APT_PACKAGES=("${AGENT_APT_PACKAGES[@]}" "${BUILD_APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}")
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -20,7 +21,8 @@ done
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # No recommends (as in the Dockerfile): qemu's would pull a desktop's worth of packages.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The Prometheus tier (tests/prometheus) runs its own Prometheus servers and promtool.

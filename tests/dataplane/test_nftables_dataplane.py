@@ -257,7 +257,8 @@ def test_detection_matches_kernel_and_leaves_nothing(netns: str) -> None:
 @pytest.mark.parametrize("backend", ["nft", "xt"])
 def test_start_builds_table_sets_chain_and_rules(netns: str, table: str, backend: str) -> None:
     if backend not in backends(netns):
-        pytest.skip("this kernel has no native nftables queue expression (the generated JSON is unit-tested)")
+        pytest.skip("this kernel has no native nftables queue expression (the generated JSON is unit-tested; "
+                    "the real-kernel tier runs this)")
     config = DataplaneConfig(table=table, queue_num=7, fail_open=False, queue_backend=backend)  # type: ignore[arg-type]
 
     def start() -> str:
@@ -293,6 +294,32 @@ def test_start_builds_table_sets_chain_and_rules(netns: str, table: str, backend
         assert '"queue"' in statements
         for binary in ("iptables", "ip6tables"):
             assert xt_rules(netns, binary) == [] and xt_rules(netns, binary, chain="PREROUTING") == []
+
+
+@pytest.mark.parametrize("first,then", [("xt", "nft"), ("nft", "xt")])
+def test_a_restart_with_the_other_backend_leaves_only_its_rules(netns: str, table: str, first: str, then: str) -> None:
+    """E.g. a node's kernel gains nft_queue, or the operator pins a backend: the earlier run's way of queueing goes."""
+    if "nft" not in backends(netns):
+        pytest.skip("this kernel has no native nftables queue expression (the real-kernel tier runs this)")
+
+    def start(backend: str, v4: list[str]) -> str:
+        return Dataplane(DataplaneConfig(table=table, queue_backend=backend)).start(v4, [])  # type: ignore[arg-type]
+
+    assert in_netns(netns, start, first, ["10.1.0.1"]) == first
+    assert in_netns(netns, start, then, ["10.1.0.1", "10.1.0.2"]) == then
+    listed = list_table(netns, table)
+    assert listed is not None and listed.elements("managed-v4") == {"10.1.0.1", "10.1.0.2"}
+    spec = RulesetSpec(table=table, backend=then)  # type: ignore[arg-type]
+    assert listed.comments == rule_comments(spec)
+    assert listed.comments_in(PREROUTING_CHAIN) == rule_comments(spec, PREROUTING_CHAIN)
+    assert listed.chains["postrouting"]["prio"] == (PRIORITY_NATIVE if then == "nft" else PRIORITY_XT)
+    assert listed.chains[PREROUTING_CHAIN]["prio"] == (
+        PRIORITY_PREROUTING_NATIVE if then == "nft" else PRIORITY_PREROUTING_XT
+    )
+    for binary in ("iptables", "ip6tables"):
+        for chain in ("POSTROUTING", "PREROUTING"):
+            want = [] if then == "nft" else [xt_rule(table, queue_num=100, bypass=True, chain=chain)]
+            assert xt_rules(netns, binary, chain=chain) == want
 
 
 def test_sync_adds_and_removes_elements_and_switches_divert_all(netns: str, table: str) -> None:

@@ -44,10 +44,7 @@ def test_deny_policy_cuts_an_established_connection_only_in_strict_mode(strict_m
             conn.connect((env.ip("x/a"), 80))
             assert echo(conn, b"before") == b"before"
 
-            written = time.monotonic()
             env.apply(deny_ingress("x", "a"))  # returns once the dataplane, and in strict mode conntrack, follow
-            enforced = time.monotonic() - written
-            assert enforced < 1.0, f"the deny policy took {enforced:.2f} s to be enforced"
             conn.settimeout(1.0)
             if strict_mode:
                 # Its conntrack entry is gone: the next segment is new, judged, and dropped.

@@ -12,6 +12,8 @@ from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit
 
 from kube_netpol.tools.lab.names import MAX_IFNAME, LabNames, Owner, parse_netns_name, process_start_time
 from kube_netpol.tools.lab.sctp import build_init, crc32c, parse_init, strip_ipv4_header
+from kube_netpol.tools.lab.timing import ENV as TIME_SCALE_ENV
+from kube_netpol.tools.lab.timing import scaled, time_scale
 from kube_netpol.tools.lab.topology import (
     GATEWAY_V4,
     GATEWAY_V6,
@@ -143,3 +145,14 @@ def test_batch_script_refuses_tokens_that_could_change_the_command() -> None:
     for token in ["a b", "x\nlink del eth0", "#", '"q"', ""]:
         with pytest.raises(ValueError):
             batch_script([["link", "set", token, "up"]])
+
+
+def test_time_scale_multiplies_timeouts_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TIME_SCALE_ENV, raising=False)
+    assert time_scale() == 1.0 and scaled(0.5) == 0.5
+    monkeypatch.setenv(TIME_SCALE_ENV, "3")
+    assert scaled(0.5) == 1.5
+    for bad in ("0.5", "fast", "nan", "-2"):
+        monkeypatch.setenv(TIME_SCALE_ENV, bad)
+        with pytest.raises(ValueError, match=TIME_SCALE_ENV):
+            time_scale()

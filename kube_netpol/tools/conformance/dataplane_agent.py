@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from kube_netpol.tools.lab import Lab
 from kube_netpol.tools.lab.netns import open_netns, socket_in
+from kube_netpol.tools.lab.timing import scaled
 
 #: Where the agent serves /metrics, /healthz, /readyz and /statusz inside the node namespace
 #: (every lab has its own node namespace, so a fixed port never collides).
@@ -136,7 +137,11 @@ class AgentProcess:
         return body.decode()
 
     def wait_enforced(self, revision: str, timeout: float = APPLY_TIMEOUT) -> Mapping[str, Any]:
-        """Wait until the agent is ready and enforces ``revision``; returns its last status."""
+        """Wait until the agent is ready and enforces ``revision``; returns its last status.
+
+        ``timeout`` is multiplied by ``KUBE_NETPOL_LAB_TIME_SCALE`` (see kube_netpol.tools.lab.timing).
+        """
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         status: Mapping[str, Any] | None = None
         while True:
@@ -174,12 +179,12 @@ class AgentProcess:
             self.process.send_signal(signum)
 
     def stop(self, grace: float = STOP_GRACE) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit status (negative: killed by a signal)."""
+        """SIGTERM, then SIGKILL after ``grace`` seconds (scaled); returns the exit status (negative: killed by a signal)."""
         try:
             if self.running:
                 self.process.send_signal(signal.SIGTERM)
                 try:
-                    self.process.wait(grace)
+                    self.process.wait(scaled(grace))
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait(5)

@@ -36,6 +36,7 @@ from kube_netpol.tools.lab.netns import (
 from kube_netpol.tools.lab.processes import end_processes
 from kube_netpol.tools.lab.probes import Probe, SctpProber, probe_tcp, probe_udp
 from kube_netpol.tools.lab.servers import PROTOCOLS, HostServers
+from kube_netpol.tools.lab.timing import scaled
 from kube_netpol.tools.lab.topology import (
     HOST_SYSCTLS,
     NODE_SYSCTLS,
@@ -227,10 +228,14 @@ class Lab:
         return self.probe_many([Probe(src, dst_ip, port, protocol)], timeout)[0]
 
     def probe_many(self, probes: Sequence[Probe], timeout: float | None = None) -> list[bool]:
-        """Run the probes concurrently; results in the same order. Takes about ``timeout`` if any is blocked."""
+        """Run the probes concurrently; results in the same order. Takes about ``timeout`` if any is blocked.
+
+        The timeout is multiplied by ``KUBE_NETPOL_LAB_TIME_SCALE`` (see ``timing``).
+        """
         timeout = self.probe_timeout if timeout is None else timeout
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
+        timeout = scaled(timeout)
         with self._lock:
             self._check_open()
             planned = [self._plan(probe) for probe in probes]
