@@ -63,6 +63,7 @@ class DataplaneGuard:
         self._monitor_factory = monitor
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._monitor: NftablesMonitor | None = None
         self._counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
         self.failures = 0  # repairs that raised
@@ -75,13 +76,19 @@ class DataplaneGuard:
                 monitor = self._monitor_factory()
             except MonitorError as e:
                 log.warning("dataplane guard: %s; checking every %.0f s only", e, self._interval)
+        self._monitor = monitor
         self._thread = threading.Thread(target=self._run, args=(monitor,), name="dataplane-guard", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.interrupt()  # it may be waiting for up to ``interval`` seconds
         if self._thread is not None:
             self._thread.join(timeout)
+        if monitor is not None:
+            monitor.close()  # here, not on the thread: interrupt() must never write to a closed pipe
 
     def repair_counts(self) -> dict[str, int]:
         """Drift kind (``drift.KINDS``) -> repairs that found it, since start."""
@@ -112,25 +119,29 @@ class DataplaneGuard:
         return drift
 
     def _run(self, monitor: NftablesMonitor | None) -> None:
-        try:
-            last = time.monotonic()
-            while not self._stop.is_set():
-                due = last + self._interval
-                changed = False
-                if monitor is not None:
-                    changed = monitor.wait(due - time.monotonic())
-                else:
-                    self._stop.wait(max(0.0, due - time.monotonic()))
-                if self._stop.is_set():
-                    break
-                if changed:
-                    # Coalesce: let the burst end, and keep change storms to one repair per min_gap.
-                    self._stop.wait(max(self._settle, last + self._min_gap - time.monotonic()))
-                    monitor.drain()  # type: ignore[union-attr]
-                elif time.monotonic() < due:
-                    continue
-                self.run_once()
-                last = time.monotonic()
-        finally:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            due = last + self._interval
+            changed = False
             if monitor is not None:
-                monitor.close()
+                try:
+                    changed = monitor.wait(due - time.monotonic())
+                except OSError as e:
+                    if self._stop.is_set():
+                        break
+                    log.error("dataplane guard: watching nftables failed (%s); checking every %.0f s only",
+                              e, self._interval)
+                    monitor = None
+                    continue
+            else:
+                self._stop.wait(max(0.0, due - time.monotonic()))
+            if self._stop.is_set():
+                break
+            if changed and monitor is not None:
+                # Coalesce: let the burst end, and keep change storms to one repair per min_gap.
+                self._stop.wait(max(self._settle, last + self._min_gap - time.monotonic()))
+                monitor.drain()
+            elif time.monotonic() < due:
+                continue
+            self.run_once()
+            last = time.monotonic()

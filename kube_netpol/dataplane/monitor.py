@@ -14,6 +14,7 @@ wait on, and nothing to parse.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 from typing import Final
@@ -42,6 +43,7 @@ class NftablesMonitor:
             self._sock.close()
             raise MonitorError(f"cannot subscribe to nftables events: {e.strerror}") from e
         self._buffer = bytearray(_RECV_BUFFER)
+        self._wake_read, self._wake_write = os.pipe()  # interrupt() ends a wait at once
 
     def __enter__(self) -> NftablesMonitor:
         return self
@@ -54,10 +56,22 @@ class NftablesMonitor:
 
     def close(self) -> None:
         self._sock.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def interrupt(self) -> None:
+        """End a ``wait`` now (from another thread): the agent is stopping."""
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass  # closed already, or the pipe is full: a wait ends either way
 
     def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a change; True if one came (all pending ones are consumed)."""
-        ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        """Block up to ``timeout`` seconds (or until ``interrupt``) for a change; True if one came
+        (all pending ones are consumed)."""
+        ready, _, _ = select.select([self._sock.fileno(), self._wake_read], [], [], max(0.0, timeout))
+        if self._wake_read in ready:
+            return False
         return bool(ready) and self.drain()
 
     def drain(self) -> bool:

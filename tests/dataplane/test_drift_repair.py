@@ -176,3 +176,20 @@ def test_the_guard_is_quiet_about_a_stopped_dataplane() -> None:
 
     guard = DataplaneGuard(Dataplane(DataplaneConfig(table="never-started")), monitor=None)
     assert guard.run_once() is None and guard.failures == 0
+
+
+def _stop_while_waiting() -> bool:
+    import threading
+
+    from kube_netpol.dataplane.guard import DataplaneGuard
+
+    guard = DataplaneGuard(Dataplane(DataplaneConfig(table="never-started")), interval=3600)
+    guard.start()  # its monitor waits for an nf_tables change, or an hour
+    thread = guard._thread  # noqa: SLF001
+    threading.Event().wait(0.1)
+    guard.stop(timeout=2)  # an agent stopping must not wait out the interval (its stop has a grace of seconds)
+    return thread is not None and not thread.is_alive()
+
+
+def test_stopping_the_guard_interrupts_its_wait(netns: str) -> None:
+    assert in_netns(netns, _stop_while_waiting)
