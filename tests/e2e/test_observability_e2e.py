@@ -66,6 +66,8 @@ FAMILY_LABELS = {
     "dataplane_sync_duration_seconds": set(),
     "policy_apply_latency_seconds": set(),
     "dataplane_sync_errors": set(),
+    "dataplane_repairs": {"kind"},
+    "new_flows_rate_limited": set(),
     "packet_errors": set(),
     "decision_records": {"result"},
     "managed_pod_ips": {"family"},
