@@ -233,7 +233,9 @@ def helper_dataplane(args: argparse.Namespace) -> None:
     from kube_netpol.dataplane import Dataplane, DataplaneConfig, cleanup
 
     if args.action == "start":
-        backend = Dataplane(DataplaneConfig(table=args.table, queue_num=args.queue, fail_open=True)).start(
+        # No per-source limit of new flows: one sending pod measures the consumer, not the limit.
+        backend = Dataplane(DataplaneConfig(table=args.table, queue_num=args.queue, fail_open=True,
+                                            new_flow_limit=0)).start(
             args.managed, []
         )
         print(backend, flush=True)
@@ -645,7 +647,9 @@ class Agent:
         program = ["-m", "kube_netpol"] if recording else [str(Path(__file__).resolve().parent / "unrecorded_loop.py")]
         argv = [sys.executable, *program, "run", "--manifests", str(self.folder),
                 "--hostname-override", NODE_NAME, "--nftables-table", self.table,
-                "--metrics-bind-address", f"{AGENT_STATUS[0]}:{AGENT_STATUS[1]}"]  # fmt: skip
+                "--metrics-bind-address", f"{AGENT_STATUS[0]}:{AGENT_STATUS[1]}",
+                # One sending pod: the per-source limit of new flows (docs/configuration.md) would measure itself.
+                "--new-flow-rate-limit", "0"]  # fmt: skip
         self.decision_log: Path | None = None
         if decision_log:
             self.decision_log = bench.workdir / f"decisions-{name}.jsonl"
