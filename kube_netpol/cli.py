@@ -20,6 +20,7 @@ TOOL_SUBCOMMAND_MODULES = (
     "kube_netpol.tools.conformance.cli",
     "kube_netpol.tools.lab.cli",
     "kube_netpol.tools.explain.cli",
+    "kube_netpol.tools.advise.cli",
 )
 
 

@@ -110,6 +110,9 @@ def propose_from_flows(
     proposals: dict[Workload, Proposal] = {}
     for workload in sorted(ends.pods_of):
         if not options.filter.wants(workload):
+            if options.filter.left_as_system(workload):
+                advice.note(f"{workload}: no policy, it runs in a system namespace (name it with --namespace "
+                            "or --workload to have one)")
             continue
         selector = ends.selector[workload]
         if selector is None:

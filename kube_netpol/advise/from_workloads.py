@@ -153,6 +153,9 @@ def propose_from_workloads(view: ClusterView, options: AdviseOptions = DEFAULT_O
     for candidate in pool:
         workload = candidate.workload
         if not options.filter.wants(workload):
+            if options.filter.left_as_system(workload):
+                advice.note(f"{workload}: no policy, it runs in a system namespace (name it with --namespace "
+                            "or --workload to have one)")
             continue
         is_dns = workload.namespace == options.dns_namespace and options.dns_selector.matches(candidate.labels)
         is_ingress = options.ingress_controller_selector.matches(candidate.labels)

@@ -21,14 +21,17 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Workload:
     """What pods belong to: a Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet, another
-    controller's kind, or ``Pod`` for a pod no controller owns."""
+    controller's kind, or ``Pod`` for a pod no controller owns. Sorted by namespace, kind, name."""
 
     kind: str
     namespace: str
     name: str
+
+    def __lt__(self, other: Workload) -> bool:
+        return (self.namespace, self.kind, self.name) < (other.namespace, other.kind, other.name)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"

@@ -42,6 +42,10 @@ class WorkloadFilter:
         return any((ns is None or ns == workload.namespace) and (kind is None or kind == workload.kind.lower())
                    and name == workload.name for ns, kind, name in self.names)
 
+    def left_as_system(self, workload: Workload) -> bool:
+        """Left out only because it runs in a system namespace (worth saying: it may surprise)."""
+        return (not self.names and self.namespaces is None and workload.namespace in SYSTEM_NAMESPACES)
+
     def wants(self, workload: Workload) -> bool:
         if self.names and not self.named(workload):
             return False
