@@ -17,12 +17,8 @@ from kube_netpol.advise.from_flows import propose_from_flows
 from kube_netpol.advise.from_workloads import owners_of, propose_from_workloads
 from kube_netpol.advise.kinds import WORKLOAD_KINDS, WorkloadObject, advise_registry
 from kube_netpol.advise.model import Advice, Selector, Workload
-from kube_netpol.advise.options import (
-    DEFAULT_DNS_SELECTOR,
-    DEFAULT_INGRESS_SELECTOR,
-    AdviseOptions,
-    WorkloadFilter,
-)
+from kube_netpol.advise.arguments import add_proposal_arguments, options_from_args
+from kube_netpol.advise.options import AdviseOptions
 from kube_netpol.advise.render import TooManyRules, cluster_network_policy, network_policy, to_yaml
 from kube_netpol.plugins import DEFAULT_PIPELINE, PluginError
 from kube_netpol.state import ClusterState
@@ -41,20 +37,6 @@ replays the observed flows through the agent's engine with the proposal in
 force. Exit status: 0 done (and every observed flow stays allowed), 1 --verify
 found observed flows the proposal would deny, 2 usage error.
 """
-
-
-def _selector(text: str) -> Selector:
-    try:
-        return Selector.parse(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _workload(text: str) -> tuple[str | None, str | None, str]:
-    try:
-        return WorkloadFilter.parse_workload(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _prefixes(text: str) -> tuple[int, int]:
@@ -97,20 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="networkpolicy (default) or clusternetworkpolicy (Baseline tier, policy.networking.k8s.io/v1alpha2)")
     parser.add_argument("--priority", type=_priority, default=100,
                         help="with --format clusternetworkpolicy: the policies' priority (0-1000, default 100)")
-    parser.add_argument("--namespace", action="append", metavar="NS",
-                        help="propose for workloads of NS only (repeatable; default: all but kube-system, "
-                             "kube-public, kube-node-lease)")
-    parser.add_argument("--workload", action="append", type=_workload, metavar="[[NS/]KIND/]NAME",
-                        help="propose for this workload only (repeatable), e.g. deployment/web or shop/statefulset/db")
     parser.add_argument("--aggregate-cidrs", type=_prefixes, metavar="N[,M]",
                         help="widen addresses that are not pods to their IPv4 /N (and IPv6 /M, default 64) networks")
-    parser.add_argument("--dns-namespace", default="kube-system", metavar="NS",
-                        help="the cluster DNS pods' namespace (default kube-system)")
-    parser.add_argument("--dns-selector", type=_selector, default=DEFAULT_DNS_SELECTOR, metavar="SELECTOR",
-                        help=f"the cluster DNS pods' labels (default {DEFAULT_DNS_SELECTOR})")
-    parser.add_argument("--ingress-controller-selector", type=_selector, default=DEFAULT_INGRESS_SELECTOR,
-                        metavar="SELECTOR", help=f"the ingress controller pods' labels (default {DEFAULT_INGRESS_SELECTOR})")
-    parser.add_argument("--cluster-domain", default="cluster.local", help="for Service names in env values (default cluster.local)")
+    add_proposal_arguments(parser)
     parser.add_argument("--verify", nargs="*", metavar="FILE",
                         help="replay the observed flows (those of --from-decisions, or these decision-record files) "
                              "through the engine with the proposal in force; exit 1 if any would be denied")
@@ -119,19 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--evaluator-config", metavar="FILE", help="YAML file: evaluator name -> its settings")
     parser.add_argument("--output", "-o", metavar="FILE", help="write the YAML here instead of stdout")
     parser.set_defaults(func=run_command)
-
-
-def options_from_args(args: argparse.Namespace) -> AdviseOptions:
-    v4, v6 = args.aggregate_cidrs if args.aggregate_cidrs else (None, None)
-    return AdviseOptions(
-        filter=WorkloadFilter(frozenset(args.namespace) if args.namespace else None, tuple(args.workload or ())),
-        dns_namespace=args.dns_namespace,
-        dns_selector=args.dns_selector,
-        ingress_controller_selector=args.ingress_controller_selector,
-        cluster_domain=args.cluster_domain,
-        aggregate_v4=v4,
-        aggregate_v6=v6,
-    )
 
 
 def read_decision_files(paths: Sequence[str]) -> ReadResult:
@@ -224,7 +182,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise StateError("--from-workloads needs --manifests DIR or --kubeconfig FILE")
         if args.verify is not None and not args.verify and not args.from_decisions:
             raise StateError("--verify with --from-workloads needs the decision-record files to replay: --verify FILE...")
-        advice, flows, said = advise(args, options_from_args(args))
+        advice, flows, said = advise(args, options_from_args(args, args.aggregate_cidrs))
         documents, render_notes = render(advice, args)
         result = None
         if args.verify is not None:
