@@ -4,6 +4,7 @@ an enforcing agent applies them; the same traffic still passes and what was neve
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 from e2e_agentlab import NODE, agent_lab, requires_root
 
+from kube_netpol.advise.flows import distinct_flows, read_records
 from kube_netpol.cli import main
 from kube_netpol.tools.conformance.dataplane_agent import AgentProcess
 from kube_netpol.tools.lab import Probe
@@ -131,3 +133,21 @@ def test_advise_from_audit_records_keeps_the_traffic_and_denies_the_rest(tmp_pat
         finally:
             env.agent.stop()
             enforcing_log.unlink(missing_ok=True)
+
+
+def test_the_documented_example_records_come_from_the_lab(tmp_path: Path) -> None:
+    """docs/advise.md's decision records are what scripts/advise_example.py records with the real agent:
+    the same connections (addresses, ports, pods, labels, owners, port names), other times and source ports."""
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("advise_example", repo / "scripts" / "advise_example.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    fresh = tmp_path / "decisions.jsonl"
+    assert example.record(fresh) == len(example.TRAFFIC)
+
+    def connections(path: Path) -> list[Any]:
+        return [(f.src, f.dst, f.protocol, f.dst_port, f.dst_port_name, f.passed)
+                for f in distinct_flows(read_records(path.read_text().splitlines()).flows)]
+
+    assert connections(fresh) == connections(repo / "docs" / "examples" / "advise" / "decisions.jsonl")

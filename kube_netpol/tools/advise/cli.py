@@ -197,8 +197,9 @@ def run_command(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    kind = "NetworkPolicies" if args.format == "networkpolicy" else "ClusterNetworkPolicies"
-    said.append(f"advise: {len(documents)} {kind} for {len(advice.proposals)} workload(s)")
+    kind = "NetworkPolic" if args.format == "networkpolicy" else "ClusterNetworkPolic"
+    said.append(f"advise: {len(documents)} {kind}{'y' if len(documents) == 1 else 'ies'} "
+                f"for {len(advice.proposals)} workload(s)")
     said.extend(f"note: {note}" for note in advice.notes + render_notes)
     if result is not None:
         said.append(report(result))
