@@ -25,7 +25,7 @@ from kube_netpol.api.evaluator import EvaluatorContext
 from kube_netpol.api.kinds import NODE_KIND, KindSpec
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import NEXT, Decision
-from kube_netpol.evaluators.indexed import IndexedEvaluator, MemoEntry, SelectingStage, remember
+from kube_netpol.evaluators.indexed import MEMO_SIZE, IndexedEvaluator, MemoEntry, SelectingStage, remember
 from kube_netpol.policy.adminnetworkpolicy import (
     AdminNetworkPolicy,
     EgressRule,
@@ -54,14 +54,23 @@ class _Subject(MemoEntry):
 
 
 class SubjectRulesStage(SelectingStage):
-    """Policies in precedence order, the node index, and the memo built from them."""
+    """Policies in precedence order, the node index, and the memos built from them.
 
-    __slots__ = ("policies", "nodes", "memo")
+    ``by_namespace`` remembers, per namespace labels mapping, the policies whose
+    subject's namespace selector matches it (in precedence order): a pod's
+    entry then checks only those policies' pod selectors, so policies of
+    other namespaces cost nothing per pod (a namespace selector is judged once
+    per namespace, not once per pod).
+    """
+
+    __slots__ = ("policies", "nodes", "memo", "by_namespace")
 
     def __init__(self, policies: Sequence[AdminNetworkPolicy] | Sequence[object], nodes: NodeIndex) -> None:
         self.policies = tuple(policies)
         self.nodes = nodes
         self.memo: dict[int, _Subject] = {}
+        # id(namespace labels) -> (those labels, kept alive so the id stays theirs; the candidate policies)
+        self.by_namespace: dict[int, tuple[Labels, tuple[object, ...]]] = {}
 
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if dst is None or src is None:
@@ -115,13 +124,27 @@ class SubjectRulesStage(SelectingStage):
             entry = self._remember(pod)
         return entry.selected
 
+    def _candidates(self, namespace_labels: Labels) -> tuple[object, ...]:
+        known = self.by_namespace.get(id(namespace_labels))
+        if known is not None and known[0] is namespace_labels:
+            return known[1]
+        candidates = tuple(
+            policy for policy in self.policies
+            if policy.subject.namespace_selector.matches(namespace_labels)  # type: ignore[attr-defined]
+        )  # fmt: skip
+        if len(self.by_namespace) >= MEMO_SIZE:
+            self.by_namespace.clear()
+        self.by_namespace[id(namespace_labels)] = (namespace_labels, candidates)
+        return candidates
+
     def _remember(self, pod: PodRecord) -> _Subject:
         entry = _Subject(pod.labels)
         entry.namespace_labels = pod.namespace_labels
         ingress: list[IngressRule] = []
         egress: list[EgressRule] = []
-        for policy in self.policies:
-            if policy.subject.selects(pod):  # type: ignore[attr-defined]
+        labels = pod.labels
+        for policy in self._candidates(pod.namespace_labels):
+            if policy.subject.pod_selector.matches(labels):  # type: ignore[attr-defined]
                 entry.selected = True
                 ingress.extend(policy.ingress)  # type: ignore[attr-defined]
                 egress.extend(policy.egress)  # type: ignore[attr-defined]

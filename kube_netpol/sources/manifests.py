@@ -28,6 +28,15 @@ SUFFIXES = (".yaml", ".yml", ".json")
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
+def yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    """PyYAML's several-line message as one line: where, what, while doing what."""
+    mark = err.problem_mark or err.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = err.problem or "invalid YAML"
+    context = f" (while {err.context.removeprefix('while ')})" if err.context else ""
+    return f"{where}{problem}{context}"
+
+
 class ManifestError(ValueError):
     """A manifest file that cannot be read; the message names the file."""
 
@@ -62,8 +71,10 @@ def read_manifest_file(path: pathlib.Path) -> list[Mapping[str, Any]]:
         raise
     except RecursionError:
         raise ManifestError(f"{path}: nesting deeper than {MAX_MANIFEST_DEPTH} levels") from None
+    except yaml.MarkedYAMLError as err:
+        raise ManifestError(f"{path}: {yaml_problem(err)}") from None
     except (OSError, ValueError, yaml.YAMLError) as err:
-        raise ManifestError(f"{path}: {err}") from None
+        raise ManifestError(f"{path}: {' '.join(str(err).split())}") from None
     except Exception as err:  # noqa: BLE001 - whatever the parser raises, this file is bad, not the agent
         raise ManifestError(f"{path}: cannot parse: {type(err).__name__}: {err}") from None
     objects: list[Mapping[str, Any]] = []

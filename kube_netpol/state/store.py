@@ -218,9 +218,25 @@ class ClusterState:
                 objects[key] = parsed
                 self._record(spec.kind, key, old, parsed)
         except InvalidObject as err:
-            self._refuse(spec.kind, reference(obj), str(err))
+            kept = self._holds(spec.kind, obj)
+            self._refuse(spec.kind, reference(obj), f"{err}; the last valid version stays in force" if kept else str(err))
             return False
         return True
+
+    def _holds(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        """Whether the state already has a version of ``obj`` (a refused update then leaves it in force)."""
+        spec = self.kinds.get(kind)
+        try:
+            key = metadata_of(obj, spec.namespaced if spec is not None else True)
+        except InvalidObject:
+            return False
+        if kind == "Namespace":
+            return key[1] in self._namespaces
+        if kind == "Node":
+            return key[1] in self._nodes
+        if kind == "Pod":
+            return key in self._pods
+        return key in self._objects.get(kind, {})
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Remove an object; True if it existed (objects of kinds not in the registry never do)."""

@@ -126,3 +126,29 @@ def _echo_all(conns: list[socket.socket], payload: bytes, wait: float) -> list[b
 
 def _connections_cut(env: AgentLab) -> int:
     return sum(int(n) for n in CUT_RE.findall(env.agent.log_text()))
+
+
+def test_a_deny_written_while_no_agent_ran_cuts_the_connection_at_start_up() -> None:
+    from kube_netpol.tools.conformance.dataplane_agent import AgentProcess
+
+    # Failing open, a stopped agent leaves its rules and the kernel lets diverted packets through (bypass).
+    with agent_lab(PODS, fail_open=True, policies=[_allow_from_namespace("x", "a", "y")]) as env:
+        conn = env.host_socket("y/a", socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            conn.settimeout(1.0)
+            conn.bind((env.ip("y/a"), 0))
+            conn.connect((env.ip("x/a"), 80))
+            assert echo(conn, b"before") == b"before"
+            first = env.agent
+            assert first.stop() == 0
+            # The deny is written while no agent runs: no change will come after the next one starts.
+            revision = env.folder.write(env.objects([deny_ingress("x", "a")]))
+            assert echo(conn, b"meanwhile") == b"meanwhile"  # nobody judges: the connection is still open
+            env.agent = AgentProcess(first.lab, env.folder.path, first.log_path, node_name=first.node_name,
+                                     table=first.table, fail_open=True, strict_mode=True)
+            env.agent.wait_enforced(revision, timeout=20)
+            conn.settimeout(1.0)
+            assert echo(conn, b"after") is None  # cut by the start-up pass
+            assert CUT_RE.search(env.agent.log_tail(200))
+        finally:
+            conn.close()

@@ -16,6 +16,7 @@ from kube_netpol.evaluators.adminnetworkpolicy import create as anp_create
 from kube_netpol.evaluators.baselineadminnetworkpolicy import create as banp_create
 from kube_netpol.plugins import registry_for
 from kube_netpol.policy.adminnetworkpolicy import Subject
+from kube_netpol.policy.selectors import LabelSelector
 from unit_standins import PublishingState, publishing_engine
 
 ClusterState = PublishingState
@@ -462,23 +463,30 @@ def test_unrelated_anps_cost_nothing_once_memoised(state: ClusterState, monkeypa
     first = evaluator.stage.evaluate_ingress(packet, src, dst)
     assert (first.policy, first.rule) == ("mine-2", "allow-y")
 
-    calls = 0
-    original = Subject.selects
+    others = [p for key, p in state.objects("AdminNetworkPolicy").items() if key[1].startswith("other-")]
+    unrelated = {id(p.subject.namespace_selector) for p in others}
+    consulted: list[int] = []
+    original = LabelSelector.matches
 
-    def counting(self: Subject, pod_info: Any) -> bool:
-        nonlocal calls
-        calls += 1
-        return original(self, pod_info)
+    def counting(self: LabelSelector, labels: Any) -> bool:
+        consulted.append(id(self))
+        return original(self, labels)
 
-    monkeypatch.setattr(Subject, "selects", counting)
+    monkeypatch.setattr(LabelSelector, "matches", counting)
     for _ in range(10):
         assert evaluator.stage.evaluate_ingress(packet, src, dst) is first  # the same Decision object every time
-    assert calls == 0
-    # A change of the destination pod makes a new entry for it only: one pass over the ANPs.
+    assert not unrelated & set(consulted)
+    # A change of the destination pod makes a new entry for it: its namespace's candidate policies are
+    # known already, so the 200 ANPs of other namespaces are not looked at again.
     state.apply(pod("x", "a", [ADDR["x/a"]], labels={"pod": "a", "new": "label"}))
     dst = state.pod_by_ip(_ip(ADDR["x/a"]))
     assert evaluator.stage.evaluate_ingress(packet, src, dst) is first
-    assert calls == 202
+    assert not unrelated & set(consulted)
+    # A namespace relabel judges each policy's namespace selector once for that namespace, not once per pod.
+    consulted.clear()
+    state.apply(namespace("x", ns="x", extra="1"))
+    selectors_checked = [i for i in consulted if i in unrelated]
+    assert len(selectors_checked) == 200
 
 
 def test_memo_entries_are_checked_by_identity(state: ClusterState) -> None:

@@ -199,3 +199,22 @@ def test_explain_lists_answers_up_to_the_deciding_one() -> None:
     assert [s.evaluator for s in explanation.ingress_steps] == ["a", "b", "c"]
     assert explanation.judgement.egress_by == "b" and not explanation.judgement.allowed
     assert explanation.src.name == "src" and explanation.dst.name == "dst"
+
+
+def test_a_refused_pod_stays_isolated_by_its_namespaces_default_deny() -> None:
+    from kube_netpol.plugins import build_engine
+
+    engine = build_engine(node_name="n1")
+    state = engine.state
+    state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+    state.apply(pod("client", SRC))
+    state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"namespace": "x", "name": "default-deny"},
+                 "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    bad = pod("bad", DST)
+    bad["metadata"]["labels"] = {"version": 1}  # an unquoted number in YAML: not a string, the pod is refused
+    assert not state.apply(bad)
+    engine.publish()
+    judgement = engine.evaluate(packet())
+    assert not judgement.allowed and judgement.ingress.policy == "x/default-deny"
+    assert DST in set(engine.managed.addresses)  # and its traffic is diverted to be judged

@@ -251,6 +251,23 @@ def test_manifests_folder_and_refused_objects(capsys: pytest.CaptureFixture[str]
     assert "note: ignored invalid NetworkPolicy shop/broken" in capsys.readouterr().out
 
 
+def test_an_unreadable_manifest_is_a_usage_error_not_an_answer(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "pods.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+        pod("shop", "web", "10.1.0.5", {"app": "web"}, []), pod("shop", "db", "10.1.0.6", {"app": "db"}, [])]))
+    # The file that holds the deny-all cannot be read: an answer from the rest would be "allowed".
+    (folder / "deny.yaml").write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: [d\n")
+    for output in ("text", "json"):
+        code = main(["explain", "--manifests", str(folder), "--from", "shop/web", "--to", "shop/db", "--port", "80",
+                     "--output", output])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == ""
+        assert "cannot read every manifest" in captured.err and "deny.yaml: line 4, column 1" in captured.err
+
+
 def pod(ns: str, name: str, ip: str, labels: dict[str, str], ports: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": name, "labels": labels},
             "spec": {"containers": [{"name": "main", "ports": ports}]},

@@ -179,3 +179,26 @@ def test_a_missing_folder_is_reported_once_then_every_interval(tmp_path: pathlib
     with caplog.at_level(logging.INFO):
         source.poll()
     assert source.ready() and "readable again" in caplog.text
+
+
+def test_a_yaml_error_is_one_log_line_with_its_place(tmp_path: pathlib.Path, caplog) -> None:
+    write(tmp_path / "bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: [x\n")
+    with caplog.at_level(logging.ERROR):
+        ManifestSource(tmp_path, ClusterState(registry_for())).sync()
+    (record,) = [r for r in caplog.records if "bad.yaml" in r.getMessage()]
+    message = record.getMessage()
+    assert "\n" not in message
+    assert "line 4, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence)" in message
+
+
+def test_a_refused_update_says_the_last_valid_version_stays(tmp_path: pathlib.Path, caplog) -> None:
+    state = ClusterState(registry_for())
+    source = ManifestSource(tmp_path, state)
+    write(tmp_path / "base.yaml", NAMESPACE_AND_POD)
+    write(tmp_path / "deny.yaml", POLICY)
+    source.sync()
+    write(tmp_path / "deny.yaml", POLICY.replace("policyTypes: [Ingress]", "policyTypes: [Sideways]"))
+    with caplog.at_level(logging.WARNING):
+        source.sync()
+    assert "refusing NetworkPolicy x/deny" in caplog.text and "the last valid version stays in force" in caplog.text
+    assert ("x", "deny") in state.objects("NetworkPolicy")

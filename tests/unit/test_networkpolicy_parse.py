@@ -360,6 +360,7 @@ def test_the_store_refuses_invalid_policies_and_keeps_the_last_good_one() -> Non
     assert not state.apply(netpol({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 1}]}]}))
     assert [str(refusal) for refusal in state.take_refusals()] == [
         "NetworkPolicy x/p: spec.ingress[0].ports[0].endPort: endPort 1 must be greater than or equal to port 80"
+        "; the last valid version stays in force"
     ]
     kept = state.objects("NetworkPolicy")[("x", "p")]
     assert kept.ingress[0].ports.matches(IPPROTO_TCP, 80, NO_PORT_NAMES)

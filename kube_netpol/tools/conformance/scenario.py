@@ -20,6 +20,7 @@ import yaml
 from kube_netpol.tools.conformance import fields
 from kube_netpol.tools.conformance.errors import ScenarioError
 from kube_netpol.plugins import registry_for
+from kube_netpol.sources.manifests import yaml_problem
 from kube_netpol.state.kinds import RECORD_KINDS
 
 FAMILIES = ("IPv4", "IPv6")
@@ -231,9 +232,7 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+    return yaml_problem(err) if isinstance(err, yaml.MarkedYAMLError) else " ".join(str(err).split())
 
 
 def parse_scenario(data: object, source: str = "") -> Scenario:
