@@ -312,3 +312,20 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     code, _, err = run_advise(capsys, "--from-decisions", str(empty), "--format", "clusternetworkpolicy", "--verify")
     # No policy proposed: nothing the pipeline cannot read, so verify runs (and has nothing to replay).
     assert code == 0, err
+
+
+def test_records_of_an_older_agent_take_labels_and_owners_from_a_source(recorder: Recorder) -> None:
+    new_fields = ("src_owner", "src_labels", "dst_owner", "dst_labels", "dst_port_name")
+    old = [json.dumps({k: v for k, v in record.items() if k not in new_fields}) for record in recorder.records]
+    flows = read_records(old).flows
+    advice = propose_from_flows(flows)
+    assert advice.proposals == [] and any("carry no labels or owner" in note for note in advice.notes)
+
+    def lookup(key: tuple[str, str]) -> tuple[dict[str, str], str] | None:
+        pod = recorder.state.pod(key)
+        return (dict(pod.labels), pod.owner) if pod is not None else None
+
+    from_source = {p.workload: p for p in propose_from_flows(flows, lookup=lookup).proposals}
+    assert set(from_source) == {WEB, DB, AGENT, REPORT, MIGRATE, DEBUG}
+    # Without the receivers' port names, ports are numbers.
+    assert (peer("shop", app="web", tier="front"), Port("TCP", 5432)) in from_source[DB].ingress
