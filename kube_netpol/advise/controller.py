@@ -25,139 +25,31 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from kube_netpol.advise.from_workloads import propose_from_workloads
-from kube_netpol.advise.kinds import ADVISE_KINDS, advise_registry
+from kube_netpol.advise.kinds import advise_registry
 from kube_netpol.advise.options import AdviseOptions
-from kube_netpol.advise.render import WORKLOAD_ANNOTATION, network_policy
+from kube_netpol.advise.owned import (
+    OWNED_POLICIES,
+    OWNED_SELECTOR,
+    WATCHED_KINDS,
+    Action,
+    OwnedPolicy,
+    PolicyKey,
+    desired_policies,
+    plan,
+    trim_owned_policy,
+)
+from kube_netpol.advise.writer import KubernetesWriter, WriteFailed
 from kube_netpol.api.cluster import Change, PodRecord
-from kube_netpol.api.errors import InvalidObject
-from kube_netpol.api.kinds import KindSpec, pick
+from kube_netpol.api.kinds import KindSpec
 from kube_netpol.observability.decisions import TokenBucket
 from kube_netpol.sources.kube_reflector import Reflector, WatchSettings
 from kube_netpol.state import ClusterState
-from kube_netpol.state.records import labels_of, metadata_of
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGER = "kube-netpol-policy-controller"
-OWNED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
-PolicyKey = tuple[str, str]
 _PAST = {"create": "created", "update": "updated", "delete": "deleted"}
-
-
-# ----------------------------------------------------------------------------- owned policies
-
-
-@dataclass(frozen=True)
-class OwnedPolicy:
-    """A NetworkPolicy this controller made, as the API server holds it."""
-
-    namespace: str
-    name: str
-    uid: str
-    resource_version: str
-    #: What a reconcile compares: labels, the workload annotation, spec.
-    content: Mapping[str, Any]
-
-
-def comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What decides whether a policy must be written again, normalized as the API server stores it
-    (it drops empty lists: ``ingress: []`` comes back absent)."""
-    meta = obj.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    content: dict[str, Any] = _without_empty_lists({
-        "labels": dict(meta.get("labels") or {}),
-        "annotations": {k: v for k, v in annotations.items() if k == WORKLOAD_ANNOTATION},
-        "spec": obj.get("spec") or {},
-    })
-    return content
-
-
-def _without_empty_lists(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _without_empty_lists(v) for k, v in value.items() if v != []}
-    if isinstance(value, list):
-        return [_without_empty_lists(v) for v in value]
-    return value
-
-
-def read_owned_policy(obj: Mapping[str, Any]) -> OwnedPolicy:
-    namespace, name = metadata_of(obj, namespaced=True)
-    if labels_of(obj).get(MANAGED_BY_LABEL) != MANAGER:
-        raise InvalidObject(f"not labelled {OWNED_SELECTOR}: not this controller's to touch")
-    meta = obj["metadata"]
-    return OwnedPolicy(namespace, name, str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""),
-                       comparable(obj))
-
-
-def trim_owned_policy(obj: Any) -> Any:
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("metadata"), Mapping):
-        return obj
-    meta = pick(obj["metadata"], ("name", "namespace", "labels", "uid", "resourceVersion"))
-    annotations = obj["metadata"].get("annotations")
-    if isinstance(annotations, Mapping) and WORKLOAD_ANNOTATION in annotations:
-        meta["annotations"] = {WORKLOAD_ANNOTATION: annotations[WORKLOAD_ANNOTATION]}
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": meta, "spec": obj.get("spec")}
-
-
-#: The controller's own view of NetworkPolicies: only the ones it owns (listed with OWNED_SELECTOR).
-OWNED_POLICIES = KindSpec("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", True,
-                          read_owned_policy, trim_owned_policy, custom=False, order=20)
-#: Kinds read, in the order they are listed; Namespaces are not needed (policies name namespaces by name).
-WATCHED_KINDS = ("Node", "Pod", *(spec.kind for spec in ADVISE_KINDS if spec.kind != "Node"), "NetworkPolicy")
-
-
-def required_rules(dry_run: bool) -> set[tuple[str, str, str]]:
-    """The RBAC rules (apiGroup, resource, verb) the controller needs, and no more: list and watch of
-    what it reads; create, update and delete of NetworkPolicies unless it only dry-runs."""
-    registry = advise_registry((OWNED_POLICIES,))
-    rules = {(registry[kind].group, registry[kind].plural, verb) for kind in WATCHED_KINDS for verb in ("list", "watch")}
-    if not dry_run:
-        rules |= {("networking.k8s.io", "networkpolicies", verb) for verb in ("create", "update", "delete")}
-    return rules
-
-
-# ------------------------------------------------------------------------------------ plans
-
-
-@dataclass(frozen=True)
-class Action:
-    verb: str  # create, update, delete
-    key: PolicyKey
-    #: The policy to write (None for delete).
-    desired: Mapping[str, Any] | None
-    #: What the API server holds now (None for create).
-    owned: OwnedPolicy | None
-
-    def __str__(self) -> str:
-        return f"{self.verb} NetworkPolicy {self.key[0]}/{self.key[1]}"
-
-
-def plan(desired: Mapping[PolicyKey, Mapping[str, Any]], owned: Mapping[PolicyKey, OwnedPolicy]) -> list[Action]:
-    """What makes ``owned`` equal ``desired``: creates and updates in key order, then deletes."""
-    actions: list[Action] = []
-    for key in sorted(desired):
-        have = owned.get(key)
-        if have is None:
-            actions.append(Action("create", key, desired[key], None))
-        elif have.content != comparable(desired[key]):
-            actions.append(Action("update", key, desired[key], have))
-    actions.extend(Action("delete", key, None, owned[key]) for key in sorted(set(owned) - set(desired)))
-    return actions
-
-
-def desired_policies(state: ClusterState, options: AdviseOptions) -> dict[PolicyKey, dict[str, Any]]:
-    policies = {}
-    for proposal in propose_from_workloads(state, options).proposals:
-        policy = network_policy(proposal, labels={MANAGED_BY_LABEL: MANAGER})
-        policies[(policy["metadata"]["namespace"], policy["metadata"]["name"])] = policy
-    return policies
-
-
-# ----------------------------------------------------------------------------------- writes
 
 
 @dataclass(frozen=True)
@@ -178,58 +70,6 @@ class ControllerLimits:
     failure_backoff: float = 5.0
     #: Reconcile at least this often even without changes (conflicts are retried then).
     resync: float = 300.0
-
-
-class WriteFailed(Exception):
-    def __init__(self, status: int | None, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-class KubernetesWriter:
-    """Create, update and delete NetworkPolicies through the official client; every call bounded."""
-
-    def __init__(self, api_client: Any, limits: ControllerLimits) -> None:
-        from kubernetes import client as k8s
-
-        self._k8s = k8s
-        self._api = k8s.NetworkingV1Api(api_client)
-        self._timeout = (limits.connect_timeout, limits.write_timeout)
-
-    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = method(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
-            data = response.data
-            response.release_conn()
-        except Exception as err:  # noqa: BLE001 - HTTP errors, timeouts, refused connections
-            status = getattr(err, "status", None)
-            reason = ""
-            body = getattr(err, "body", None)
-            if body:
-                try:
-                    reason = json.loads(body).get("reason", "")
-                except (ValueError, AttributeError):
-                    reason = ""
-            raise WriteFailed(status if isinstance(status, int) else None,
-                              reason or getattr(err, "reason", None) or str(err) or type(err).__name__) from None
-        return json.loads(data) if data else {}
-
-    def create(self, policy: Mapping[str, Any]) -> dict[str, Any]:
-        return self._call(self._api.create_namespaced_network_policy, policy["metadata"]["namespace"], dict(policy))
-
-    def update(self, policy: Mapping[str, Any], owned: OwnedPolicy) -> dict[str, Any]:
-        body = json.loads(json.dumps(policy))
-        body["metadata"]["resourceVersion"] = owned.resource_version  # optimistic concurrency: ours, or a 409
-        return self._call(self._api.replace_namespaced_network_policy, owned.name, owned.namespace, body)
-
-    def delete(self, owned: OwnedPolicy) -> None:
-        k8s = self._k8s
-        preconditions = k8s.V1Preconditions(uid=owned.uid or None, resource_version=owned.resource_version or None)
-        self._call(self._api.delete_namespaced_network_policy, owned.name, owned.namespace,
-                   body=k8s.V1DeleteOptions(preconditions=preconditions))
-
-
-# ------------------------------------------------------------------------------- controller
 
 
 @dataclass

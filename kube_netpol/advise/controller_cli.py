@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from kube_netpol.advise.controller import ControllerLimits, KubernetesWriter, PolicyController
+    from kube_netpol.advise.controller import ControllerLimits, PolicyController
+    from kube_netpol.advise.writer import KubernetesWriter
     from kube_netpol.logs import configure_logging
     from kube_netpol.sources.kubernetes import KubernetesConfigError, api_client_from_config, resource_request
 
@@ -66,7 +67,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"kube-netpol policy-controller: {err}", file=sys.stderr)
         return 2
     limits = ControllerLimits(quiet=args.quiet_period, writes_per_second=args.writes_per_second)
-    controller = PolicyController(lambda spec: resource_request(api_client, spec), KubernetesWriter(api_client, limits),
+    writer = KubernetesWriter(api_client, limits.connect_timeout, limits.write_timeout)
+    controller = PolicyController(lambda spec: resource_request(api_client, spec), writer,
                                   options_from_args(args), dry_run=args.dry_run, limits=limits)
     server = None
     if args.metrics_bind_address[1]:

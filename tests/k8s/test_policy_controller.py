@@ -12,15 +12,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from kube_netpol.advise.controller import (
-    MANAGED_BY_LABEL,
-    MANAGER,
-    OWNED_POLICIES,
-    ControllerLimits,
-    KubernetesWriter,
-    PolicyController,
-    required_rules,
-)
+from kube_netpol.advise.controller import ControllerLimits, PolicyController
+from kube_netpol.advise.owned import MANAGED_BY_LABEL, MANAGER, OWNED_POLICIES, required_rules
+from kube_netpol.advise.writer import KubernetesWriter
 from kube_netpol.advise.kinds import advise_registry
 from kube_netpol.advise.options import AdviseOptions
 from kube_netpol.sources.kubernetes import api_client_from_config, resource_request
@@ -76,7 +70,7 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -
 @contextmanager
 def controller_on(server: FakeApiServer, tmp_path: pathlib.Path, dry_run: bool) -> Iterator[PolicyController]:
     api_client = api_client_from_config(str(server.write_kubeconfig(tmp_path / "kubeconfig")))
-    controller = PolicyController(lambda spec: resource_request(api_client, spec), KubernetesWriter(api_client, QUICK),
+    controller = PolicyController(lambda spec: resource_request(api_client, spec), KubernetesWriter(api_client, QUICK.connect_timeout, QUICK.write_timeout),
                                   AdviseOptions(), dry_run=dry_run, settings=FAST, limits=QUICK)
     controller.start()
     try:

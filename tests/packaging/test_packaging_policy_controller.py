@@ -11,7 +11,7 @@ import pytest
 from kubernetes_validate import utils as kubernetes_validate
 from packaging_helpers import agent_container, check_packaging, named, only, rbac_rules
 
-from kube_netpol.advise.controller import required_rules
+from kube_netpol.advise.owned import required_rules
 from kube_netpol.cli import build_parser
 from kube_netpol.policy.selectors import parse_label_selector
 

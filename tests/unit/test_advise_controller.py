@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from kube_netpol.advise.controller import (
+from kube_netpol.advise.kinds import advise_registry
+from kube_netpol.advise.owned import (
     MANAGED_BY_LABEL,
     MANAGER,
     OWNED_POLICIES,
@@ -17,7 +18,6 @@ from kube_netpol.advise.controller import (
 )
 from kube_netpol.api.errors import InvalidObject
 from kube_netpol.state import ClusterState
-from kube_netpol.advise.kinds import advise_registry
 
 
 def policy(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
