@@ -10,5 +10,7 @@ the controller's Deployment, but nothing that runs on a node imports it.
 - ``kinds``: the kinds advise reads (Deployments ... CronJobs, Services) as KindSpecs;
 - ``owners``: a pod's controller owner to its workload, and the labels that select it;
 - ``flows``: decision records read back; ``from_flows`` / ``from_workloads``: proposals;
-- ``render``: NetworkPolicy or ClusterNetworkPolicy objects, deterministic YAML.
+- ``render``: NetworkPolicy or ClusterNetworkPolicy objects, deterministic YAML;
+- ``owned``, ``writer``, ``controller`` (and ``controller_cli``): the policy controller's
+  ownership and plan, its bounded writes, its loop.
 """
