@@ -14,12 +14,14 @@ from kube_netpol.agent.config import add_version_flag
 SUBCOMMAND_MODULES = (
     "kube_netpol.agent.run",
     "kube_netpol.agent.cleanup",
+    "kube_netpol.advise.controller_cli",  # the chart's policy-controller Deployment runs the same image
 )
 #: The tools' subcommands; the agent's image leaves kube_netpol.tools out, and then they are not offered.
 TOOL_SUBCOMMAND_MODULES = (
     "kube_netpol.tools.conformance.cli",
     "kube_netpol.tools.lab.cli",
     "kube_netpol.tools.explain.cli",
+    "kube_netpol.tools.advise.cli",
 )
 
 

@@ -70,7 +70,7 @@ _API_RESOURCES: dict[str, tuple[tuple[str, str, bool], ...]] = {
         ("serviceaccounts", "ServiceAccount", True),
         ("services", "Service", True),
     ),
-    "apps/v1": (("daemonsets", "DaemonSet", True),),
+    "apps/v1": (("daemonsets", "DaemonSet", True), ("deployments", "Deployment", True)),
     "rbac.authorization.k8s.io/v1": (
         ("clusterrolebindings", "ClusterRoleBinding", False),
         ("clusterroles", "ClusterRole", False),

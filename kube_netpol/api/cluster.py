@@ -75,13 +75,17 @@ class PodRecord:
     False for a pod whose object could not be parsed but whose addresses could:
     it keeps no labels and no ports (docs/semantics.md says what it gets).
     ``annotations`` holds only the annotations some evaluator of the pipeline
-    declared in its ``pod_annotations``.
+    declared in its ``pod_annotations``. ``owner`` is ``Kind/name`` of the
+    pod's controller (its ownerReference with ``controller: true``), e.g.
+    ``ReplicaSet/web-7d4b9c``, or "" for a pod no controller owns; policies do
+    not read it (decision records and ``kube-netpol advise`` do). The string is
+    interned: the pods of one controller share it.
     """
 
     __slots__ = (
         "key", "namespace", "name", "labels", "namespace_labels", "node_name", "node_labels", "ips",
         "host_network", "terminal", "container_ports", "port_names", "updated_ns", "cluster_id", "valid",
-        "annotations",
+        "annotations", "owner",
     )  # fmt: skip
 
     def __init__(
@@ -101,6 +105,7 @@ class PodRecord:
         cluster_id: str = "",
         valid: bool = True,
         annotations: Mapping[str, str] = NO_LABELS,
+        owner: str = "",
     ) -> None:
         self.key: PodKey = (namespace, name)
         self.namespace = namespace
@@ -118,6 +123,7 @@ class PodRecord:
         self.cluster_id = cluster_id
         self.valid = valid
         self.annotations = annotations
+        self.owner = owner
 
     @property
     def is_policy_target(self) -> bool:

@@ -18,7 +18,13 @@ Record layout (documented in docs/observability.md)::
      "family": "IPv4", "protocol": "TCP", "src_port": 40000, "dst_port": 80,
      "verdict": "deny", "audit": false, "process_time_us": 12.5,
      "egress": {"evaluator": null, "verdict": "allow", "policy": "", "rule": "", "reason": "..."},
-     "ingress": {"evaluator": "networkpolicy", "verdict": "deny", "policy": "y/deny-all", ...}}
+     "ingress": {"evaluator": "networkpolicy", "verdict": "deny", "policy": "y/deny-all", ...},
+     "src_owner": "ReplicaSet/a-5d8f7c9b4", "src_labels": {...}, "dst_owner": null, "dst_labels": {...},
+     "dst_port_name": "http"}
+
+The last five fields exist only for the ends that are pods (``dst_port_name``
+only when the receiving pod names the port): what ``kube-netpol advise``
+groups by and selects with.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import threading
 import time
 from typing import IO, Any, Callable, Deque
 
+from kube_netpol.api.cluster import PodRecord
 from kube_netpol.api.evaluator import PodInfoProvider
 from kube_netpol.api.packet import FAMILY_NAMES, PROTOCOL_NAMES, Packet
 from kube_netpol.api.verdict import Decision, Verdict
@@ -78,12 +85,24 @@ def direction_fields(evaluator: str, decision: Decision) -> dict[str, Any]:
     }
 
 
-def endpoint_name(provider: PodInfoProvider | None, address: bytes) -> str:
-    """``namespace/pod`` of the pod owning ``address``, else the address as text."""
-    pod = provider.pod_by_ip(address) if provider is not None else None
-    if pod is not None:
-        return f"{pod.namespace}/{pod.name}"
-    return str(ipaddress.ip_address(address))
+def port_name(pod: PodRecord, protocol: int, port: int) -> str | None:
+    """The receiving pod's container port name for (protocol, port), the first declared; None if unnamed."""
+    names = pod.port_names.get((protocol, port))
+    return names[0] if names else None
+
+
+def workload_fields(record: dict[str, Any], packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> None:
+    """What ``kube-netpol advise`` groups and selects by: each pod end's controller owner and labels,
+    and the name the receiving pod gives the destination port."""
+    if src is not None:
+        record["src_owner"] = src.owner or None
+        record["src_labels"] = dict(src.labels)
+    if dst is not None:
+        record["dst_owner"] = dst.owner or None
+        record["dst_labels"] = dict(dst.labels)
+        name = port_name(dst, packet.protocol, packet.dst_port) if packet.icmp_type < 0 else None
+        if name is not None:
+            record["dst_port_name"] = name
 
 
 def decision_record(
@@ -97,15 +116,19 @@ def decision_record(
     """The record of one judged connection (names resolved now, at write time)."""
     allowed = judgement.verdict is Verdict.ACCEPT
     would_deny = accepted and not allowed
+    src = provider.pod_by_ip(packet.src) if provider is not None else None
+    dst = provider.pod_by_ip(packet.dst) if provider is not None else None
+    src_ip = str(ipaddress.ip_address(packet.src))
+    dst_ip = str(ipaddress.ip_address(packet.dst))
     record: dict[str, Any] = {
         "time": format_time(when),
         "level": "info",
         "logger": LOGGER_NAME,
         "msg": "connection allowed" if allowed else ("connection would be denied (audit)" if would_deny else "connection denied"),
-        "src": endpoint_name(provider, packet.src),
-        "src_ip": str(ipaddress.ip_address(packet.src)),
-        "dst": endpoint_name(provider, packet.dst),
-        "dst_ip": str(ipaddress.ip_address(packet.dst)),
+        "src": f"{src.namespace}/{src.name}" if src is not None else src_ip,
+        "src_ip": src_ip,
+        "dst": f"{dst.namespace}/{dst.name}" if dst is not None else dst_ip,
+        "dst_ip": dst_ip,
         "family": FAMILY_NAMES.get(packet.family, str(packet.family)),
         "protocol": PROTOCOL_NAMES.get(packet.protocol, str(packet.protocol)),
         "src_port": packet.src_port,
@@ -119,6 +142,7 @@ def decision_record(
     record["process_time_us"] = round(elapsed_ns / 1000, 1)
     record["egress"] = direction_fields(judgement.egress_by, judgement.egress)
     record["ingress"] = direction_fields(judgement.ingress_by, judgement.ingress)
+    workload_fields(record, packet, src, dst)
     return record
 
 

@@ -38,9 +38,11 @@ __all__ = [
 
 #: Watch threads each hold a connection; keep the pool at least this big (more with many kinds).
 _MIN_POOL_SIZE = 16
-#: List methods of the core API's kinds (the state's own: namespaces, nodes, pods). Every kind of an
-#: API group (NetworkPolicy, CRDs) is listed through CustomObjectsApi, which takes any group/version/plural.
-_CORE_LIST_METHODS = {"namespaces": "list_namespace", "nodes": "list_node", "pods": "list_pod_for_all_namespaces"}
+#: List methods of the core API's kinds (the state's own: namespaces, nodes, pods; Services for
+#: `kube-netpol advise` and the policy controller). Every kind of an API group (NetworkPolicy,
+#: Deployments, CRDs) is listed through CustomObjectsApi, which takes any group/version/plural.
+_CORE_LIST_METHODS = {"namespaces": "list_namespace", "nodes": "list_node", "pods": "list_pod_for_all_namespaces",
+                      "services": "list_service_for_all_namespaces"}
 
 
 class KubernetesConfigError(RuntimeError):
@@ -91,7 +93,7 @@ def resource_request(api_client: k8s_client.ApiClient, kind: KindSpec) -> Reques
     elif kind.plural in _CORE_LIST_METHODS:
         method = getattr(k8s_client.CoreV1Api(api_client), _CORE_LIST_METHODS[kind.plural])
     else:
-        raise ValueError(f"cannot list {kind.path}: a core API kind other than namespaces, nodes and pods")
+        raise ValueError(f"cannot list {kind.path}: a core API kind other than {', '.join(_CORE_LIST_METHODS)}")
 
     def request(**query: Any) -> Any:
         query = {key: value for key, value in query.items() if value is not None}

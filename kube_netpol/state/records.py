@@ -9,6 +9,7 @@ into a PodRecord.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,6 +36,8 @@ class PodObject:
     terminal: bool
     container_ports: tuple[ContainerPortTuple, ...]
     annotations: dict[str, str]
+    #: ``Kind/name`` of the controller owner, "" for none (see PodRecord.owner).
+    owner: str = ""
 
 
 def metadata_of(obj: Mapping[str, Any], namespaced: bool) -> tuple[str, str]:
@@ -70,6 +73,26 @@ def annotations_of(obj: Mapping[str, Any], keys: frozenset[str]) -> dict[str, st
     if not isinstance(annotations, Mapping):
         return {}
     return {k: v for k, v in annotations.items() if k in keys and isinstance(v, str)}
+
+
+def controller_owner(obj: Mapping[str, Any]) -> str:
+    """``Kind/name`` of the object's controller (the ownerReference with ``controller: true``), else "".
+
+    Lenient on purpose: policies never read owners, so a malformed
+    ownerReferences list must not refuse the pod; it only loses its owner.
+    The result is interned, so the pods of one controller share one string.
+    """
+    meta = obj.get("metadata")
+    references = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
+    if not isinstance(references, list):
+        return ""
+    for reference in references:
+        if isinstance(reference, Mapping) and reference.get("controller") is True:
+            kind, name = reference.get("kind"), reference.get("name")
+            if isinstance(kind, str) and isinstance(name, str) and kind and name and "/" not in kind + name:
+                return sys.intern(f"{kind}/{name}")
+            return ""
+    return ""
 
 
 def packed_address(text: object, where: str) -> bytes:
@@ -158,6 +181,7 @@ def read_pod(obj: Mapping[str, Any], annotation_keys: frozenset[str] = frozenset
         terminal=status.get("phase") in _TERMINAL_PHASES,
         container_ports=tuple(ports),
         annotations=annotations_of(obj, annotation_keys),
+        owner=controller_owner(obj),
     )
 
 

@@ -387,6 +387,7 @@ class ClusterState:
             cluster_id=self.cluster_id,
             valid=valid,
             annotations=pod.annotations or NO_LABELS,
+            owner=pod.owner,
         )
 
     def _rebuild_pods(self, pods: Iterable[PodRecord]) -> None:

@@ -15,6 +15,7 @@ from kube_netpol.api.kinds import pick, trim_envelope
 _POD_SPEC_FIELDS = ("nodeName", "hostNetwork")
 _POD_STATUS_FIELDS = ("podIPs", "podIP", "phase")
 _PORT_FIELDS = ("name", "containerPort", "protocol")
+_OWNER_FIELDS = ("kind", "name", "controller")
 
 
 def _trim_part(obj: Mapping[str, Any], part: str, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -36,12 +37,25 @@ def _trim_container(container: Any) -> Any:
     return {"ports": [pick(port, _PORT_FIELDS) if isinstance(port, Mapping) else port for port in ports]}
 
 
+def trim_owner_references(obj: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """Keep of ``metadata.ownerReferences`` only the controller's kind and name (what ``controller_owner`` reads)."""
+    meta = obj.get("metadata")
+    references = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
+    if not isinstance(references, list) or not isinstance(out.get("metadata"), dict):
+        return
+    for reference in references:
+        if isinstance(reference, Mapping) and reference.get("controller") is True:
+            out["metadata"]["ownerReferences"] = [pick(reference, _OWNER_FIELDS)]
+            return
+
+
 def trim_pod(obj: Any, annotations: frozenset[str] = frozenset()) -> Any:
-    """metadata (with the ``annotations`` named), spec.nodeName/hostNetwork/containers[].ports,
-    status.podIPs/podIP/phase."""
+    """metadata (with the ``annotations`` named, and the controller's ownerReference),
+    spec.nodeName/hostNetwork/containers[].ports, status.podIPs/podIP/phase."""
     if not isinstance(obj, Mapping):
         return obj
     out = trim_envelope(obj, annotations)
+    trim_owner_references(obj, out)
     if "spec" in obj:
         spec = obj["spec"]
         if isinstance(spec, Mapping):

@@ -21,7 +21,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("plugins",),  # evaluator discovery, assembling the engine over the state
     ("sources", "dataplane", "observability", "logs"),  # I/O at the edges
     ("agent",),  # what `kube-netpol run` wires together
-    ("tools", "cli"),  # the lab, conformance, the fake API server, explain; the command line
+    ("advise",),  # policies proposed from flows and workloads, the policy controller: in the image, not on a node
+    ("tools", "cli"),  # the lab, conformance, the fake API server, explain, advise's CLI; the command line
     ("__main__",),  # python -m kube_netpol
 )
 LAYER_OF = {package: level for level, packages in enumerate(LAYERS) for package in packages}

@@ -90,6 +90,31 @@ def test_trim_pod_keeps_what_policies_need_only() -> None:
     assert from_trimmed.host_network and not from_trimmed.terminal
 
 
+def test_trim_pod_keeps_only_the_controllers_kind_and_name() -> None:
+    full = pod("a", "web-5d8f7c9b4-q2x7z", "10.0.0.1", app="web")
+    full["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "not-the-controller", "uid": "u0"},
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f7c9b4", "uid": "u1",
+         "controller": True, "blockOwnerDeletion": True},
+    ]
+    trimmed = trim_pod(full)
+    assert trimmed["metadata"]["ownerReferences"] == [{"kind": "ReplicaSet", "name": "web-5d8f7c9b4", "controller": True}]
+    state = ClusterState()
+    assert state.apply(trimmed, "Pod")
+    assert state.pod(("a", "web-5d8f7c9b4-q2x7z")).owner == "ReplicaSet/web-5d8f7c9b4"
+    # Malformed owner references cost the pod its owner, never the pod itself (policies do not read owners).
+    for references in ("x", [{"kind": "ReplicaSet", "name": 5, "controller": True}], [{"kind": "R", "name": "n"}]):
+        odd = pod("a", "p", "10.0.0.2")
+        odd["metadata"]["ownerReferences"] = references
+        assert state.apply(trim_pod(odd), "Pod") and state.apply(odd, "Pod")
+        assert state.pod(("a", "p")).owner == ""
+    # Pods of one controller share one owner string.
+    twin = pod("a", "web-5d8f7c9b4-abcde", "10.0.0.3", app="web")
+    twin["metadata"]["ownerReferences"] = full["metadata"]["ownerReferences"]
+    assert state.apply(twin, "Pod")
+    assert state.pod(("a", "web-5d8f7c9b4-abcde")).owner is state.pod(("a", "web-5d8f7c9b4-q2x7z")).owner
+
+
 def test_trim_keeps_malformed_parts_for_the_state_to_refuse() -> None:
     assert trim_pod("nope") == "nope"
     assert trim_pod({"metadata": "x", "spec": [], "status": 3}) == {"metadata": "x", "spec": [], "status": 3}

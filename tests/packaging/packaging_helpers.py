@@ -69,10 +69,16 @@ def parse_agent_args(args: list[str]) -> argparse.Namespace:
     return namespace
 
 
-def rbac_rules(objects: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    """The ClusterRole's rules as (apiGroup, resource, verb) triples."""
+def named(objects: Iterable[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def rbac_rules(objects: Iterable[dict[str, Any]], role: dict[str, Any] | None = None) -> set[tuple[str, str, str]]:
+    """The ClusterRole's (or ``role``'s) rules as (apiGroup, resource, verb) triples."""
     rules = set()
-    for rule in only(objects, "ClusterRole")["rules"]:
+    for rule in (role or only(objects, "ClusterRole"))["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:

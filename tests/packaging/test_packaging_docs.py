@@ -19,7 +19,7 @@ from kube_netpol.plugins import registry_for
 DOCS = REPO / "docs"
 PACKAGING_DOCS = ("install.md", "configuration.md", "upgrade.md", "troubleshooting.md")
 #: Docs whose links are checked too (their code blocks hold usage synopses, not commands).
-LINKED_DOCS = (*PACKAGING_DOCS, "observability.md", "development.md")
+LINKED_DOCS = (*PACKAGING_DOCS, "observability.md", "development.md", "advise.md")
 
 
 def test_flag_table_is_generated_from_the_parser() -> None:

@@ -274,8 +274,12 @@ def test_the_cli_from_the_image_context_offers_the_agent_only(context_copy: Path
     assert where == [str(context_copy / "kube_netpol" / "__init__.py"), "None"]
     help_text = _run_from(context_copy, "--help", timeout=60).stdout
     assert "run" in help_text and "cleanup" in help_text
-    assert not {"conformance", "lab", "explain"} & set(re.findall(r"\b[a-z]+\b", help_text.split("COMMAND", 1)[1])), help_text
+    assert not {"conformance", "lab", "explain", "advise"} & set(re.findall(r"\b[a-z]+\b", help_text.split("COMMAND", 1)[1])), help_text
     assert _run_from(context_copy, "run", "--version", timeout=60).stdout.startswith("kube-netpol ")
+    # The chart's policy controller Deployment runs this image too: its command is there, without the tools.
+    assert "policy-controller" in help_text
+    controller = _run_from(context_copy, "policy-controller", "--help", timeout=60)
+    assert controller.returncode == 0 and "--dry-run" in controller.stdout, controller.stderr
 
 
 @pytest.mark.root

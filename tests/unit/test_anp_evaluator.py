@@ -15,7 +15,6 @@ from kube_netpol.evaluators import adminnetworkpolicy as anp_module
 from kube_netpol.evaluators.adminnetworkpolicy import create as anp_create
 from kube_netpol.evaluators.baselineadminnetworkpolicy import create as banp_create
 from kube_netpol.plugins import registry_for
-from kube_netpol.policy.adminnetworkpolicy import Subject
 from kube_netpol.policy.selectors import LabelSelector
 from unit_standins import PublishingState, publishing_engine
 

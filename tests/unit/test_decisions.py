@@ -82,7 +82,45 @@ def test_record_names_pods_and_the_deciding_policies() -> None:
                    "reason": "no evaluator decided; the end of the pipeline accepts"},
         "ingress": {"evaluator": "networkpolicy", "verdict": "deny", "policy": "y/deny-all", "rule": "",
                     "reason": DENY_NP.reason},
+        # What advise groups and selects by: the pods own no controller and have no labels.
+        "src_owner": None, "src_labels": {}, "dst_owner": None, "dst_labels": {},
     }
+
+
+def test_record_carries_owners_labels_and_the_receivers_port_name() -> None:
+    engine = build_engine()
+    state = engine.state
+    state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+    state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}})
+    state.apply({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": "x", "name": "a-5d8f7c9b4-q2x7z", "labels": {"app": "a", "pod-template-hash": "5d8f7c9b4"},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1"},
+                                         {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "a-5d8f7c9b4",
+                                          "uid": "u1", "controller": True, "blockOwnerDeletion": True}]},
+        "spec": {"containers": [{"name": "c"}]},
+        "status": {"phase": "Running", "podIP": X_A},
+    })
+    state.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "y", "name": "b", "labels": {"app": "b"}},
+        "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80},
+                                                        {"name": "alias", "containerPort": 80},
+                                                        {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
+        "status": {"phase": "Running", "podIP": Y_B},
+    })
+    engine.publish()
+    record = decision_record(0.0, packet(), denied_by_ingress(), False, 1000, state)
+    assert record["src_owner"] == "ReplicaSet/a-5d8f7c9b4"
+    assert record["src_labels"] == {"app": "a", "pod-template-hash": "5d8f7c9b4"}
+    assert (record["dst_owner"], record["dst_labels"]) == (None, {"app": "b"})
+    assert record["dst_port_name"] == "http"  # the first name the receiver declares for TCP/80
+    udp = decision_record(0.0, packet(port=53, protocol="UDP"), denied_by_ingress(), False, 1000, state)
+    assert udp["dst_port_name"] == "dns"
+    unnamed = decision_record(0.0, packet(port=81), denied_by_ingress(), False, 1000, state)
+    assert "dst_port_name" not in unnamed
+    # An end that is not a pod has none of these fields.
+    external = decision_record(0.0, packet(X_A, "192.0.2.7", 80), denied_by_ingress(), False, 1000, state)
+    assert "src_labels" in external and not {"dst_owner", "dst_labels", "dst_port_name"} & set(external)
 
 
 def test_addresses_that_are_not_pods_stay_addresses_and_ipv6_is_named() -> None:

@@ -72,3 +72,42 @@ what the agent does without knowing the defaults.
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The policy controller (kube-netpol policy-controller): names, and pod labels
+that the agent's DaemonSet and metrics Service do not select.
+*/}}
+{{- define "kube-netpol.policyController.fullname" -}}
+{{- printf "%s-policy-controller" (include "kube-netpol.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kube-netpol.policyController.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-policy-controller" (include "kube-netpol.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kube-netpol.policyController.labels" -}}
+helm.sh/chart: {{ include "kube-netpol.chart" . }}
+{{ include "kube-netpol.policyController.selectorLabels" . }}
+app.kubernetes.io/component: policy-controller
+app.kubernetes.io/part-of: {{ include "kube-netpol.name" . }}
+app.kubernetes.io/version: {{ include "kube-netpol.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The `kube-netpol policy-controller` flags. */}}
+{{- define "kube-netpol.policyController.args" -}}
+- {{ printf "--dry-run=%t" .Values.policyController.dryRun | quote }}
+- {{ printf "--metrics-bind-address=:%d" (int .Values.policyController.port) | quote }}
+- {{ printf "--writes-per-second=%v" .Values.policyController.writesPerSecond | quote }}
+- {{ printf "--log-format=%s" .Values.logFormat | quote }}
+{{- range until (int .Values.verbosity) }}
+- "-v"
+{{- end }}
+{{- range .Values.policyController.namespaces }}
+- {{ printf "--namespace=%s" . | quote }}
+{{- end }}
+{{- range .Values.policyController.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import sys
 from dataclasses import replace
-from typing import Iterator
 
 from kube_netpol.tools.explain.render import (
     EXIT_USAGE,
@@ -19,7 +16,14 @@ from kube_netpol.tools.explain.render import (
     render_text,
     to_json,
 )
-from kube_netpol.tools.explain.loaders import LoadedState, StateError, load_live, load_manifests, load_scenario
+from kube_netpol.tools.explain.loaders import (
+    LoadedState,
+    StateError,
+    load_live,
+    load_manifests,
+    load_scenario,
+    quiet_refusals,
+)
 from kube_netpol.plugins import DEFAULT_PIPELINE, PluginError, build_engine
 from kube_netpol.state import ClusterState
 
@@ -85,21 +89,6 @@ def _load(args: argparse.Namespace, state: ClusterState) -> LoadedState:
     return load_live(state, args.kubeconfig)
 
 
-@contextlib.contextmanager
-def _quiet_refusals() -> Iterator[None]:
-    """Refused objects are part of the answer ("ignored invalid ..."), not warnings on stderr."""
-    store_log = logging.getLogger("kube_netpol.state.store")
-    manifests_log = logging.getLogger("kube_netpol.sources.manifests")
-    levels = store_log.level, manifests_log.level
-    store_log.setLevel(logging.ERROR)
-    manifests_log.setLevel(logging.CRITICAL)  # unreadable files end the command with their reason
-    try:
-        yield
-    finally:
-        store_log.setLevel(levels[0])
-        manifests_log.setLevel(levels[1])
-
-
 def run_command(args: argparse.Namespace) -> int:
     from kube_netpol.agent.config import load_evaluator_settings
 
@@ -107,7 +96,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = load_evaluator_settings(args.evaluator_config)
         engine = build_engine(args.evaluators, settings)
         state = engine.state
-        with _quiet_refusals():
+        with quiet_refusals():
             loaded = _load(args, state)
         engine.publish()
         result = explain_connection(state, engine, args.source, args.destination, args.port, args.protocol, args.family)

@@ -8,9 +8,11 @@ state refused (an ignored policy is often the answer to "why is this allowed?").
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from kube_netpol.state import ClusterState
 
@@ -36,6 +38,21 @@ class LoadedState:
     refused: list[str] = field(default_factory=list)
     #: Anything else worth saying about the state (a policy kind the cluster does not serve).
     notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def quiet_refusals() -> Iterator[None]:
+    """Refused objects are part of the answer ("ignored invalid ..."), not warnings on stderr."""
+    store_log = logging.getLogger("kube_netpol.state.store")
+    manifests_log = logging.getLogger("kube_netpol.sources.manifests")
+    levels = store_log.level, manifests_log.level
+    store_log.setLevel(logging.ERROR)
+    manifests_log.setLevel(logging.CRITICAL)  # unreadable files end the command with their reason
+    try:
+        yield
+    finally:
+        store_log.setLevel(levels[0])
+        manifests_log.setLevel(levels[1])
 
 
 def _refused(state: ClusterState) -> list[str]:

@@ -15,7 +15,16 @@ and the official ``kubernetes`` client:
   with ``allowWatchBookmarks``) and ERROR; ``timeoutSeconds`` ends a watch
   cleanly; a watch from a compacted resourceVersion gets 410 Gone, as an
   ERROR event (what kube-apiserver does) or as an HTTP status;
-- an optional bearer token.
+- ``labelSelector`` on lists and watches; a watched object that starts or
+  stops matching arrives as ADDED or DELETED, as kube-apiserver sends it;
+- the write verbs: create (POST), update (PUT, with the optimistic
+  concurrency of ``metadata.resourceVersion``), patch (PATCH, JSON merge
+  patch) and delete (DELETE, with ``preconditions``), each also as
+  ``dryRun=All``; they answer as kube-apiserver does (201/200, 404, 409
+  AlreadyExists or Conflict, 422, 415);
+- an optional bearer token, and optional RBAC: with ``rules`` (a set of
+  ``(apiGroup, resource, verb)``, as a ClusterRole grants them) every other
+  request is refused with 403 Forbidden.
 
 It listens on 127.0.0.1 of the namespace its listening socket was made in:
 by default this process's, or another network namespace's when
@@ -27,8 +36,9 @@ can time what a client does with it.
 The test changes objects (each change bumps one global resourceVersion, as
 etcd does), compacts history, sends bookmarks, raw lines and errors, drops
 open watches, and takes the server down (connections refused) and up again on
-the same port. Objects are stored as given: nothing is validated, so tests
-can feed malformed objects to the client.
+the same port. Objects are stored as given: nothing is validated beyond what
+a write's envelope needs (kind, name, namespace), so tests can feed malformed
+objects to the client.
 """
 
 from __future__ import annotations
@@ -50,9 +60,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from kube_netpol.advise.model import Selector
 from kube_netpol.api.kinds import KindSpec
 
 Key = tuple[str, str]  # (namespace or "", name)
+#: (apiGroup, resource, verb) as a ClusterRole grants it; "" is the core group.
+Rule = tuple[str, str, str]
+#: Largest write body taken (kube-apiserver's request limit is 3 MiB).
+MAX_BODY = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,10 @@ class FakeResource:
     @property
     def path(self) -> str:
         return f"{self.prefix}/{self.plural}"
+
+    @property
+    def group(self) -> str:
+        return self.group_version.rpartition("/")[0]
 
     @classmethod
     def of(cls, spec: KindSpec) -> FakeResource:
@@ -107,6 +126,8 @@ class _Event:
     plural: str
     namespace: str
     obj: dict[str, Any]
+    #: The object before a MODIFIED event (a filtered watch turns it into ADDED or DELETED).
+    prev: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)
@@ -116,6 +137,7 @@ class _Watcher:
     bookmarks: bool
     sock: socket.socket
     cursor: int  # index in the history of the next event to consider
+    selector: Selector | None = None
     # (history length when queued, line, end the watch after it)
     pending: list[tuple[int, bytes, bool]] = field(default_factory=list)
     dropped: bool = False
@@ -157,10 +179,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.server.fake._handle_get(self)
 
-    def _refuse_method(self) -> None:
-        self.send_json(405, _status(405, "MethodNotAllowed", "the fake API server only serves GET"))
+    def _write(self) -> None:
+        self.server.fake._handle_write(self)
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = _refuse_method  # noqa: N815
+    do_POST = do_PUT = do_PATCH = do_DELETE = _write  # noqa: N815
 
     # helpers used by FakeApiServer
     def send_json(self, code: int, body: Any) -> None:
@@ -205,8 +227,11 @@ class FakeApiServer:
         initial_resource_version: int = 1000,
         socket_factory: Callable[[], socket.socket] | None = None,
         kinds: Iterable[KindSpec] | None = None,
+        rules: Iterable[Rule] | None = None,
     ) -> None:
         resources = tuple(FakeResource.of(spec) for spec in (default_kinds() if kinds is None else kinds))
+        #: RBAC: what the client may do; None allows everything.
+        self.rules: set[Rule] | None = set(rules) if rules is not None else None
         self._by_kind = {r.kind: r for r in resources}
         self._by_prefix = {(r.prefix, r.plural): r for r in resources}
         self._prefixes = sorted({r.prefix for r in resources}, key=len, reverse=True)
@@ -433,11 +458,15 @@ class FakeApiServer:
 
     def list_requests(self, kind: str) -> list[RequestRecord]:
         path = self.resource_for_kind(kind).plural
-        return [r for r in list(self.requests) if not r.watch and r.path.endswith("/" + path)]
+        return [r for r in list(self.requests) if r.method == "GET" and not r.watch and r.path.endswith("/" + path)]
 
     def watch_requests(self, kind: str) -> list[RequestRecord]:
         path = self.resource_for_kind(kind).plural
         return [r for r in list(self.requests) if r.watch and r.path.endswith("/" + path)]
+
+    def write_requests(self) -> list[RequestRecord]:
+        """Every create, update, patch and delete asked for (refused ones and dry runs included)."""
+        return [r for r in list(self.requests) if r.method != "GET"]
 
     # ------------------------------------------------------------------ internal
 
@@ -464,12 +493,13 @@ class FakeApiServer:
             meta["resourceVersion"] = str(self._rv)
             meta["uid"] = existing["metadata"].get("uid") if existing else str(uuid.uuid4())
             self._objects[resource.plural][key] = stored
-            self._record_event(event_type, resource, key, copy.deepcopy(stored))
+            self._record_event(event_type, resource, key, copy.deepcopy(stored), existing)
         return copy.deepcopy(stored)
 
-    def _record_event(self, event_type: str, resource: FakeResource, key: Key, obj: dict[str, Any]) -> None:
+    def _record_event(self, event_type: str, resource: FakeResource, key: Key, obj: dict[str, Any],
+                      prev: dict[str, Any] | None = None) -> None:
         # Called with the lock held.
-        self._history.append(_Event(self._rv, event_type, resource.plural, key[0], obj))
+        self._history.append(_Event(self._rv, event_type, resource.plural, key[0], obj, prev))
         self._history_rvs.append(self._rv)
         self._cond.notify_all()
 
@@ -509,26 +539,45 @@ class FakeApiServer:
                     return resource, None, parts[1] if len(parts) == 2 else None
         return None
 
-    def _handle_get(self, handler: _Handler) -> None:
+    def _admit(self, handler: _Handler) -> tuple[FakeResource, str | None, str | None, dict[str, str]] | None:
+        """Log, authenticate, route and authorize a request; None when it was answered already."""
         url = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        self.requests.append(RequestRecord("GET", url.path, query))
+        method = handler.command
+        self.requests.append(RequestRecord(method, url.path, query))
         if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
             handler.send_json(401, _status(401, "Unauthorized", "Unauthorized"))
-            return
+            return None
         accept = handler.headers.get("Accept") or "*/*"
         if "json" not in accept and "*/*" not in accept:
             # kube-apiserver would answer in protobuf or YAML; the fake speaks JSON only.
             handler.send_json(406, _status(406, "NotAcceptable", f"only JSON is served, not {accept}"))
-            return
+            return None
         route = self._route(url.path)
         if route is None:
             handler.send_json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
-            return
+            return None
         resource, namespace, name = route
         if resource.kind in self.unserved:
             handler.send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            return None
+        verb = _verb(method, name, query_bool(query.get("watch")))
+        if verb is None:
+            handler.send_json(405, _status(405, "MethodNotAllowed", f"{method} {url.path} is not supported"))
+            return None
+        if self.rules is not None and (resource.group, resource.plural, verb) not in self.rules:
+            scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            handler.send_json(403, _status(403, "Forbidden", (
+                f'{resource.plural}{"." + resource.group if resource.group else ""} is forbidden: the client cannot '
+                f'{verb} resource "{resource.plural}" in API group "{resource.group}"{scope}')))
+            return None
+        return resource, namespace, name, query
+
+    def _handle_get(self, handler: _Handler) -> None:
+        admitted = self._admit(handler)
+        if admitted is None:
             return
+        resource, namespace, name, query = admitted
         if name is not None:
             obj = self.get(resource.kind, name, namespace or "")
             if obj is None:
@@ -539,6 +588,127 @@ class FakeApiServer:
             self._serve_watch(handler, resource, namespace, query)
         else:
             self._serve_list(handler, resource, namespace, query)
+
+    # ------------------------------------------------------------------- writes
+
+    def _handle_write(self, handler: _Handler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            handler.close_connection = True
+            handler.send_json(413, _status(413, "RequestEntityTooLarge", "the request is too large"))
+            return
+        raw = handler.rfile.read(length) if length else b""
+        admitted = self._admit(handler)
+        if admitted is None:
+            return
+        resource, namespace, name, query = admitted
+        # kube-apiserver reads a body without a Content-Type as JSON (the official client sends none on create).
+        content_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip()
+        if not content_type and handler.command != "PATCH":
+            content_type = "application/json"
+        if handler.command == "PATCH" and content_type != "application/merge-patch+json":
+            handler.send_json(415, _status(415, "UnsupportedMediaType", "the fake API server takes JSON merge patches "
+                                                                        f"only, not {content_type!r}"))
+            return
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            handler.send_json(400, _status(400, "BadRequest", "the request body is not JSON"))
+            return
+        if body is not None and not isinstance(body, dict):
+            handler.send_json(400, _status(400, "BadRequest", "the request body is not a JSON object"))
+            return
+        dry_run = query.get("dryRun") == "All"
+        try:
+            if handler.command == "POST":
+                code, answer = 201, self._create(resource, namespace, body, content_type, dry_run)
+            elif handler.command == "PUT":
+                code, answer = 200, self._replace(resource, namespace, name or "", body, content_type, dry_run)
+            elif handler.command == "PATCH":
+                code, answer = 200, self._patch(resource, namespace, name or "", body, content_type, dry_run)
+            else:
+                code, answer = 200, self._remove(resource, namespace, name or "", body, dry_run)
+        except _WriteError as err:
+            handler.send_json(err.code, _status(err.code, err.reason, err.message))
+            return
+        handler.send_json(code, answer)
+
+    def _object_for_write(self, resource: FakeResource, namespace: str | None, body: dict[str, Any] | None,
+                          content_type: str) -> dict[str, Any]:
+        if content_type != "application/json":
+            raise _WriteError(415, "UnsupportedMediaType", f"the body must be application/json, not {content_type!r}")
+        if body is None:
+            raise _WriteError(400, "BadRequest", "the request has no body")
+        obj = copy.deepcopy(body)
+        if obj.setdefault("kind", resource.kind) != resource.kind:
+            raise _WriteError(400, "BadRequest", f"the body is a {obj['kind']}, not a {resource.kind}")
+        if obj.setdefault("apiVersion", resource.group_version) != resource.group_version:
+            raise _WriteError(400, "BadRequest", f"apiVersion {obj['apiVersion']!r}, expected {resource.group_version!r}")
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+            raise _WriteError(422, "Invalid", f"{resource.kind} is invalid: metadata.name: Required value")
+        if resource.namespaced:
+            if not namespace:
+                raise _WriteError(404, "NotFound", f"{resource.plural} are namespaced: write them under /namespaces/NS")
+            if meta.setdefault("namespace", namespace) != namespace:
+                raise _WriteError(400, "BadRequest", "the namespace of the object does not match the namespace of the request")
+        return obj
+
+    def _create(self, resource: FakeResource, namespace: str | None, body: dict[str, Any] | None,
+                content_type: str, dry_run: bool) -> dict[str, Any]:
+        obj = self._object_for_write(resource, namespace, body, content_type)
+        obj["metadata"].pop("resourceVersion", None)
+        with self._cond:
+            key = self._key(resource, obj)
+            if key in self._objects[resource.plural]:
+                raise _WriteError(409, "AlreadyExists", f'{resource.plural} "{key[1]}" already exists')
+            if dry_run:
+                return obj
+            return self._store(obj, "ADDED")
+
+    def _replace(self, resource: FakeResource, namespace: str | None, name: str, body: dict[str, Any] | None,
+                 content_type: str, dry_run: bool) -> dict[str, Any]:
+        obj = self._object_for_write(resource, namespace, body, content_type)
+        if obj["metadata"]["name"] != name:
+            raise _WriteError(400, "BadRequest", "the name of the object does not match the name on the URL")
+        with self._cond:
+            existing = self._objects[resource.plural].get(self._key(resource, obj))
+            if existing is None:
+                raise _WriteError(404, "NotFound", f'{resource.plural} "{name}" not found')
+            wanted = obj["metadata"].get("resourceVersion")
+            if wanted and wanted != existing["metadata"]["resourceVersion"]:
+                raise _WriteError(409, "Conflict", f'Operation cannot be fulfilled on {resource.plural} "{name}": '
+                                                   "the object has been modified; please apply your changes to the "
+                                                   "latest version and try again")
+            if dry_run:
+                return obj
+            return self._store(obj, "MODIFIED")
+
+    def _patch(self, resource: FakeResource, namespace: str | None, name: str, body: dict[str, Any] | None,
+               content_type: str, dry_run: bool) -> dict[str, Any]:
+        with self._cond:
+            existing = self.get(resource.kind, name, namespace or "")
+            if existing is None:
+                raise _WriteError(404, "NotFound", f'{resource.plural} "{name}" not found')
+            patched = _merge_patch(existing, body or {})
+            return self._replace(resource, namespace, name, patched, "application/json", dry_run)
+
+    def _remove(self, resource: FakeResource, namespace: str | None, name: str, body: dict[str, Any] | None,
+                dry_run: bool) -> dict[str, Any]:
+        with self._cond:
+            existing = self._objects[resource.plural].get((namespace or "" if resource.namespaced else "", name))
+            if existing is None:
+                raise _WriteError(404, "NotFound", f'{resource.plural} "{name}" not found')
+            preconditions = (body or {}).get("preconditions") or {}
+            for field_name in ("uid", "resourceVersion"):
+                wanted = preconditions.get(field_name)
+                if wanted and wanted != existing["metadata"].get(field_name):
+                    raise _WriteError(409, "Conflict", f'Operation cannot be fulfilled on {resource.plural} "{name}": '
+                                                       f"Precondition failed: {field_name}: {wanted}")
+            if not dry_run:
+                self.delete(resource.kind, name, namespace or "")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "kind": resource.plural, "uid": existing["metadata"].get("uid")}}
 
     # -------------------------------------------------------------------- list
 
@@ -574,6 +744,9 @@ class FakeApiServer:
         except (ValueError, KeyError, IndexError, TypeError):
             handler.send_json(400, _status(400, "BadRequest", "invalid limit or continue parameter"))
             return
+        selector = self._selector(handler, query)
+        if selector is False:
+            return
         with self._cond:
             if token:
                 if snapshot_rv < self._floor:
@@ -585,7 +758,8 @@ class FakeApiServer:
             else:
                 snapshot_rv = self._rv
                 objects = dict(self._objects[resource.plural])
-            keys = sorted(k for k in objects if namespace is None or k[0] == namespace)
+            keys = sorted(k for k in objects if (namespace is None or k[0] == namespace)
+                          and (selector is None or selector.matches(_labels(objects[k]))))
             if after is not None:
                 keys = [k for k in keys if k > after]
             page = keys[:limit] if limit > 0 else keys
@@ -602,6 +776,9 @@ class FakeApiServer:
 
     def _serve_watch(self, handler: _Handler, resource: FakeResource, namespace: str | None,
                      query: Mapping[str, str]) -> None:
+        selector = self._selector(handler, query)
+        if selector is False:
+            return
         rv_text = query.get("resourceVersion", "")
         timeout = float(query.get("timeoutSeconds") or 0)
         deadline = time.monotonic() + timeout if timeout > 0 else None
@@ -612,7 +789,8 @@ class FakeApiServer:
                 # No resourceVersion: synthetic ADDED events for what exists, then changes.
                 cursor = len(self._history)
                 initial = [_line("ADDED", obj) for key, obj in sorted(self._objects[resource.plural].items())
-                           if namespace is None or key[0] == namespace]
+                           if (namespace is None or key[0] == namespace)
+                           and (selector is None or selector.matches(_labels(obj)))]
             else:
                 try:
                     since = int(rv_text)
@@ -628,7 +806,7 @@ class FakeApiServer:
                     cursor = bisect.bisect_right(self._history_rvs, since)
             if cursor >= 0:
                 watcher = _Watcher(resource, namespace, query_bool(query.get("allowWatchBookmarks")),
-                                   handler.connection, cursor)
+                                   handler.connection, cursor, selector)
                 self._watchers.add(watcher)
                 self._cond.notify_all()
         try:
@@ -691,9 +869,75 @@ class FakeApiServer:
             if event.plural == watcher.resource.plural and (
                 watcher.namespace is None or event.namespace == watcher.namespace
             ):
-                lines.append((_line(event.type, event.obj), event.rv))
+                seen = _filtered(event, watcher.selector)
+                if seen is not None:
+                    lines.append((_line(*seen), event.rv))
         watcher.cursor = max(watcher.cursor, until)
         return lines
+
+    def _selector(self, handler: _Handler, query: Mapping[str, str]) -> Selector | None | Literal[False]:
+        """The request's labelSelector (None: none); False when it was refused with 400."""
+        text = query.get("labelSelector")
+        if not text:
+            return None
+        try:
+            return Selector.parse(text)
+        except ValueError as err:
+            handler.send_json(400, _status(400, "BadRequest", f"unable to parse requirement: {err}"))
+            return False
+
+
+class _WriteError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def _verb(method: str, name: str | None, watch: bool) -> str | None:
+    """The RBAC verb of a request (None: one the fake does not serve, e.g. deletecollection)."""
+    if method == "GET":
+        return "get" if name is not None else ("watch" if watch else "list")
+    if name is None:
+        return "create" if method == "POST" else None
+    return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, null removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _filtered(event: _Event, selector: Selector | None) -> tuple[str, dict[str, Any]] | None:
+    """What a watch with ``selector`` sees of an event, as kube-apiserver sends it: an object that starts
+    matching is ADDED, one that stops matching is DELETED (its last matching state, at the event's
+    resourceVersion), one that never matched is not seen."""
+    if selector is None:
+        return event.type, event.obj
+    now = selector.matches(_labels(event.obj))
+    if event.type != "MODIFIED":
+        return (event.type, event.obj) if now else None
+    before = event.prev is not None and selector.matches(_labels(event.prev))
+    if now:
+        return ("MODIFIED" if before else "ADDED"), event.obj
+    if not before or event.prev is None:
+        return None
+    gone = copy.deepcopy(event.prev)
+    gone["metadata"]["resourceVersion"] = event.obj["metadata"]["resourceVersion"]
+    return "DELETED", gone
 
 
 def _client_gone(sock: socket.socket) -> bool:
