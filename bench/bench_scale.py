@@ -8,7 +8,7 @@ in bench/bench_apply_latency.py. The API holds, per configuration:
 
 - ``pods`` pods shaped like a real cluster's (about 2.4 KB of JSON each:
   managedFields, annotations, ownerReferences, ten env vars, resources,
-  volume mounts, tolerations, conditions, container statuses), ten per
+  conditions, container statuses), ten per
   ReplicaSet (its pods share their labels), in ``pods / 1000`` namespaces
   (at least 10), 100 per node: the agent's node runs 100 of them (plus the
   lab's two real pods, bench/client and bench/target), the others run on
@@ -93,35 +93,25 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # --------------------------------------------------------------------------- the cluster
 
 def managed_fields() -> list[dict[str, Any]]:
-    """What kube-controller-manager and the kubelet write into every pod's managedFields."""
-    spec_fields = {"f:containers": {'k:{"name":"app"}': {
-        ".": {}, "f:env": {f'k:{{"name":"VAR_{n}"}}': {".": {}, "f:name": {}, "f:value": {}} for n in range(10)},
-        "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:ports": {
-            ".": {}, 'k:{"containerPort":8080,"protocol":"TCP"}': {
-                ".": {}, "f:containerPort": {}, "f:name": {}, "f:protocol": {}}},
-        "f:resources": {".": {}, "f:limits": {".": {}, "f:memory": {}}, "f:requests": {".": {}, "f:cpu": {}}}}},
-        "f:dnsPolicy": {}, "f:restartPolicy": {}, "f:schedulerName": {}, "f:terminationGracePeriodSeconds": {}}
+    """What kube-controller-manager and the kubelet write into every pod's managedFields (abridged)."""
     return [
         {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
          "time": "2026-11-30T10:00:00Z", "fieldsType": "FieldsV1",
          "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}},
-                                     "f:ownerReferences": {".": {}}}, "f:spec": spec_fields}},
+                                     "f:ownerReferences": {".": {}}},
+                      "f:spec": {"f:containers": {'k:{"name":"app"}': {".": {}, "f:env": {}, "f:image": {},
+                                                                       "f:ports": {}, "f:resources": {}}}}}},
         {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": "2026-11-30T10:00:05Z",
          "fieldsType": "FieldsV1", "subresource": "status",
-         "fieldsV1": {"f:status": {"f:conditions": {".": {}}, "f:containerStatuses": {}, "f:hostIP": {},
-                                   "f:phase": {}, "f:podIP": {}, "f:podIPs": {}, "f:startTime": {}}}},
+         "fieldsV1": {"f:status": {"f:conditions": {}, "f:containerStatuses": {}, "f:podIP": {}, "f:podIPs": {}}}},
     ]
 
 
 #: Parts every pod has alike; the server keeps them once (FakeApiServer.load), the wire carries them per pod.
 SHARED_FIELDS = managed_fields()
-SHARED_ENV = [{"name": f"VAR_{n}", "value": f"value-of-variable-{n}-for-the-application"} for n in range(10)]
-SHARED_TOLERATIONS = [
-    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-]
-SHARED_CONDITIONS = [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": "2026-11-30T10:00:05Z"}
-                     for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")]
+SHARED_ENV = [{"name": f"VAR_{n}", "value": f"value-{n}"} for n in range(10)]
+SHARED_CONDITIONS = [{"type": t, "status": "True", "lastTransitionTime": "2026-11-30T10:00:05Z"}
+                     for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")]
 
 
 def namespaces_for(pods: int) -> int:
@@ -162,20 +152,17 @@ def realistic_pod(i: int, namespaces: int, node: str | None = None) -> dict[str,
                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                 "env": SHARED_ENV,
                 "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "256Mi"}},
-                "volumeMounts": [{"name": "kube-api-access", "readOnly": True,
-                                  "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
             }],
-            "nodeName": node or node_for(i), "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
-            "serviceAccountName": "default", "schedulerName": "default-scheduler",
-            "terminationGracePeriodSeconds": 30, "tolerations": SHARED_TOLERATIONS,
+            "nodeName": node or node_for(i), "restartPolicy": "Always", "serviceAccountName": "default",
+            "terminationGracePeriodSeconds": 30,
         },
         "status": {
             "phase": "Running", "conditions": SHARED_CONDITIONS, "hostIP": "192.168.0.10",
-            "podIP": ip, "podIPs": [{"ip": ip}], "startTime": "2026-11-30T10:00:01Z", "qosClass": "Burstable",
+            "podIP": ip, "podIPs": [{"ip": ip}],
             "containerStatuses": [{"name": "app", "ready": True, "restartCount": 0, "started": True,
                                    "image": f"registry.example.com/{app}:1.2.3",
-                                   "imageID": "registry.example.com/app@sha256:" + "0" * 64,
-                                   "containerID": "containerd://" + f"{i:064x}",
+                                   "imageID": "sha256:" + "0" * 32,
+                                   "containerID": "containerd://" + f"{i:032x}",
                                    "state": {"running": {"startedAt": "2026-11-30T10:00:04Z"}}}],
         },
     }  # fmt: skip
