@@ -28,7 +28,8 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from kube_netpol.sources import kube_apply
 from kube_netpol.api.kinds import KindSpec
