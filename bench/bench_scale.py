@@ -138,7 +138,8 @@ def realistic_pod(i: int, namespaces: int, node: str | None = None) -> dict[str,
         "metadata": {
             "name": name, "namespace": namespace, "generateName": f"{app}-{template}-",
             "creationTimestamp": "2026-11-30T10:00:00Z",
-            "labels": {"app": app, "pod-template-hash": template, "tier": "backend", "team": f"team-{i % 7}"},
+            "labels": {"app": app, "pod-template-hash": template, "tier": "backend",
+                       "team": f"team-{i // PODS_PER_REPLICASET % 7}"},
             "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-30T09:59:00Z",
                             "prometheus.io/scrape": "true", "prometheus.io/port": "9090"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{app}-{template}",
@@ -287,7 +288,8 @@ def latency(env: KubeLab, pods: int, policies: int, wanted: int, rounds: int) ->
     finally:
         poller.close()
     ms = [s * 1000 for s in samples]
-    return {"latency_policies": max(wanted, policies), "apply_p50_ms": percentile(ms, 50),
+    return {"latency_policies": max(wanted, policies), "apply_samples_ms": [round(v, 2) for v in ms],
+            "apply_p50_ms": percentile(ms, 50),
             "apply_p99_ms": percentile(ms, 99), "apply_max_ms": max(ms), "apply_changes": len(ms)}
 
 
