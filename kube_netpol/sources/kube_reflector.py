@@ -36,10 +36,11 @@ from typing import Any, Callable
 from kube_netpol.api.cluster import ObjectKey
 from kube_netpol.api.kinds import KindSpec
 from kube_netpol.sources import kube_apply
-from kube_netpol.sources.pod_pages import decode_pod_page
+from kube_netpol.sources.pod_pages import decode_pod_event, decode_pod_page
 from kube_netpol.sources.kube_watch_protocol import (
     GONE,
     BadEvent,
+    WatchEvent,
     parse_event,
     resource_version_of,
     split_lines,
@@ -397,11 +398,15 @@ class Reflector:
     def _handle_line(self, line: bytes) -> bool:
         """Apply one watch line; True if it was an event (bookmarks included)."""
         name, kind = self.resource.plural, self.resource.kind
-        try:
-            event = parse_event(line)
-        except BadEvent as err:
-            log.warning("%s: skipping a watch event: %s", name, err, extra=self._log_extra())
-            return False
+        fast = decode_pod_event(line) if kind == "Pod" else None
+        if fast is not None:
+            event = WatchEvent(*fast)  # already reduced to what the state reads
+        else:
+            try:
+                event = parse_event(line)
+            except BadEvent as err:
+                log.warning("%s: skipping a watch event: %s", name, err, extra=self._log_extra())
+                return False
         obj = event.object
         if event.type == "ERROR":
             code = status_code(obj)
@@ -411,7 +416,7 @@ class Reflector:
         version = resource_version_of(obj)
         state = self._state
         if event.type in ("ADDED", "MODIFIED"):
-            trimmed = self.resource.trim(obj)
+            trimmed = obj if fast is not None else self.resource.trim(obj)
 
             def apply() -> None:
                 kube_apply.apply_object(state, kind, trimmed)

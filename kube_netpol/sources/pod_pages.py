@@ -1,4 +1,4 @@
-"""Pod list pages decoded straight into the fields the state reads (msgspec), skipping the rest unread.
+"""Pod list pages and watch events decoded straight into the fields the state reads (msgspec), the rest unread.
 
 A pod's JSON is mostly managedFields, env, conditions and container statuses;
 ``json.loads`` builds all of it only for ``trim_pod`` to drop it. msgspec
@@ -75,7 +75,10 @@ _ListMetadataWithContinue = TypedDict("_ListMetadataWithContinue", {"resourceVer
                                       total=False)
 _PodList = TypedDict("_PodList", {"metadata": _ListMetadataWithContinue, "items": list[_Pod]}, total=False)
 
+_PodEvent = TypedDict("_PodEvent", {"type": str, "object": _Pod}, total=False)
+
 _decoder = msgspec.json.Decoder(_PodList) if msgspec is not None else None
+_event_decoder = msgspec.json.Decoder(_PodEvent) if msgspec is not None else None
 
 
 def decode_pod_page(body: bytes) -> dict[str, Any] | None:
@@ -86,3 +89,21 @@ def decode_pod_page(body: bytes) -> dict[str, Any] | None:
         return _decoder.decode(body)  # type: ignore[return-value]
     except msgspec.DecodeError:  # ValidationError included: a malformed pod somewhere in the page
         return None
+
+
+def decode_pod_event(line: bytes) -> tuple[str, dict[str, Any]] | None:
+    """(type, trimmed pod) of an ADDED, MODIFIED or DELETED watch line of the usual shape, else None.
+
+    None for anything else (a BOOKMARK, an ERROR's Status, a malformed line):
+    the caller parses those with ``parse_event`` as before.
+    """
+    if _event_decoder is None:
+        return None
+    try:
+        event = _event_decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+    event_type, obj = event.get("type"), event.get("object")
+    if event_type not in ("ADDED", "MODIFIED", "DELETED") or obj is None:
+        return None
+    return event_type, obj  # type: ignore[return-value]

@@ -160,3 +160,19 @@ def test_a_page_with_a_malformed_pod_is_not_decoded_fast() -> None:
     bad["metadata"]["labels"] = {"app": 5}
     assert decode_pod_page(page([pod("x", "ok", "10.0.0.2"), bad])) is None  # the caller falls back to json.loads
     assert decode_pod_page(b"not json") is None
+
+
+def test_the_event_decoder_takes_pod_changes_and_leaves_the_rest_to_parse_event() -> None:
+    from kube_netpol.sources.pod_pages import decode_pod_event
+
+    full = pod("x", "a", "10.0.0.1", {"app": "web"})
+    full["metadata"]["resourceVersion"] = "12"
+    decoded = decode_pod_event(json.dumps({"type": "MODIFIED", "object": full}).encode())
+    assert decoded is not None and decoded[0] == "MODIFIED"
+    assert decoded[1]["metadata"]["resourceVersion"] == "12" and "managedFields" not in decoded[1]["metadata"]
+    bookmark = {"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "13"}}}
+    error = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "gone"}}
+    bad = {"type": "ADDED", "object": {**full, "spec": "not an object"}}
+    for line in (bookmark, error, bad):
+        assert decode_pod_event(json.dumps(line).encode()) is None
+    assert decode_pod_event(b"{") is None
