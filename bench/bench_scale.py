@@ -27,6 +27,7 @@ Measured, per configuration, on the agent's process (``/proc/PID``):
   (1 in 100 on the agent's node) for ``--churn-seconds``; the share of one
   core the agent used meanwhile (CPU seconds / wall seconds), and that it
   kept up (it enforces the last change within 10 s after);
+- RSS at the end (after the churn, with the latency phase's policies);
 - apply latency: the policies are first topped up to ``--latency-policies``
   (created while the agent runs: watch events), then ``--rounds`` rounds of
   four changes of one policy flipping bench/client -> bench/target:80
@@ -318,6 +319,7 @@ def main() -> None:
                   f"{figures['ready_cpu_s']:.1f} CPU s, RSS {figures['rss_mib']:.0f} MiB", file=sys.stderr)
             figures.update(churn(env, pods, args.churn_rate, args.churn_seconds))
             figures.update(latency(env, pods, policies, args.latency_policies, args.rounds))
+            figures["rss_end_mib"] = memory_kib(env.agent.process.pid)["VmRSS"] / 1024  # with the top-up's policies
             figures["load_average_1m"] = os.getloadavg()[0]
         results.append(figures)
         print(json.dumps(figures), file=sys.stderr)
@@ -327,15 +329,15 @@ def main() -> None:
 
     base = results[0]
     print("| pods | policies | RSS after ready MiB | peak MiB | growth/pod KB | ready s | agent CPU to ready s "
-          "| churn pods/s | churn % of a core | apply p50 ms | apply p99 ms | (policies) | load |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| churn pods/s | churn % of a core | apply p50 ms | apply p99 ms | (policies) | RSS at end MiB | load |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         growth = ("–" if r is base else
                   f"{(r['rss_mib'] - base['rss_mib']) * 1024 * 1.024 / (r['pods'] - base['pods']):.2f}")
         print(f"| {r['pods']} | {r['policies']} | {r['rss_mib']:.0f} | {r['peak_mib']:.0f} | {growth} | "
               f"{r['ready_s']:.1f} | {r['ready_cpu_s']:.1f} | {r['churn_per_s']:.0f} | "
               f"{100 * r['churn_core_share']:.1f} | {r['apply_p50_ms']:.1f} | {r['apply_p99_ms']:.1f} | "
-              f"{r['latency_policies']} | {r['load_average_1m']:.2f} |")
+              f"{r['latency_policies']} | {r['rss_end_mib']:.0f} | {r['load_average_1m']:.2f} |")
 
 
 if __name__ == "__main__":
