@@ -125,6 +125,7 @@ class Agent:
         self._repaired = threading.Event()
         # The dataplane follows the snapshot of this generation (-1: a sync is due).
         self._synced_generation = -1
+        self._synced_managed: tuple[int, bool] | None = None  # (managed.version, divert_all) last sent
         self._strict_due = 0.0
         self._last_strict = 0.0
         self._node_addresses: frozenset[bytes] = frozenset()
@@ -207,6 +208,7 @@ class Agent:
             v4, v6, divert_all = self._desired_managed()
             backend = self.dataplane.start(v4, v6, divert_all)
             self._synced_generation = self.engine.generation
+            self._synced_managed = (self.engine.managed.version, divert_all)
             self.guard = DataplaneGuard(self.dataplane, on_repair=self._on_repair)
             self.guard.start()
             self._dataplane_ready.set()
@@ -295,10 +297,17 @@ class Agent:
     def _sync_dataplane(self) -> None:
         started = time.perf_counter()
         generation = self.engine.generation
+        managed = self.engine.managed
+        wanted = (managed.version, managed.divert_all)
         ok = True
         try:
-            v4, v6, divert_all = self._desired_managed()
-            changed = self.dataplane.sync(v4, v6, divert_all)
+            if wanted == self._synced_managed and self.dataplane.in_sync:
+                # Most snapshots (pods of other nodes coming and going) divert the same addresses.
+                changed = False
+            else:
+                v4, v6, divert_all = self._desired_managed()
+                changed = self.dataplane.sync(v4, v6, divert_all)
+                self._synced_managed = wanted
             if changed:
                 log.info("dataplane synced: %d IPv4 and %d IPv6 managed addresses%s in %.1f ms",
                          len(v4), len(v6), ", divert all" if divert_all else "",
