@@ -118,6 +118,8 @@ class ClusterState:
         self._ip_others: dict[bytes, dict[PodKey, PodRecord]] = {}
         self._pods_by_namespace: dict[str, dict[str, PodRecord]] = {}
         self._pods_by_node: dict[str, set[PodKey]] = {}
+        # Only a pipeline that reads nodes can see a node relabel, the one use of that index.
+        self._index_nodes = "Node" in self.kinds
         self._labels: Interner[Labels] = Interner()
         self._ports: Interner[tuple[tuple[ContainerPortTuple, ...], PortNames]] = Interner()
         self._pending: dict[tuple[str, ObjectKey], Change[object]] = {}
@@ -417,7 +419,7 @@ class ClusterState:
 
     def _index_pod(self, pod: PodRecord) -> None:
         self._pods_by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
-        if pod.node_name:
+        if pod.node_name and self._index_nodes:
             self._pods_by_node.setdefault(pod.node_name, set()).add(pod.key)
         if pod.is_policy_target:
             for ip in pod.ips:
