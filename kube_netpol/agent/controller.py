@@ -70,6 +70,16 @@ def node_addresses() -> frozenset[bytes]:
 Submit = Callable[[Callable[[], None]], None]
 
 
+def strict_pass_due(due: float, now: float, last_pass: float, kinds: frozenset[str]) -> float:
+    """When the next strict-mode pass runs after a snapshot of a batch of ``kinds`` (``due`` 0: none planned).
+
+    At most one pass every STRICT_MODE_MIN_INTERVAL, every STRICT_MODE_POD_INTERVAL
+    while only pods change; an earlier planned pass stays planned.
+    """
+    interval = STRICT_MODE_POD_INTERVAL if kinds <= {"Pod"} else STRICT_MODE_MIN_INTERVAL
+    wanted = max(now, last_pass + interval)
+    return min(due, wanted) if due else wanted
+
 class Source(Protocol):
     """Something that feeds the ClusterState (a manifests folder, the Kubernetes API)."""
 
@@ -227,9 +237,8 @@ class Agent:
                 if snapshot is not None and self._strict_mode:
                     # A burst of changes costs one pass, at most every STRICT_MODE_MIN_INTERVAL
                     # (STRICT_MODE_POD_INTERVAL while only pods change); the earliest due time wins.
-                    interval = STRICT_MODE_POD_INTERVAL if self.engine.last_kinds <= {"Pod"} else STRICT_MODE_MIN_INTERVAL
-                    due = max(time.monotonic(), self._last_strict + interval)
-                    self._strict_due = min(self._strict_due, due) if self._strict_due else due
+                    self._strict_due = strict_pass_due(
+                        self._strict_due, time.monotonic(), self._last_strict, self.engine.last_kinds)
                 if self._synced_generation != self.engine.generation:
                     self._sync_dataplane()
                 if self._repaired.is_set():  # connections made while the kernel had no (or a wrong) ruleset

@@ -153,3 +153,15 @@ def test_a_batch_that_changes_nothing_publishes_nothing(agent: Agent) -> None:
     assert enforce(agent, pod("a", "10.0.0.1")) == (0, 0)  # the same pod again
     assert enforce(agent, lambda state: state.apply({"apiVersion": "v1", "kind": "ConfigMap",
                                                      "metadata": {"name": "c", "namespace": "x"}})) == (0, 0)
+
+
+def test_strict_mode_passes_at_most_once_a_second_while_only_pods_change() -> None:
+    from kube_netpol.agent.controller import strict_pass_due
+
+    pods, policies = frozenset({"Pod"}), frozenset({"Pod", "NetworkPolicy"})
+    assert strict_pass_due(0.0, now=10.0, last_pass=9.9, kinds=pods) == 10.9
+    assert strict_pass_due(0.0, now=10.0, last_pass=9.9, kinds=policies) == 10.1
+    assert strict_pass_due(0.0, now=10.0, last_pass=5.0, kinds=pods) == 10.0  # long since the last: at once
+    # A policy change while a pod-paced pass is planned brings it forward; pods never push one back.
+    assert strict_pass_due(10.9, now=10.0, last_pass=9.9, kinds=policies) == 10.1
+    assert strict_pass_due(10.1, now=10.0, last_pass=9.9, kinds=pods) == 10.1
