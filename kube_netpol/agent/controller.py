@@ -14,6 +14,7 @@ strict mode, the metrics (``stats``) and /statusz.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import logging
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 CONTROL_INTERVAL = 0.05
 #: Strict mode re-judges conntrack at most this often, so a burst of changes costs one pass.
 STRICT_MODE_MIN_INTERVAL = 0.2
+#: ... and at most this often for batches of pod changes alone: pods come and go all the time in a
+#: big cluster (100 a second at 100,000 pods), and each pass dumps the node's conntrack table.
+STRICT_MODE_POD_INTERVAL = 1.0
 #: Strict mode re-reads the node's addresses (a fork of `ip`, about 2 ms) when its list is older than this.
 NODE_ADDRESSES_MAX_AGE = 30.0
 
@@ -65,6 +69,16 @@ def node_addresses() -> frozenset[bytes]:
 
 Submit = Callable[[Callable[[], None]], None]
 
+
+def strict_pass_due(due: float, now: float, last_pass: float, kinds: frozenset[str]) -> float:
+    """When the next strict-mode pass runs after a snapshot of a batch of ``kinds`` (``due`` 0: none planned).
+
+    At most one pass every STRICT_MODE_MIN_INTERVAL, every STRICT_MODE_POD_INTERVAL
+    while only pods change; an earlier planned pass stays planned.
+    """
+    interval = STRICT_MODE_POD_INTERVAL if kinds <= {"Pod"} else STRICT_MODE_MIN_INTERVAL
+    wanted = max(now, last_pass + interval)
+    return min(due, wanted) if due else wanted
 
 class Source(Protocol):
     """Something that feeds the ClusterState (a manifests folder, the Kubernetes API)."""
@@ -121,6 +135,7 @@ class Agent:
         self._repaired = threading.Event()
         # The dataplane follows the snapshot of this generation (-1: a sync is due).
         self._synced_generation = -1
+        self._synced_managed: tuple[int, bool] | None = None  # (managed.version, divert_all) last sent
         self._strict_due = 0.0
         self._last_strict = 0.0
         self._node_addresses: frozenset[bytes] = frozenset()
@@ -188,6 +203,12 @@ class Agent:
                 return
         revision = self._take_source_changes()
         self.engine.publish(revision)
+        # What the initial sync built lives as long as the agent: keep the cyclic collector from
+        # walking it again and again (a full collection over 100,000 pods' records stalls the control
+        # thread for a tenth of a second, in the middle of some change's apply latency). Refcounting
+        # still frees these objects when they go.
+        gc.collect()
+        gc.freeze()
         # Bind the queue before the rules divert anything to it.
         self.verdict_loop.bind()
         packet_thread = threading.Thread(target=self.verdict_loop.run, args=(stop,), name="verdict-loop", daemon=True)
@@ -197,6 +218,7 @@ class Agent:
             v4, v6, divert_all = self._desired_managed()
             backend = self.dataplane.start(v4, v6, divert_all)
             self._synced_generation = self.engine.generation
+            self._synced_managed = (self.engine.managed.version, divert_all)
             self.guard = DataplaneGuard(self.dataplane, on_repair=self._on_repair)
             self.guard.start()
             self._dataplane_ready.set()
@@ -213,9 +235,10 @@ class Agent:
                 revision = self._take_source_changes()
                 snapshot = self.engine.publish(revision)
                 if snapshot is not None and self._strict_mode:
-                    # A burst of changes costs one pass, at most every STRICT_MODE_MIN_INTERVAL.
-                    self._strict_due = self._strict_due or max(
-                        time.monotonic(), self._last_strict + STRICT_MODE_MIN_INTERVAL)
+                    # A burst of changes costs one pass, at most every STRICT_MODE_MIN_INTERVAL
+                    # (STRICT_MODE_POD_INTERVAL while only pods change); the earliest due time wins.
+                    self._strict_due = strict_pass_due(
+                        self._strict_due, time.monotonic(), self._last_strict, self.engine.last_kinds)
                 if self._synced_generation != self.engine.generation:
                     self._sync_dataplane()
                 if self._repaired.is_set():  # connections made while the kernel had no (or a wrong) ruleset
@@ -283,10 +306,17 @@ class Agent:
     def _sync_dataplane(self) -> None:
         started = time.perf_counter()
         generation = self.engine.generation
+        managed = self.engine.managed
+        wanted = (managed.version, managed.divert_all)
         ok = True
         try:
-            v4, v6, divert_all = self._desired_managed()
-            changed = self.dataplane.sync(v4, v6, divert_all)
+            if wanted == self._synced_managed and self.dataplane.in_sync:
+                # Most snapshots (pods of other nodes coming and going) divert the same addresses.
+                changed = False
+            else:
+                v4, v6, divert_all = self._desired_managed()
+                changed = self.dataplane.sync(v4, v6, divert_all)
+                self._synced_managed = wanted
             if changed:
                 log.info("dataplane synced: %d IPv4 and %d IPv6 managed addresses%s in %.1f ms",
                          len(v4), len(v6), ", divert all" if divert_all else "",

@@ -10,7 +10,8 @@ way and has it listed, watched, trimmed and handed to its evaluator.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
 #: Parses one object (a JSON-like mapping) into what evaluators read; raises InvalidObject.
 Parse = Callable[[Mapping[str, Any]], object]

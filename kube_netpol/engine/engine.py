@@ -51,6 +51,8 @@ class PolicyEngine(Generic[S]):
         self._stages: list[Stage] = []
         self._failed: set[str] = set()
         self.generation = 0
+        #: The kinds of the last published batch (the agent paces strict mode by them).
+        self.last_kinds: frozenset[str] = frozenset()
         # What the state already holds is the first batch.
         self.snapshot = self._build(state.take_changes(), "")
 
@@ -80,6 +82,7 @@ class PolicyEngine(Generic[S]):
         self.managed.divert_all = any(update is not None and update.divert_all for update in updates)
         self._stages = [update.stage if update is not None else self._stages[i] for i, update in enumerate(updates)]
         self.generation += 1
+        self.last_kinds = frozenset(change.kind for change in changes)
         snapshot = Snapshot(self.generation, revision, self.names, self._stages, self.state.pod_by_ip, self.history)
         old = getattr(self, "snapshot", None)
         self.snapshot = snapshot  # the one publication: the verdict loop reads this attribute

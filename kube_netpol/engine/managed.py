@@ -26,6 +26,8 @@ class ManagedAddresses:
         self._pod_ips: dict[PodKey, tuple[bytes, ...]] = {}  # the managed addresses each pod contributes
         self._ips: dict[bytes, int] = {}  # managed address -> pods contributing it
         self.divert_all = False
+        #: Goes up whenever an address joins or leaves ``addresses``: the dataplane needs no sync while it stays.
+        self.version = 0
 
     @property
     def addresses(self) -> Iterable[bytes]:
@@ -78,10 +80,14 @@ class ManagedAddresses:
                 left = self._ips.get(ip, 1) - 1
                 if left <= 0:
                     self._ips.pop(ip, None)
+                    self.version += 1
                 else:
                     self._ips[ip] = left
             for ip in wanted:
-                self._ips[ip] = self._ips.get(ip, 0) + 1
+                count = self._ips.get(ip, 0)
+                if not count:
+                    self.version += 1
+                self._ips[ip] = count + 1
             if wanted:
                 self._pod_ips[key] = wanted
             else:

@@ -79,6 +79,10 @@ class IndexedEvaluator(Generic[S]):
     def __init__(self, stage: S) -> None:
         self._stage = stage
         self._selected: set[PodKey] = set()
+        # This node's pods by namespace, kept from the pod changes: a policy change re-judges
+        # the local pods of the namespaces it reaches, not every pod of them (most run elsewhere).
+        self._local: dict[str, set[PodKey]] = {}
+        self._local_seeded = False
 
     @property
     def stage(self) -> S:
@@ -94,12 +98,24 @@ class IndexedEvaluator(Generic[S]):
     def update(self, view: ClusterView, changes: Sequence[Change[object]]) -> Update:
         stage = self._stage
         recheck: set[PodKey] = set()
+        node_name = view.node_name
+        if node_name and not self._local_seeded:
+            # Once, on the first batch (the state may hold pods from before this evaluator).
+            for record in view.pods():
+                if record.node_name == node_name:
+                    self._local.setdefault(record.namespace, set()).add(record.key)
+            self._local_seeded = True
+        elif node_name:
+            self._track_local(node_name, changes)
         policy_changes = [c for c in changes if c.kind in self.policy_kinds]
         if policy_changes:
             stage, namespaces = self.with_policies(stage, view, policy_changes)
             reached: Iterable[str] = (ns.name for ns in view.namespaces()) if namespaces is None else namespaces
             for namespace in reached:
-                recheck.update(pod.key for pod in view.pods_in_namespace(namespace))
+                if node_name:
+                    recheck.update(self._local.get(namespace, ()))
+                else:
+                    recheck.update(pod.key for pod in view.pods_in_namespace(namespace))
         others = [c for c in changes if c.kind not in self.policy_kinds]
         if others:
             stage = self.with_others(stage, view, others)
@@ -107,7 +123,6 @@ class IndexedEvaluator(Generic[S]):
         self._stage = stage
         selected = self._selected
         deltas: dict[PodKey, bool] = {}
-        node_name = view.node_name
         for key in recheck:
             pod = view.pod(key)
             if pod is not None and node_name and pod.node_name != node_name:
@@ -120,6 +135,21 @@ class IndexedEvaluator(Generic[S]):
                 else:
                     selected.discard(key)
         return Update(stage, deltas)
+
+    def _track_local(self, node_name: str, changes: Sequence[Change[object]]) -> None:
+        local = self._local
+        for change in changes:
+            if change.kind != "Pod":
+                continue
+            old, new = change.old, change.new
+            if isinstance(old, PodRecord) and old.node_name == node_name:
+                keys = local.get(old.namespace)
+                if keys is not None:
+                    keys.discard(old.key)
+                    if not keys:
+                        del local[old.namespace]
+            if isinstance(new, PodRecord) and new.node_name == node_name:
+                local.setdefault(new.namespace, set()).add(new.key)
 
     def with_policies(
         self, stage: S, view: ClusterView, changes: list[Change[object]]

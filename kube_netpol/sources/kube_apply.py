@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
+from kube_netpol.api.cluster import ObjectKey
 from kube_netpol.sources.kube_watch_protocol import object_reference
 from kube_netpol.state import ClusterState
 
@@ -31,6 +32,23 @@ def delete_object(state: ClusterState, kind: str, obj: Mapping[str, Any]) -> Non
         return
     namespace, name = ref
     state.delete(kind, namespace, name)
+
+
+def apply_page(state: ClusterState, kind: str, objects: Sequence[Mapping[str, Any]], seen: set[ObjectKey]) -> None:
+    """Apply one page of a list, adding the keys it holds to ``seen`` (see ``delete_unseen``)."""
+    namespaced = state.kinds[kind].namespaced
+    for obj in objects:
+        apply_object(state, kind, obj)
+        ref = object_reference(obj) if isinstance(obj, Mapping) else None
+        if ref is not None:
+            seen.add((ref[0] if namespaced else "", ref[1]))
+
+
+def delete_unseen(state: ClusterState, kind: str, seen: set[ObjectKey]) -> None:
+    """After the last page of a list: delete the objects of ``kind`` it did not hold."""
+    for key in state.keys(kind):
+        if key not in seen:
+            state.delete(kind, key[0], key[1])
 
 
 def replace_all(state: ClusterState, kind: str, objects: Sequence[Mapping[str, Any]]) -> None:

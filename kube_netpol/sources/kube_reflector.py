@@ -2,8 +2,10 @@
 
 The loop:
 
-1. list the collection page by page (``limit``/``continue``), hand the whole
-   result to the control thread as one ``replace`` and remember the list's
+1. list the collection page by page (``limit``/``continue``), handing each
+   page to the control thread as it arrives (the next page is read while it
+   is applied, never more: a list costs the state's memory plus about two
+   pages), then delete what the list did not hold, and remember the list's
    resourceVersion;
 2. watch from that resourceVersion (with bookmarks), hand every event to the
    control thread and remember each event's resourceVersion;
@@ -28,13 +30,17 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
-from kube_netpol.sources import kube_apply
+from kube_netpol.api.cluster import ObjectKey
 from kube_netpol.api.kinds import KindSpec
+from kube_netpol.sources import kube_apply
+from kube_netpol.sources.pod_pages import decode_pod_event, decode_pod_page
 from kube_netpol.sources.kube_watch_protocol import (
     GONE,
     BadEvent,
+    WatchEvent,
     parse_event,
     resource_version_of,
     split_lines,
@@ -234,9 +240,11 @@ class Reflector:
     # --------------------------------------------------------------------- list
 
     def _list(self) -> None:
-        """One consistent list, all pages, then one ``replace`` on the control thread."""
+        """One consistent list: each page applied as it arrives, then the objects it did not hold deleted."""
         settings = self._settings
-        items: list[Any] = []
+        seen: set[ObjectKey] = set()  # filled on the control thread
+        applied: threading.Event | None = None
+        listed = 0
         continue_token: str | None = None
         version: str | None = None
         while True:
@@ -255,31 +263,77 @@ class Reflector:
                 response.close()
                 raise
             _release(response)
-            page = json.loads(body)
-            if not isinstance(page, Mapping):
-                raise ValueError("the list response is not a JSON object")
-            meta = page.get("metadata") or {}
-            raw_items = page.get("items") or []
-            if not isinstance(meta, Mapping) or not isinstance(raw_items, list):
-                raise ValueError("the list response has no metadata or items")
-            trim = self.resource.trim
-            items.extend(trim(item) for item in raw_items)
+            meta, items = self._read_page(body)
+            del body
             version = version or meta.get("resourceVersion")
             continue_token = meta.get("continue") or None
+            if applied is not None:
+                self._wait_applied(applied)
+            listed += len(items)
+            applied = self._submit_page(items, seen)
+            del items
             if not continue_token:
                 break
         if not isinstance(version, str) or not version:
             raise ValueError("the list response has no resourceVersion")
-        self._submit_list(items, version)
+        if applied is not None:
+            self._wait_applied(applied)
+        self._submit_list_end(seen, version)
         self._resource_version = version
         self._backoff.reset()
         self.lists_completed += 1
         if self._relist_reason:
             log.info("%s: relisted %d objects at resourceVersion %s (after %s)",
-                     self.resource.plural, len(items), version, self._relist_reason, extra=self._log_extra())
+                     self.resource.plural, listed, version, self._relist_reason, extra=self._log_extra())
         else:
-            log.info("%s: listed %d objects at resourceVersion %s", self.resource.plural, len(items), version,
+            log.info("%s: listed %d objects at resourceVersion %s", self.resource.plural, listed, version,
                      extra=self._log_extra())
+
+    def _read_page(self, body: bytes) -> tuple[Mapping[str, Any], list[Any]]:
+        """(list metadata, trimmed items) of one list page."""
+        if self.resource.kind == "Pod":
+            decoded = decode_pod_page(body)
+            if decoded is not None:  # the usual shape: already reduced to what the state reads
+                return decoded.get("metadata") or {}, decoded.get("items") or []
+        page = json.loads(body)
+        if not isinstance(page, Mapping):
+            raise ValueError("the list response is not a JSON object")
+        meta = page.get("metadata") or {}
+        raw_items = page.get("items") or []
+        if not isinstance(meta, Mapping) or not isinstance(raw_items, list):
+            raise ValueError("the list response has no metadata or items")
+        trim = self.resource.trim
+        return meta, [trim(item) for item in raw_items]
+
+    def _submit_page(self, items: list[Any], seen: set[ObjectKey]) -> threading.Event:
+        state, kind, applied = self._state, self.resource.kind, threading.Event()
+
+        def apply_page() -> None:
+            try:
+                kube_apply.apply_page(state, kind, items, seen)
+            finally:
+                items.clear()  # let the page go now, not when this closure does
+                applied.set()
+
+        self._submit(apply_page)
+        return applied
+
+    def _wait_applied(self, applied: threading.Event) -> None:
+        """Until the control thread applied the previous page (a bound on what a list holds at once)."""
+        while not applied.wait(0.5):
+            if self._stopping.is_set():
+                raise RuntimeError("stopping")
+
+    def _submit_list_end(self, seen: set[ObjectKey], version: str) -> None:
+        state, kind, synced = self._state, self.resource.kind, self._synced
+
+        def finish() -> None:
+            kube_apply.delete_unseen(state, kind, seen)
+            seen.clear()
+            self._note_applied(version)
+            synced.set()
+
+        self._submit(finish)
 
     def _submit_list(self, items: list[Any], version: str | None) -> None:
         state, kind, synced = self._state, self.resource.kind, self._synced
@@ -344,11 +398,15 @@ class Reflector:
     def _handle_line(self, line: bytes) -> bool:
         """Apply one watch line; True if it was an event (bookmarks included)."""
         name, kind = self.resource.plural, self.resource.kind
-        try:
-            event = parse_event(line)
-        except BadEvent as err:
-            log.warning("%s: skipping a watch event: %s", name, err, extra=self._log_extra())
-            return False
+        fast = decode_pod_event(line) if kind == "Pod" else None
+        if fast is not None:
+            event = WatchEvent(*fast)  # already reduced to what the state reads
+        else:
+            try:
+                event = parse_event(line)
+            except BadEvent as err:
+                log.warning("%s: skipping a watch event: %s", name, err, extra=self._log_extra())
+                return False
         obj = event.object
         if event.type == "ERROR":
             code = status_code(obj)
@@ -358,7 +416,7 @@ class Reflector:
         version = resource_version_of(obj)
         state = self._state
         if event.type in ("ADDED", "MODIFIED"):
-            trimmed = self.resource.trim(obj)
+            trimmed = obj if fast is not None else self.resource.trim(obj)
 
             def apply() -> None:
                 kube_apply.apply_object(state, kind, trimmed)

@@ -9,9 +9,11 @@ into a PodRecord.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kube_netpol.api.cluster import ContainerPortTuple, NamespaceRecord, NodeRecord
 from kube_netpol.api.errors import InvalidObject
@@ -96,6 +98,14 @@ def controller_owner(obj: Mapping[str, Any]) -> str:
 
 
 def packed_address(text: object, where: str) -> bytes:
+    if type(text) is str and "." in text:
+        # Fast path for the usual IPv4 text; only its canonical form (what ipaddress takes too) is accepted here.
+        try:
+            packed = socket.inet_pton(socket.AF_INET, text)
+        except OSError:
+            packed = b""
+        if packed and socket.inet_ntop(socket.AF_INET, packed) == text:
+            return packed
     try:
         return ipaddress.ip_address(text).packed  # type: ignore[arg-type]
     except ValueError:

@@ -6,15 +6,21 @@ accepted change is recorded in the pending batch; the control thread hands
 packet thread only reads ``pod_by_ip``: records are immutable and indexes are
 updated by replacing single dict values (atomic under the GIL).
 
-Memory: pods of one namespace with the same labels share one labels dict,
-pods with the same container ports share one ports tuple and one port-name
-map; a record keeps no copy of the object it came from.
+Memory (docs/scale.md): a pod costs its record and its index entries, no
+more. Pods of one namespace with the same labels share one labels dict (held
+by a refcount, released with the last pod), pods with the same container
+ports share one ports tuple and one port-name map, namespace and node names
+are interned; no copy of the object is kept: a namespace's or node's relabel
+rebuilds its pods' records from the records themselves. An address has one
+index entry; only an address two live pods claim (a replaced pod whose
+successor arrived first) has a second one.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Generic, Hashable, Iterable, Iterator, Mapping, TypeVar
@@ -106,14 +112,14 @@ class ClusterState:
             spec.kind: {} for spec in self.kinds if spec.kind not in ("Namespace", "Node", "Pod")
         }
         self._pods_by_ip: dict[bytes, PodRecord] = {}
-        # Every live pod claiming an address, so that the index can fall back to
-        # another owner when the pod it points to goes away (a replaced pod
-        # whose successor arrived first).
-        self._ip_owners: dict[bytes, dict[PodKey, PodRecord]] = {}
+        # The other live pods claiming an address the index gives to another pod, so that
+        # it can fall back to one of them when that pod goes away (a replaced pod whose
+        # successor arrived first). Only contested addresses have an entry.
+        self._ip_others: dict[bytes, dict[PodKey, PodRecord]] = {}
         self._pods_by_namespace: dict[str, dict[str, PodRecord]] = {}
         self._pods_by_node: dict[str, set[PodKey]] = {}
-        # What a pod object said (without its namespace's and node's labels), to rebuild its record.
-        self._pod_objects: dict[PodKey, PodObject] = {}
+        # Only a pipeline that reads nodes can see a node relabel, the one use of that index.
+        self._index_nodes = "Node" in self.kinds
         self._labels: Interner[Labels] = Interner()
         self._ports: Interner[tuple[tuple[ContainerPortTuple, ...], PortNames]] = Interner()
         self._pending: dict[tuple[str, ObjectKey], Change[object]] = {}
@@ -263,7 +269,7 @@ class ClusterState:
             if old_pod is None:
                 return False
             self._unindex_pod(old_pod)
-            self._release_pod(self._pod_objects.pop(key))
+            self._release_pod(old_pod)
             self._record("Pod", key, old_pod, None)
             return True
         old = self._objects[kind].pop(key, None)
@@ -346,12 +352,12 @@ class ClusterState:
         old = self._pods.get(key)
         if old is not None and old.same_as(record):
             # Nothing policies read changed (a status heartbeat, an annotation we do not keep).
-            self._release_pod(pod_object)
+            self._release_pod(record)
             return
         if old is not None:
+            record.key = key = old.key  # the tuple every index shares
             self._unindex_pod(old)
-            self._release_pod(self._pod_objects[key])
-        self._pod_objects[key] = pod_object
+            self._release_pod(old)
         self._pods[key] = record
         self._index_pod(record)
         self._record("Pod", key, old, record)
@@ -363,7 +369,7 @@ class ClusterState:
         ports = self._ports.acquire(pod.container_ports, lambda: (pod.container_ports, port_names_of(pod.container_ports)))
         return labels, ports
 
-    def _release_pod(self, pod: PodObject) -> None:
+    def _release_pod(self, pod: PodRecord) -> None:
         self._labels.release((pod.namespace, frozenset(pod.labels.items())))
         self._ports.release(pod.container_ports)
 
@@ -372,11 +378,11 @@ class ClusterState:
         namespace = self._namespaces.get(pod.namespace)
         node = self._nodes.get(pod.node_name) if pod.node_name else None
         return PodRecord(
-            namespace=pod.namespace,
+            namespace=sys.intern(pod.namespace),
             name=pod.name,
             labels=labels,
             namespace_labels=namespace.labels if namespace is not None else NO_LABELS,
-            node_name=pod.node_name,
+            node_name=sys.intern(pod.node_name),
             node_labels=node.labels if node is not None else NO_LABELS,
             ips=pod.ips,
             host_network=pod.host_network,
@@ -393,9 +399,17 @@ class ClusterState:
     def _rebuild_pods(self, pods: Iterable[PodRecord]) -> None:
         """New records for pods whose namespace or node changed (their labels live in the record)."""
         for old in list(pods):
-            pod_object = self._pod_objects[old.key]
-            record = self._build_pod(pod_object, old.valid)
-            self._release_pod(pod_object)  # _build_pod acquired its shared parts once more
+            namespace = self._namespaces.get(old.namespace)
+            node = self._nodes.get(old.node_name) if old.node_name else None
+            record = PodRecord(
+                old.namespace, old.name, old.labels,
+                namespace.labels if namespace is not None else NO_LABELS,
+                old.node_name, node.labels if node is not None else NO_LABELS,
+                old.ips, old.host_network, old.terminal, old.container_ports, old.port_names,
+                updated_ns=time.time_ns(), cluster_id=old.cluster_id, valid=old.valid,
+                annotations=old.annotations, owner=old.owner,
+            )  # fmt: skip
+            record.key = old.key  # the tuple every index shares
             self._replace_pod_record(old, record)
             self._record("Pod", old.key, old, record)
 
@@ -405,12 +419,14 @@ class ClusterState:
 
     def _index_pod(self, pod: PodRecord) -> None:
         self._pods_by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
-        if pod.node_name:
+        if pod.node_name and self._index_nodes:
             self._pods_by_node.setdefault(pod.node_name, set()).add(pod.key)
         if pod.is_policy_target:
             for ip in pod.ips:
-                self._ip_owners.setdefault(ip, {})[pod.key] = pod
-                self._pods_by_ip[ip] = pod
+                current = self._pods_by_ip.get(ip)
+                if current is not None and current.key != pod.key:
+                    self._ip_others.setdefault(ip, {})[current.key] = current
+                self._pods_by_ip[ip] = pod  # the newest claimant wins
 
     def _unindex_pod(self, pod: PodRecord) -> None:
         in_namespace = self._pods_by_namespace.get(pod.namespace)
@@ -424,27 +440,27 @@ class ClusterState:
             if not on_node:
                 del self._pods_by_node[pod.node_name]
         for ip in pod.ips:
-            owners = self._ip_owners.get(ip)
-            if owners is None:
-                continue
-            owners.pop(pod.key, None)
+            others = self._ip_others.get(ip)
             if self._pods_by_ip.get(ip) is pod:
-                if owners:
-                    self._pods_by_ip[ip] = next(reversed(owners.values()))
+                if others:
+                    self._pods_by_ip[ip] = others.popitem()[1]  # the newest of the other claimants
                 else:
                     del self._pods_by_ip[ip]
-            if not owners:
-                del self._ip_owners[ip]
+            elif others:
+                others.pop(pod.key, None)
+            if others is not None and not others:
+                del self._ip_others[ip]
 
     def _replace_pod_record(self, pod: PodRecord, new: PodRecord) -> None:
         self._pods[pod.key] = new
         self._pods_by_namespace[pod.namespace][pod.name] = new
         for ip in pod.ips:
-            owners = self._ip_owners.get(ip)
-            if owners is not None and pod.key in owners:
-                owners[pod.key] = new
             if self._pods_by_ip.get(ip) is pod:
                 self._pods_by_ip[ip] = new
+            else:
+                others = self._ip_others.get(ip)
+                if others is not None and pod.key in others:
+                    others[pod.key] = new
 
 
 def _pod_key(obj: Mapping[str, Any]) -> PodKey | None:

@@ -8,7 +8,8 @@ that the state refuses the object with its usual reason.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kube_netpol.api.kinds import pick, trim_envelope
 

@@ -131,17 +131,20 @@ def enforce(agent: Agent, *changes: Callable[[ClusterState], Any]) -> tuple[int,
 
 
 def test_one_change_of_each_kind_is_one_snapshot_and_one_sync(agent: Agent) -> None:
-    assert enforce(agent, namespace("x")) == (1, 1)
-    assert enforce(agent, pod("a", "10.0.0.1", app="web")) == (1, 1)
+    # A snapshot that diverts the same addresses needs no dataplane sync (pods of other nodes churning).
+    assert enforce(agent, namespace("x")) == (1, 0)
+    assert enforce(agent, pod("a", "10.0.0.1", app="web")) == (1, 0)  # selected by no policy yet
     assert enforce(agent, policy("deny-web", {"matchLabels": {"app": "web"}})) == (1, 1)
     dataplane: RecordingDataplane = agent.dataplane  # type: ignore[assignment]
     assert dataplane.syncs[-1][0] == {bytes([10, 0, 0, 1])}  # the selected pod is diverted
     assert enforce(agent, pod("a", "10.0.0.1", app="db")) == (1, 1)  # relabel: no longer selected
     assert dataplane.syncs[-1][0] == frozenset()
-    assert enforce(agent, namespace("x", team="t")) == (1, 1)  # a namespace relabel rebuilds its pods: still one
+    assert enforce(agent, namespace("x", team="t")) == (1, 0)  # a namespace relabel rebuilds its pods: one snapshot
     # A batch of many changes is still one snapshot and one sync.
     assert enforce(agent, pod("b", "10.0.0.2", app="web"), pod("c", "10.0.0.3", app="web"),
                    policy("deny-all", {})) == (1, 1)
+    dataplane.in_sync = False  # the guard found drift: the next snapshot syncs even with the same addresses
+    assert enforce(agent, namespace("x", team="u")) == (1, 1)
     assert agent.status()["snapshot_generation"] == agent.engine.generation
 
 
@@ -150,3 +153,15 @@ def test_a_batch_that_changes_nothing_publishes_nothing(agent: Agent) -> None:
     assert enforce(agent, pod("a", "10.0.0.1")) == (0, 0)  # the same pod again
     assert enforce(agent, lambda state: state.apply({"apiVersion": "v1", "kind": "ConfigMap",
                                                      "metadata": {"name": "c", "namespace": "x"}})) == (0, 0)
+
+
+def test_strict_mode_passes_at_most_once_a_second_while_only_pods_change() -> None:
+    from kube_netpol.agent.controller import strict_pass_due
+
+    pods, policies = frozenset({"Pod"}), frozenset({"Pod", "NetworkPolicy"})
+    assert strict_pass_due(0.0, now=10.0, last_pass=9.9, kinds=pods) == 10.9
+    assert strict_pass_due(0.0, now=10.0, last_pass=9.9, kinds=policies) == 10.1
+    assert strict_pass_due(0.0, now=10.0, last_pass=5.0, kinds=pods) == 10.0  # long since the last: at once
+    # A policy change while a pod-paced pass is planned brings it forward; pods never push one back.
+    assert strict_pass_due(10.9, now=10.0, last_pass=9.9, kinds=policies) == 10.1
+    assert strict_pass_due(10.1, now=10.0, last_pass=9.9, kinds=pods) == 10.1
