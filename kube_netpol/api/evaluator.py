@@ -52,16 +52,18 @@ class NetworkStage(Stage, Protocol):
     not the pods' cluster addresses. Stages without these methods never judge
     a secondary network: NetworkPolicy and the admin policies apply to the
     cluster network only, and the end of the pipeline accepts.
-    ``attachments(pod)``: the (interface, network) pairs of one of this node's
-    pods whose new connections the dataplane must divert to the queue for
-    this stage to judge (empty: none).
+    ``diverted()``: this node's pods whose new connections on some of their
+    secondary interfaces the dataplane must divert to the queue (inside the
+    pod's network namespace) for this stage to judge, each with its
+    (interface, network) pairs. A stage returns the same mapping on every
+    call (the dataplane compares it by identity to skip unchanged snapshots).
     """
 
     def evaluate_network_egress(self, network: str, packet: Packet) -> Decision: ...
 
     def evaluate_network_ingress(self, network: str, packet: Packet) -> Decision: ...
 
-    def attachments(self, pod: PodRecord) -> tuple[tuple[str, str], ...]: ...
+    def diverted(self) -> Mapping[PodKey, tuple[tuple[str, str], ...]]: ...
 
 
 @dataclass(frozen=True, slots=True)

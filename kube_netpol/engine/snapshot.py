@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from kube_netpol.api.cluster import PodRecord
+from kube_netpol.api.cluster import PodKey, PodRecord
 from kube_netpol.api.evaluator import NetworkStage, Stage
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Decision, Verdict
@@ -102,13 +102,14 @@ class Snapshot:
         verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
         return Judgement(verdict, egress, egress_by, ingress, ingress_by)
 
-    def network_attachments(self, pod: PodRecord) -> tuple[tuple[str, str], ...]:
-        """The (interface, network) pairs of ``pod`` some stage needs diverted, without repeats."""
-        found: dict[tuple[str, str], None] = {}
+    def network_attachments(self) -> dict[PodKey, tuple[tuple[str, str], ...]]:
+        """This node's pods with secondary interfaces some stage needs diverted: pod -> (interface, network)."""
+        found: dict[PodKey, dict[tuple[str, str], None]] = {}
         for stage in self.stages:
             if isinstance(stage, NetworkStage):
-                found.update(dict.fromkeys(stage.attachments(pod)))
-        return tuple(found)
+                for key, interfaces in stage.diverted().items():
+                    found.setdefault(key, {}).update(dict.fromkeys(interfaces))
+        return {key: tuple(interfaces) for key, interfaces in found.items()}
 
     def evaluate(self, packet: Packet) -> Judgement:
         """The verdict for one packet: the flow table's if it has the key, else judged (and not stored).

@@ -60,17 +60,17 @@ Interfaces = tuple[tuple[str, str], ...]
 class MultiNetworkStage:
     """One snapshot's answers: per counted network, its policies' stage and its pods by address."""
 
-    __slots__ = ("policies", "addresses", "diverted")
+    __slots__ = ("policies", "addresses", "interfaces")
 
     def __init__(
         self,
         policies: Mapping[str, NetworkPolicyStage],
         addresses: Mapping[str, Mapping[bytes, PodRecord]],
-        diverted: Mapping[PodKey, Interfaces],
+        interfaces: Mapping[PodKey, Interfaces],
     ) -> None:
         self.policies = policies  # network -> stage (only counted networks with policies)
         self.addresses = addresses  # network -> packed address -> pod attached there
-        self.diverted = diverted  # this node's pods -> (interface, network) a policy selects them on
+        self.interfaces = interfaces  # this node's pods -> (interface, network) a policy selects them on
 
     # The cluster network: never ours.
     def evaluate_egress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
@@ -93,8 +93,8 @@ class MultiNetworkStage:
         pods = self.addresses.get(network, _NO_PODS)
         return stage.evaluate_ingress(packet, pods.get(packet.src), pods.get(packet.dst))
 
-    def attachments(self, pod: PodRecord) -> Interfaces:
-        return self.diverted.get(pod.key, ())
+    def diverted(self) -> Mapping[PodKey, Interfaces]:
+        return self.interfaces
 
 
 _NO_PODS: Mapping[bytes, PodRecord] = {}
@@ -172,7 +172,7 @@ class MultiNetworkEvaluator:
         recheck = set(touched_pods)
         for network in policy_networks | pod_networks:
             recheck.update(self._members.get(network, ()))
-        diverted = dict(stage.diverted)
+        diverted = dict(stage.interfaces)
         node_name = view.node_name
         for key in recheck:
             pod = view.pod(key)

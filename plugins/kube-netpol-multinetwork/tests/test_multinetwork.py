@@ -221,10 +221,13 @@ def test_new_pods_and_relabels_update_existing_policies() -> None:
 
 def test_diverted_interfaces_are_the_selected_pods_on_counted_networks() -> None:
     built = cluster(mnp("x", "p", {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"]}, NET1))
-    view = built.state
-    assert built.snapshot.network_attachments(view.pod(("x", "a"))) == (("net1", NET1),)
-    assert built.snapshot.network_attachments(view.pod(("x", "b"))) == ()
-    assert built.snapshot.network_attachments(view.pod(("y", "a"))) == ()
+    assert built.snapshot.network_attachments() == {("x", "a"): (("net1", NET1),)}
+    built.state.apply(pod("x", "b", XB, {"pod": "a"}, {NET1: XB1}))  # relabelled into the selection
+    built.publish()
+    assert built.snapshot.network_attachments() == {("x", "a"): (("net1", NET1),), ("x", "b"): (("net1", NET1),)}
+    built.state.delete("MultiNetworkPolicy", "x", "p")
+    built.publish()
+    assert built.snapshot.network_attachments() == {}
 
 
 # -------------------------------------------------------------- bad input
