@@ -19,9 +19,7 @@ python scripts/leak_check.py snapshot "$LEAKS_BEFORE"
 kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
 # The same scenarios with the real agent, nftables and NFQUEUE in the lab (root);
 # it also fails if any probe's dataplane result differs from the offline one.
-# (tests/conformance/multinetwork joins once the lab builds secondary networks: it runs offline only so far.)
-mapfile -t DATAPLANE_DIRS < <(find tests/conformance -mindepth 1 -maxdepth 1 ! -name multinetwork | sort)
-kube-netpol conformance run "$SHARED_EXAMPLES" "${DATAPLANE_DIRS[@]}" --mode dataplane
+kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode dataplane
 python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests plugins/kube-netpol-multinetwork/tests --ignore=tests/prometheus --ignore=tests/realkernel
 # The real-kernel tier: Debian's kernel under qemu runs the native nftables queue backend, which
 # this machine's kernel lacks (docs/development.md; about 4 minutes without KVM). It prints the

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from kube_netpol.agent.config import AgentConfig
+from kube_netpol.agent.secondary import DirectoryLocator, SecondaryNetworks
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import Dataplane, DataplaneConfig, conntrack
@@ -111,6 +112,10 @@ class Agent:
             self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
         )  # fmt: skip
+        # Secondary networks: queues and rules inside attached pods' namespaces (agent/secondary.py).
+        self.secondary = SecondaryNetworks(
+            self.engine, DirectoryLocator(config.pod_netns_dir) if config.pod_netns_dir else None,
+            config.nfqueue_id, config.fail_open, config.audit)
         self.stats = ControlStats()
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -192,7 +197,10 @@ class Agent:
         self.verdict_loop.bind()
         packet_thread = threading.Thread(target=self.verdict_loop.run, args=(stop,), name="verdict-loop", daemon=True)
         packet_thread.start()
-        self._threads = [packet_thread]
+        secondary_thread = threading.Thread(target=self.secondary.run, args=(stop,), name="secondary-networks",
+                                            daemon=True)
+        secondary_thread.start()
+        self._threads = [packet_thread, secondary_thread]
         try:
             v4, v6, divert_all = self._desired_managed()
             backend = self.dataplane.start(v4, v6, divert_all)
@@ -235,6 +243,8 @@ class Agent:
         finally:
             stop.set()
             packet_thread.join(timeout=5)
+            secondary_thread.join(timeout=5)
+            self.secondary.stop()
             self.source.stop()
             if self.guard is not None:
                 self.guard.stop()
@@ -294,6 +304,8 @@ class Agent:
         except Exception:  # noqa: BLE001 - keep enforcing the last good ruleset and retry
             ok = False
             log.exception("dataplane sync failed; retrying")
+        if ok and not self.secondary.sync():
+            ok = False  # a pod's namespace is not there yet: retried, the revision is not enforced yet
         self.stats.record_sync(time.perf_counter() - started, ok)
         if not ok:
             return
