@@ -337,6 +337,7 @@ class Agent:
                     dns_judged_before_dnat=self.dataplane.backend == "xt" and self.config.netfilter_bug_1766_fix,
                 )
                 removed = ct.delete(denied) if denied else 0
+            removed += self.secondary.enforce_strict()
         except conntrack.ConntrackError as e:
             log.error("strict mode: %s; connections that policies no longer allow stay open", e)
             return

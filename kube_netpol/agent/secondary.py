@@ -11,14 +11,20 @@ engine's current snapshot on the interface's network (``judge_on``).
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import logging
 import os
 import select
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from kube_netpol.api.cluster import PodKey, PodRecord
+from kube_netpol.api.packet import Packet
+from kube_netpol.dataplane import conntrack
 from kube_netpol.dataplane.netns import run_in_netns
 from kube_netpol.dataplane.secondary import Diverted, SecondaryRules, check_interface
 from kube_netpol.engine import PolicyEngine
@@ -157,6 +163,41 @@ class SecondaryNetworks:
         for key in list(self._installed):
             self._remove(key)
 
+    # ------------------------------------------------------------------ strict mode
+
+    def enforce_strict(self) -> int:
+        """Cut the connections on diverted interfaces that the current policies deny (conntrack in each pod's
+        namespace, judged on the interface's network). Returns how many entries were deleted."""
+        removed = 0
+        for key, installed in list(self._installed.items()):
+            try:
+                removed += run_in_netns(installed.netns, functools.partial(self._strict_pass, installed))
+            except Exception:  # noqa: BLE001 - strict mode must never stop the control thread
+                log.exception("strict mode: pod %s/%s's secondary networks could not be checked", *key)
+        return removed
+
+    def _strict_pass(self, installed: _Installed) -> int:
+        """Inside the pod's namespace (a thread that entered it)."""
+        networks: dict[bytes, str] = {}
+        for interface, network in installed.interfaces:
+            for address in interface_addresses(interface):
+                networks[address] = network
+        if not networks:
+            return 0
+        snapshot = self.engine.snapshot
+
+        def allowed(entry: conntrack.Entry) -> bool:
+            network = networks.get(entry.src) or networks.get(entry.dst) or ""
+            packet = Packet(entry.family, entry.protocol, entry.src, entry.dst, entry.sport, entry.dport)
+            try:
+                return snapshot.judge_on(network, packet).allowed or self.audit
+            except Exception:  # noqa: BLE001 - fail-open/closed applies to re-judging too
+                return self.fail_open
+
+        with conntrack.Conntrack() as ct:
+            denied = conntrack.select_denied(ct.dump(live_only=True), networks.__contains__, allowed)
+            return ct.delete(denied) if denied else 0
+
     # ------------------------------------------------------------------ packet thread
 
     def _handler(self, network: str) -> Callable[[Any], None]:
@@ -219,3 +260,27 @@ def _unbind(queue: Any) -> None:
         queue.unbind()
     except Exception:  # noqa: BLE001 - the namespace may be gone already
         pass
+
+
+_SIOCGIFADDR = 0x8915
+
+
+def interface_addresses(interface: str) -> list[bytes]:
+    """The packed IPv4 (primary) and IPv6 addresses of an interface of the calling thread's namespace."""
+    found: list[bytes] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", interface.encode()[:15]))
+            found.append(answer[20:24])
+        except OSError:
+            pass  # no IPv4 address
+    try:
+        # thread-self: /proc/net would be the main thread's namespace.
+        with open("/proc/thread-self/net/if_inet6") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] == interface:
+                    found.append(bytes.fromhex(fields[0]))
+    except OSError:
+        pass
+    return found
