@@ -13,8 +13,9 @@ from pathlib import Path
 
 from e2e_agentlab import requires_root
 
+from kube_netpol.agent.cleanup import cleanup_pod_namespaces
 from kube_netpol.dataplane.netns import run_in_netns
-from kube_netpol.dataplane.secondary import SecondaryRules
+from kube_netpol.dataplane.secondary import Diverted, SecondaryRules
 from kube_netpol.tools.conformance.dataplane import DataplaneBackend
 from kube_netpol.tools.conformance.plan import plan_scenario
 from kube_netpol.tools.conformance.scenario import load_scenario
@@ -98,5 +99,13 @@ def test_rules_follow_policies_and_strict_mode_cuts_on_a_secondary_network(tmp_p
         assert not rules.present(a_netns)
         backend.apply(plan.steps[3].change)
         assert rules.present(a_netns)
+        # A fail-closed agent that stops removes its rules (a fail-open one keeps them, bypassing) ...
+        assert backend.agent.stop() == 0
+        assert not rules.present(a_netns)
+        # ... and `kube-netpol cleanup --pod-netns-dir` removes what a fail-open agent left.
+        rules.install(a_netns, [Diverted("net1", 101)], bypass=True)
+        assert cleanup_pod_namespaces(str(backend._links.directory)) == (
+            "removed the secondary-network chain from 1 pod namespace(s): x_a")
+        assert not rules.present(a_netns)
     finally:
         backend.close()
