@@ -25,7 +25,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kube_netpol ./kube_netpol
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[dataplane,kubernetes]'
+COPY plugins/kube-netpol-multinetwork ./plugins/kube-netpol-multinetwork
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[dataplane,kubernetes]' ./plugins/kube-netpol-multinetwork
 
 # --- runtime ----------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -40,6 +41,7 @@ RUN apt-get update \
     && update-alternatives --set ip6tables /usr/sbin/ip6tables-nft
 COPY --from=builder /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels 'kube-netpol[dataplane,kubernetes]' \
+        kube-netpol-multinetwork \
     && rm -rf /wheels
 # The pod's root filesystem is read-only: no .pyc files, unbuffered logs.
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -55,7 +55,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-    -e '.[dataplane,kubernetes,test]' ./plugins/kube-netpol-allowlist
+    -e '.[dataplane,kubernetes,test]' ./plugins/kube-netpol-allowlist -e ./plugins/kube-netpol-multinetwork
 # The Helm engine for linting and rendering the chart in tests. It declares
 # Python >= 3.12 but works on 3.11; pinned because the tests read its result shapes.
 .venv/bin/python -m pip install -q --disable-pip-version-check --ignore-requires-python \

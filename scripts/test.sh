@@ -11,6 +11,7 @@ SHARED_EXAMPLES=../shared/conformance/examples
 # The code stays linted and typed (configuration in pyproject.toml).
 ruff check kube_netpol plugins tests bench scripts
 mypy
+mypy --strict plugins/kube-netpol-multinetwork/kube_netpol_multinetwork
 
 LEAKS_BEFORE=$(mktemp)
 python scripts/leak_check.py snapshot "$LEAKS_BEFORE"
@@ -19,7 +20,7 @@ kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
 # The same scenarios with the real agent, nftables and NFQUEUE in the lab (root);
 # it also fails if any probe's dataplane result differs from the offline one.
 kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode dataplane
-python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests --ignore=tests/prometheus --ignore=tests/realkernel
+python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests plugins/kube-netpol-multinetwork/tests --ignore=tests/prometheus --ignore=tests/realkernel
 # The real-kernel tier: Debian's kernel under qemu runs the native nftables queue backend, which
 # this machine's kernel lacks (docs/development.md; about 4 minutes without KVM). It prints the
 # guest's kernel version and the queue backend the agent chose.

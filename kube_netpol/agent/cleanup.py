@@ -15,6 +15,8 @@ def register(subparsers: Any) -> None:
         "cleanup", help="remove the agent's nftables table and xtables queue rules from this node"
     )
     parser.add_argument("--nftables-table", default="kube-netpol", help="the table name the agent used (default kube-netpol)")
+    parser.add_argument("--pod-netns-dir", metavar="DIR",
+                        help="also remove the secondary-network chain from every pod namespace in DIR (as given to run)")
     parser.set_defaults(func=cleanup_command)
 
 
@@ -27,7 +29,27 @@ def cleanup_command(args: argparse.Namespace) -> int:
         print(f"kube-netpol cleanup: {err}", file=sys.stderr)
         return 1
     print(describe(args.nftables_table, removed))
+    if getattr(args, "pod_netns_dir", None):
+        print(cleanup_pod_namespaces(args.pod_netns_dir))
     return 0
+
+
+def cleanup_pod_namespaces(directory: str) -> str:
+    """Remove the secondary-network chain from each pod namespace in ``directory``; one line saying where."""
+    import os
+
+    from kube_netpol.dataplane.secondary import SecondaryRules
+
+    rules = SecondaryRules()
+    cleaned = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if os.path.exists(path) and rules.present(path):
+            rules.remove(path)
+            cleaned.append(entry)
+    if not cleaned:
+        return f"no secondary-network chain in the pod namespaces of {directory}"
+    return f"removed the secondary-network chain from {len(cleaned)} pod namespace(s): {', '.join(cleaned)}"
 
 
 def describe(table: str, removed: "Removed") -> str:

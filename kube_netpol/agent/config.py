@@ -103,6 +103,7 @@ class AgentConfig:
     decision_log_denied_only: bool = False
     log_format: str = "text"
     verbosity: int = 0
+    pod_netns_dir: str | None = None
 
     @property
     def node_name(self) -> str:
@@ -164,6 +165,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most N decision records per second; the rest are counted and reported (default 100)")
     parser.add_argument("--decision-log-denied-only", default=False,
                         help="record only denied connections, those audit mode let through included (default false)", **bool_flag)
+    parser.add_argument("--pod-netns-dir", metavar="DIR",
+                        help="secondary networks: each pod's network namespace is DIR/<namespace>_<name> (a bind "
+                             "mount or symlink), where the agent diverts its secondary interfaces (docs/multinetwork.md)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format (default text)")
     parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity", help="more logs (-v, -vv)")
 
@@ -208,4 +212,5 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         decision_log_denied_only=args.decision_log_denied_only,
         log_format=args.log_format,
         verbosity=args.verbosity,
+        pod_netns_dir=args.pod_netns_dir,
     )

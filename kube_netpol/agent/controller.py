@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from kube_netpol.agent.config import AgentConfig
+from kube_netpol.agent.secondary import DirectoryLocator, SecondaryNetworks
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import Dataplane, DataplaneConfig, conntrack
@@ -125,6 +126,10 @@ class Agent:
             self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
         )  # fmt: skip
+        # Secondary networks: queues and rules inside attached pods' namespaces (agent/secondary.py).
+        self.secondary = SecondaryNetworks(
+            self.engine, DirectoryLocator(config.pod_netns_dir) if config.pod_netns_dir else None,
+            config.nfqueue_id, config.fail_open, config.audit)
         self.stats = ControlStats()
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -213,7 +218,10 @@ class Agent:
         self.verdict_loop.bind()
         packet_thread = threading.Thread(target=self.verdict_loop.run, args=(stop,), name="verdict-loop", daemon=True)
         packet_thread.start()
-        self._threads = [packet_thread]
+        secondary_thread = threading.Thread(target=self.secondary.run, args=(stop,), name="secondary-networks",
+                                            daemon=True)
+        secondary_thread.start()
+        self._threads = [packet_thread, secondary_thread]
         try:
             v4, v6, divert_all = self._desired_managed()
             backend = self.dataplane.start(v4, v6, divert_all)
@@ -258,6 +266,8 @@ class Agent:
         finally:
             stop.set()
             packet_thread.join(timeout=5)
+            secondary_thread.join(timeout=5)
+            self.secondary.stop()
             self.source.stop()
             if self.guard is not None:
                 self.guard.stop()
@@ -324,6 +334,8 @@ class Agent:
         except Exception:  # noqa: BLE001 - keep enforcing the last good ruleset and retry
             ok = False
             log.exception("dataplane sync failed; retrying")
+        if ok and not self.secondary.sync():
+            ok = False  # a pod's namespace is not there yet: retried, the revision is not enforced yet
         self.stats.record_sync(time.perf_counter() - started, ok)
         if not ok:
             return
@@ -355,6 +367,7 @@ class Agent:
                     dns_judged_before_dnat=self.dataplane.backend == "xt" and self.config.netfilter_bug_1766_fix,
                 )
                 removed = ct.delete(denied) if denied else 0
+            removed += self.secondary.enforce_strict()
         except conntrack.ConntrackError as e:
             log.error("strict mode: %s; connections that policies no longer allow stay open", e)
             return

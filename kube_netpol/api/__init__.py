@@ -17,6 +17,7 @@ from kube_netpol.api.errors import InvalidObject
 from kube_netpol.api.evaluator import (
     EvaluatorContext,
     EvaluatorFactory,
+    NetworkStage,
     PodInfoProvider,
     PolicyEvaluator,
     Stage,
@@ -59,6 +60,7 @@ __all__ = [
     "NO_PORT_NAMES",
     "Namespace",
     "NamespaceRecord",
+    "NetworkStage",
     "Node",
     "NodeRecord",
     "ObjectKey",

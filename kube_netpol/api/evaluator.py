@@ -42,6 +42,30 @@ class Stage(Protocol):
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision: ...
 
 
+@runtime_checkable
+class NetworkStage(Stage, Protocol):
+    """A stage that also judges traffic on secondary networks (interfaces besides the cluster network's).
+
+    ``network`` names one secondary network as the evaluator knows it (for
+    Multus attachments ``namespace/name``); the evaluator resolves the
+    packet's addresses to pods on that network itself, as addresses there are
+    not the pods' cluster addresses. Stages without these methods never judge
+    a secondary network: NetworkPolicy and the admin policies apply to the
+    cluster network only, and the end of the pipeline accepts.
+    ``diverted()``: this node's pods whose new connections on some of their
+    secondary interfaces the dataplane must divert to the queue (inside the
+    pod's network namespace) for this stage to judge, each with its
+    (interface, network) pairs. A stage returns the same mapping on every
+    call (the dataplane compares it by identity to skip unchanged snapshots).
+    """
+
+    def evaluate_network_egress(self, network: str, packet: Packet) -> Decision: ...
+
+    def evaluate_network_ingress(self, network: str, packet: Packet) -> Decision: ...
+
+    def diverted(self) -> Mapping[PodKey, tuple[tuple[str, str], ...]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Update:
     """An evaluator's answer to a batch of changes.

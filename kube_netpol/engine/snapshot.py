@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from kube_netpol.api.cluster import PodRecord
-from kube_netpol.api.evaluator import Stage
+from kube_netpol.api.cluster import PodKey, PodRecord
+from kube_netpol.api.evaluator import NetworkStage, Stage
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.engine.flows import FlowHistory, FlowStats, FlowTable, TableKey, packet_flow_key
@@ -22,6 +22,7 @@ DENY = Verdict.DENY
 
 PodLookup = Callable[[bytes], PodRecord | None]
 Evaluate = Callable[[Packet, PodRecord | None, PodRecord | None], Decision]
+EvaluateOnNetwork = Callable[[str, Packet], Decision]
 
 
 class Snapshot:
@@ -32,7 +33,7 @@ class Snapshot:
     """
 
     __slots__ = ("generation", "revision", "names", "stages", "flows", "retired",
-                 "_pod_by_ip", "_egress", "_ingress", "_history")  # fmt: skip
+                 "_pod_by_ip", "_egress", "_ingress", "_history", "_network_egress", "_network_ingress")  # fmt: skip
 
     def __init__(
         self,
@@ -54,6 +55,10 @@ class Snapshot:
         # Bound methods, looked up once: the pipeline loop then costs a call per stage.
         self._egress = tuple(zip(self.names, (stage.evaluate_egress for stage in self.stages)))
         self._ingress = tuple(zip(self.names, (stage.evaluate_ingress for stage in self.stages)))
+        # Secondary networks: only the stages that judge them, in pipeline order.
+        on_networks = [(name, stage) for name, stage in zip(self.names, self.stages) if isinstance(stage, NetworkStage)]
+        self._network_egress = tuple((name, stage.evaluate_network_egress) for name, stage in on_networks)
+        self._network_ingress = tuple((name, stage.evaluate_network_ingress) for name, stage in on_networks)
 
     def judge(self, packet: Packet) -> Judgement:
         """Run both pipelines for one packet (no flow table)."""
@@ -74,6 +79,37 @@ class Snapshot:
                 break
         verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
         return Judgement(verdict, egress, egress_by, ingress, ingress_by)
+
+    def judge_on(self, network: str, packet: Packet) -> Judgement:
+        """Both pipelines for one packet on a secondary network: only the stages that judge networks answer.
+
+        No flow table: a flow key does not name its network, and the
+        dataplane queues only a connection's first packet there (conntrack
+        carries the verdict).
+        """
+        egress, egress_by = END_OF_PIPELINE, ""
+        for name, evaluate in self._network_egress:
+            decision = evaluate(network, packet)
+            if decision.verdict:
+                egress, egress_by = decision, name
+                break
+        ingress, ingress_by = END_OF_PIPELINE, ""
+        for name, evaluate in self._network_ingress:
+            decision = evaluate(network, packet)
+            if decision.verdict:
+                ingress, ingress_by = decision, name
+                break
+        verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
+        return Judgement(verdict, egress, egress_by, ingress, ingress_by)
+
+    def network_attachments(self) -> dict[PodKey, tuple[tuple[str, str], ...]]:
+        """This node's pods with secondary interfaces some stage needs diverted: pod -> (interface, network)."""
+        found: dict[PodKey, dict[tuple[str, str], None]] = {}
+        for stage in self.stages:
+            if isinstance(stage, NetworkStage):
+                for key, interfaces in stage.diverted().items():
+                    found.setdefault(key, {}).update(dict.fromkeys(interfaces))
+        return {key: tuple(interfaces) for key, interfaces in found.items()}
 
     def evaluate(self, packet: Packet) -> Judgement:
         """The verdict for one packet: the flow table's if it has the key, else judged (and not stored).

@@ -256,6 +256,26 @@ def _deny(direction: str, refs: list[str]) -> Decision:
     )
 
 
+def stage_for(policies: Iterable[NetworkPolicy]) -> NetworkPolicyStage:
+    """A stage enforcing exactly these policies with NetworkPolicy's semantics (public for plugins).
+
+    For evaluators of kinds whose spec is NetworkPolicy's (MultiNetworkPolicy
+    on a secondary network): parse with
+    ``kube_netpol.policy.networkpolicy.parse_network_policy``, build one stage
+    per set of policies that applies together, and call its
+    ``evaluate_egress``/``evaluate_ingress`` with the pods the packet's
+    addresses are on that set's network (None: not a pod there). The stage
+    does not change after it is built; ``selects(pod)`` says whether a policy
+    selects the pod.
+    """
+    by_namespace: dict[str, list[NetworkPolicy]] = {}
+    for policy in policies:
+        by_namespace.setdefault(policy.namespace, []).append(policy)
+    return NetworkPolicyStage(
+        {ns: tuple(sorted(found, key=lambda p: p.name)) for ns, found in by_namespace.items()}, {}
+    )
+
+
 def create(context: EvaluatorContext) -> NetworkPolicyEvaluator:
     """Entry point ``networkpolicy`` of the ``kube_netpol.evaluators`` group."""
     return NetworkPolicyEvaluator()

@@ -235,8 +235,11 @@ def test_the_image_context_has_the_agent_and_no_test_code() -> None:
             "kube_netpol/observability/exposition.py"} <= context
     # The Dockerfile and .dockerignore always go to the daemon; the builder copies neither.
     assert {path.split("/")[0] for path in context} == {"pyproject.toml", "README.md", "kube_netpol", "Dockerfile",
-                                                         ".dockerignore"}
-    for test_code in ("tests/", "kube_netpol/tools/", "bench/", "plugins/", "scripts/"):
+                                                         ".dockerignore", "plugins"}
+    # The one plugin the image carries (MultiNetworkPolicy), without its tests.
+    assert {path.split("/")[1] for path in context if path.startswith("plugins/")} == {"kube-netpol-multinetwork"}
+    for test_code in ("tests/", "kube_netpol/tools/", "bench/", "plugins/kube-netpol-allowlist/",
+                      "plugins/kube-netpol-multinetwork/tests/", "scripts/"):
         assert not [path for path in context if path.startswith(test_code)], test_code
     assert not [path for path in context if "__pycache__" in path or path.endswith(".pyc")]
     # ...and the check bites: the tools are in the repository.

@@ -64,6 +64,15 @@ what the agent does without knowing the defaults.
 - {{ printf "--queue-backend=%s" .Values.queueBackend | quote }}
 - {{ printf "--enable-admin-network-policy=%t" .Values.adminNetworkPolicy.enabled | quote }}
 - {{ printf "--enable-baseline-admin-network-policy=%t" .Values.baselineAdminNetworkPolicy.enabled | quote }}
+{{- if .Values.multiNetworkPolicy.enabled }}
+{{- $pipeline := list }}
+{{- if .Values.adminNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "adminnetworkpolicy" }}{{ end }}
+{{- $pipeline = append $pipeline "networkpolicy" }}
+{{- if .Values.baselineAdminNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "baselineadminnetworkpolicy" }}{{ end }}
+{{- $pipeline = append $pipeline "multinetwork" }}
+- {{ printf "--evaluators=%s" (join "," $pipeline) | quote }}
+- {{ printf "--pod-netns-dir=%s" .Values.multiNetworkPolicy.podNetnsDir | quote }}
+{{- end }}
 - {{ printf "--log-format=%s" .Values.logFormat | quote }}
 {{- range until (int .Values.verbosity) }}
 - "-v"

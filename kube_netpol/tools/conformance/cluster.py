@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kube_netpol.tools.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance import networks as secondary
+from kube_netpol.tools.conformance.networks import AttachmentState, NetworkSpec
 from kube_netpol.tools.conformance.scenario import (
     ApplyItem,
     ClusterSpec,
@@ -71,6 +73,7 @@ class PodState:
     ips: Mapping[str, str]  # family -> address, IPv4 first
     container_ports: tuple[ContainerPort, ...]
     order: tuple[int, int]  # (namespace number, pod number): the order tables list pods in
+    networks: tuple[AttachmentState, ...] = ()  # secondary networks, in interface order
 
     @property
     def key(self) -> str:
@@ -87,10 +90,13 @@ class PodState:
         }
         if node_name:
             spec["nodeName"] = node_name
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels)}
+        if self.networks:
+            metadata["annotations"] = secondary.pod_annotations(self.ips, self.networks)
         return {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels)},
+            "metadata": metadata,
             "spec": spec,
             "status": {
                 "phase": "Running",
@@ -117,9 +123,17 @@ class ClusterSnapshot:
     pods: tuple[PodState, ...]  # in table order
     externals: tuple[External, ...]
     policies: tuple[tuple[ObjectRef, Mapping[str, Any]], ...]  # as the steps gave them, oldest first
+    networks: tuple[NetworkSpec, ...] = ()  # secondary networks, in declaration order
 
     def pod(self, key: str) -> PodState | None:
         return next((p for p in self.pods if p.key == key), None)
+
+    def network(self, key: str) -> NetworkSpec | None:
+        return next((n for n in self.networks if n.key == key), None)
+
+    def network_addresses(self, network: str) -> dict[str, dict[str, str]]:
+        """Attached pod (``ns/pod``) -> {family: address} on a secondary network, in table order."""
+        return {p.key: dict(a.ips) for p in self.pods for a in p.networks if a.network == network}
 
     def endpoint_names(self) -> tuple[str, ...]:
         """Every pod (``ns/pod``) then every external, in table order."""
@@ -139,6 +153,7 @@ class ClusterSnapshot:
         """
         return (
             [ns.to_object() for ns in self.namespaces]
+            + [network.to_object() for network in self.networks]
             + [pod.to_object(node_name) for pod in self.pods]
             + [copy.deepcopy(dict(obj)) for _, obj in self.policies]
         )
@@ -177,6 +192,7 @@ class Cluster:
         self._last_namespace_number = 0
         self._externals: dict[str, External] = {}
         self._policies: dict[ObjectRef, Mapping[str, Any]] = {}
+        self._networks: dict[str, NetworkSpec] = {}
         # Who holds each address ("pod ns/name", "external name"): two owners would make probes ambiguous.
         self._owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
 
@@ -195,8 +211,15 @@ class Cluster:
             )
             for ns in model.namespaces:
                 namespaces.append(NamespaceSpec(ns, {"ns": ns}, "cluster.model.namespaces"))
-                pods.extend(PodSpec(ns, pod, {"pod": pod}, None, ports, "cluster.model.pods") for pod in model.pods)
+                pods.extend(PodSpec(ns, pod, {"pod": pod}, None, ports, "cluster.model.pods", model.networks)
+                            for pod in model.pods)  # fmt: skip
         namespaces.extend(spec.namespaces)
+        cluster._networks = {network.key: network for network in spec.networks}
+        declared = {ns.name for ns in namespaces}
+        for network in spec.networks:  # the namespaces holding the definitions, if not declared
+            if network.namespace not in declared:
+                declared.add(network.namespace)
+                namespaces.append(NamespaceSpec(network.namespace, {}, network.where))
         pods.extend(spec.pods)
         for i, ext in enumerate(spec.externals):
             cluster._claim(ext.ips, f"external {ext.name}", f"cluster.externals[{i}]")
@@ -210,6 +233,7 @@ class Cluster:
             if ns_spec.name in cluster._namespaces:
                 raise ScenarioError(f"namespace {ns_spec.name!r} is declared twice", ns_spec.where)
             applies.append(cluster._apply_namespace(ns_spec))
+        applies.extend(network.to_object() for network in spec.networks)
         for pod_spec in pods:
             if pod_spec.name in cluster._slot(pod_spec).pods:
                 raise ScenarioError(f"pod {pod_spec.key} is declared twice", pod_spec.where)
@@ -226,6 +250,7 @@ class Cluster:
             pods=tuple(pods),
             externals=tuple(self._externals.values()),
             policies=tuple(self._policies.items()),
+            networks=tuple(self._networks.values()),
         )
 
     # --------------------------------------------------------------- changing
@@ -248,7 +273,8 @@ class Cluster:
             pods = [ObjectRef("Pod", ref.name, name) for name in slot.pods]
             for pod in slot.pods.values():
                 self._release(f"pod {pod.key}")
-            policies = [r for r in self._policies if r.kind == "NetworkPolicy" and r.namespace == ref.name]
+            policies = [r for r in self._policies
+                        if r.kind in ("NetworkPolicy", secondary.NETWORK_POLICY_KIND) and r.namespace == ref.name]
             for policy in policies:
                 del self._policies[policy]
             return [*pods, *policies, ref]
@@ -258,6 +284,8 @@ class Cluster:
                 raise missing
             self._release(f"pod {ref.namespace}/{ref.name}")
             return [ref]
+        if ref.kind == secondary.ATTACHMENT_KIND:
+            raise ScenarioError(f"cannot delete {ref}: steps do not create or delete networks", where)
         if self._policies.pop(ref, None) is None:
             raise missing
         return [ref]
@@ -292,6 +320,7 @@ class Cluster:
             number = old.order[1]
             ips = spec.ips if spec.ips is not None else tuple(old.ips.values())
             ports = spec.container_ports if spec.container_ports is not None else old.container_ports
+            wanted = spec.networks if spec.networks is not None else tuple(a.network for a in old.networks)
         else:
             slot.last_pod_number += 1
             while next_free and spec.ips is None and not self._free(self._automatic(slot, spec)):
@@ -299,9 +328,13 @@ class Cluster:
             number = slot.last_pod_number
             ips = spec.ips if spec.ips is not None else self._automatic(slot, spec)
             ports = spec.container_ports or ()
+            wanted = spec.networks or ()
         self._claim(ips, owner, spec.where)
+        attachments = secondary.attach(self._networks, wanted, spec.namespace, spec.key, self.families,
+                                       slot.state.number, number + FIRST_HOST - 1, spec.where)  # fmt: skip
         pod = PodState(
-            spec.namespace, spec.name, dict(spec.labels), _by_family(ips), ports, (slot.state.number, number)
+            spec.namespace, spec.name, dict(spec.labels), _by_family(ips), ports, (slot.state.number, number),
+            attachments,
         )
         slot.pods[spec.name] = pod
         return pod.to_object()
@@ -309,7 +342,19 @@ class Cluster:
     def _apply_policy(self, spec: PolicySpec) -> dict[str, Any]:
         if spec.ref.namespace and spec.ref.namespace not in self._namespaces:
             raise ScenarioError(f"{spec.ref}: namespace {spec.ref.namespace!r} does not exist", spec.where)
+        if spec.ref.kind == secondary.ATTACHMENT_KIND:
+            return self._apply_attachment_definition(spec)
         self._policies[spec.ref] = spec.obj
+        return copy.deepcopy(dict(spec.obj))
+
+    def _apply_attachment_definition(self, spec: PolicySpec) -> dict[str, Any]:
+        """A declared network's definition applied by a step: its type may change (the object goes as written)."""
+        key = f"{spec.ref.namespace}/{spec.ref.name}"
+        network = self._networks.get(key)
+        if network is None:
+            raise ScenarioError(f"{spec.ref}: only networks declared in cluster.networks may be applied", spec.where)
+        plugin_type = secondary.attachment_type(spec.obj, spec.where)
+        self._networks[key] = NetworkSpec(network.namespace, network.name, plugin_type, network.number, network.where)
         return copy.deepcopy(dict(spec.obj))
 
     # --------------------------------------------------------------- helpers

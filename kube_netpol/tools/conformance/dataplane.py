@@ -30,7 +30,8 @@ from kube_netpol.tools.conformance.cluster import ClusterSnapshot, StepChange
 from kube_netpol.tools.conformance.dataplane_agent import APPLY_TIMEOUT, START_TIMEOUT, AgentProcess
 from kube_netpol.tools.conformance.dataplane_leaks import root_leaks
 from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
-from kube_netpol.tools.conformance.offline import OfflineBackend
+from kube_netpol.tools.conformance.dataplane_networks import NetnsLinks, host_attachments
+from kube_netpol.tools.conformance.offline import OfflineBackend, pipeline_for
 from kube_netpol.tools.conformance.probes import Probe
 from kube_netpol.tools.lab import Lab
 from kube_netpol.tools.lab import Probe as LabProbe
@@ -74,7 +75,7 @@ class DataplaneBackend:
         lab_prefix: str = LAB_PREFIX,
     ) -> None:
         self.setup = setup
-        self.offline = OfflineBackend()
+        self.offline = OfflineBackend(pipeline_for(setup))
         self.disagreements: list[Disagreement] = []
         self._observed: dict[Probe, bool] = {}
         self._step = "cluster setup"
@@ -84,6 +85,11 @@ class DataplaneBackend:
         self._closed = False
         self._workdir = Path(tempfile.mkdtemp(prefix="kube-netpol-dataplane-"))
         self._folder = ManifestFolder(str(self._workdir))
+        # Secondary networks: the agent finds each pod's namespace by name in this folder.
+        self._links = NetnsLinks(self._workdir / "pod-netns")
+        if setup.cluster.networks:
+            agent_args = (*agent_args, "--evaluators", ",".join(pipeline_for(setup)),
+                          "--pod-netns-dir", str(self._links.directory))
         self.table = ""
         try:
             self._lab = Lab(lab_prefix, probe_timeout=probe_timeout)
@@ -99,6 +105,8 @@ class DataplaneBackend:
                 strict_mode=strict_mode,
                 extra_args=agent_args,
             )
+            for network in setup.cluster.networks:
+                self.lab.add_network(network.key)
             self.lab.serve(setup.listen)
             self._sync_hosts(setup.cluster)
         except BaseException as err:
@@ -136,7 +144,8 @@ class DataplaneBackend:
 
     def run(self, probes: Sequence[Probe]) -> list[bool]:
         offline = self.offline.run(probes)
-        observed = self.lab.probe_many([LabProbe(p.src, p.dst_ip, p.port, p.protocol) for p in probes])
+        observed = self.lab.probe_many(
+            [LabProbe(p.src, p.dst_ip, p.port, p.protocol, p.src_ip if p.network else "") for p in probes])
         for probe, seen, judged in zip(probes, observed, offline):
             self._observed[probe] = seen
             if seen != judged:
@@ -167,14 +176,19 @@ class DataplaneBackend:
     def _sync_hosts(self, cluster: ClusterSnapshot) -> None:
         """Make the lab's hosts exactly the cluster's pods and externals, each with all its addresses."""
         wanted = {name: sorted(ips.values()) for name, ips in cluster.addresses().items()}
+        attachments = host_attachments(cluster)
         present = self.lab.hosts
         for name, host in present.items():
-            if sorted(host.ips) != wanted.get(name):
+            secondary = sorted(ip for _, _, ips in attachments.get(name, ()) for ip in ips)
+            if sorted(host.ips) != wanted.get(name) or sorted(host.secondary) != [s.split("/")[0] for s in secondary]:
                 self.lab.remove_host(name)  # gone, or readdressed: removed first so its addresses are free
+                self._links.remove(name)
         present = self.lab.hosts
         for name, ips in wanted.items():
             if name not in present:
-                self.lab.add_host(name, ips)
+                host = self.lab.add_host(name, ips, attachments.get(name, ()))
+                if "/" in name:
+                    self._links.add(name, host.netns)
 
     def _teardown(self) -> None:
         """Stop the agent, delete the lab, check the root namespace; raise what went wrong after doing it all."""

@@ -13,11 +13,14 @@ from typing import Sequence
 
 from kube_netpol.api.packet import PROTOCOL_BY_NAME, Packet
 from kube_netpol.api.verdict import Decision
+from kube_netpol.engine.judgement import Judgement
 from kube_netpol.tools.conformance.backend import BackendSetup
 from kube_netpol.tools.conformance.cluster import StepChange
 from kube_netpol.tools.conformance.probes import Probe
 from kube_netpol.plugins import DEFAULT_PIPELINE, build_engine
 
+#: The evaluator (plugins/kube-netpol-multinetwork) that judges scenarios with secondary networks.
+MULTINETWORK_EVALUATOR = "multinetwork"
 #: Source ports of probes: 40000, 40001, ... (the engine never looks at them; a lab would).
 EPHEMERAL_FIRST = 40000
 EPHEMERAL_COUNT = 20000
@@ -37,10 +40,15 @@ class OfflineBackend:
         return [f"{r.kind} {r.reference} refused: {r.reason}" for r in self.state.take_refusals()]
 
     def run(self, probes: Sequence[Probe]) -> list[bool]:
-        return [self.engine.evaluate(packet_of(probe, n)).allowed for n, probe in enumerate(probes)]
+        return [self._judge(probe, n).allowed for n, probe in enumerate(probes)]
+
+    def _judge(self, probe: Probe, n: int) -> Judgement:
+        if probe.network:  # a secondary network: only the stages that judge networks answer
+            return self.engine.snapshot.judge_on(probe.network, packet_of(probe, n))
+        return self.engine.evaluate(packet_of(probe, n))
 
     def explain(self, probe: Probe) -> str:
-        judgement = self.engine.explain(packet_of(probe, 0)).judgement
+        judgement = self._judge(probe, 0) if probe.network else self.engine.explain(packet_of(probe, 0)).judgement
         return (
             f"egress: {_describe(judgement.egress_by, judgement.egress)}; "
             f"ingress: {_describe(judgement.ingress_by, judgement.ingress)}"
@@ -51,7 +59,18 @@ class OfflineBackend:
 
 
 def create_backend(setup: BackendSetup) -> OfflineBackend:
-    return OfflineBackend()
+    return OfflineBackend(pipeline_for(setup))
+
+
+def pipeline_for(setup: BackendSetup) -> tuple[str, ...]:
+    """The default pipeline, plus the MultiNetworkPolicy plugin for a scenario with secondary networks.
+
+    The plugin is a separate package; without it such a scenario fails with
+    the plugin's name in the error.
+    """
+    if setup.cluster.networks:
+        return (*DEFAULT_PIPELINE, MULTINETWORK_EVALUATOR)
+    return DEFAULT_PIPELINE
 
 
 def packet_of(probe: Probe, n: int) -> Packet:

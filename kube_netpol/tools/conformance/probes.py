@@ -28,6 +28,7 @@ class Probe:
     port: int  # the destination port, named ports already resolved
     protocol: str  # TCP | UDP | SCTP
     family: str  # IPv4 | IPv6
+    network: str = ""  # a secondary network's ns/name; "" the cluster network
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,14 @@ def expand_probe_set(expect: ExpectSpec, cluster: ClusterSnapshot) -> ProbeSetPl
     """The probes of one `expect` entry against the cluster after its step."""
     pods = tuple(p.key for p in cluster.pods)
     endpoints = cluster.endpoint_names()
+    network = expect.network or ""
+    addresses = cluster.addresses()
+    if network:
+        # Over a secondary network: its attached pods, at their addresses there (format v2).
+        if cluster.network(network) is None:
+            raise ScenarioError(f"network {network} is not declared in cluster.networks", f"{expect.where}.network")
+        addresses = cluster.network_addresses(network)
+        pods = endpoints = tuple(name for name in pods if name in addresses)
     sources = _select(expect.sources, endpoints, endpoints, f"{expect.where}.from")
     # In `to`, "*" means every pod: an external is a destination only when named.
     destinations = _select(expect.destinations, endpoints, pods, f"{expect.where}.to")
@@ -74,7 +83,6 @@ def expand_probe_set(expect: ExpectSpec, cluster: ClusterSnapshot) -> ProbeSetPl
         _check_matches_something(override.source, endpoints, f"{override.where}.from")
         _check_matches_something(override.destination, endpoints, f"{override.where}.to")
 
-    addresses = cluster.addresses()
     probes: list[Probe] = []
     expected: list[bool] = []
     for src in sources:
@@ -86,10 +94,10 @@ def expand_probe_set(expect: ExpectSpec, cluster: ClusterSnapshot) -> ProbeSetPl
             port = _resolve_port(expect, cluster, dst)
             if src_ip is None or dst_ip is None or port is None:
                 continue
-            probes.append(Probe(src, dst, src_ip, dst_ip, port, expect.protocol, expect.family))
+            probes.append(Probe(src, dst, src_ip, dst_ip, port, expect.protocol, expect.family, network))
             expected.append(_expected(expect, src, dst))
     if not probes:
-        raise ScenarioError(_why_nothing_is_probed(expect, cluster, sources, destinations), expect.where)
+        raise ScenarioError(_why_nothing_is_probed(expect, cluster, sources, destinations, addresses), expect.where)
     return ProbeSetPlan(
         expect.where, expect.port, expect.protocol, expect.family, sources, destinations, tuple(probes), tuple(expected)
     )
@@ -162,9 +170,9 @@ def _resolve_port(expect: ExpectSpec, cluster: ClusterSnapshot, dst: str) -> int
 
 
 def _why_nothing_is_probed(
-    expect: ExpectSpec, cluster: ClusterSnapshot, sources: Sequence[str], destinations: Sequence[str]
+    expect: ExpectSpec, cluster: ClusterSnapshot, sources: Sequence[str], destinations: Sequence[str],
+    addresses: dict[str, dict[str, str]],
 ) -> str:
-    addresses = cluster.addresses()
     if isinstance(expect.port, str) and all(_resolve_port(expect, cluster, d) is None for d in destinations):
         return f"probes nothing: no destination has a {expect.protocol} container port named {expect.port!r}"
     if not any(expect.family in addresses[s] for s in sources) or not any(

@@ -19,6 +19,14 @@ import yaml
 
 from kube_netpol.tools.conformance import fields
 from kube_netpol.tools.conformance.errors import ScenarioError
+from kube_netpol.tools.conformance.networks import (
+    NETWORK_KINDS,
+    NetworkSpec,
+    network_key,
+    networks_of_pod_object,
+    parse_network_names,
+    parse_networks,
+)
 from kube_netpol.plugins import registry_for
 from kube_netpol.sources.manifests import yaml_problem
 from kube_netpol.state.kinds import RECORD_KINDS
@@ -30,7 +38,7 @@ KINDS = registry_for()
 #: Kinds handed to the implementation as written (policies): every kind but the state's own records.
 POLICY_KINDS = tuple(name for name in KINDS.names if name not in RECORD_KINDS)
 #: The kinds a step may apply or delete.
-SUPPORTED_KINDS = ("Namespace", "Pod", *POLICY_KINDS)
+SUPPORTED_KINDS = ("Namespace", "Pod", *POLICY_KINDS, *NETWORK_KINDS)
 #: What the model uses when it leaves ports or protocols out: the e2e suite's model.
 DEFAULT_MODEL_PORTS = (80, 81)
 DEFAULT_MODEL_PROTOCOLS = PROTOCOLS
@@ -61,6 +69,7 @@ class ModelSpec:
     ports: tuple[int, ...]
     protocols: tuple[str, ...]
     ip_families: tuple[str, ...]
+    networks: tuple[str, ...] = ()  # every model pod attaches to these (v2 secondary networks)
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class PodSpec:
     ips: tuple[str, ...] | None = None
     container_ports: tuple[ContainerPort, ...] | None = None
     where: str = ""
+    networks: tuple[str, ...] | None = None  # secondary networks as written (None: not described)
 
     @property
     def key(self) -> str:
@@ -105,6 +115,7 @@ class ClusterSpec:
     namespaces: tuple[NamespaceSpec, ...]
     pods: tuple[PodSpec, ...]
     externals: tuple[ExternalSpec, ...]
+    networks: tuple[NetworkSpec, ...] = ()
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -168,6 +179,7 @@ class ExpectSpec:
     table: Table | None
     default: bool | None
     overrides: tuple[Override, ...]
+    network: str | None = None  # a secondary network's ns/name (None: the cluster network)
 
 
 @dataclass(frozen=True)
@@ -257,7 +269,7 @@ def parse_scenario(data: object, source: str = "") -> Scenario:
 
 def _parse_cluster(data: object, where: str) -> ClusterSpec:
     cluster = fields.as_mapping(data, where)
-    fields.check_fields(cluster, where, optional=("model", "namespaces", "pods", "externals"))
+    fields.check_fields(cluster, where, optional=("model", "namespaces", "pods", "externals", "networks"))
     model = _parse_model(cluster["model"], f"{where}.model") if "model" in cluster else None
     namespaces = tuple(
         _parse_namespace(ns, f"{where}.namespaces[{i}]")
@@ -272,12 +284,13 @@ def _parse_cluster(data: object, where: str) -> ClusterSpec:
         for i, ext in enumerate(fields.as_list(cluster.get("externals", []), f"{where}.externals"))
     )
     fields.no_duplicates([e.name for e in externals], f"{where}.externals", "external")
-    return ClusterSpec(model, namespaces, pods, externals)
+    networks = parse_networks(cluster.get("networks", []), f"{where}.networks")
+    return ClusterSpec(model, namespaces, pods, externals, networks)
 
 
 def _parse_model(data: object, where: str) -> ModelSpec:
     model = fields.as_mapping(data, where)
-    fields.check_fields(model, where, required=("namespaces", "pods"), optional=("ports", "protocols", "ipFamilies"))
+    fields.check_fields(model, where, required=("namespaces", "pods"), optional=("ports", "protocols", "ipFamilies", "networks"))
     namespaces = fields.valid_names(model["namespaces"], f"{where}.namespaces", fields.DNS_LABEL, "a namespace name")
     pods = fields.valid_names(model["pods"], f"{where}.pods", fields.DNS_SUBDOMAIN, "a pod name")
     if not namespaces or not pods:
@@ -301,7 +314,8 @@ def _parse_model(data: object, where: str) -> ModelSpec:
     if not families:
         raise ScenarioError("must name at least one family", f"{where}.ipFamilies")
     fields.no_duplicates(families, f"{where}.ipFamilies", "family")
-    return ModelSpec(namespaces, pods, ports, protocols, families)
+    networks = parse_network_names(model.get("networks", []), f"{where}.networks")
+    return ModelSpec(namespaces, pods, ports, protocols, families, networks)
 
 
 def _parse_namespace(data: object, where: str) -> NamespaceSpec:
@@ -313,14 +327,16 @@ def _parse_namespace(data: object, where: str) -> NamespaceSpec:
 
 def _parse_cluster_pod(data: object, where: str) -> PodSpec:
     pod = fields.as_mapping(data, where)
-    fields.check_fields(pod, where, required=("namespace", "name"), optional=("labels", "ips", "containerPorts"))
+    fields.check_fields(pod, where, required=("namespace", "name"), optional=("labels", "ips", "containerPorts", "networks"))
     namespace = fields.valid_name(pod["namespace"], f"{where}.namespace", fields.DNS_LABEL, "a namespace name")
     name = fields.valid_name(pod["name"], f"{where}.name", fields.DNS_SUBDOMAIN, "a pod name")
     ips = _ips(pod["ips"], f"{where}.ips") if "ips" in pod else None
     ports_where = f"{where}.containerPorts"
     items = fields.as_list(pod.get("containerPorts", []), ports_where)
     ports = _container_ports([(f"{ports_where}[{i}]", p) for i, p in enumerate(items)], ports_where)
-    return PodSpec(namespace, name, fields.label_map(pod.get("labels"), f"{where}.labels"), ips, ports, where)
+    networks = parse_network_names(pod["networks"], f"{where}.networks") if "networks" in pod else None
+    labels = fields.label_map(pod.get("labels"), f"{where}.labels")
+    return PodSpec(namespace, name, labels, ips, ports, where, networks)
 
 
 def _parse_external(data: object, where: str) -> ExternalSpec:
@@ -402,7 +418,7 @@ def _reference(
 ) -> ObjectRef:
     """(kind, namespace, name) with the namespace required exactly for namespaced kinds."""
     name_text = fields.as_string(name, name_where)
-    if KINDS[kind].namespaced:
+    if kind in NETWORK_KINDS or KINDS[kind].namespaced:
         if namespace is None:
             raise ScenarioError(f"a {kind} needs a namespace", where)
         ns_text = fields.valid_name(namespace, namespace_where, fields.DNS_LABEL, "a namespace name")
@@ -431,7 +447,7 @@ def _parse_apply(data: object, where: str) -> ApplyItem:
     ref = _reference(
         kind, meta.get("namespace"), meta["name"], where, f"{where}.metadata.namespace", f"{where}.metadata.name"
     )
-    if kind in POLICY_KINDS:
+    if kind in POLICY_KINDS or kind in NETWORK_KINDS:
         # Policies go to the implementation as written: checking them is its job
         # (a scenario may apply an invalid one to see that it is ignored).
         return PolicySpec(ref, copy.deepcopy(dict(obj)), where)
@@ -442,7 +458,8 @@ def _parse_apply(data: object, where: str) -> ApplyItem:
         fields.valid_name(ref.name, f"{where}.metadata.name", fields.DNS_LABEL, "a namespace name")
         return NamespaceSpec(ref.name, labels, where)
     fields.valid_name(ref.name, f"{where}.metadata.name", fields.DNS_SUBDOMAIN, "a pod name")
-    return PodSpec(ref.namespace, ref.name, labels, _pod_object_ips(obj, where), _pod_object_ports(obj, where), where)
+    return PodSpec(ref.namespace, ref.name, labels, _pod_object_ips(obj, where), _pod_object_ports(obj, where), where,
+                   networks_of_pod_object(obj, where))
 
 
 def _pod_object_ips(obj: Mapping[str, Any], where: str) -> tuple[str, ...] | None:
@@ -480,7 +497,7 @@ def _parse_expect(data: object, where: str) -> ExpectSpec:
         entry,
         where,
         required=("port", "protocol"),
-        optional=("family", "from", "to", "reachability", "default", "overrides"),
+        optional=("family", "from", "to", "reachability", "default", "overrides", "network"),
     )
     raw_port = entry["port"]
     port: int | str = (
@@ -503,7 +520,10 @@ def _parse_expect(data: object, where: str) -> ExpectSpec:
         _parse_override(o, f"{where}.overrides[{i}]")
         for i, o in enumerate(fields.as_list(entry.get("overrides", []), f"{where}.overrides"))
     )
-    return ExpectSpec(where, port, protocol, family, sources, destinations, table, default, overrides)
+    # Always ns/name here: a probe set belongs to no namespace.
+    network = network_key(fields.as_string(entry["network"], f"{where}.network"), "", f"{where}.network") \
+        if "network" in entry else None
+    return ExpectSpec(where, port, protocol, family, sources, destinations, table, default, overrides, network)
 
 
 def _parse_override(data: object, where: str) -> Override:

@@ -71,6 +71,7 @@ class LabHost:
     netns: str
     ips: tuple[str, ...]
     node_ifname: str
+    secondary: tuple[str, ...] = ()  # addresses on secondary networks' interfaces
 
     def ips_of(self, version: int) -> tuple[str, ...]:
         """The host's addresses of IP version 4 or 6."""
@@ -119,6 +120,8 @@ class Lab:
         self._hosts: dict[str, _Host] = {}
         self._next_index = 1
         self._served: list[tuple[int, str]] = []
+        self._segments: dict[str, str] = {}  # secondary network -> its segment's namespace
+        self._ports = 0  # segment-side interfaces made (their names are unique per lab)
         self._sctp = SctpProber()
         self._loop: LoopThread | None = None
         teardown.register(self)
@@ -169,8 +172,32 @@ class Lab:
 
     # --- building ----------------------------------------------------------------------------
 
-    def add_host(self, name: str, ips: list[str]) -> LabHost:
-        """Add a pod ("ns/pod") or external host with these IPv4/IPv6 addresses; it serves what serve() named."""
+    def add_network(self, network: str) -> str:
+        """A secondary network: a namespace holding a bridge, which attached hosts join by a veth of their own.
+
+        Traffic between attached hosts crosses only that bridge, never the
+        node namespace, as macvlan or SR-IOV traffic does not. Returns the
+        segment's namespace name.
+        """
+        with self._lock:
+            self._check_open()
+            if network in self._segments:
+                raise ValueError(f"network {network!r} already exists")
+            netns = self._names.segment_netns(len(self._segments) + 1)
+            self._create_netns(netns)
+            ip_batch(netns, [["link", "set", "lo", "up"], ["link", "add", "br0", "type", "bridge"],
+                             ["link", "set", "br0", "up"]])  # fmt: skip
+            self._segments[network] = netns
+            return netns
+
+    def add_host(self, name: str, ips: list[str],
+                 attachments: Sequence[tuple[str, str, Sequence[str]]] = ()) -> LabHost:
+        """Add a pod ("ns/pod") or external host with these IPv4/IPv6 addresses; it serves what serve() named.
+
+        ``attachments``: (network, interface, addresses with prefix length) on
+        secondary networks made by ``add_network``; the host serves on those
+        addresses too.
+        """
         with self._lock:
             self._check_open()
             if name in self._hosts:
@@ -190,15 +217,37 @@ class Lab:
                 self._set_sysctls(netns, HOST_SYSCTLS)  # before eth0 exists: it copies the defaults
                 ip_batch(self.node_netns, node_link_commands(ifname, netns, addresses))
                 ip_batch(netns, host_commands(addresses))
+                secondary = self._attach(netns, attachments)
                 netns_fd = open_netns(netns)
-                public = LabHost(name, netns, tuple(str(a) for a in addresses), ifname)
-                host = _Host(public, netns_fd, HostServers(netns_fd, public.ips, self._sctp.init_seen))
+                public = LabHost(name, netns, tuple(str(a) for a in addresses), ifname, secondary)
+                host = _Host(public, netns_fd,
+                             HostServers(netns_fd, public.ips + secondary, self._sctp.init_seen))
                 self._hosts[name] = host
                 self._call(self._serve_hosts([host], self._served))
             except BaseException:
                 self._forget_host(name, netns, netns_fd, ifname)
                 raise
             return host.public
+
+    def _attach(self, netns: str, attachments: Sequence[tuple[str, str, Sequence[str]]]) -> tuple[str, ...]:
+        addresses: list[str] = []
+        for network, interface, interface_addresses in attachments:
+            segment = self._segments.get(network)
+            if segment is None:
+                raise ValueError(f"no network {network!r} (add_network first)")
+            self._ports += 1
+            port = f"p{self._ports}"
+            ip_batch(segment, [["link", "add", port, "type", "veth", "peer", "name", interface, "netns", netns],
+                               ["link", "set", port, "master", "br0"], ["link", "set", port, "up"]])  # fmt: skip
+            commands = []
+            for text in interface_addresses:
+                parsed = ipaddress.ip_interface(text)
+                flags = ["nodad"] if parsed.version == 6 else []
+                commands.append(["addr", "add", str(parsed), "dev", interface, *flags])
+                addresses.append(str(parsed.ip))
+            commands.append(["link", "set", interface, "up"])
+            ip_batch(netns, commands)
+        return tuple(addresses)
 
     def remove_host(self, name: str) -> None:
         """Remove a host: its servers stop, its namespace (and veth) is deleted."""
@@ -251,6 +300,10 @@ class Lab:
         except ValueError as error:
             raise ValueError(f"probe destination is not an IP address: {probe.dst_ip!r}") from error
         sources = host.public.ips_of(version)
+        if probe.src_ip:
+            if probe.src_ip not in host.public.ips + host.public.secondary:
+                raise ValueError(f"host {probe.src!r} has no address {probe.src_ip}")
+            sources = (probe.src_ip,)
         if not sources:
             raise ValueError(f"host {probe.src!r} has no IPv{version} address to probe {probe.dst_ip} from")
         return _PlannedProbe(

@@ -6,6 +6,7 @@ collide and a crashed lab's leftovers can be recognised and removed.
 
     <prefix>-<pid>.<start time>-<lab id>-node
     <prefix>-<pid>.<start time>-<lab id>-h<index>
+    <prefix>-<pid>.<start time>-<lab id>-s<index>     (a secondary network's segment)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Final
 DEFAULT_PREFIX: Final = "knl"
 PREFIX_RE: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 NETNS_NAME_RE: Final = re.compile(
-    r"^(?P<prefix>[a-z][a-z0-9]{0,15})-(?P<pid>\d+)\.(?P<start>\d+)-(?P<lab>[0-9a-f]{6})-(?P<role>node|h\d+)$"
+    r"^(?P<prefix>[a-z][a-z0-9]{0,15})-(?P<pid>\d+)\.(?P<start>\d+)-(?P<lab>[0-9a-f]{6})-(?P<role>node|h\d+|s\d+)$"
 )
 #: Interface names must fit IFNAMSIZ - 1.
 MAX_IFNAME: Final = 15
@@ -104,6 +105,10 @@ class LabNames:
     def host_netns(self, index: int) -> str:
         return f"{self._stem}-h{index}"
 
+    def segment_netns(self, index: int) -> str:
+        """A secondary network's layer-2 segment (a bridge), which bypasses the node namespace."""
+        return f"{self._stem}-s{index}"
+
     @staticmethod
     def node_ifname(index: int) -> str:
         """The node side of host ``index``'s veth (names only need to be unique inside the node netns)."""
@@ -118,7 +123,7 @@ class ParsedNetnsName:
     prefix: str
     owner: Owner
     lab_id: str
-    role: str  # "node" or "h<index>"
+    role: str  # "node", "h<index>" or "s<index>"
 
 
 def parse_netns_name(name: str) -> ParsedNetnsName | None:

@@ -8,49 +8,23 @@ main thread is never moved (``entered`` refuses to run on it).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
-import threading
-from contextlib import contextmanager
-from typing import Final, Iterator, Sequence
+from typing import Final, Sequence
 
+# One implementation of entering a namespace, the agent's (re-exported for the lab's users).
+from kube_netpol.dataplane.netns import CLONE_NEWNET as CLONE_NEWNET
+from kube_netpol.dataplane.netns import entered as entered
+from kube_netpol.dataplane.netns import setns as setns
 from kube_netpol.tools.lab.topology import batch_script
 
-CLONE_NEWNET: Final = 0x40000000
 NETNS_RUN_DIR: Final = "/run/netns"
 IP: Final = "ip"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-_libc.setns.restype = ctypes.c_int
 
 
 class NetnsError(RuntimeError):
     """A namespace operation failed."""
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
-
-
-@contextmanager
-def entered(netns_fd: int) -> Iterator[None]:
-    """Run the block with the calling (non-main) thread in the namespace, then return it home."""
-    if threading.current_thread() is threading.main_thread():
-        raise RuntimeError("the main thread must stay in its namespace")
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        setns(netns_fd)
-        try:
-            yield
-        finally:
-            setns(home)
-    finally:
-        os.close(home)
 
 
 def open_netns(name: str) -> int:

@@ -35,6 +35,7 @@ class Probe:
     dst_ip: str
     port: int
     protocol: str
+    src_ip: str = ""  # the source address ("": the host's first eth0 address of the family)
 
 
 def _payload() -> bytes:

@@ -1,0 +1,286 @@
+"""Secondary networks on this node: rules and queue readers inside attached pods' namespaces.
+
+The control thread calls ``sync(snapshot)`` after each publication: for
+every pod the snapshot wants diverted (``Snapshot.network_attachments``) it
+finds the pod's namespace (``PodNetnsLocator``), binds one queue per diverted
+interface from inside that namespace, then installs the chain
+(``kube_netpol.dataplane.secondary``); pods no longer wanted lose both. One
+reader thread serves every bound queue: each packet is judged with the
+engine's current snapshot on the interface's network (``judge_on``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+from kube_netpol.api.cluster import PodKey, PodRecord
+from kube_netpol.api.packet import Packet
+from kube_netpol.dataplane import conntrack
+from kube_netpol.dataplane.netns import run_in_netns
+from kube_netpol.dataplane.secondary import Diverted, SecondaryRules, check_interface
+from kube_netpol.engine import PolicyEngine
+from kube_netpol.packet import parse_packet
+
+log = logging.getLogger(__name__)
+
+COPY_RANGE = 4016
+MAX_QUEUE_LEN = 1024
+Interfaces = tuple[tuple[str, str], ...]
+
+
+class PodNetnsLocator(Protocol):
+    def path(self, pod: PodRecord) -> str | None:
+        """The pod's network namespace as a path ``setns`` can open; None while it is not found."""
+        ...
+
+
+class DirectoryLocator:
+    """``--pod-netns-dir DIR``: the pod's namespace is ``DIR/<namespace>_<name>`` (a bind mount or symlink)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def path(self, pod: PodRecord) -> str | None:
+        name = f"{pod.namespace}_{pod.name}"
+        if "/" in name or name.startswith("."):
+            return None
+        found = os.path.join(self.directory, name)
+        return found if os.path.exists(found) else None
+
+
+@dataclass
+class _Installed:
+    netns: str
+    interfaces: Interfaces
+    queues: list[Any]  # NetfilterQueue objects bound in the pod's namespace
+
+
+class SecondaryNetworks:
+    def __init__(self, engine: PolicyEngine[Any], locator: PodNetnsLocator | None, queue_base: int,
+                 fail_open: bool, audit: bool = False, rules: SecondaryRules | None = None) -> None:
+        self.engine = engine
+        self.locator = locator
+        self.queue_base = queue_base
+        self.fail_open = fail_open
+        self.audit = audit
+        self.rules = rules or SecondaryRules()
+        self.errors = 0
+        self._installed: dict[PodKey, _Installed] = {}
+        self._lock = threading.Lock()  # the reader's set of queues vs the control thread's changes
+        self._generation = 0
+        self._warned: set[PodKey] = set()
+
+    @property
+    def installed(self) -> Mapping[PodKey, _Installed]:
+        return self._installed
+
+    # ------------------------------------------------------------------ control thread
+
+    def sync(self) -> bool:
+        """Follow the current snapshot; False when some pod could not be set up yet (retry later)."""
+        snapshot = self.engine.snapshot
+        wanted = snapshot.network_attachments()
+        ok = True
+        for key in [k for k in self._installed if k not in wanted]:
+            self._remove(key)
+        for key, interfaces in wanted.items():
+            present = self._installed.get(key)
+            if present is not None and present.interfaces == interfaces:
+                continue
+            pod = self.engine.state.pod(key)
+            netns = self.locator.path(pod) if pod is not None and self.locator is not None else None
+            if netns is None:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning("pod %s/%s: its network namespace is not found (%s); its secondary interfaces "
+                                "are not enforced yet", key[0], key[1],
+                                "no --pod-netns-dir" if self.locator is None else "not there yet")  # fmt: skip
+                ok = False
+                continue
+            if present is not None:
+                self._remove(key)
+            try:
+                self._install(key, netns, interfaces)
+                self._warned.discard(key)
+            except Exception:  # noqa: BLE001 - one pod's failure must not stop the others
+                log.exception("pod %s/%s: installing its secondary-network rules failed; retrying", *key)
+                ok = False
+        return ok
+
+    def _install(self, key: PodKey, netns: str, interfaces: Interfaces) -> None:
+        diverted = [Diverted(check_interface(interface), self.queue_base + i)
+                    for i, (interface, _network) in enumerate(interfaces, start=1)]  # fmt: skip
+        queues: list[Any] = []
+        try:
+            for item, (_interface, network) in zip(diverted, interfaces):
+                queues.append(run_in_netns(netns, _binder(item.queue_num, self._handler(network))))
+            installed = _Installed(netns, interfaces, queues)
+            with self._lock:
+                self._installed[key] = installed
+                self._generation += 1
+            # Queues first, then the rules that divert to them (fail-closed must not drop meanwhile).
+            self.rules.install(netns, diverted, bypass=self.fail_open)
+        except BaseException:
+            with self._lock:
+                self._installed.pop(key, None)
+                self._generation += 1
+            for queue in queues:
+                _unbind(queue)
+            raise
+        log.info("pod %s/%s: secondary interfaces %s diverted", key[0], key[1],
+                 ", ".join(f"{i} ({n})" for i, n in interfaces))
+
+    def _remove(self, key: PodKey, keep_rules: bool = False) -> None:
+        with self._lock:
+            installed = self._installed.pop(key, None)
+            self._generation += 1
+        if installed is None:
+            return
+        if not keep_rules and os.path.exists(installed.netns):
+            try:
+                self.rules.remove(installed.netns)
+            except Exception:  # noqa: BLE001
+                log.exception("pod %s/%s: removing its secondary-network rules failed", *key)
+        for queue in installed.queues:
+            _unbind(queue)
+
+    def stop(self) -> None:
+        """Fail-open keeps the rules (they bypass the unbound queues); fail-closed removes them."""
+        for key in list(self._installed):
+            self._remove(key, keep_rules=self.fail_open)
+
+    def cleanup(self) -> None:
+        """Remove everything installed (the agent's cleanup)."""
+        for key in list(self._installed):
+            self._remove(key)
+
+    # ------------------------------------------------------------------ strict mode
+
+    def enforce_strict(self) -> int:
+        """Cut the connections on diverted interfaces that the current policies deny (conntrack in each pod's
+        namespace, judged on the interface's network). Returns how many entries were deleted."""
+        removed = 0
+        for key, installed in list(self._installed.items()):
+            try:
+                removed += run_in_netns(installed.netns, functools.partial(self._strict_pass, installed))
+            except Exception:  # noqa: BLE001 - strict mode must never stop the control thread
+                log.exception("strict mode: pod %s/%s's secondary networks could not be checked", *key)
+        return removed
+
+    def _strict_pass(self, installed: _Installed) -> int:
+        """Inside the pod's namespace (a thread that entered it)."""
+        networks: dict[bytes, str] = {}
+        for interface, network in installed.interfaces:
+            for address in interface_addresses(interface):
+                networks[address] = network
+        if not networks:
+            return 0
+        snapshot = self.engine.snapshot
+
+        def allowed(entry: conntrack.Entry) -> bool:
+            network = networks.get(entry.src) or networks.get(entry.dst) or ""
+            packet = Packet(entry.family, entry.protocol, entry.src, entry.dst, entry.sport, entry.dport)
+            try:
+                return snapshot.judge_on(network, packet).allowed or self.audit
+            except Exception:  # noqa: BLE001 - fail-open/closed applies to re-judging too
+                return self.fail_open
+
+        with conntrack.Conntrack() as ct:
+            denied = conntrack.select_denied(ct.dump(live_only=True), networks.__contains__, allowed)
+            return ct.delete(denied) if denied else 0
+
+    # ------------------------------------------------------------------ packet thread
+
+    def _handler(self, network: str) -> Callable[[Any], None]:
+        engine = self.engine
+        fail_open = self.fail_open
+        audit = self.audit
+
+        def handle(queued: Any) -> None:
+            try:
+                packet = parse_packet(queued.get_payload())
+                allowed = engine.snapshot.judge_on(network, packet).allowed or audit
+            except Exception:  # noqa: BLE001 - a bad packet must never end the loop
+                self.errors += 1
+                allowed = fail_open
+            if allowed:
+                queued.accept()
+            else:
+                queued.drop()
+
+        return handle
+
+    def run(self, stop: threading.Event, poll_interval: float = 0.05) -> None:
+        """Serve every bound queue until ``stop`` is set."""
+        generation = -1
+        poller = select.poll()
+        by_fd: dict[int, Any] = {}
+        while not stop.is_set():
+            with self._lock:
+                if generation != self._generation:
+                    generation = self._generation
+                    for fd in by_fd:
+                        poller.unregister(fd)
+                    by_fd = {q.get_fd(): q for installed in self._installed.values() for q in installed.queues}
+                    for fd in by_fd:
+                        poller.register(fd, select.POLLIN)
+            if not by_fd:
+                stop.wait(poll_interval)
+                continue
+            ready = poller.poll(poll_interval * 1000)
+            with self._lock:
+                if generation != self._generation:
+                    continue  # a queue may have been unbound meanwhile
+                for fd, _ in ready:
+                    by_fd[fd].run(block=False)
+
+
+def _binder(queue_num: int, handler: Callable[[Any], None]) -> Callable[[], Any]:
+    def bind() -> Any:
+        from netfilterqueue import COPY_PACKET, NetfilterQueue
+
+        queue = NetfilterQueue()
+        queue.bind(queue_num, handler, max_len=MAX_QUEUE_LEN, mode=COPY_PACKET, range=COPY_RANGE)
+        return queue
+
+    return bind
+
+
+def _unbind(queue: Any) -> None:
+    try:
+        queue.unbind()
+    except Exception:  # noqa: BLE001 - the namespace may be gone already
+        pass
+
+
+_SIOCGIFADDR = 0x8915
+
+
+def interface_addresses(interface: str) -> list[bytes]:
+    """The packed IPv4 (primary) and IPv6 addresses of an interface of the calling thread's namespace."""
+    found: list[bytes] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", interface.encode()[:15]))
+            found.append(answer[20:24])
+        except OSError:
+            pass  # no IPv4 address
+    try:
+        # thread-self: /proc/net would be the main thread's namespace.
+        with open("/proc/thread-self/net/if_inet6") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] == interface:
+                    found.append(bytes.fromhex(fields[0]))
+    except OSError:
+        pass
+    return found
