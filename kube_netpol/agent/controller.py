@@ -202,10 +202,13 @@ class Agent:
         """Run until ``stop`` is set; then leave the dataplane as fail-open/closed asks."""
         self.source.start(self.submit)
         while not self.source.ready():
+            # Woken by each submitted piece of work: a list's next page waits for this one to be applied.
+            self._wake.clear()
             self._take_source_changes()
-            if stop.wait(CONTROL_INTERVAL):
+            if stop.is_set():
                 self.source.stop()
                 return
+            self._wake.wait(CONTROL_INTERVAL)
         revision = self._take_source_changes()
         self.engine.publish(revision)
         # What the initial sync built lives as long as the agent: keep the cyclic collector from
