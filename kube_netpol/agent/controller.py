@@ -105,11 +105,14 @@ class Agent:
                 queue_backend=config.queue_backend,  # type: ignore[arg-type]
                 netfilter_bug_1766_fix=config.netfilter_bug_1766_fix,
                 new_flow_limit=config.new_flow_rate_limit,
+                verdict_memory=config.verdict_memory,
+                memory_timeout=config.verdict_memory_timeout,
             )
         )
         self.verdict_loop = VerdictLoop(
             self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
+            verdict_memory=self.dataplane.verdict_memory,  # marks only where the remember chain carries them out
         )  # fmt: skip
         self.stats = ControlStats()
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -195,7 +198,7 @@ class Agent:
         self._threads = [packet_thread]
         try:
             v4, v6, divert_all = self._desired_managed()
-            backend = self.dataplane.start(v4, v6, divert_all)
+            backend = self.dataplane.start(v4, v6, divert_all, generation=self.engine.generation)
             self._synced_generation = self.engine.generation
             self.guard = DataplaneGuard(self.dataplane, on_repair=self._on_repair)
             self.guard.start()
@@ -286,7 +289,7 @@ class Agent:
         ok = True
         try:
             v4, v6, divert_all = self._desired_managed()
-            changed = self.dataplane.sync(v4, v6, divert_all)
+            changed = self.dataplane.sync(v4, v6, divert_all, generation)
             if changed:
                 log.info("dataplane synced: %d IPv4 and %d IPv6 managed addresses%s in %.1f ms",
                          len(v4), len(v6), ", divert all" if divert_all else "",
