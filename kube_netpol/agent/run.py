@@ -118,6 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
         decision_log_stats=(lambda: decision_logger.stats()) if decision_logger is not None else None,
         dataplane_repairs=lambda: agent.guard.repair_counts() if agent.guard is not None else {},
         new_flows_limited=lambda: agent.dataplane.new_flows_limited() if agent.dataplane.started else 0,
+        remembered_verdicts=lambda: agent.dataplane.remembered_verdicts() if agent.dataplane.started else (0, 0),
     )
     REGISTRY.register(collector)
     stop = threading.Event()
