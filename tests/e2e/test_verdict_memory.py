@@ -121,3 +121,18 @@ def test_a_fail_closed_stop_removes_the_memory_with_the_table() -> None:
         env.agent.stop()
         assert not env.table_exists()
         assert env.xt_rules() == []
+
+
+def test_after_a_fail_closed_agent_dies_only_what_it_remembered_passes_until_the_timeout() -> None:
+    with agent_lab(PODS, fail_open=False, policies=[allow_ingress_from_pod("x", "a", "b")],
+                   extra_args=(*MEMORY, "--verdict-memory-timeout=3")) as env:
+        assert env.probe("x/b", "x/a")
+        env.agent.kill(signal.SIGKILL)
+        env.agent.process.wait(5)
+        time.sleep(0.2)
+        # Judged before the agent died, remembered: answered by the kernel while the memory holds it.
+        assert env.probe("x/b", "x/a")
+        # Never judged: queued without bypass, nobody reads, dropped.
+        assert not env.probe("x/a", "x/b", protocol="UDP")
+        time.sleep(3.5)
+        assert not env.probe("x/b", "x/a"), "once the memory's timeout is over, fail-closed drops it too"
