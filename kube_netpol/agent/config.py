@@ -13,7 +13,8 @@ import yaml
 from kube_netpol.dataplane.ruleset import DEFAULT_MEMORY_TIMEOUT, DEFAULT_NEW_FLOW_LIMIT
 from kube_netpol.plugins import DEFAULT_PIPELINE
 
-#: The kernel's verdict memory is on unless turned off (docs/performance.md, "Verdict memory").
+#: The kernel's verdict memory: off until its figures hold on a quiet machine (docs/performance.md,
+#: "Verdict memory"; they did not on the shared VM it was measured on).
 DEFAULT_VERDICT_MEMORY = False
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
