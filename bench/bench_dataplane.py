@@ -629,12 +629,14 @@ def cluster_objects(extra_policies: int) -> list[dict[str, Any]]:
 class Agent:
     """``python -m kube_netpol run --manifests DIR`` in the node namespace, with its own table."""
 
-    def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False, recording: bool = True) -> None:
+    def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False, recording: bool = True,
+                 memory: bool = True) -> None:
         from kube_netpol.sources.manifests import objects_revision
 
         self.bench = bench
         self.recording = recording
-        name = f"{extra_policies}{'-decision-log' if decision_log else ''}{'' if recording else '-unrecorded'}"
+        name = (f"{extra_policies}{'-decision-log' if decision_log else ''}{'' if recording else '-unrecorded'}"
+                f"{'' if memory else '-no-memory'}")
         self.folder = bench.workdir / f"manifests-{name}"
         self.folder.mkdir()
         self.file = self.folder / "cluster.json"
@@ -649,7 +651,7 @@ class Agent:
                 "--hostname-override", NODE_NAME, "--nftables-table", self.table,
                 "--metrics-bind-address", f"{AGENT_STATUS[0]}:{AGENT_STATUS[1]}",
                 # One sending pod: the per-source limit of new flows (docs/configuration.md) would measure itself.
-                "--new-flow-rate-limit", "0"]  # fmt: skip
+                "--new-flow-rate-limit", "0", f"--verdict-memory={str(memory).lower()}"]  # fmt: skip
         self.decision_log: Path | None = None
         if decision_log:
             self.decision_log = bench.workdir / f"decisions-{name}.jsonl"
@@ -763,7 +765,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             # The same agent again, at full load and at the equal rate: without its metric
             # recording, and with decision logging on.
-            variants = [(UNRECORDED, {"recording": False}, args.no_recording_comparison),
+            variants = [(NO_MEMORY, {"memory": False}, args.no_memory_comparison),
+                        (UNRECORDED, {"recording": False}, args.no_recording_comparison),
                         ("decision logging on", {"decision_log": True}, args.no_decision_log)]
             for variant, options, skipped in variants:
                 if skipped:
@@ -771,6 +774,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 agent = Agent(bench, extra, **options)
                 try:
                     results["udp"].append(agent_series(bench, agent, f"agent, {policies_label}, {variant}"))
+                    if variant == NO_MEMORY:
+                        label = f"agent, {policies_label}, {variant}, every flow a cache miss"
+                        results["udp"].append(bench.udp_series(label, agent.process.pid, mode="uncached"))
+                        results["tcp"]["agent-no-memory"] = tcp_figures(bench, f"agent, {policies_label}, {variant}")
                     if equal:
                         label = f"agent, {policies_label}, {variant}, {equal:,.0f}/s offered"
                         results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
@@ -844,13 +851,21 @@ def report(results: dict[str, Any]) -> str:
     lines += target_lines(equal, full_load=False)
     tcp = results["tcp"]
     lines += ["", "| TCP | connections/s | connect() p50 µs | connect() p99 µs |", "|---|---:|---:|---:|"]
-    for key, label in (("none", "no agent"), ("agent", tcp.get("agent", {}).get("label", "agent"))):
+    for key in ("none", "agent", "agent-no-memory"):
         if key in tcp:
             t = tcp[key]
-            lines.append(f"| {label} | {t['connections_per_s']:,.0f} | {t['p50_us']:.0f} | {t['p99_us']:.0f} |")
-    if "none" in tcp and "agent" in tcp:
-        lines.append(f"\nAdded first-packet latency: p50 {tcp['agent']['p50_us'] - tcp['none']['p50_us']:.0f} µs, "
-                     f"p99 {tcp['agent']['p99_us'] - tcp['none']['p99_us']:.0f} µs.")  # fmt: skip
+            lines.append(f"| {t['label']} | {t['connections_per_s']:,.0f} | {t['p50_us']:.0f} | {t['p99_us']:.0f} |")
+    for key in ("agent", "agent-no-memory"):
+        if "none" in tcp and key in tcp:
+            t, none = tcp[key], tcp["none"]
+            lines.append(f"\n{t['label']}: {t['connections_per_s'] / none['connections_per_s']:.0%} of the connections/s "
+                         f"without an agent; added connect() latency p50 {t['p50_us'] - none['p50_us']:.1f} µs, "
+                         f"p99 {t['p99_us'] - none['p99_us']:.1f} µs.")  # fmt: skip
+    ceiling = next((r for r in results["udp"] if r.label.startswith("no queue rule")), None)
+    if ceiling is not None:
+        for r in results["udp"]:
+            if r.label.startswith("agent, ") and "cache miss" not in r.label and "offered" not in r.label:
+                lines.append(f"{r.label}: {r.median / ceiling.median:.0%} of the no-queue ceiling's new flows/s.")
     return "\n".join(lines)
 
 
@@ -878,6 +893,8 @@ DISTURBED = 0.05
 #: The target: the agent at the largest policy count judges at least this share of what the
 #: Python accept-all consumer judges.
 TARGET = 0.80
+#: In the label of the agent run without the kernel's verdict memory (--verdict-memory=false).
+NO_MEMORY = "verdict memory off"
 #: In the label of the agent run without the verdict loop's metric recording.
 UNRECORDED = "metric recording patched out"
 
@@ -933,6 +950,8 @@ def main() -> int:
     parser.add_argument("--retries", type=int, default=4, help="times a disturbed UDP run is measured again")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="seconds to wait, before each measurement, for the machine to be idle")  # fmt: skip
+    parser.add_argument("--no-memory-comparison", action="store_true",
+                        help="skip the agent run without the kernel's verdict memory")
     parser.add_argument("--no-decision-log", action="store_true",
                         help="skip the agent run with decision logging on")  # fmt: skip
     parser.add_argument("--no-recording-comparison", action="store_true",

@@ -10,8 +10,12 @@ from typing import Any
 
 import yaml
 
-from kube_netpol.dataplane.ruleset import DEFAULT_NEW_FLOW_LIMIT
+from kube_netpol.dataplane.ruleset import DEFAULT_MEMORY_TIMEOUT, DEFAULT_NEW_FLOW_LIMIT
 from kube_netpol.plugins import DEFAULT_PIPELINE
+
+#: The kernel's verdict memory: off until its figures hold on a quiet machine (docs/performance.md,
+#: "Verdict memory"; they did not on the shared VM it was measured on).
+DEFAULT_VERDICT_MEMORY = False
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
 _FALSE = {"false", "f", "0", "no", "n", "off"}
@@ -48,6 +52,16 @@ def parse_queue_id(text: str) -> int:
         value = -1
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"invalid queue number {text!r} (0 to 65535)")
+    return value
+
+
+def parse_memory_timeout(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"verdict memory timeout must be whole seconds, not {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"verdict memory timeout {value} out of range 1-86400 seconds")
     return value
 
 
@@ -93,6 +107,8 @@ class AgentConfig:
     queue_backend: str = "auto"
     nftables_table: str = "kube-netpol"
     new_flow_rate_limit: int = DEFAULT_NEW_FLOW_LIMIT
+    verdict_memory: bool = DEFAULT_VERDICT_MEMORY
+    verdict_memory_timeout: int = DEFAULT_MEMORY_TIMEOUT
     evaluators: tuple[str, ...] | None = None
     evaluator_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     exempt_root_traffic: bool = True
@@ -151,6 +167,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new connections per second one source address may send to the queue; beyond, they are "
                              f"dropped before it, so that one pod's flood cannot delay the others' (default "
                              f"{DEFAULT_NEW_FLOW_LIMIT}; 0: no limit)")
+    parser.add_argument("--verdict-memory", default=DEFAULT_VERDICT_MEMORY,
+                        help="let the kernel remember the agent's verdicts per (source, destination, protocol, "
+                             "destination port) until the next policy change, so that repeat connections skip the "
+                             f"queue (default {str(DEFAULT_VERDICT_MEMORY).lower()})", **bool_flag)
+    parser.add_argument("--verdict-memory-timeout", type=parse_memory_timeout, default=DEFAULT_MEMORY_TIMEOUT,
+                        metavar="SECONDS",
+                        help=f"longest time the kernel remembers a verdict (default {DEFAULT_MEMORY_TIMEOUT})")
     parser.add_argument("--evaluators", type=parse_evaluators,
                         help="comma-separated pipeline order (default: adminnetworkpolicy,networkpolicy,baselineadminnetworkpolicy as enabled)")
     parser.add_argument("--evaluator-config", metavar="FILE", help="YAML file: evaluator name -> its settings")
@@ -202,6 +225,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         queue_backend=args.queue_backend,
         nftables_table=args.nftables_table,
         new_flow_rate_limit=args.new_flow_rate_limit,
+        verdict_memory=args.verdict_memory,
+        verdict_memory_timeout=args.verdict_memory_timeout,
         evaluators=args.evaluators,
         evaluator_settings=load_evaluator_settings(args.evaluator_config),
         exempt_root_traffic=args.exempt_root_traffic,

@@ -120,11 +120,14 @@ class Agent:
                 queue_backend=config.queue_backend,  # type: ignore[arg-type]
                 netfilter_bug_1766_fix=config.netfilter_bug_1766_fix,
                 new_flow_limit=config.new_flow_rate_limit,
+                verdict_memory=config.verdict_memory,
+                memory_timeout=config.verdict_memory_timeout,
             )
         )
         self.verdict_loop = VerdictLoop(
             self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
+            verdict_memory=self.dataplane.verdict_memory,  # marks only where the remember chain carries them out
         )  # fmt: skip
         # Secondary networks: queues and rules inside attached pods' namespaces (agent/secondary.py).
         self.secondary = SecondaryNetworks(
@@ -140,7 +143,8 @@ class Agent:
         self._repaired = threading.Event()
         # The dataplane follows the snapshot of this generation (-1: a sync is due).
         self._synced_generation = -1
-        self._synced_managed: tuple[int, bool] | None = None  # (managed.version, divert_all) last sent
+        # (managed.version, divert_all, generation when the verdict memory must follow it) last sent
+        self._synced_managed: tuple[int, bool, int | None] | None = None
         self._strict_due = 0.0
         self._last_strict = 0.0
         self._node_addresses: frozenset[bytes] = frozenset()
@@ -227,9 +231,10 @@ class Agent:
         self._threads = [packet_thread, secondary_thread]
         try:
             v4, v6, divert_all = self._desired_managed()
-            backend = self.dataplane.start(v4, v6, divert_all)
+            backend = self.dataplane.start(v4, v6, divert_all, generation=self.engine.generation)
             self._synced_generation = self.engine.generation
-            self._synced_managed = (self.engine.managed.version, divert_all)
+            self._synced_managed = (self.engine.managed.version, divert_all,
+                                    self.engine.generation if self.dataplane.verdict_memory else None)
             self.guard = DataplaneGuard(self.dataplane, on_repair=self._on_repair)
             self.guard.start()
             self._dataplane_ready.set()
@@ -320,7 +325,8 @@ class Agent:
         started = time.perf_counter()
         generation = self.engine.generation
         managed = self.engine.managed
-        wanted = (managed.version, managed.divert_all)
+        # With the verdict memory every snapshot must reach the kernel (it flushes what the memory holds).
+        wanted = (managed.version, managed.divert_all, generation if self.dataplane.verdict_memory else None)
         ok = True
         try:
             if wanted == self._synced_managed and self.dataplane.in_sync:
@@ -328,7 +334,7 @@ class Agent:
                 changed = False
             else:
                 v4, v6, divert_all = self._desired_managed()
-                changed = self.dataplane.sync(v4, v6, divert_all)
+                changed = self.dataplane.sync(v4, v6, divert_all, generation)
                 self._synced_managed = wanted
             if changed:
                 log.info("dataplane synced: %d IPv4 and %d IPv6 managed addresses%s in %.1f ms",

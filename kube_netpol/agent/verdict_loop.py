@@ -10,10 +10,20 @@ from __future__ import annotations
 import select
 import threading
 from struct import error as struct_error
-from time import perf_counter_ns
+from time import monotonic, perf_counter_ns
 from typing import Any, Callable
 
+from kube_netpol.dataplane.ruleset import (
+    MEMORY_EPOCHS,
+    MEMORY_MARK,
+    MEMORY_PROTOCOLS,
+    NF_INET_POST_ROUTING,
+    memory_class,
+    memory_mark,
+)
+
 from kube_netpol.engine import PolicyEngine, Snapshot
+from kube_netpol.engine.judgement import Judgement
 from kube_netpol.engine.flows import TIMING_EVERY, TableKey, table_key, unpack_raw_v4, unpack_raw_v6
 from kube_netpol.observability.decisions import RecordGate, VerdictObserver
 from kube_netpol.packet import MalformedPacket, parse_packet
@@ -27,6 +37,8 @@ from kube_netpol.packet import MalformedPacket, parse_packet
 COPY_RANGE = 4016
 #: Packets the kernel holds for us before it drops (or bypasses) new ones.
 DEFAULT_MAX_QUEUE_LEN = 4096
+#: The mark bits a verdict keeps of the packet's own mark when it carries the memory's bits.
+_KEEP = 0xFFFFFFFF ^ MEMORY_MARK
 
 
 class VerdictCounters:
@@ -47,6 +59,12 @@ class VerdictLoop:
     With an ``observer`` (decision records need every packet) every packet
     takes the full path, except while its ``observer_gate`` is closed (the
     decision logger's rate limit is spent).
+
+    With the kernel's verdict memory (``verdict_memory``), a verdict that may
+    be remembered (``FlowStats.mark``) is handed back as "accept, with the
+    memory's mark bits" for packets queued on postrouting; the remember chain
+    then keeps the key and carries out the verdict (kube_netpol.dataplane.ruleset).
+    A verdict past its lifetime (``FlowStats.expires``) is judged again.
     """
 
     def __init__(
@@ -59,6 +77,7 @@ class VerdictLoop:
         observer: VerdictObserver | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         observer_gate: RecordGate | None = None,
+        verdict_memory: bool = False,
     ) -> None:
         self.engine = engine
         self.queue_num = queue_num
@@ -68,6 +87,7 @@ class VerdictLoop:
         self.observer = observer
         self.observer_gate = observer_gate  # while closed, packets are not parsed for the observer
         self.on_error = on_error
+        self.verdict_memory = verdict_memory
         self.counters = VerdictCounters()
         self._history = engine.history
         self._queue: Any = None
@@ -110,19 +130,26 @@ class VerdictLoop:
                 self.observer_gate.skip(flow.judgement)
         else:
             flow = None
-        if flow is None:
+        if flow is None or (flow.expires and flow.expires < monotonic()):
             self._judge(snapshot, queued, payload, raw, started or perf_counter_ns())
             return
+        mark = flow.mark
         if started:
             elapsed = perf_counter_ns() - started
-            if flow.accepted:
+            if mark and queued.hook == NF_INET_POST_ROUTING:
+                queued.set_mark((queued.get_mark() & _KEEP) | mark)
+                queued.accept()
+            elif flow.accepted:
                 queued.accept()
             else:
                 queued.drop()
             self._history.record_timed_hit(flow, elapsed)
             return
         flow.hits += 1
-        if flow.accepted:
+        if mark and queued.hook == NF_INET_POST_ROUTING:
+            queued.set_mark((queued.get_mark() & _KEEP) | mark)
+            queued.accept()  # the remember chain keeps the key, then accepts or drops
+        elif flow.accepted:
             queued.accept()
         else:
             queued.drop()
@@ -133,11 +160,13 @@ class VerdictLoop:
             packet = parse_packet(payload)
             key = table_key(raw, packet)
             flow = snapshot.flows.get(key)
-            if flow is None:
+            if flow is None or (flow.expires and flow.expires < monotonic()):
                 # A key the raw key misread may share its verdict with the parsed key's entry.
                 judgement = snapshot.evaluate(packet)
-                flow = snapshot.add_flow(key, judgement, judgement.allowed or self.audit, packet.protocol,
-                                         packet.family)  # fmt: skip
+                accepted = judgement.allowed or self.audit
+                flow = snapshot.add_flow(key, judgement, accepted, packet.protocol, packet.family)
+                if self.verdict_memory and packet.protocol in MEMORY_PROTOCOLS:
+                    flow.mark = self._memory_mark(snapshot.generation, judgement, accepted)
             else:
                 judgement = flow.judgement
         except Exception as err:  # noqa: BLE001 - a bad packet must never end the loop
@@ -150,12 +179,30 @@ class VerdictLoop:
             else:
                 gate.skip(judgement)
         elapsed = perf_counter_ns() - started
-        if flow.accepted:
+        mark = flow.mark
+        if mark and queued.hook == NF_INET_POST_ROUTING:
+            queued.set_mark((queued.get_mark() & _KEEP) | mark)
+            queued.accept()
+        elif flow.accepted:
             queued.accept()
         else:
             queued.drop()
         flow.record(elapsed)
         self._history.record_sample(elapsed)
+
+    def _memory_mark(self, generation: int, judgement: Judgement, accepted: bool) -> int:
+        """The mark bits that make the kernel remember this verdict; 0 when it must not.
+
+        Not remembered: an answer from an evaluator outside kube_netpol without
+        a lifetime, a lifetime under the shortest class, and in audit mode a
+        denial (its would-deny count needs every connection in userspace).
+        """
+        if not judgement.kernel or (self.audit and not judgement.allowed):
+            return 0
+        lifetime_class = memory_class(judgement.lifetime)
+        if lifetime_class is None:
+            return 0
+        return memory_mark(not accepted, lifetime_class, generation % MEMORY_EPOCHS)
 
     def _failed(self, queued: Any, payload: bytes, err: BaseException) -> None:
         self.counters.errors += 1

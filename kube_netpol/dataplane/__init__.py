@@ -26,12 +26,16 @@ from kube_netpol.dataplane.queue_backend import (
 )
 from kube_netpol.dataplane.ruleset import (
     DEFAULT_MARK,
+    DEFAULT_MEMORY_TIMEOUT,
     DEFAULT_NEW_FLOW_LIMIT,
     DEFAULT_QUEUE_NUM,
     DEFAULT_TABLE,
     FAMILY,
     LIMITED_COUNTER,
     MANAGED_SET_BY_VERSION,
+    MEMORY_EPOCHS,
+    REMEMBERED_ACCEPTED_COUNTER,
+    REMEMBERED_DROPPED_COUNTER,
     Address,
     XT_CHAINS,
     Backend,
@@ -87,8 +91,12 @@ class DataplaneConfig:
     # New flows per second one source address may send to the queue; beyond, they are dropped
     # (counted) before the queue. 0: no limit. See kube_netpol.dataplane.ruleset.
     new_flow_limit: int = DEFAULT_NEW_FLOW_LIMIT
+    # The kernel remembers the verdicts the agent hands back with the memory's mark bits, for
+    # ``memory_timeout`` seconds at most, until the next snapshot (kube_netpol.dataplane.ruleset).
+    verdict_memory: bool = False
+    memory_timeout: int = DEFAULT_MEMORY_TIMEOUT
 
-    def spec(self, backend: Backend, divert_all: bool = False) -> RulesetSpec:
+    def spec(self, backend: Backend, divert_all: bool = False, memory_epoch: int = 0) -> RulesetSpec:
         return RulesetSpec(
             table=self.table,
             backend=backend,
@@ -99,7 +107,15 @@ class DataplaneConfig:
             divert_all=divert_all,
             netfilter_bug_1766_fix=self.netfilter_bug_1766_fix,
             new_flow_limit=self.new_flow_limit,
+            verdict_memory=self.verdict_memory,
+            memory_timeout=self.memory_timeout,
+            memory_epoch=memory_epoch,
         )
+
+
+def memory_epoch(generation: int) -> int:
+    """The verdict memory's epoch of a snapshot generation (the verdict loop marks with the same)."""
+    return generation % MEMORY_EPOCHS
 
 
 class Dataplane:
@@ -124,9 +140,9 @@ class Dataplane:
         self._spec: RulesetSpec | None = None
         self._elements: dict[str, frozenset[str]] = {}
         self._in_sync = False
-        # The limiter's counter restarts at 0 when its table is re-created: readings add up across that.
-        self._limited_before = 0
-        self._limited_last = 0
+        # Named counters restart at 0 when their table is re-created: readings add up across that.
+        self._counted_before: dict[str, int] = {}
+        self._counted_last: dict[str, int] = {}
 
     # --- state ---------------------------------------------------------------
 
@@ -149,6 +165,11 @@ class Dataplane:
     @property
     def backend(self) -> Backend:
         return self.spec.backend
+
+    @property
+    def verdict_memory(self) -> bool:
+        """Whether the table has the verdict memory (the verdict loop may hand verdicts back to it)."""
+        return self.config.verdict_memory
 
     @property
     def divert_all(self) -> bool:
@@ -175,6 +196,7 @@ class Dataplane:
         managed_v4: Iterable[Address] | None = None,
         managed_v6: Iterable[Address] | None = None,
         divert_all: bool | None = None,
+        generation: int = 0,
     ) -> Backend:
         """Pick the queue backend and bring the kernel to our ruleset, whatever an earlier run left.
 
@@ -183,6 +205,8 @@ class Dataplane:
         holding exactly those; with None, the elements an earlier run left are
         kept (traffic stays diverted while the agent restarts) until the first
         sync. ``divert_all`` None keeps the mode the kernel's rules are in.
+        ``generation``: the snapshot whose verdicts the verdict memory takes;
+        whatever it holds from an earlier run is forgotten.
         Stale xt rules of ours are removed (also those of a chain the
         configuration no longer uses). Returns the backend in use.
         """
@@ -190,7 +214,7 @@ class Dataplane:
             backend = resolve_queue_backend(self.config.queue_backend, self.nft)
             listing = self.nft.list_table(self.config.table)
             state = parse_table(listing) if listing is not None else None
-            base = self.config.spec(backend)
+            base = self.config.spec(backend, memory_epoch=memory_epoch(generation))
             if divert_all is None:
                 divert_all = bool(installed_divert_all(base, state))
             spec = replace(base, divert_all=divert_all)
@@ -224,16 +248,22 @@ class Dataplane:
                 )
             return backend
 
-    def sync(self, managed_v4: Iterable[Address], managed_v6: Iterable[Address], divert_all: bool) -> bool:
-        """Make the sets hold exactly these addresses and set the divert-all mode.
+    def sync(
+        self, managed_v4: Iterable[Address], managed_v6: Iterable[Address], divert_all: bool,
+        generation: int | None = None,
+    ) -> bool:
+        """Make the sets hold exactly these addresses and set the divert-all mode, for a new snapshot.
 
         One transaction: the elements that differ are added and removed
-        (switching divert-all also flushes and refills the chain's rules).
-        Returns whether anything was sent to the kernel.
+        (switching divert-all also flushes and refills the chain's rules);
+        with the verdict memory, everything it remembers is forgotten and it
+        takes the verdicts of snapshot ``generation`` from then on (None: the
+        next epoch). Returns whether the managed sets or rules changed.
         """
         desired = _desired(managed_v4, managed_v6)
         with self._lock:
-            return self._sync(desired, divert_all)
+            epoch = memory_epoch(generation) if generation is not None else (self.spec.memory_epoch + 1) % MEMORY_EPOCHS
+            return self._sync(desired, divert_all, epoch)
 
     def check(self) -> Drift:
         """Read the kernel back and say how it differs from what this dataplane wants; changes nothing.
@@ -276,19 +306,31 @@ class Dataplane:
         0 when the limit is off. Survives the table being re-created by a repair.
         """
         with self._lock:
-            if not self.spec.new_flow_limit:
-                return 0
-            try:
-                out = self.nft.run([{"list": {"counter": {"family": FAMILY, "table": self.spec.table,
-                                                          "name": LIMITED_COUNTER}}}])
-                packets = int(next(o["counter"]["packets"] for o in out if "counter" in o))
-            except (NftablesError, StopIteration, KeyError, TypeError, ValueError) as e:
-                log.debug("cannot read the new-flow limit's counter: %s", e)
-                packets = 0  # gone with the table: the repair brings it back from 0
-            if packets < self._limited_last:
-                self._limited_before += self._limited_last
-            self._limited_last = packets
-            return self._limited_before + packets
+            return self._read_counter(LIMITED_COUNTER) if self.spec.new_flow_limit else 0
+
+    def remembered_verdicts(self) -> tuple[int, int]:
+        """(accepted, dropped): packets the verdict memory answered in the kernel since start.
+
+        Read from the lookup rules' named counters at scrape time; (0, 0) when
+        the memory is off. These packets never reached the queue.
+        """
+        with self._lock:
+            if not self.spec.verdict_memory:
+                return 0, 0
+            return self._read_counter(REMEMBERED_ACCEPTED_COUNTER), self._read_counter(REMEMBERED_DROPPED_COUNTER)
+
+    def _read_counter(self, name: str) -> int:
+        try:
+            out = self.nft.run([{"list": {"counter": {"family": FAMILY, "table": self.spec.table, "name": name}}}])
+            packets = int(next(o["counter"]["packets"] for o in out if "counter" in o))
+        except (NftablesError, StopIteration, KeyError, TypeError, ValueError) as e:
+            log.debug("cannot read the counter %s: %s", name, e)
+            packets = 0  # gone with the table: the repair brings it back from 0
+        last = self._counted_last.get(name, 0)
+        if packets < last:
+            self._counted_before[name] = self._counted_before.get(name, 0) + last
+        self._counted_last[name] = packets
+        return self._counted_before.get(name, 0) + packets
 
     def stop(self) -> None:
         """Fail-open: leave everything (bypass lets traffic flow until the next start).
@@ -304,12 +346,13 @@ class Dataplane:
 
     # --- internals -------------------------------------------------------------
 
-    def _sync(self, desired: dict[str, frozenset[str]], divert_all: bool) -> bool:
+    def _sync(self, desired: dict[str, frozenset[str]], divert_all: bool, epoch: int) -> bool:
         old = self.spec
-        new = replace(old, divert_all=divert_all)
+        new = replace(old, divert_all=divert_all, memory_epoch=epoch)
         commands = sync_commands(old, new, self._elements, desired)
         if not commands:
             return False
+        changed = old.divert_all != new.divert_all or desired != self._elements
         self._in_sync = False
         try:
             self.nft.run(commands)
@@ -323,7 +366,7 @@ class Dataplane:
             self.nft.run(commands)
         self._spec, self._elements = new, desired
         self._in_sync = True
-        return True
+        return changed
 
     def _drift(self, spec: RulesetSpec) -> tuple[Drift, TableState | None]:
         state = self._read_table(spec.table)

@@ -58,6 +58,36 @@ destination (an egress rule naming the DNS pods does not match it, and the
 DNS pods' ingress rules are not consulted). Disable the workaround with the
 xt backend where DNS goes through Service addresses and policies select it.
 
+With the verdict memory (``verdict_memory``), the kernel answers flow keys
+the agent judged a moment ago itself. Four dynamic sets (accept and drop,
+IPv4 and IPv6) keyed by source address, destination address, protocol and
+destination port are looked up before the per-source limit and the queue::
+
+    ... saddr . daddr . l4proto . th dport @remembered-accept-v4/-v6  count, accept
+    ... saddr . daddr . l4proto . th dport @remembered-drop-v4/-v6    count, drop
+
+and filled without a syscall: the verdict loop hands a verdict it may
+remember back as "accept, with these mark bits" (``memory_mark``: remember,
+drop, a lifetime class, the snapshot's epoch), and a base chain after the
+one that queued (``remember``, postrouting, right after the queue's hook for
+either backend) adds the packet's key to the set with the class's timeout,
+clears the bits and accepts or drops::
+
+    meta mark & MEMORY == 0 ............................. accept   (every other packet: one rule)
+    meta mark & MEMORY == remember|verdict|class|epoch .. add key to @remembered-<verdict>-v4/-v6 timeout T
+    meta mark & DROP == DROP ............................ clear the bits, drop
+    ..................................................... clear the bits, accept
+
+A new snapshot flushes the four sets and moves the epoch in the transaction
+that updates the managed sets; a verdict the loop judged with an older
+snapshot and handed back after that transaction carries the old epoch, is
+not remembered, and is still carried out (drop stays drop). Only TCP, UDP and
+SCTP keys are remembered (``th dport`` is their destination port), and only
+for packets queued on postrouting (the DNS requests judged on prerouting are
+judged with another destination on the xt backend). When an add fails (a
+full set), the rule is skipped: the verdict is carried out, the next packet
+of the key is queued again.
+
 Every rule carries a comment ``"<name> <fingerprint>"``; the fingerprint hashes
 the rule's generated expression, so comparing comments tells whether the rules
 in the kernel are the ones this module would generate, without comparing
@@ -70,7 +100,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
@@ -99,10 +129,37 @@ METER_SIZE: Final = 65535
 #: Seconds a source's bucket is kept after its last new flow (a full bucket refills in one second).
 METER_TIMEOUT: Final = 10
 
+#: The verdict memory: keys per set, the default seconds a key is remembered.
+MEMORY_SIZE: Final = 65536
+DEFAULT_MEMORY_TIMEOUT: Final = 60
+REMEMBER_CHAIN: Final = "remember"
+REMEMBERED_ACCEPTED_COUNTER: Final = "remembered-accepted"
+REMEMBERED_DROPPED_COUNTER: Final = "remembered-dropped"
+#: The verdict loop's mark bits (6, below kube-proxy's and above our DEFAULT_MARK): remember this
+#: verdict (1), it is a drop (1), its lifetime class (2), the snapshot epoch (2).
+MEMORY_SHIFT: Final = 22
+MEMORY_MARK: Final = 0x3F << MEMORY_SHIFT
+MEMORY_REMEMBER: Final = 1 << MEMORY_SHIFT
+MEMORY_DROP: Final = 2 << MEMORY_SHIFT
+MEMORY_CLASS_SHIFT: Final = MEMORY_SHIFT + 2
+MEMORY_EPOCH_SHIFT: Final = MEMORY_SHIFT + 4
+MEMORY_EPOCHS: Final = 4
+#: Seconds each lifetime class keeps a key, class 0 being the spec's ``memory_timeout`` (a Decision's
+#: lifetime picks the longest class not above it; below 1 s, the key is not remembered).
+MEMORY_CLASS_SECONDS: Final = (None, 30, 5, 1)
+#: The protocols whose destination port ``th dport`` reads.
+MEMORY_PROTOCOLS: Final = (6, 17, 132)
+#: The netfilter hook number of postrouting (what NetfilterQueue's ``packet.hook`` says).
+NF_INET_POST_ROUTING: Final = 4
+
 #: srcnat (100) - 5: after routing and DNAT, before SNAT hides the pod's address.
 PRIORITY_NATIVE: Final = 95
 #: mangle (-150) - 10: the mark must be set before iptables' mangle POSTROUTING queues on it.
 PRIORITY_XT: Final = -160
+#: The remember chain: right after the hook that queued (our chain, or iptables' mangle), so that a
+#: verdict's re-injected packet reaches it next.
+PRIORITY_REMEMBER_NATIVE: Final = 96
+PRIORITY_REMEMBER_XT: Final = -140
 #: dstnat (-100) + 5: after DNAT, so a request to a Service is judged with the endpoint chosen.
 PRIORITY_PREROUTING_NATIVE: Final = -95
 #: mangle (-150) - 10: before iptables' mangle PREROUTING queues on the mark (and so before DNAT).
@@ -126,6 +183,25 @@ MANAGED_SETS: Final = (
     ManagedSet("managed-v6", "ipv6_addr", "ip6", 6),
 )
 MANAGED_SET_BY_VERSION: Final = {s.version: s for s in MANAGED_SETS}
+@dataclass(frozen=True)
+class MemorySet:
+    """One set of the verdict memory: the keys of one IP version the kernel answers with one verdict."""
+
+    name: str
+    key_type: tuple[str, ...]
+    protocol: str
+    version: int
+    verdict: Literal["accept", "drop"]
+    counter: str
+
+
+MEMORY_SETS: Final = tuple(
+    MemorySet(f"remembered-{verdict}-v{version}", (addr, addr, "inet_proto", "inet_service"), protocol, version,
+              verdict, REMEMBERED_ACCEPTED_COUNTER if verdict == "accept" else REMEMBERED_DROPPED_COUNTER)
+    for verdict in ("accept", "drop")
+    for version, addr, protocol in ((4, "ipv4_addr", "ip"), (6, "ipv6_addr", "ip6"))
+)  # fmt: skip
+
 #: The limiter's dynamic sets: per source address, its token bucket of new flows.
 METER_SETS: Final = (
     ManagedSet("new-flows-v4", "ipv4_addr", "ip", 4),
@@ -146,6 +222,9 @@ class RulesetSpec:
     divert_all: bool = False  # queue every new connection, not only managed addresses
     netfilter_bug_1766_fix: bool = True  # judge new DNS requests on prerouting (see the module doc)
     new_flow_limit: int = DEFAULT_NEW_FLOW_LIMIT  # new flows/s per source sent to the queue; 0: no limit
+    verdict_memory: bool = False  # the kernel remembers verdicts (see the module doc)
+    memory_timeout: int = DEFAULT_MEMORY_TIMEOUT  # seconds a key with no lifetime of its own is remembered
+    memory_epoch: int = 0  # which snapshot's verdicts the remember chain takes (generation % MEMORY_EPOCHS)
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.table):
@@ -158,6 +237,12 @@ class RulesetSpec:
             raise ValueError(f"mark {self.mark:#x} must be a non-zero mask narrower than 32 bits")
         if not 0 <= self.new_flow_limit <= 10_000_000:
             raise ValueError(f"new flow limit {self.new_flow_limit} out of range 0-10000000 (0: no limit)")
+        if self.mark & MEMORY_MARK:
+            raise ValueError(f"mark {self.mark:#x} overlaps the verdict memory's bits {MEMORY_MARK:#x}")
+        if not 1 <= self.memory_timeout <= 86400:
+            raise ValueError(f"verdict memory timeout {self.memory_timeout} out of range 1-86400 seconds")
+        if not 0 <= self.memory_epoch < MEMORY_EPOCHS:
+            raise ValueError(f"verdict memory epoch {self.memory_epoch} out of range 0-{MEMORY_EPOCHS - 1}")
 
     @property
     def priority(self) -> int:
@@ -182,6 +267,9 @@ def chains(spec: RulesetSpec) -> tuple[Chain, ...]:
     if spec.netfilter_bug_1766_fix:
         prio = PRIORITY_PREROUTING_XT if xt else PRIORITY_PREROUTING_NATIVE
         out.append(Chain(PREROUTING_CHAIN, "prerouting", prio, "PREROUTING"))
+    if spec.verdict_memory:
+        prio = PRIORITY_REMEMBER_XT if xt else PRIORITY_REMEMBER_NATIVE
+        out.append(Chain(REMEMBER_CHAIN, "postrouting", prio, ""))
     return tuple(out)
 
 
@@ -203,7 +291,7 @@ XT_CHAINS: Final = ("POSTROUTING", "PREROUTING")
 
 def xt_chains(spec: RulesetSpec) -> tuple[str, ...]:
     """The iptables mangle chains that need our queue rule (xt backend)."""
-    return tuple(c.xt_chain for c in chains(spec))
+    return tuple(c.xt_chain for c in chains(spec) if c.xt_chain)
 
 
 # --- the rules, as data -------------------------------------------------------
@@ -231,7 +319,16 @@ UNMARK_ACCEPT: Final = "unmark-accept"
 LIMITED_DROP: Final = "limited-drop"
 GOTO_DIVERT: Final = "goto-divert"
 GOTO_DIVERT_DNS: Final = "goto-divert-dns"
-Action = Literal["accept", "divert", "divert-marked", "unmark-accept", "limited-drop", "goto-divert", "goto-divert-dns"]
+#: The remember chain: leave it (an unmarked packet), add the key (no verdict), clear the bits and drop/accept.
+NOT_REMEMBERED: Final = "not-remembered"
+REMEMBER: Final = "remember"
+FORGET_DROP: Final = "forget-drop"
+FORGET_ACCEPT: Final = "forget-accept"
+#: A key the kernel remembers: count, accept/drop.
+REMEMBERED_ACCEPT: Final = "remembered-accept"
+REMEMBERED_DROP: Final = "remembered-drop"
+Action = Literal["accept", "divert", "divert-marked", "unmark-accept", "limited-drop", "goto-divert", "goto-divert-dns",
+                 "not-remembered", "remember", "forget-drop", "forget-accept", "remembered-accept", "remembered-drop"]
 
 MATCH_ICMPV6_ND: Final = (
     _match(_meta("l4proto"), 58),
@@ -279,8 +376,66 @@ def _limiter_rules(spec: RulesetSpec) -> list[Rule]:
     return out
 
 
+def memory_key(version: int) -> Json:
+    """The verdict memory's key of a packet: addresses, protocol, destination port."""
+    protocol = "ip" if version == 4 else "ip6"
+    return {"concat": [_payload(protocol, "saddr"), _payload(protocol, "daddr"), _meta("l4proto"),
+                       _payload("th", "dport")]}
+
+
+def memory_mark(drop: bool, lifetime_class: int, epoch: int) -> int:
+    """The mark bits a verdict is handed back with so that the remember chain keeps it."""
+    return (MEMORY_REMEMBER | (MEMORY_DROP if drop else 0) | lifetime_class << MEMORY_CLASS_SHIFT
+            | epoch << MEMORY_EPOCH_SHIFT)
+
+
+def memory_class_seconds(spec: RulesetSpec, lifetime_class: int) -> int:
+    seconds = MEMORY_CLASS_SECONDS[lifetime_class]
+    return spec.memory_timeout if seconds is None else min(seconds, spec.memory_timeout)
+
+
+def memory_class(lifetime: float | None) -> int | None:
+    """The lifetime class of a verdict that lives ``lifetime`` seconds (None: until the next snapshot);
+    None when it must not be remembered (shorter than the shortest class)."""
+    if lifetime is None:
+        return 0
+    for index, seconds in enumerate(MEMORY_CLASS_SECONDS):
+        if seconds is not None and seconds <= lifetime:
+            return index
+    return None
+
+
+def _lookup_rules(spec: RulesetSpec) -> list[Rule]:
+    if not spec.verdict_memory:
+        return []
+    return [
+        Rule(s.name, (_match(memory_key(s.version), "@" + s.name),),
+             REMEMBERED_ACCEPT if s.verdict == "accept" else REMEMBERED_DROP)
+        for s in MEMORY_SETS
+    ]
+
+
+def _remember_rules(spec: RulesetSpec) -> list[Rule]:
+    mark = _meta("mark")
+    out = [Rule("not-remembered", (_match({"&": [mark, MEMORY_MARK]}, 0),), NOT_REMEMBERED)]
+    protocols = _match(_meta("l4proto"), {"set": list(MEMORY_PROTOCOLS)}, op="in")
+    for s in MEMORY_SETS:
+        for lifetime_class in range(len(MEMORY_CLASS_SECONDS)):
+            bits = memory_mark(s.verdict == "drop", lifetime_class, spec.memory_epoch)
+            elem = {"elem": {"val": memory_key(s.version), "timeout": memory_class_seconds(spec, lifetime_class)}}
+            add = {"set": {"op": "add", "elem": elem, "set": "@" + s.name}}
+            out.append(Rule(f"{s.name}-class{lifetime_class}",
+                            (_match({"&": [mark, MEMORY_MARK]}, bits), _match(_meta("nfproto"), f"ipv{s.version}"),
+                             protocols, add), REMEMBER))  # fmt: skip
+    out.append(Rule("drop", (_match({"&": [mark, MEMORY_DROP]}, MEMORY_DROP),), FORGET_DROP))
+    out.append(Rule("accept", (), FORGET_ACCEPT))
+    return out
+
+
 def rules(spec: RulesetSpec, chain: str = CHAIN) -> list[Rule]:
     """The rules of our chain ``chain`` for ``spec``, in order."""
+    if chain == REMEMBER_CHAIN and spec.verdict_memory:
+        return _remember_rules(spec)
     if chain in divert_chains(spec):
         return [*_limiter_rules(spec), Rule("divert", (), DIVERT if chain == DIVERT_CHAIN else DIVERT_MARKED)]
     if chain == PREROUTING_CHAIN and spec.netfilter_bug_1766_fix:
@@ -300,7 +455,7 @@ def rules(spec: RulesetSpec, chain: str = CHAIN) -> list[Rule]:
     if spec.accept_root:
         out.append(Rule("root-uid", MATCH_ROOT_UID, ACCEPT))
     out.append(Rule("established", MATCH_ESTABLISHED, ACCEPT))
-    return out + _divert_rules(spec, DIVERT)
+    return out + _lookup_rules(spec) + _divert_rules(spec, DIVERT)
 
 
 def _set_mark(spec: RulesetSpec) -> Json:
@@ -313,6 +468,17 @@ def action_statements(spec: RulesetSpec, action: str) -> list[Json]:
         return [{"accept": None}]
     if action == LIMITED_DROP:
         return [{"counter": LIMITED_COUNTER}, {"drop": None}]
+    if action == REMEMBERED_ACCEPT:
+        return [{"counter": REMEMBERED_ACCEPTED_COUNTER}, {"accept": None}]
+    if action == REMEMBERED_DROP:
+        return [{"counter": REMEMBERED_DROPPED_COUNTER}, {"drop": None}]
+    if action == NOT_REMEMBERED:
+        return [{"accept": None}]
+    if action == REMEMBER:
+        return []  # the add is the last match; a failed add (full set) skips to the next rule
+    if action in (FORGET_DROP, FORGET_ACCEPT):
+        clear = {"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), 0xFFFFFFFF ^ MEMORY_MARK]}}}
+        return [clear, {"drop": None} if action == FORGET_DROP else {"accept": None}]
     if action == GOTO_DIVERT:
         return [{"goto": {"target": DIVERT_CHAIN}}]
     if action == GOTO_DIVERT_DNS:
@@ -354,16 +520,33 @@ def meter_set_object(spec: RulesetSpec, s: ManagedSet) -> Json:
                     "timeout": METER_TIMEOUT, "size": METER_SIZE}}
 
 
-def counter_object(spec: RulesetSpec) -> Json:
-    return {"counter": {**_table_ref(spec), "name": LIMITED_COUNTER}}
+def memory_set_object(spec: RulesetSpec, s: MemorySet) -> Json:
+    return {"set": {**_table_ref(spec), "name": s.name, "type": list(s.key_type), "flags": ["timeout"],
+                    "timeout": spec.memory_timeout, "size": MEMORY_SIZE}}
+
+
+def counter_object(spec: RulesetSpec, name: str = LIMITED_COUNTER) -> Json:
+    return {"counter": {**_table_ref(spec), "name": name}}
 
 
 def meter_sets(spec: RulesetSpec) -> tuple[ManagedSet, ...]:
     return METER_SETS if spec.new_flow_limit else ()
 
 
+def memory_sets(spec: RulesetSpec) -> tuple[MemorySet, ...]:
+    return MEMORY_SETS if spec.verdict_memory else ()
+
+
 def counters(spec: RulesetSpec) -> tuple[str, ...]:
-    return (LIMITED_COUNTER,) if spec.new_flow_limit else ()
+    out: tuple[str, ...] = (LIMITED_COUNTER,) if spec.new_flow_limit else ()
+    if spec.verdict_memory:
+        out += (REMEMBERED_ACCEPTED_COUNTER, REMEMBERED_DROPPED_COUNTER)
+    return out
+
+
+def flush_memory_commands(spec: RulesetSpec) -> list[Json]:
+    """Forget every remembered verdict (part of the transaction that brings a new snapshot)."""
+    return [{"flush": {"set": {**_table_ref(spec), "name": s.name}}} for s in memory_sets(spec)]
 
 
 def chain_object(spec: RulesetSpec, name: str = CHAIN, *, base: bool = True) -> Json:
@@ -403,7 +586,8 @@ def create_commands(spec: RulesetSpec) -> list[Json]:
     cmds = [{"add": table_object(spec.table)}]
     cmds += [{"add": set_object(spec, s)} for s in MANAGED_SETS]
     cmds += [{"add": meter_set_object(spec, s)} for s in meter_sets(spec)]
-    cmds += [{"add": counter_object(spec)} for _ in counters(spec)]
+    cmds += [{"add": memory_set_object(spec, s)} for s in memory_sets(spec)]
+    cmds += [{"add": counter_object(spec, name)} for name in counters(spec)]
     cmds += [{"add": chain_object(spec, name)} for name in chain_names(spec)]
     for name in chain_names(spec):
         cmds += [{"add": r} for r in rule_objects(spec, name)]
@@ -491,12 +675,14 @@ def sync_commands(
 ) -> list[Json]:
     """One transaction taking a table built for ``old`` with ``current`` elements to ``new``/``desired``.
 
-    Only the rules may change between the specs (divert-all on/off), not the
-    chains: a chain whose rules differ is flushed and refilled, never deleted.
+    Only the rules may change between the specs (divert-all on/off, the
+    memory's epoch), not the chains: a chain whose rules differ is flushed and
+    refilled, never deleted. With the verdict memory, it is flushed too: the
+    call is for a new snapshot (so the commands are never empty then).
     """
     if chain_names(old) != chain_names(new):
         raise ValueError("sync cannot add or remove chains; reconcile does")
-    cmds: list[Json] = []
+    cmds: list[Json] = flush_memory_commands(new)
     for name in chain_names(new):
         # Equal specs make equal rules: no need to render and hash them (most syncs only move set elements).
         if old != new and rule_comments(old, name) != rule_comments(new, name):
@@ -608,14 +794,21 @@ def installed_divert_all(spec: RulesetSpec, state: TableState | None) -> bool | 
     for mode in (False, True):
         for fix in (spec.netfilter_bug_1766_fix, not spec.netfilter_bug_1766_fix):
             for limit in (spec.new_flow_limit, 0 if spec.new_flow_limit else DEFAULT_NEW_FLOW_LIMIT):
-                other = replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix, new_flow_limit=limit)
-                if chain.rule_comments == rule_comments(other):
-                    return mode
+                for memory in (spec.verdict_memory, not spec.verdict_memory):
+                    other = replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix, new_flow_limit=limit,
+                                    verdict_memory=memory)
+                    if chain.rule_comments == rule_comments(other):
+                        return mode
     return None
 
 
 def _set_matches(st: SetState, s: ManagedSet) -> bool:
     return st.type == s.addr_type and st.flags == () and st.elements is not None
+
+
+def _memory_matches(spec: RulesetSpec, st: SetState, s: MemorySet) -> bool:
+    return (st.type == list(s.key_type) and "timeout" in st.flags and st.timeout == spec.memory_timeout
+            and st.size == MEMORY_SIZE)
 
 
 def _meter_matches(st: SetState, s: ManagedSet) -> bool:
@@ -639,8 +832,10 @@ class TableComparison:
 
 def compare_table(spec: RulesetSpec, state: TableState) -> TableComparison:
     """Compare the kernel's table (``state``) with what ``spec`` generates, elements aside."""
-    wanted_sets = {s.name: (s, _set_matches) for s in MANAGED_SETS}
+    wanted_sets: dict[str, tuple[Any, Callable[[SetState, Any], bool]]] = {
+        s.name: (s, _set_matches) for s in MANAGED_SETS}
     wanted_sets.update({s.name: (s, _meter_matches) for s in meter_sets(spec)})
+    wanted_sets.update({s.name: (s, lambda st, m: _memory_matches(spec, st, m)) for s in memory_sets(spec)})
     missing_sets = tuple(name for name in wanted_sets if name not in state.sets)
     bad_sets = tuple(
         name for name, (s, matches) in wanted_sets.items() if name in state.sets and not matches(state.sets[name], s)
@@ -699,12 +894,18 @@ def reconcile_commands(
         cmds.append({"delete": {"set": {**_table_ref(spec), "name": name}}})
 
     meters = {s.name: s for s in meter_sets(spec)}
+    memory = {s.name: s for s in memory_sets(spec)}
     for name in diff.missing_sets + diff.bad_sets:
         if name in meters:
             cmds.append({"add": meter_set_object(spec, meters[name])})
+        elif name in memory:
+            cmds.append({"add": memory_set_object(spec, memory[name])})
         else:
             cmds.append({"add": set_object(spec, next(s for s in MANAGED_SETS if s.name == name))})
-    cmds += [{"add": counter_object(spec)} for _ in diff.missing_counters]
+    cmds += [{"add": counter_object(spec, name)} for name in diff.missing_counters]
+    # What an earlier run (or this one, before the drift) remembered may be from other policies.
+    kept = set(diff.missing_sets + diff.bad_sets)
+    cmds += [c for c in flush_memory_commands(spec) if c["flush"]["set"]["name"] not in kept]
     ours = chain_names(spec)
     cmds += [{"add": chain_object(spec, n)} for n in ours if not diff.chain_ok[n]]
     for name in ours:

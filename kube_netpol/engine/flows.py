@@ -127,7 +127,7 @@ class FlowStats:
 
     __slots__ = (
         "judgement", "accepted", "protocol", "family", "judged", "hits", "buckets", "total_ns",
-        "credited_hits", "last_bucket", "last_ns",
+        "credited_hits", "last_bucket", "last_ns", "expires", "mark",
     )  # fmt: skip
 
     def __init__(self, judgement: Judgement, accepted: bool, protocol: int, family: int, last_hit_ns: int = 0) -> None:
@@ -143,6 +143,11 @@ class FlowStats:
         # The time untimed hits count with (0: none yet; the first judged packet's then).
         self.last_ns = last_hit_ns
         self.last_bucket = bucket_index((last_hit_ns + 999) // 1000)
+        # Monotonic seconds after which the verdict must be judged again (0.0: at the next snapshot).
+        self.expires = 0.0
+        # The mark bits the verdict loop hands this verdict back with so that the kernel remembers
+        # it (kube_netpol.dataplane.ruleset, "verdict memory"); 0: plain accept/drop.
+        self.mark = 0
 
     @property
     def packets(self) -> int:

@@ -17,16 +17,26 @@ class Judgement:
 
     A plain slotted class: one is built per judged packet, and a frozen
     dataclass's constructor costs several times more. Treat it as immutable.
+
+    ``lifetime`` is the shortest ``Decision.lifetime`` of every answer the
+    pipelines gave for the packet (None: until the next snapshot); ``kernel``
+    is False when an answer may not be kept in the kernel's verdict memory
+    (an evaluator from outside kube_netpol that gave no lifetime).
     """
 
-    __slots__ = ("verdict", "egress", "egress_by", "ingress", "ingress_by")
+    __slots__ = ("verdict", "egress", "egress_by", "ingress", "ingress_by", "lifetime", "kernel")
 
-    def __init__(self, verdict: Verdict, egress: Decision, egress_by: str, ingress: Decision, ingress_by: str) -> None:
+    def __init__(
+        self, verdict: Verdict, egress: Decision, egress_by: str, ingress: Decision, ingress_by: str,
+        lifetime: float | None = None, kernel: bool = True,
+    ) -> None:
         self.verdict = verdict
         self.egress = egress
         self.egress_by = egress_by
         self.ingress = ingress
         self.ingress_by = ingress_by
+        self.lifetime = lifetime
+        self.kernel = kernel
 
     @property
     def allowed(self) -> bool:

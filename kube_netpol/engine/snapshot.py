@@ -8,6 +8,7 @@ land in the new table.
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Callable, Sequence
 
 from kube_netpol.api.cluster import PodKey, PodRecord
@@ -53,8 +54,10 @@ class Snapshot:
         self._pod_by_ip = pod_by_ip
         self._history = history
         # Bound methods, looked up once: the pipeline loop then costs a call per stage.
-        self._egress = tuple(zip(self.names, (stage.evaluate_egress for stage in self.stages)))
-        self._ingress = tuple(zip(self.names, (stage.evaluate_ingress for stage in self.stages)))
+        # "ours": a stage of an evaluator shipped in kube_netpol, whose lifetime None the kernel may keep.
+        ours = tuple(ships_with_kube_netpol(stage) for stage in self.stages)
+        self._egress = tuple(zip(self.names, (stage.evaluate_egress for stage in self.stages), ours))
+        self._ingress = tuple(zip(self.names, (stage.evaluate_ingress for stage in self.stages), ours))
         # Secondary networks: only the stages that judge them, in pipeline order.
         on_networks = [(name, stage) for name, stage in zip(self.names, self.stages) if isinstance(stage, NetworkStage)]
         self._network_egress = tuple((name, stage.evaluate_network_egress) for name, stage in on_networks)
@@ -65,20 +68,34 @@ class Snapshot:
         pod_by_ip = self._pod_by_ip
         src = pod_by_ip(packet.src)
         dst = pod_by_ip(packet.dst)
+        lifetime: float | None = None
+        kernel = True
         egress, egress_by = END_OF_PIPELINE, ""
-        for name, evaluate in self._egress:
+        for name, evaluate, ours in self._egress:
             decision = evaluate(packet, src, dst)
+            bound = decision.lifetime
+            if bound is not None:
+                if lifetime is None or bound < lifetime:
+                    lifetime = bound
+            elif not ours:
+                kernel = False
             if decision.verdict:
                 egress, egress_by = decision, name
                 break
         ingress, ingress_by = END_OF_PIPELINE, ""
-        for name, evaluate in self._ingress:
+        for name, evaluate, ours in self._ingress:
             decision = evaluate(packet, src, dst)
+            bound = decision.lifetime
+            if bound is not None:
+                if lifetime is None or bound < lifetime:
+                    lifetime = bound
+            elif not ours:
+                kernel = False
             if decision.verdict:
                 ingress, ingress_by = decision, name
                 break
         verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
-        return Judgement(verdict, egress, egress_by, ingress, ingress_by)
+        return Judgement(verdict, egress, egress_by, ingress, ingress_by, lifetime, kernel)
 
     def judge_on(self, network: str, packet: Packet) -> Judgement:
         """Both pipelines for one packet on a secondary network: only the stages that judge networks answer.
@@ -118,7 +135,9 @@ class Snapshot:
         harness): only the loop adds to the table, so its counters count packets.
         """
         flow = self.flows.get(packet_flow_key(packet))
-        return flow.judgement if flow is not None else self.judge(packet)
+        if flow is None or (flow.expires and flow.expires < monotonic()):
+            return self.judge(packet)
+        return flow.judgement
 
     def add_flow(self, key: TableKey, judgement: Judgement, accepted: bool, protocol: int, family: int) -> FlowStats:
         """A new flow-table entry for ``key`` (packet thread)."""
@@ -130,6 +149,8 @@ class Snapshot:
             history.retire(flows)
             flows = self.flows = {}
         stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns)
+        if judgement.lifetime is not None:
+            stats.expires = monotonic() + judgement.lifetime
         displaced = flows.get(key)
         if displaced is not None:
             history.fold(displaced)  # keep what it counted (a caller recording by hand)
@@ -145,16 +166,24 @@ class Snapshot:
         egress, egress_by = _first_final(egress_steps)
         ingress, ingress_by = _first_final(ingress_steps)
         verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY
-        return Explanation(
-            packet, src, dst, egress_steps, ingress_steps, Judgement(verdict, egress, egress_by, ingress, ingress_by)
-        )
+        ours = dict(zip(self.names, (ships_with_kube_netpol(stage) for stage in self.stages)))
+        steps = egress_steps + ingress_steps
+        bounds = [step.decision.lifetime for step in steps if step.decision.lifetime is not None]
+        kernel = all(ours.get(step.evaluator, False) for step in steps if step.decision.lifetime is None)
+        judgement = Judgement(verdict, egress, egress_by, ingress, ingress_by, min(bounds) if bounds else None, kernel)
+        return Explanation(packet, src, dst, egress_steps, ingress_steps, judgement)
+
+
+def ships_with_kube_netpol(stage: object) -> bool:
+    """Whether ``stage`` is an evaluator's of kube_netpol itself (not a plugin loaded from elsewhere)."""
+    return type(stage).__module__.startswith("kube_netpol.")
 
 
 def _walk(
-    stages: Sequence[tuple[str, Evaluate]], packet: Packet, src: PodRecord | None, dst: PodRecord | None
+    stages: Sequence[tuple[str, Evaluate, bool]], packet: Packet, src: PodRecord | None, dst: PodRecord | None
 ) -> tuple[Step, ...]:
     steps: list[Step] = []
-    for name, evaluate in stages:
+    for name, evaluate, _ in stages:
         steps.append(Step(name, evaluate(packet, src, dst)))
         if steps[-1].decision.verdict:
             break

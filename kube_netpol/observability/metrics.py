@@ -198,7 +198,9 @@ class AgentCollector(Collector):
         decision_log_stats: Callable[[], dict[str, int]] | None = None,
         dataplane_repairs: Callable[[], dict[str, int]] = dict,
         new_flows_limited: Callable[[], int] = lambda: 0,
+        remembered_verdicts: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
+        self._remembered_verdicts = remembered_verdicts
         self._dataplane_repairs = dataplane_repairs
         self._new_flows_limited = new_flows_limited
         self.verdicts = verdicts
@@ -244,6 +246,14 @@ class AgentCollector(Collector):
         limited = _counter(PREFIX + "new_flows_rate_limited", "New flows dropped before the queue by the per-source limit")
         limited.add_sample(PREFIX + "new_flows_rate_limited", {}, self._new_flows_limited())
         yield limited
+        # Packets the kernel's verdict memory answered: they never reached the queue, so the reference
+        # metrics (packets seen by userspace) do not count them.
+        remembered = _counter(PREFIX + "kernel_verdicts",
+                              "New connections' first packets the kernel answered from its verdict memory, by verdict")
+        accepted, dropped = self._remembered_verdicts()
+        remembered.add_sample(PREFIX + "kernel_verdicts", {"verdict": "accept"}, accepted)
+        remembered.add_sample(PREFIX + "kernel_verdicts", {"verdict": "drop"}, dropped)
+        yield remembered
         errors = _counter(PREFIX + "dataplane_sync_errors", "Dataplane syncs that failed (retried)")
         errors.add_sample(PREFIX + "dataplane_sync_errors", {}, self.control.sync_errors)
         yield errors

@@ -69,7 +69,9 @@ def test_fail_open_traffic_to_managed_pods_flows_after_the_agent_is_killed() -> 
 
 
 def test_fail_closed_new_connections_to_selected_pods_are_dropped_after_the_agent_is_killed() -> None:
-    with agent_lab(PODS, fail_open=False, policies=[allow_ingress_from_pod("x", "a", "b")]) as env:
+    # Without the verdict memory: what it remembered would still answer (tests/e2e/test_verdict_memory.py).
+    with agent_lab(PODS, fail_open=False, policies=[allow_ingress_from_pod("x", "a", "b")],
+                   extra_args=("--verdict-memory=false",)) as env:
         assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("y/a", "y/b")]) == [True, False, True]
         backend = queue_backend(env)
         kill_agent(env)

@@ -61,14 +61,18 @@ class RecordingDataplane:
         self.syncs: list[tuple[frozenset[bytes], frozenset[bytes], bool]] = []
         self.backend = "test"
         self.divert_all = False
+        self.verdict_memory = False
         self.managed: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        self.generations: list[int | None] = []
 
-    def start(self, v4, v6, divert_all):  # type: ignore[no-untyped-def]
+    def start(self, v4, v6, divert_all, generation=0):  # type: ignore[no-untyped-def]
         self.started = True
+        self.generations.append(generation)
         return "test"
 
-    def sync(self, v4, v6, divert_all) -> bool:  # type: ignore[no-untyped-def]
+    def sync(self, v4, v6, divert_all, generation=None) -> bool:  # type: ignore[no-untyped-def]
         self.syncs.append((frozenset(v4), frozenset(v6), divert_all))
+        self.generations.append(generation)
         return True
 
     def stop(self) -> None:

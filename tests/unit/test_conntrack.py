@@ -305,6 +305,7 @@ def test_select_denied_skips_dead_and_unwatched_entries_and_judges_each_key_once
 
 class FakeDataplane:
     divert_all = False
+    verdict_memory = False
     backend = "nft"
     managed = (frozenset({"10.0.0.2"}), frozenset({"fd00::9"}))
 

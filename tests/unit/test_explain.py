@@ -162,7 +162,8 @@ def test_json_layout(capsys: pytest.CaptureFixture[str], scenario: str) -> None:
                               "--port", "serve-80-tcp")
     assert code == 0
     assert set(data) == {"source", "destination", "family", "protocol", "port", "port_name", "pipeline", "egress",
-                         "ingress", "verdict", "state", "refused_objects"}
+                         "ingress", "verdict", "reuse", "state", "refused_objects"}
+    assert data["reuse"] == {"lifetime": None, "kernel_memory": True}
     assert data["source"] == {"given": "y/b", "ip": "10.244.2.11", "pod": "y/b", "notes": []}
     assert data["destination"] == {"given": "x/a", "ip": "10.244.1.10", "pod": "x/a", "notes": []}
     assert (data["family"], data["protocol"], data["port"], data["port_name"]) == ("IPv4", "TCP", 80, "serve-80-tcp")

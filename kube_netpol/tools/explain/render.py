@@ -218,6 +218,7 @@ def to_json(result: ExplainResult) -> dict[str, Any]:
         "egress": direction(result.explanation.egress_steps, judgement.egress_by, judgement.egress),
         "ingress": direction(result.explanation.ingress_steps, judgement.ingress_by, judgement.ingress),
         "verdict": "allow" if result.allowed else "deny",
+        "reuse": {"lifetime": judgement.lifetime, "kernel_memory": judgement.kernel and judgement.lifetime != 0},
         "state": {**result.state_origin, "notes": list(result.state_notes)},
         "refused_objects": list(result.refused),
     }
@@ -284,5 +285,17 @@ def render_text(result: ExplainResult) -> str:
     egress = _outcome("egress", judgement.egress_by, judgement.egress.verdict, judgement.egress.policy, judgement.egress.rule)
     ingress = _outcome("ingress", judgement.ingress_by, judgement.ingress.verdict, judgement.ingress.policy,
                        judgement.ingress.rule)
+    lines.append(f"reuse: {_reuse(judgement.lifetime, judgement.kernel)}")
     lines.append(f"verdict: {'ALLOW' if result.allowed else 'DENY'} ({egress}; {ingress})")
     return "\n".join(lines)
+
+
+def _reuse(lifetime: float | None, kernel: bool) -> str:
+    """How long the agent (and, with --verdict-memory, the kernel) reuses this verdict for the same key."""
+    if lifetime == 0:
+        return "never: every new connection of this key is judged again"
+    span = "until the next policy change" if lifetime is None else f"for at most {lifetime:g} s"
+    if not kernel:
+        return f"{span} by the agent; not by the kernel's verdict memory (an evaluator from outside kube_netpol " \
+               "gave no lifetime)"
+    return f"{span}, by the agent and, with --verdict-memory, by the kernel (whose repeats the agent never sees)"
