@@ -64,6 +64,7 @@ what the agent does without knowing the defaults.
 - {{ printf "--queue-backend=%s" .Values.queueBackend | quote }}
 - {{ printf "--enable-admin-network-policy=%t" .Values.adminNetworkPolicy.enabled | quote }}
 - {{ printf "--enable-baseline-admin-network-policy=%t" .Values.baselineAdminNetworkPolicy.enabled | quote }}
+- {{ printf "--enable-cluster-network-policy=%t" .Values.clusterNetworkPolicy.enabled | quote }}
 - {{ printf "--log-format=%s" .Values.logFormat | quote }}
 {{- range until (int .Values.verbosity) }}
 - "-v"
