@@ -16,7 +16,7 @@ from kube_netpol.api.verdict import Decision
 from kube_netpol.tools.conformance.backend import BackendSetup
 from kube_netpol.tools.conformance.cluster import StepChange
 from kube_netpol.tools.conformance.probes import Probe
-from kube_netpol.plugins import DEFAULT_PIPELINE, build_engine
+from kube_netpol.plugins import BUILTIN_ORDER, build_engine
 
 #: Source ports of probes: 40000, 40001, ... (the engine never looks at them; a lab would).
 EPHEMERAL_FIRST = 40000
@@ -24,7 +24,7 @@ EPHEMERAL_COUNT = 20000
 
 
 class OfflineBackend:
-    def __init__(self, evaluators: Sequence[str] = DEFAULT_PIPELINE) -> None:
+    def __init__(self, evaluators: Sequence[str] = BUILTIN_ORDER) -> None:
         self.engine = build_engine(evaluators)
         self.state = self.engine.state
 

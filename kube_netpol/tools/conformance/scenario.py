@@ -19,14 +19,14 @@ import yaml
 
 from kube_netpol.tools.conformance import fields
 from kube_netpol.tools.conformance.errors import ScenarioError
-from kube_netpol.plugins import registry_for
+from kube_netpol.plugins import BUILTIN_ORDER, registry_for
 from kube_netpol.sources.manifests import yaml_problem
 from kube_netpol.state.kinds import RECORD_KINDS
 
 FAMILIES = ("IPv4", "IPv6")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
-#: The kinds of the default pipeline, whose objects scenarios write.
-KINDS = registry_for()
+#: The kinds of every built-in evaluator (ClusterNetworkPolicy included: format v2), whose objects scenarios write.
+KINDS = registry_for(BUILTIN_ORDER)
 #: Kinds handed to the implementation as written (policies): every kind but the state's own records.
 POLICY_KINDS = tuple(name for name in KINDS.names if name not in RECORD_KINDS)
 #: The kinds a step may apply or delete.
