@@ -38,6 +38,8 @@ from kube_netpol.policy.clusternetworkpolicy import ClusterNetworkPolicy, parse_
 log = logging.getLogger(__name__)
 
 KIND = "ClusterNetworkPolicy"
+#: Equal-priority pairs logged as ambiguous, per tier, before the evaluator stops naming them.
+MAX_REPORTED_TIES = 100
 CLUSTER_NETWORK_POLICY = KindSpec(KIND, ADMIN_GROUP, "v1alpha2", "clusternetworkpolicies", False, parse_cluster_network_policy, order=20)
 
 
@@ -62,6 +64,13 @@ class ClusterNetworkPolicyTierEvaluator(SubjectRulesEvaluator):
         for first, second in zip(policies, policies[1:]):
             pair = (first.name, second.name)
             if first.priority == second.priority and pair not in self._reported:
+                if len(self._reported) >= MAX_REPORTED_TIES:
+                    # A bound on memory and log volume: thousands of ties are one misconfiguration, said once.
+                    if len(self._reported) == MAX_REPORTED_TIES:
+                        self._reported.add(("", ""))
+                        log.warning("more than %d pairs of ClusterNetworkPolicies of tier %s share a priority; "
+                                    "further ambiguous pairs are not logged", MAX_REPORTED_TIES, self.tier)
+                    return
                 self._reported.add(pair)
                 log.warning(
                     "ClusterNetworkPolicies %s and %s of tier %s have the same priority %d: their order is ambiguous "
