@@ -22,6 +22,14 @@ would try all N rules for every measured packet. The row should not grow with N.
 
     python bench/bench_engine.py [--policies 10,100,1000,10000] [--packets 20000]
     python bench/bench_engine.py --selecting 10,100,1000
+    python bench/bench_engine.py --cnps 10,100,1000,10000
+
+With ``--cnps N[,N...]`` the pipeline is every built-in evaluator (both
+ClusterNetworkPolicy tiers around the v1alpha1 ones and NetworkPolicy), the
+cluster has 10 cold ANPs and NetworkPolicies as above, plus N
+ClusterNetworkPolicies, half Admin and half Baseline, each selecting pods by a
+label no measured pod has, and one Admin CNP that selects the measured
+destinations (it denies ns-2, as NetworkPolicy does, so the verdicts stay).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import time
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.engine.flows import packet_flow_key
-from kube_netpol.plugins import build_engine
+from kube_netpol.plugins import BUILTIN_ORDER, build_engine
 from kube_netpol.state import ClusterState
 
 NAMESPACES = 100
@@ -108,6 +116,22 @@ def build_cluster(state: ClusterState, policies: int, selecting: int = 0) -> Non
         })
 
 
+def add_cluster_network_policies(state: ClusterState, count: int) -> None:
+    state.apply({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": "hot-cnp"},
+        "spec": {"tier": "Admin", "priority": 500, "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "ns-0"}}},
+                 "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "ns-2"}}}]}]},
+    })
+    for i in range(count):
+        state.apply({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": f"cold-cnp-{i:05d}"},
+            "spec": {"tier": "Admin" if i % 2 else "Baseline", "priority": i % 1001,
+                     "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": f"cold-{i}"}}}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+                     "egress": [{"action": "Deny", "to": [{"networks": ["10.0.0.0/8"]}]}]},
+        })
+
+
 def packets() -> list[Packet]:
     """Flows from ns-1's app-0 pods to ns-0's app-0 pods (selected in both directions) and unselected pairs."""
     flows = []
@@ -139,8 +163,12 @@ def main() -> None:
     parser.add_argument("--policies", default="10,100,1000,10000")
     parser.add_argument("--packets", type=int, default=30000, help="measured evaluations per size")
     parser.add_argument("--selecting", default="", help="N[,N...]: rows of N policies selecting the measured pods")
+    parser.add_argument("--cnps", default="", help="N[,N...]: rows of N ClusterNetworkPolicies, every built-in evaluator in the pipeline")
     args = parser.parse_args()
-    if args.selecting:
+    if args.cnps:
+        first_column = "cnps"
+        sizes = [(10, int(n)) for n in args.cnps.split(",")]
+    elif args.selecting:
         first_column = "selecting"
         sizes = [(SELECTING_COLD, int(n)) for n in args.selecting.split(",")]
     else:
@@ -152,8 +180,13 @@ def main() -> None:
     print(f"|---:|---:|---:|---:|{extra_rule}---:|---|")
     for count, selecting in sizes:
         started = time.perf_counter()
-        engine = build_engine(node_name="node-1")
-        build_cluster(engine.state, count, selecting)  # type: ignore[arg-type]
+        if args.cnps:
+            engine = build_engine(BUILTIN_ORDER, node_name="node-1")
+            build_cluster(engine.state, count)  # type: ignore[arg-type]
+            add_cluster_network_policies(engine.state, selecting)  # type: ignore[arg-type]
+        else:
+            engine = build_engine(node_name="node-1")
+            build_cluster(engine.state, count, selecting)  # type: ignore[arg-type]
         snapshot = engine.publish()
         assert snapshot is not None
         build_seconds = time.perf_counter() - started
@@ -170,7 +203,7 @@ def main() -> None:
         cached = measure(snapshot.evaluate, flows, rounds)
         q = statistics.quantiles(uncached, n=100)
         extra = f" {statistics.median(uncached[0::3]) / 1000:.2f} |" if args.selecting else ""  # flows[0::3]: allowed
-        print(f"| {selecting if args.selecting else count} | {build_seconds:.1f} | {statistics.median(uncached) / 1000:.2f} | {q[98] / 1000:.2f} |{extra} "
+        print(f"| {selecting if args.selecting or args.cnps else count} | {build_seconds:.1f} | {statistics.median(uncached) / 1000:.2f} | {q[98] / 1000:.2f} |{extra} "
               f"{statistics.median(cached) / 1000:.2f} | {len(flows) // 3}/{len(flows) // 3}/{len(flows) // 3} |", flush=True)
 
 

@@ -20,6 +20,11 @@ GROUP = "kube_netpol.evaluators"
 
 #: The pipeline order when none is configured.
 DEFAULT_PIPELINE = ("adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy")
+#: The order of every built-in evaluator, from which the agent takes those enabled (--enable-*): each API's
+#: tiers are a block, the current API (ClusterNetworkPolicy) outermost; see evaluators/clusternetworkpolicy.py.
+BUILTIN_ORDER = (
+    "clusternetworkpolicy-admin", "adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy", "clusternetworkpolicy-baseline",
+)
 
 Settings = Mapping[str, Mapping[str, object]]
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from kube_netpol.dataplane.ruleset import DEFAULT_MEMORY_TIMEOUT, DEFAULT_NEW_FLOW_LIMIT
-from kube_netpol.plugins import DEFAULT_PIPELINE
+from kube_netpol.plugins import BUILTIN_ORDER
 
 #: The kernel's verdict memory: off until its figures hold on a quiet machine (docs/performance.md,
 #: "Verdict memory"; they did not on the shared VM it was measured on).
@@ -104,6 +104,7 @@ class AgentConfig:
     netfilter_bug_1766_fix: bool = True
     enable_admin_network_policy: bool = False
     enable_baseline_admin_network_policy: bool = False
+    enable_cluster_network_policy: bool = False
     queue_backend: str = "auto"
     nftables_table: str = "kube-netpol"
     new_flow_rate_limit: int = DEFAULT_NEW_FLOW_LIMIT
@@ -133,8 +134,11 @@ class AgentConfig:
         enabled = {
             "adminnetworkpolicy": self.enable_admin_network_policy,
             "baselineadminnetworkpolicy": self.enable_baseline_admin_network_policy,
+            # One switch for the v1alpha2 API: both of its tiers.
+            "clusternetworkpolicy-admin": self.enable_cluster_network_policy,
+            "clusternetworkpolicy-baseline": self.enable_cluster_network_policy,
         }
-        return tuple(name for name in DEFAULT_PIPELINE if enabled.get(name, True))
+        return tuple(name for name in BUILTIN_ORDER if enabled.get(name, True))
 
 
 def add_version_flag(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +164,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-admin-network-policy", default=False, help="enforce AdminNetworkPolicy (default false)", **bool_flag)
     parser.add_argument("--enable-baseline-admin-network-policy", default=False,
                         help="enforce BaselineAdminNetworkPolicy (default false)", **bool_flag)
+    parser.add_argument("--enable-cluster-network-policy", default=False,
+                        help="enforce ClusterNetworkPolicy v1alpha2, both tiers (default false)", **bool_flag)
     parser.add_argument("--queue-backend", choices=("auto", "nft", "xt"), default="auto",
                         help="how packets reach the queue: native nftables queue, xtables NFQUEUE, or detect (default auto)")
     parser.add_argument("--nftables-table", default="kube-netpol", help="name of our inet table (default kube-netpol)")
@@ -175,7 +181,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS",
                         help=f"longest time the kernel remembers a verdict (default {DEFAULT_MEMORY_TIMEOUT})")
     parser.add_argument("--evaluators", type=parse_evaluators,
-                        help="comma-separated pipeline order (default: adminnetworkpolicy,networkpolicy,baselineadminnetworkpolicy as enabled)")
+                        help="comma-separated pipeline order (default: clusternetworkpolicy-admin,adminnetworkpolicy,networkpolicy,"
+                             "baselineadminnetworkpolicy,clusternetworkpolicy-baseline as enabled)")
     parser.add_argument("--evaluator-config", metavar="FILE", help="YAML file: evaluator name -> its settings")
     parser.add_argument("--exempt-root-traffic", default=True,
                         help="never judge traffic of the node's root-owned sockets, e.g. kubelet probes (default true)", **bool_flag)
@@ -222,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         netfilter_bug_1766_fix=args.netfilter_bug_1766_fix,
         enable_admin_network_policy=args.enable_admin_network_policy,
         enable_baseline_admin_network_policy=args.enable_baseline_admin_network_policy,
+        enable_cluster_network_policy=args.enable_cluster_network_policy,
         queue_backend=args.queue_backend,
         nftables_table=args.nftables_table,
         new_flow_rate_limit=args.new_flow_rate_limit,

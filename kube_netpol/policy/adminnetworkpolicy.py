@@ -261,7 +261,7 @@ def _no_unknown_fields(obj: Mapping[str, Any], known: tuple[str, ...], path: str
     unknown = sorted(str(key) for key in obj if key not in known)
     if unknown:
         raise InvalidObject(
-            f"unknown field(s) {unknown} (v1alpha1 defines {', '.join(known)}); refusing rather than ignoring them",
+            f"unknown field(s) {unknown} (the API defines {', '.join(known)}); refusing rather than ignoring them",
             path,
         )
 

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 FULL_VALUES: dict[str, Any] = {
     "adminNetworkPolicy": {"enabled": True},
     "baselineAdminNetworkPolicy": {"enabled": True},
+    "clusterNetworkPolicy": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "prometheusRule": {"enabled": True},

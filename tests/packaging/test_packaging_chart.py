@@ -203,6 +203,7 @@ def test_rbac_follows_each_switch_alone() -> None:
     for values, extra in (
         ({"adminNetworkPolicy": {"enabled": True}}, {"adminnetworkpolicies", "nodes"}),
         ({"baselineAdminNetworkPolicy": {"enabled": True}}, {"baselineadminnetworkpolicies", "nodes"}),
+        ({"clusterNetworkPolicy": {"enabled": True}}, {"clusternetworkpolicies", "nodes"}),
     ):
         objects = check_packaging.render_chart(values).objects()
         rules = rbac_rules(objects)

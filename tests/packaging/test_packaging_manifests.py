@@ -116,7 +116,8 @@ def test_the_two_manifests_differ_only_in_anp(install_objects: list[dict[str, An
     assert anp["rules"] - plain["rules"] == {
         (group, resource, verb)
         for group, resource in (("", "nodes"), ("policy.networking.k8s.io", "adminnetworkpolicies"),
-                                ("policy.networking.k8s.io", "baselineadminnetworkpolicies"))
+                                ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+                                ("policy.networking.k8s.io", "clusternetworkpolicies"))
         for verb in ("get", "list", "watch")
     }
     assert plain["rules"] <= anp["rules"]
@@ -124,6 +125,7 @@ def test_the_two_manifests_differ_only_in_anp(install_objects: list[dict[str, An
     assert changed == [
         ("--enable-admin-network-policy=false", "--enable-admin-network-policy=true"),
         ("--enable-baseline-admin-network-policy=false", "--enable-baseline-admin-network-policy=true"),
+        ("--enable-cluster-network-policy=false", "--enable-cluster-network-policy=true"),
     ]
     plain["container"].pop("args"), anp["container"].pop("args")
     plain.pop("rules"), anp.pop("rules")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +123,12 @@ def test_cluster_network_policy_stays_within_the_crd_bounds() -> None:
         cluster_network_policy(many, priority=1)
 
 
-def test_cluster_network_policy_parses_where_the_parser_exists() -> None:
-    if importlib.util.find_spec("kube_netpol.policy.clusternetworkpolicy") is None:
-        pytest.skip("no ClusterNetworkPolicy parser in this build yet (it lands with the ClusterNetworkPolicy work)")
-    from kube_netpol.policy.clusternetworkpolicy import parse_cluster_network_policy  # type: ignore[import-not-found]
+def test_cluster_network_policy_parses_with_the_agents_parser() -> None:
+    from kube_netpol.policy.clusternetworkpolicy import parse_cluster_network_policy
 
     policy, _ = cluster_network_policy(proposal(), priority=40)
-    parse_cluster_network_policy(policy)
+    parsed = parse_cluster_network_policy(policy)
+    assert parsed.priority == 40 and parsed.ingress and parsed.egress
 
 
 def test_yaml_is_block_style_with_comments_first() -> None:

@@ -64,11 +64,15 @@ what the agent does without knowing the defaults.
 - {{ printf "--queue-backend=%s" .Values.queueBackend | quote }}
 - {{ printf "--enable-admin-network-policy=%t" .Values.adminNetworkPolicy.enabled | quote }}
 - {{ printf "--enable-baseline-admin-network-policy=%t" .Values.baselineAdminNetworkPolicy.enabled | quote }}
+- {{ printf "--enable-cluster-network-policy=%t" .Values.clusterNetworkPolicy.enabled | quote }}
 {{- if .Values.multiNetworkPolicy.enabled }}
+{{- /* An explicit pipeline: the enabled built-in evaluators in their order (plugins.BUILTIN_ORDER), then the plugin. */}}
 {{- $pipeline := list }}
+{{- if .Values.clusterNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "clusternetworkpolicy-admin" }}{{ end }}
 {{- if .Values.adminNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "adminnetworkpolicy" }}{{ end }}
 {{- $pipeline = append $pipeline "networkpolicy" }}
 {{- if .Values.baselineAdminNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "baselineadminnetworkpolicy" }}{{ end }}
+{{- if .Values.clusterNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "clusternetworkpolicy-baseline" }}{{ end }}
 {{- $pipeline = append $pipeline "multinetwork" }}
 - {{ printf "--evaluators=%s" (join "," $pipeline) | quote }}
 - {{ printf "--pod-netns-dir=%s" .Values.multiNetworkPolicy.podNetnsDir | quote }}

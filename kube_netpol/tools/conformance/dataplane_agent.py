@@ -69,6 +69,7 @@ class AgentProcess:
                 "--manifests", str(manifests),
                 "--enable-admin-network-policy",
                 "--enable-baseline-admin-network-policy",
+                "--enable-cluster-network-policy",
             ]  # fmt: skip
         self.lab = lab
         self.log_path = log_path

@@ -17,7 +17,7 @@ from kube_netpol.engine.judgement import Judgement
 from kube_netpol.tools.conformance.backend import BackendSetup
 from kube_netpol.tools.conformance.cluster import StepChange
 from kube_netpol.tools.conformance.probes import Probe
-from kube_netpol.plugins import DEFAULT_PIPELINE, build_engine
+from kube_netpol.plugins import BUILTIN_ORDER, build_engine
 
 #: The evaluator (plugins/kube-netpol-multinetwork) that judges scenarios with secondary networks.
 MULTINETWORK_EVALUATOR = "multinetwork"
@@ -27,7 +27,7 @@ EPHEMERAL_COUNT = 20000
 
 
 class OfflineBackend:
-    def __init__(self, evaluators: Sequence[str] = DEFAULT_PIPELINE) -> None:
+    def __init__(self, evaluators: Sequence[str] = BUILTIN_ORDER) -> None:
         self.engine = build_engine(evaluators)
         self.state = self.engine.state
 
@@ -63,14 +63,14 @@ def create_backend(setup: BackendSetup) -> OfflineBackend:
 
 
 def pipeline_for(setup: BackendSetup) -> tuple[str, ...]:
-    """The default pipeline, plus the MultiNetworkPolicy plugin for a scenario with secondary networks.
+    """Every built-in evaluator, plus the MultiNetworkPolicy plugin for a scenario with secondary networks.
 
     The plugin is a separate package; without it such a scenario fails with
     the plugin's name in the error.
     """
     if setup.cluster.networks:
-        return (*DEFAULT_PIPELINE, MULTINETWORK_EVALUATOR)
-    return DEFAULT_PIPELINE
+        return (*BUILTIN_ORDER, MULTINETWORK_EVALUATOR)
+    return BUILTIN_ORDER
 
 
 def packet_of(probe: Probe, n: int) -> Packet:

@@ -27,14 +27,14 @@ from kube_netpol.tools.conformance.networks import (
     parse_network_names,
     parse_networks,
 )
-from kube_netpol.plugins import registry_for
+from kube_netpol.plugins import BUILTIN_ORDER, registry_for
 from kube_netpol.sources.manifests import yaml_problem
 from kube_netpol.state.kinds import RECORD_KINDS
 
 FAMILIES = ("IPv4", "IPv6")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
-#: The kinds of the default pipeline, whose objects scenarios write.
-KINDS = registry_for()
+#: The kinds of every built-in evaluator (ClusterNetworkPolicy included: format v2), whose objects scenarios write.
+KINDS = registry_for(BUILTIN_ORDER)
 #: Kinds handed to the implementation as written (policies): every kind but the state's own records.
 POLICY_KINDS = tuple(name for name in KINDS.names if name not in RECORD_KINDS)
 #: The kinds a step may apply or delete.

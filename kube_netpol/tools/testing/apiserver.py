@@ -97,10 +97,10 @@ class FakeResource:
 
 
 def default_kinds() -> tuple[KindSpec, ...]:
-    """The kinds of the default pipeline's registry."""
-    from kube_netpol.plugins import registry_for
+    """The kinds of every built-in evaluator's registry (ClusterNetworkPolicy included)."""
+    from kube_netpol.plugins import BUILTIN_ORDER, registry_for
 
-    return tuple(registry_for())
+    return tuple(registry_for(BUILTIN_ORDER))
 
 
 def query_bool(value: str | None) -> bool:

@@ -1,0 +1,149 @@
+"""ClusterNetworkPolicy v1alpha2 parsing: every field and every validation rule of the CRD."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from kube_netpol.api.errors import InvalidObject
+from kube_netpol.api.verdict import Verdict
+from kube_netpol.policy.clusternetworkpolicy import parse_cluster_network_policy
+
+API = "policy.networking.k8s.io/v1alpha2"
+
+
+def cnp(spec: dict[str, Any], name: str = "p") -> dict[str, Any]:
+    base = {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}}}
+    return {"apiVersion": API, "kind": "ClusterNetworkPolicy", "metadata": {"name": name}, "spec": {**base, **spec}}
+
+
+FULL = cnp(
+    {
+        "subject": {"pods": {"namespaceSelector": {"matchLabels": {"ns": "x"}}, "podSelector": {"matchLabels": {"app": "a"}}}},
+        "ingress": [
+            {"name": "in", "action": "Accept", "from": [{"namespaces": {}}, {"pods": {"namespaceSelector": {}, "podSelector": {}}}],
+             "protocols": [{"tcp": {"destinationPort": {"number": 80}}}, {"udp": {"destinationPort": {"range": {"start": 1000, "end": 2000}}}},
+                           {"sctp": {}}, {"destinationNamedPort": "http"}]},
+        ],
+        "egress": [
+            {"name": "out", "action": "Deny", "to": [{"nodes": {"matchLabels": {"role": "infra"}}}, {"networks": ["10.0.0.0/8", "fd00::/8"]}]},
+            {"name": "dns", "action": "Accept", "to": [{"domainNames": ["example.com", "*.Example.org."]}], "protocols": [{"tcp": {"destinationPort": {"number": 443}}}]},
+            {"action": "Pass", "to": [{"namespaces": {}}]},
+        ],
+    }
+)
+
+
+def test_a_full_policy_parses_every_field() -> None:
+    policy = parse_cluster_network_policy(FULL)
+    assert (policy.name, policy.tier, policy.priority) == ("p", "Admin", 10)
+    (rule,) = policy.ingress
+    assert rule.decision.verdict is Verdict.ACCEPT and rule.ports is not None
+    names = {(6, 8080): "http"}
+    assert rule.ports.matches(6, 80, {}) and not rule.ports.matches(6, 81, {})
+    assert rule.ports.matches(17, 1000, {}) and rule.ports.matches(17, 2000, {}) and not rule.ports.matches(17, 2001, {})
+    assert rule.ports.matches(132, 7, {}) and rule.ports.matches(6, 8080, names)
+    out, dns, passing = policy.egress
+    assert out.decision.verdict is Verdict.DENY and out.networks is not None and out.node_selectors
+    assert passing.decision.verdict is Verdict.NEXT and passing.name == "egress[2]" and passing.decision.reason == "Pass"
+    assert policy.domain_names == {"dns": ("example.com", "*.example.org")}
+
+
+def test_protocols_absent_means_every_protocol_and_port() -> None:
+    policy = parse_cluster_network_policy(cnp({"ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}))
+    assert policy.ingress[0].ports is None
+
+
+def test_baseline_tier_parses() -> None:
+    assert parse_cluster_network_policy(cnp({"tier": "Baseline"})).tier == "Baseline"
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(FULL)
+    parts = path.split(".")
+    here: Any = obj
+    for part in parts[:-1]:
+        here = here[int(part)] if part.isdigit() else here[part]
+    last = parts[-1]
+    if value is _DELETE:
+        del here[last]
+    elif last.isdigit():
+        here[int(last)] = value
+    else:
+        here[last] = value
+    return obj
+
+
+_DELETE = object()
+INVALID = [
+    ("spec.tier", "Tenant", "spec.tier"),
+    ("spec.tier", _DELETE, "spec.tier"),
+    ("spec.priority", 1001, "spec.priority"),
+    ("spec.priority", -1, "spec.priority"),
+    ("spec.priority", _DELETE, "spec.priority"),
+    ("spec.priority", True, "spec.priority"),
+    ("spec.subject", _DELETE, "spec.subject"),
+    ("spec.subject", {}, "spec.subject"),
+    ("spec.subject", {"namespaces": {}, "pods": {"namespaceSelector": {}, "podSelector": {}}}, "spec.subject"),
+    ("spec.subject", {"pods": {"namespaceSelector": {}}}, "spec.subject.pods.podSelector"),
+    ("spec.extra", 1, "spec"),
+    ("spec.ingress", [{"action": "Accept", "from": [{"namespaces": {}}]}] * 26, "spec.ingress"),
+    ("spec.egress", [{"action": "Accept", "to": [{"namespaces": {}}]}] * 26, "spec.egress"),
+    ("spec.ingress.0.action", "Allow", "spec.ingress[0].action"),
+    ("spec.ingress.0.action", _DELETE, "spec.ingress[0].action"),
+    ("spec.ingress.0.name", "n" * 101, "spec.ingress[0].name"),
+    ("spec.ingress.0.from", [], "spec.ingress[0].from"),
+    ("spec.ingress.0.from", _DELETE, "spec.ingress[0].from"),
+    ("spec.ingress.0.from", [{"namespaces": {}}] * 26, "spec.ingress[0].from"),
+    ("spec.ingress.0.from", [{"networks": ["10.0.0.0/8"]}], "spec.ingress[0].from[0]"),
+    ("spec.ingress.0.from", [{}], "spec.ingress[0].from[0]"),
+    ("spec.ingress.0.from", [{"namespaces": {}, "pods": {"namespaceSelector": {}, "podSelector": {}}}], "spec.ingress[0].from[0]"),
+    ("spec.ingress.0.ports", [], "spec.ingress[0]"),
+    ("spec.ingress.0.protocols", [], "spec.ingress[0].protocols"),
+    ("spec.ingress.0.protocols", [{"tcp": {}}] * 26, "spec.ingress[0].protocols"),
+    ("spec.ingress.0.protocols", [{}], "spec.ingress[0].protocols[0]"),
+    ("spec.ingress.0.protocols", [{"tcp": {}, "udp": {}}], "spec.ingress[0].protocols[0]"),
+    ("spec.ingress.0.protocols", [{"icmp": {}}], "spec.ingress[0].protocols[0]"),
+    ("spec.ingress.0.protocols", [{"tcp": {"destinationPort": {}}}], "spec.ingress[0].protocols[0].tcp.destinationPort"),
+    ("spec.ingress.0.protocols", [{"tcp": {"destinationPort": {"number": 1, "range": {"start": 1, "end": 2}}}}], "spec.ingress[0].protocols[0].tcp.destinationPort"),
+    ("spec.ingress.0.protocols", [{"tcp": {"destinationPort": {"number": 0}}}], "spec.ingress[0].protocols[0].tcp.destinationPort.number"),
+    ("spec.ingress.0.protocols", [{"tcp": {"destinationPort": {"number": 65536}}}], "spec.ingress[0].protocols[0].tcp.destinationPort.number"),
+    ("spec.ingress.0.protocols", [{"udp": {"destinationPort": {"range": {"start": 20, "end": 10}}}}], "spec.ingress[0].protocols[0].udp.destinationPort.range"),
+    ("spec.ingress.0.protocols", [{"udp": {"destinationPort": {"range": {"start": 20, "end": 20}}}}], "spec.ingress[0].protocols[0].udp.destinationPort.range"),
+    ("spec.ingress.0.protocols", [{"udp": {"destinationPort": {"range": {"start": 20}}}}], "spec.ingress[0].protocols[0].udp.destinationPort.range.end"),
+    ("spec.ingress.0.protocols", [{"tcp": {"port": 80}}], "spec.ingress[0].protocols[0].tcp"),
+    ("spec.ingress.0.protocols", [{"destinationNamedPort": ""}], "spec.ingress[0].protocols[0].destinationNamedPort"),
+    ("spec.ingress.0.protocols", [{"destinationNamedPort": "x" * 16}], "spec.ingress[0].protocols[0].destinationNamedPort"),
+    ("spec.egress.0.to", [{"networks": []}], "spec.egress[0].to[0].networks"),
+    ("spec.egress.0.to", [{"networks": ["10.0.0.0/8"] * 2}], "spec.egress[0].to[0].networks"),
+    ("spec.egress.0.to", [{"networks": [f"10.0.{i}.0/24" for i in range(26)]}], "spec.egress[0].to[0].networks"),
+    ("spec.egress.0.to", [{"networks": ["10.0.0.300/8"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": ["::ffff:10.0.0.1/128"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"nodes": {"matchLabels": {"a": "b"}}, "networks": ["10.0.0.0/8"]}], "spec.egress[0].to[0]"),
+    ("spec.egress.0.to", [{"domainNames": ["example.com"]}], "spec.egress[0].to[0].domainNames"),  # Deny rule
+    ("spec.egress.1.to", [{"domainNames": []}], "spec.egress[1].to[0].domainNames"),
+    ("spec.egress.1.to", [{"domainNames": ["com"]}], "spec.egress[1].to[0].domainNames[0]"),
+    ("spec.egress.1.to", [{"domainNames": ["*.*.example.com"]}], "spec.egress[1].to[0].domainNames[0]"),
+    ("spec.egress.1.to", [{"domainNames": ["a*.example.com"]}], "spec.egress[1].to[0].domainNames[0]"),
+    ("spec.egress.1.to", [{"domainNames": ["-a.example.com"]}], "spec.egress[1].to[0].domainNames[0]"),
+    ("spec.egress.1.to", [{"domainNames": ["a.example.com", "A.example.com"]}], "spec.egress[1].to[0].domainNames"),
+    ("spec.egress.1.to", [{"domainNames": [f"h{i}.example.com" for i in range(26)]}], "spec.egress[1].to[0].domainNames"),
+    ("spec.egress.1.protocols", [{"destinationNamedPort": "http"}], "spec.egress[1].protocols[0].destinationNamedPort"),
+    ("spec.egress.0.protocols", [{"destinationNamedPort": "http"}], "spec.egress[0].protocols[0].destinationNamedPort"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "where"), INVALID, ids=[f"{p}={v!r}"[:60] for p, v, _ in INVALID])
+def test_every_validation_rule_refuses_with_the_field(path: str, value: Any, where: str) -> None:
+    with pytest.raises(InvalidObject) as caught:
+        parse_cluster_network_policy(_set(path, value))
+    assert caught.value.path == where, str(caught.value)
+
+
+def test_metadata_name_is_required() -> None:
+    obj = cnp({})
+    del obj["metadata"]["name"]
+    with pytest.raises(InvalidObject):
+        parse_cluster_network_policy(obj)
