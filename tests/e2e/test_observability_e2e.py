@@ -68,6 +68,7 @@ FAMILY_LABELS = {
     "dataplane_sync_errors": set(),
     "dataplane_repairs": {"kind"},
     "new_flows_rate_limited": set(),
+    "kernel_verdicts": {"verdict"},
     "packet_errors": set(),
     "decision_records": {"result"},
     "managed_pod_ips": {"family"},
