@@ -259,3 +259,25 @@ def test_objects_are_complete_kubernetes_objects() -> None:
     # The objects are copies: a backend may change them freely.
     objects[-1]["spec"]["priority"] = 99
     assert snap.objects()[-1]["spec"]["priority"] == 1
+
+
+def test_cluster_nodes_are_hosts_and_node_objects() -> None:
+    from kube_netpol.tools.conformance.cluster import Cluster as _Cluster
+    from kube_netpol.tools.conformance.scenario import parse_scenario as _parse
+
+    scenario = _parse({
+        "name": "nodes",
+        "cluster": {
+            "model": {"namespaces": ["x"], "pods": ["a"]},
+            "nodes": [{"name": "worker-2", "labels": {"zone": "b"}, "ips": ["172.18.0.12"]}],
+        },
+        "steps": [{"name": "s", "expect": [{"port": 80, "protocol": "TCP", "default": "allow"}]}],
+    })
+    cluster, setup = _Cluster.from_spec(scenario.cluster)
+    snapshot = cluster.snapshot()
+    assert "worker-2" in snapshot.endpoint_names() and snapshot.addresses()["worker-2"] == {"IPv4": "172.18.0.12"}
+    nodes = [obj for obj in snapshot.objects() if obj["kind"] == "Node"]
+    assert nodes == [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-2", "labels": {"zone": "b"}},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.12"}]}}]
+    kinds = [obj["kind"] for obj in setup.applies]
+    assert kinds.index("Node") < kinds.index("Pod")

@@ -110,12 +110,22 @@ class ExternalSpec:
 
 
 @dataclass(frozen=True)
+class NodeSpec:
+    """A node of ``cluster.nodes`` (format v2): a Node object and a host that is not a pod."""
+
+    name: str
+    labels: Mapping[str, str]
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     model: ModelSpec | None
     namespaces: tuple[NamespaceSpec, ...]
     pods: tuple[PodSpec, ...]
     externals: tuple[ExternalSpec, ...]
     networks: tuple[NetworkSpec, ...] = ()
+    nodes: tuple[NodeSpec, ...] = ()
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -269,7 +279,7 @@ def parse_scenario(data: object, source: str = "") -> Scenario:
 
 def _parse_cluster(data: object, where: str) -> ClusterSpec:
     cluster = fields.as_mapping(data, where)
-    fields.check_fields(cluster, where, optional=("model", "namespaces", "pods", "externals", "networks"))
+    fields.check_fields(cluster, where, optional=("model", "namespaces", "pods", "externals", "networks", "nodes"))
     model = _parse_model(cluster["model"], f"{where}.model") if "model" in cluster else None
     namespaces = tuple(
         _parse_namespace(ns, f"{where}.namespaces[{i}]")
@@ -284,8 +294,27 @@ def _parse_cluster(data: object, where: str) -> ClusterSpec:
         for i, ext in enumerate(fields.as_list(cluster.get("externals", []), f"{where}.externals"))
     )
     fields.no_duplicates([e.name for e in externals], f"{where}.externals", "external")
+    nodes = _parse_cluster_nodes(cluster.get("nodes", []), f"{where}.nodes")
+    fields.no_duplicates([e.name for e in externals] + [n.name for n in nodes], where, "external or node name")
     networks = parse_networks(cluster.get("networks", []), f"{where}.networks")
-    return ClusterSpec(model, namespaces, pods, externals, networks)
+    return ClusterSpec(model, namespaces, pods, externals, networks, nodes)
+
+
+def _parse_cluster_nodes(data: object, where: str) -> tuple[NodeSpec, ...]:
+    """``cluster.nodes`` (format v2): name, labels, ips (their InternalIP addresses)."""
+    nodes = []
+    for i, item in enumerate(fields.as_list(data, where)):
+        here = f"{where}[{i}]"
+        node = fields.as_mapping(item, here)
+        fields.check_fields(node, here, required=("name", "ips"), optional=("labels",))
+        name = fields.valid_name(node["name"], f"{here}.name", fields.DNS_SUBDOMAIN, "a node's name")
+        labels = fields.as_mapping(node.get("labels", {}), f"{here}.labels")
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ScenarioError("labels must map strings to strings", f"{here}.labels")
+        nodes.append(NodeSpec(name, dict(labels), _ips(node["ips"], f"{here}.ips")))
+    fields.no_duplicates([n.name for n in nodes], where, "node")
+    return tuple(nodes)
 
 
 def _parse_model(data: object, where: str) -> ModelSpec:
