@@ -21,6 +21,7 @@ from kube_netpol.tools.conformance.scenario import (
     ClusterSpec,
     ContainerPort,
     NamespaceSpec,
+    NodeSpec,
     ObjectRef,
     PodSpec,
     PolicySpec,
@@ -308,7 +309,20 @@ class Cluster:
             return self._apply_namespace(item)
         if isinstance(item, PodSpec):
             return self._apply_pod(item, next_free=True)
+        if isinstance(item, NodeSpec):
+            return self._relabel_node(item)
         return self._apply_policy(item)
+
+    def _relabel_node(self, spec: NodeSpec) -> dict[str, Any]:
+        """A step's Node: labels replaced, addresses kept (steps do not create nodes)."""
+        ref = ObjectRef("Node", "", spec.name)
+        known = self._policies.get(ref)
+        if known is None:
+            raise ScenarioError(f"node {spec.name!r} is not in cluster.nodes (steps do not create nodes)", "a step's Node")
+        ips = tuple(entry["address"] for entry in known["status"]["addresses"])
+        obj = node_object(spec.name, spec.labels, ips)
+        self._policies[ref] = obj
+        return copy.deepcopy(obj)
 
     def _apply_namespace(self, spec: NamespaceSpec) -> dict[str, Any]:
         # Labels become exactly the given ones, but the API server always keeps this one.

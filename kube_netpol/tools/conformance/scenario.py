@@ -38,7 +38,7 @@ KINDS = registry_for(BUILTIN_ORDER)
 #: Kinds handed to the implementation as written (policies): every kind but the state's own records.
 POLICY_KINDS = tuple(name for name in KINDS.names if name not in RECORD_KINDS)
 #: The kinds a step may apply or delete.
-SUPPORTED_KINDS = ("Namespace", "Pod", *POLICY_KINDS, *NETWORK_KINDS)
+SUPPORTED_KINDS = ("Namespace", "Pod", "Node", *POLICY_KINDS, *NETWORK_KINDS)
 #: What the model uses when it leaves ports or protocols out: the e2e suite's model.
 DEFAULT_MODEL_PORTS = (80, 81)
 DEFAULT_MODEL_PROTOCOLS = PROTOCOLS
@@ -152,7 +152,7 @@ class PolicySpec:
     where: str = ""
 
 
-ApplyItem = NamespaceSpec | PodSpec | PolicySpec
+ApplyItem = NamespaceSpec | PodSpec | PolicySpec | NodeSpec
 
 
 @dataclass(frozen=True)
@@ -435,6 +435,12 @@ def _parse_step(data: object, where: str, index: int) -> StepSpec:
     return StepSpec(where, name, delete, apply, expect)
 
 
+def _parse_node_relabel(name: str, labels: Mapping[str, str], where: str) -> NodeSpec:
+    """A step's Node (format v2): the labels of a node of cluster.nodes, replaced; its addresses are kept."""
+    fields.valid_name(name, f"{where}.metadata.name", fields.DNS_SUBDOMAIN, "a node's name")
+    return NodeSpec(name, labels, ())
+
+
 def _kind(data: object, where: str) -> str:
     kind = fields.as_string(data, where)
     if kind not in SUPPORTED_KINDS:
@@ -462,6 +468,8 @@ def _parse_delete(data: object, where: str) -> ObjectRef:
     item = fields.as_mapping(data, where)
     fields.check_fields(item, where, required=("kind", "name"), optional=("namespace",))
     kind = _kind(item["kind"], f"{where}.kind")
+    if kind == "Node":
+        raise ScenarioError("steps do not delete nodes (list them in cluster.nodes; a step may relabel one)", where)
     return _reference(kind, item.get("namespace"), item["name"], where, f"{where}.namespace", f"{where}.name")
 
 
@@ -483,6 +491,8 @@ def _parse_apply(data: object, where: str) -> ApplyItem:
     if obj.get("apiVersion", "v1") != "v1":
         raise ScenarioError(f"apiVersion of a {kind} must be v1", f"{where}.apiVersion")
     labels = fields.label_map(meta.get("labels"), f"{where}.metadata.labels")
+    if kind == "Node":
+        return _parse_node_relabel(ref.name, labels, where)
     if kind == "Namespace":
         fields.valid_name(ref.name, f"{where}.metadata.name", fields.DNS_LABEL, "a namespace name")
         return NamespaceSpec(ref.name, labels, where)
