@@ -259,3 +259,53 @@ def test_objects_are_complete_kubernetes_objects() -> None:
     # The objects are copies: a backend may change them freely.
     objects[-1]["spec"]["priority"] = 99
     assert snap.objects()[-1]["spec"]["priority"] == 1
+
+
+def test_cluster_nodes_are_hosts_and_node_objects() -> None:
+    from kube_netpol.tools.conformance.cluster import Cluster as _Cluster
+    from kube_netpol.tools.conformance.scenario import parse_scenario as _parse
+
+    scenario = _parse({
+        "name": "nodes",
+        "cluster": {
+            "model": {"namespaces": ["x"], "pods": ["a"]},
+            "nodes": [{"name": "worker-2", "labels": {"zone": "b"}, "ips": ["172.18.0.12"]}],
+        },
+        "steps": [{"name": "s", "expect": [{"port": 80, "protocol": "TCP", "default": "allow"}]}],
+    })
+    cluster, setup = _Cluster.from_spec(scenario.cluster)
+    snapshot = cluster.snapshot()
+    assert "worker-2" in snapshot.endpoint_names() and snapshot.addresses()["worker-2"] == {"IPv4": "172.18.0.12"}
+    nodes = [obj for obj in snapshot.objects() if obj["kind"] == "Node"]
+    assert nodes == [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-2", "labels": {"zone": "b"}},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.12"}]}}]
+    kinds = [obj["kind"] for obj in setup.applies]
+    assert kinds.index("Node") < kinds.index("Pod")
+
+
+def test_a_step_relabels_a_node_and_keeps_its_addresses() -> None:
+    from kube_netpol.tools.conformance.cluster import Cluster as _Cluster
+    from kube_netpol.tools.conformance.errors import ScenarioError as _ScenarioError
+    from kube_netpol.tools.conformance.scenario import parse_scenario as _parse
+
+    def scenario(step: dict) -> object:
+        return _parse({
+            "name": "relabel",
+            "cluster": {"model": {"namespaces": ["x"], "pods": ["a"]},
+                        "nodes": [{"name": "worker-2", "labels": {"zone": "b"}, "ips": ["172.18.0.12"]}]},
+            "steps": [step],
+        })
+
+    relabel = {"name": "s", "apply": [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-2", "labels": {"zone": "c"}}}]}
+    parsed = scenario(relabel)
+    cluster, _ = _Cluster.from_spec(parsed.cluster)  # type: ignore[attr-defined]
+    change = cluster.apply_step(parsed.steps[0])  # type: ignore[attr-defined]
+    assert change.applies == ({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-2", "labels": {"zone": "c"}},
+                               "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.12"}]}},)
+    unknown = {"name": "s", "apply": [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "nope"}}]}
+    parsed = scenario(unknown)
+    cluster, _ = _Cluster.from_spec(parsed.cluster)  # type: ignore[attr-defined]
+    with pytest.raises(_ScenarioError, match="not in cluster.nodes"):
+        cluster.apply_step(parsed.steps[0])  # type: ignore[attr-defined]
+    with pytest.raises(_ScenarioError, match="do not delete nodes"):
+        scenario({"name": "s", "delete": [{"kind": "Node", "name": "worker-2"}]})

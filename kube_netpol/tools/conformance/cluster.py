@@ -21,6 +21,7 @@ from kube_netpol.tools.conformance.scenario import (
     ClusterSpec,
     ContainerPort,
     NamespaceSpec,
+    NodeSpec,
     ObjectRef,
     PodSpec,
     PolicySpec,
@@ -224,6 +225,7 @@ class Cluster:
         for i, ext in enumerate(spec.externals):
             cluster._claim(ext.ips, f"external {ext.name}", f"cluster.externals[{i}]")
             cluster._externals[ext.name] = External(ext.name, _by_family(ext.ips))
+        node_objects = cluster._add_nodes(spec)
         # Explicit addresses are claimed first, so that an automatic address colliding with one is reported.
         for pod_spec in pods:
             if pod_spec.ips is not None:
@@ -238,7 +240,19 @@ class Cluster:
             if pod_spec.name in cluster._slot(pod_spec).pods:
                 raise ScenarioError(f"pod {pod_spec.key} is declared twice", pod_spec.where)
             applies.append(cluster._apply_pod(pod_spec, next_free=False))
+        applies[len(namespaces):len(namespaces)] = node_objects  # nodes before the pods, as the API server has them
         return cluster, StepChange("cluster setup", (), tuple(applies), cluster.snapshot())
+
+    def _add_nodes(self, spec: ClusterSpec) -> list[dict[str, Any]]:
+        """``cluster.nodes``: each a host probed like an external, and a Node object kept with the policies."""
+        objects = []
+        for i, node in enumerate(spec.nodes):
+            self._claim(node.ips, f"node {node.name}", f"cluster.nodes[{i}]")
+            self._externals[node.name] = External(node.name, _by_family(node.ips))
+            obj = node_object(node.name, node.labels, node.ips)
+            self._policies[ObjectRef("Node", "", node.name)] = obj
+            objects.append(copy.deepcopy(obj))
+        return objects
 
     # ---------------------------------------------------------------- reading
 
@@ -295,7 +309,20 @@ class Cluster:
             return self._apply_namespace(item)
         if isinstance(item, PodSpec):
             return self._apply_pod(item, next_free=True)
+        if isinstance(item, NodeSpec):
+            return self._relabel_node(item)
         return self._apply_policy(item)
+
+    def _relabel_node(self, spec: NodeSpec) -> dict[str, Any]:
+        """A step's Node: labels replaced, addresses kept (steps do not create nodes)."""
+        ref = ObjectRef("Node", "", spec.name)
+        known = self._policies.get(ref)
+        if known is None:
+            raise ScenarioError(f"node {spec.name!r} is not in cluster.nodes (steps do not create nodes)", "a step's Node")
+        ips = tuple(entry["address"] for entry in known["status"]["addresses"])
+        obj = node_object(spec.name, spec.labels, ips)
+        self._policies[ref] = obj
+        return copy.deepcopy(obj)
 
     def _apply_namespace(self, spec: NamespaceSpec) -> dict[str, Any]:
         # Labels become exactly the given ones, but the API server always keeps this one.
@@ -386,6 +413,16 @@ class Cluster:
     def _release(self, owner: str) -> None:
         for address in [a for a, holder in self._owners.items() if holder == owner]:
             del self._owners[address]
+
+
+def node_object(name: str, labels: Mapping[str, str], ips: tuple[str, ...]) -> dict[str, Any]:
+    """A Node as the API server stores it: labels, and the addresses as InternalIP entries."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": dict(labels)},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip} for ip in ips]},
+    }
 
 
 def _by_family(ips: tuple[str, ...]) -> dict[str, str]:

@@ -38,7 +38,7 @@ KINDS = registry_for(BUILTIN_ORDER)
 #: Kinds handed to the implementation as written (policies): every kind but the state's own records.
 POLICY_KINDS = tuple(name for name in KINDS.names if name not in RECORD_KINDS)
 #: The kinds a step may apply or delete.
-SUPPORTED_KINDS = ("Namespace", "Pod", *POLICY_KINDS, *NETWORK_KINDS)
+SUPPORTED_KINDS = ("Namespace", "Pod", "Node", *POLICY_KINDS, *NETWORK_KINDS)
 #: What the model uses when it leaves ports or protocols out: the e2e suite's model.
 DEFAULT_MODEL_PORTS = (80, 81)
 DEFAULT_MODEL_PROTOCOLS = PROTOCOLS
@@ -110,12 +110,22 @@ class ExternalSpec:
 
 
 @dataclass(frozen=True)
+class NodeSpec:
+    """A node of ``cluster.nodes`` (format v2): a Node object and a host that is not a pod."""
+
+    name: str
+    labels: Mapping[str, str]
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     model: ModelSpec | None
     namespaces: tuple[NamespaceSpec, ...]
     pods: tuple[PodSpec, ...]
     externals: tuple[ExternalSpec, ...]
     networks: tuple[NetworkSpec, ...] = ()
+    nodes: tuple[NodeSpec, ...] = ()
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -142,7 +152,7 @@ class PolicySpec:
     where: str = ""
 
 
-ApplyItem = NamespaceSpec | PodSpec | PolicySpec
+ApplyItem = NamespaceSpec | PodSpec | PolicySpec | NodeSpec
 
 
 @dataclass(frozen=True)
@@ -269,7 +279,7 @@ def parse_scenario(data: object, source: str = "") -> Scenario:
 
 def _parse_cluster(data: object, where: str) -> ClusterSpec:
     cluster = fields.as_mapping(data, where)
-    fields.check_fields(cluster, where, optional=("model", "namespaces", "pods", "externals", "networks"))
+    fields.check_fields(cluster, where, optional=("model", "namespaces", "pods", "externals", "networks", "nodes"))
     model = _parse_model(cluster["model"], f"{where}.model") if "model" in cluster else None
     namespaces = tuple(
         _parse_namespace(ns, f"{where}.namespaces[{i}]")
@@ -284,8 +294,27 @@ def _parse_cluster(data: object, where: str) -> ClusterSpec:
         for i, ext in enumerate(fields.as_list(cluster.get("externals", []), f"{where}.externals"))
     )
     fields.no_duplicates([e.name for e in externals], f"{where}.externals", "external")
+    nodes = _parse_cluster_nodes(cluster.get("nodes", []), f"{where}.nodes")
+    fields.no_duplicates([e.name for e in externals] + [n.name for n in nodes], where, "external or node name")
     networks = parse_networks(cluster.get("networks", []), f"{where}.networks")
-    return ClusterSpec(model, namespaces, pods, externals, networks)
+    return ClusterSpec(model, namespaces, pods, externals, networks, nodes)
+
+
+def _parse_cluster_nodes(data: object, where: str) -> tuple[NodeSpec, ...]:
+    """``cluster.nodes`` (format v2): name, labels, ips (their InternalIP addresses)."""
+    nodes = []
+    for i, item in enumerate(fields.as_list(data, where)):
+        here = f"{where}[{i}]"
+        node = fields.as_mapping(item, here)
+        fields.check_fields(node, here, required=("name", "ips"), optional=("labels",))
+        name = fields.valid_name(node["name"], f"{here}.name", fields.DNS_SUBDOMAIN, "a node's name")
+        labels = fields.as_mapping(node.get("labels", {}), f"{here}.labels")
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ScenarioError("labels must map strings to strings", f"{here}.labels")
+        nodes.append(NodeSpec(name, dict(labels), _ips(node["ips"], f"{here}.ips")))
+    fields.no_duplicates([n.name for n in nodes], where, "node")
+    return tuple(nodes)
 
 
 def _parse_model(data: object, where: str) -> ModelSpec:
@@ -406,6 +435,12 @@ def _parse_step(data: object, where: str, index: int) -> StepSpec:
     return StepSpec(where, name, delete, apply, expect)
 
 
+def _parse_node_relabel(name: str, labels: Mapping[str, str], where: str) -> NodeSpec:
+    """A step's Node (format v2): the labels of a node of cluster.nodes, replaced; its addresses are kept."""
+    fields.valid_name(name, f"{where}.metadata.name", fields.DNS_SUBDOMAIN, "a node's name")
+    return NodeSpec(name, labels, ())
+
+
 def _kind(data: object, where: str) -> str:
     kind = fields.as_string(data, where)
     if kind not in SUPPORTED_KINDS:
@@ -433,6 +468,8 @@ def _parse_delete(data: object, where: str) -> ObjectRef:
     item = fields.as_mapping(data, where)
     fields.check_fields(item, where, required=("kind", "name"), optional=("namespace",))
     kind = _kind(item["kind"], f"{where}.kind")
+    if kind == "Node":
+        raise ScenarioError("steps do not delete nodes (list them in cluster.nodes; a step may relabel one)", where)
     return _reference(kind, item.get("namespace"), item["name"], where, f"{where}.namespace", f"{where}.name")
 
 
@@ -454,6 +491,8 @@ def _parse_apply(data: object, where: str) -> ApplyItem:
     if obj.get("apiVersion", "v1") != "v1":
         raise ScenarioError(f"apiVersion of a {kind} must be v1", f"{where}.apiVersion")
     labels = fields.label_map(meta.get("labels"), f"{where}.metadata.labels")
+    if kind == "Node":
+        return _parse_node_relabel(ref.name, labels, where)
     if kind == "Namespace":
         fields.valid_name(ref.name, f"{where}.metadata.name", fields.DNS_LABEL, "a namespace name")
         return NamespaceSpec(ref.name, labels, where)
