@@ -16,6 +16,7 @@ from kube_netpol.api.cluster import (
 from kube_netpol.api.errors import InvalidObject
 from kube_netpol.api.evaluator import (
     EvaluatorContext,
+    LearntNames,
     EvaluatorFactory,
     NetworkStage,
     PodInfoProvider,
@@ -44,6 +45,7 @@ __all__ = [
     "ContainerPort",
     "Decision",
     "EvaluatorContext",
+    "LearntNames",
     "EvaluatorFactory",
     "FAMILY_NAMES",
     "IPPROTO_ICMP",
