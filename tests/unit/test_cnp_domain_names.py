@@ -30,7 +30,9 @@ def packed(text: str) -> bytes:
 
 def engine_with(state: PublishingState, cache: DnsCache) -> PolicyEngine:
     context = EvaluatorContext(dns=cache)
-    return publishing_engine(state, [create_admin(context), np_create(context), create_baseline(context)])
+    engine = PolicyEngine(state, [create_admin(context), np_create(context), create_baseline(context)], cache)
+    state.engine = engine  # sees each change at once (unit_standins.publishing_engine, with the shared cache)
+    return engine
 
 
 def allowlist(*names: str, port: int | None = 443) -> dict[str, Any]:
@@ -155,3 +157,59 @@ def test_build_engine_shares_its_cache_with_the_evaluators(pipeline: tuple[str, 
     engine = build_engine(pipeline)
     stages = [s for s in engine.snapshot.stages if hasattr(s, "dns")]
     assert stages and all(stage.dns is engine.dns for stage in stages)
+
+
+class MarkedQueued:
+    """A queued packet with the ruleset's mark (what NetfilterQueue gives the callback)."""
+
+    hook = 4
+
+    def __init__(self, payload: bytes, mark: int) -> None:
+        self.payload, self.mark, self.verdicts = payload, mark, []
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def get_mark(self) -> int:
+        return self.mark
+
+    def set_mark(self, mark: int) -> None:
+        self.mark = mark
+
+    def accept(self) -> None:
+        self.verdicts.append("accept")
+
+    def drop(self) -> None:
+        self.verdicts.append("drop")
+
+
+def test_the_verdict_loop_learns_from_a_queued_answer_then_judges_the_connection_with_it(state: PublishingState) -> None:
+    from kube_netpol.agent.verdict_loop import VerdictLoop
+    from kube_netpol.dataplane.ruleset import DNS_ANSWER_MARK
+    from kube_netpol.tools.lab.dnswire import TYPE_A, query, response, udp_packet
+
+    cache = DnsCache()
+    engine = engine_with(state, cache)
+    state.apply(allowlist("api.example.com"))
+    verdict_loop = VerdictLoop(engine, 100, fail_open=True, observe_dns=True)
+    syn = Packet.from_strings(ADDR["x/a"], EXT, "TCP", 443)
+    from scapy.layers.inet import IP, TCP
+
+    first = MarkedQueued(bytes(IP(src=ADDR["x/a"], dst=EXT) / TCP(sport=40000, dport=443, flags="S")), 0)
+    verdict_loop.handle(first)
+    assert first.verdicts == ["drop"]
+    answer = udp_packet("10.96.0.10", ADDR["x/a"], 53, 40001, response(query("api.example.com", TYPE_A, 3), [EXT], 300))
+    queued = MarkedQueued(answer, DNS_ANSWER_MARK)
+    verdict_loop.handle(queued)
+    assert queued.verdicts == ["accept"] and verdict_loop.counters.dns_answers == 1 and verdict_loop.counters.dns_refused == 0
+    assert set(cache.names(("x", "a"), packed(EXT))) == {"api.example.com"}
+    again = MarkedQueued(first.payload, 0)
+    verdict_loop.handle(again)
+    assert again.verdicts == ["accept"] and engine.evaluate(syn).verdict is Verdict.ACCEPT
+    garbage = MarkedQueued(answer[:40] + b"\xc0\xff" * 10, DNS_ANSWER_MARK)
+    verdict_loop.handle(garbage)  # a broken answer teaches nothing, is let through, and the loop goes on
+    assert garbage.verdicts == ["accept"] and verdict_loop.counters.dns_refused == 1
+    without = VerdictLoop(engine, 100, fail_open=True)  # observation off: the bit means nothing, answers are judged
+    other = MarkedQueued(answer, DNS_ANSWER_MARK)
+    without.handle(other)
+    assert without.counters.dns_answers == 0
