@@ -16,8 +16,8 @@ from kube_netpol.api.cluster import (
 from kube_netpol.api.errors import InvalidObject
 from kube_netpol.api.evaluator import (
     EvaluatorContext,
-    LearntNames,
     EvaluatorFactory,
+    LearntNames,
     NetworkStage,
     PodInfoProvider,
     PolicyEvaluator,
@@ -45,7 +45,6 @@ __all__ = [
     "ContainerPort",
     "Decision",
     "EvaluatorContext",
-    "LearntNames",
     "EvaluatorFactory",
     "FAMILY_NAMES",
     "IPPROTO_ICMP",
@@ -56,6 +55,7 @@ __all__ = [
     "InvalidObject",
     "KindSpec",
     "Labels",
+    "LearntNames",
     "NEXT",
     "NODE_KIND",
     "NO_LABELS",
