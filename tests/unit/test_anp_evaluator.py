@@ -595,7 +595,9 @@ def _np(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def test_full_pipeline_pass_goes_to_networkpolicy(state: ClusterState) -> None:
     engine = _full_engine(state)
-    assert [e.name for e in engine.evaluators] == ["adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy"]
+    assert [e.name for e in engine.evaluators] == [
+        "clusternetworkpolicy-admin", "adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy", "clusternetworkpolicy-baseline",
+    ]
     state.apply(anp("x-in", 10, ns_sel(ns="x"), ingress=[rule("Pass", [ns_sel(ns="y")], "pass-y"), rule("Deny", [ns_sel(ns="z")], "deny-z")]))
     state.apply(banp({"namespaces": {}}, ingress=[rule("Deny", [ns_sel(ns="y")], "deny-y")]))
     judgement = check(engine, "y/a", "x/a")
