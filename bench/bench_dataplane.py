@@ -71,6 +71,12 @@ UDP new flows per second, for each consumer of the queue:
   (65,536 each, emptied wholesale when full), so every datagram is parsed
   and evaluated.
 
+ClusterNetworkPolicy: at the largest K the agent runs once more with
+``--enable-cluster-network-policy`` and ``--cnps`` ClusterNetworkPolicies
+(half Admin, half Baseline) that select none of the lab's pods, so both CNP
+stages are in the pipeline around NetworkPolicy; the target is 95% of the
+NetworkPolicy-only agent's figures, cached and every flow a cache miss.
+
 TCP: connections per second (4 client processes, each connect + RST-close in
 a loop; median of ``--repeat`` runs) and the time connect() takes for 2,000 sequential connections, 1 ms
 apart (the SYN is the packet queued), with no agent and with the agent at
@@ -86,6 +92,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -613,7 +620,19 @@ def policies(extra: int) -> list[dict[str, Any]]:
     return out
 
 
-def cluster_objects(extra_policies: int) -> list[dict[str, Any]]:
+def cold_cluster_network_policies(count: int) -> list[dict[str, Any]]:
+    """``count`` ClusterNetworkPolicies, half Admin and half Baseline, none selecting the bench's pods."""
+    return [
+        {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": f"cold-{i:05d}"},
+         "spec": {"tier": "Admin" if i % 2 else "Baseline", "priority": i % 1001,
+                  "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": f"cold-{i}"}}}},
+                  "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+                  "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}}  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def cluster_objects(extra_policies: int, cnps: int = 0) -> list[dict[str, Any]]:
     namespace = {"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": NAMESPACE, "labels": {"kubernetes.io/metadata.name": NAMESPACE}}}  # fmt: skip
     pods = [
@@ -623,24 +642,25 @@ def cluster_objects(extra_policies: int) -> list[dict[str, Any]]:
          "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}  # fmt: skip
         for name, ip in (CLIENT, *SERVERS)
     ]
-    return [namespace, *pods, *policies(extra_policies)]
+    return [namespace, *pods, *policies(extra_policies), *cold_cluster_network_policies(cnps)]
 
 
 class Agent:
     """``python -m kube_netpol run --manifests DIR`` in the node namespace, with its own table."""
 
     def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False, recording: bool = True,
-                 memory: bool = True) -> None:
+                 memory: bool = True, cnps: int = 0) -> None:
         from kube_netpol.sources.manifests import objects_revision
 
         self.bench = bench
         self.recording = recording
         name = (f"{extra_policies}{'-decision-log' if decision_log else ''}{'' if recording else '-unrecorded'}"
-                f"{'' if memory else '-no-memory'}")
+                f"{'' if memory else '-no-memory'}{f'-{cnps}-cnps' if cnps else ''}")
         self.folder = bench.workdir / f"manifests-{name}"
         self.folder.mkdir()
         self.file = self.folder / "cluster.json"
         self.extra = extra_policies
+        self.cnps = cnps
         self._revision_of = objects_revision
         self.table = f"knbench-agent-{bench.lab.lab_id}"
         revision = self.write()
@@ -652,6 +672,8 @@ class Agent:
                 "--metrics-bind-address", f"{AGENT_STATUS[0]}:{AGENT_STATUS[1]}",
                 # One sending pod: the per-source limit of new flows (docs/configuration.md) would measure itself.
                 "--new-flow-rate-limit", "0", f"--verdict-memory={str(memory).lower()}"]  # fmt: skip
+        if cnps:
+            argv.append("--enable-cluster-network-policy")  # both CNP tiers in the pipeline
         self.decision_log: Path | None = None
         if decision_log:
             self.decision_log = bench.workdir / f"decisions-{name}.jsonl"
@@ -662,7 +684,7 @@ class Agent:
         self.wait_enforced(revision, AGENT_START_TIMEOUT)
 
     def write(self) -> str:
-        objects = cluster_objects(self.extra)
+        objects = cluster_objects(self.extra, self.cnps)
         temporary = self.folder / ".cluster.json.tmp"
         temporary.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
         os.replace(temporary, self.file)
@@ -765,7 +787,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             # The same agent again, at full load and at the equal rate: without its metric
             # recording, and with decision logging on.
-            variants = [(NO_MEMORY, {"memory": False}, args.no_memory_comparison),
+            variants = [(f"{args.cnps} {CNPS}", {"cnps": args.cnps}, not args.cnps),
+                        (NO_MEMORY, {"memory": False}, args.no_memory_comparison),
                         (UNRECORDED, {"recording": False}, args.no_recording_comparison),
                         ("decision logging on", {"decision_log": True}, args.no_decision_log)]
             for variant, options, skipped in variants:
@@ -774,10 +797,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 agent = Agent(bench, extra, **options)
                 try:
                     results["udp"].append(agent_series(bench, agent, f"agent, {policies_label}, {variant}"))
-                    if variant == NO_MEMORY:
+                    if variant == NO_MEMORY or CNPS in variant:
                         label = f"agent, {policies_label}, {variant}, every flow a cache miss"
                         results["udp"].append(bench.udp_series(label, agent.process.pid, mode="uncached"))
-                        results["tcp"]["agent-no-memory"] = tcp_figures(bench, f"agent, {policies_label}, {variant}")
+                        if variant == NO_MEMORY:
+                            results["tcp"]["agent-no-memory"] = tcp_figures(bench, f"agent, {policies_label}, {variant}")
                     if equal:
                         label = f"agent, {policies_label}, {variant}, {equal:,.0f}/s offered"
                         results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
@@ -893,6 +917,10 @@ DISTURBED = 0.05
 #: The target: the agent at the largest policy count judges at least this share of what the
 #: Python accept-all consumer judges.
 TARGET = 0.80
+#: In the label of the agent run with ClusterNetworkPolicy enabled and --cnps policies selecting nothing it sees.
+CNPS = "ClusterNetworkPolicies selecting nothing (CNP enabled)"
+#: The CNP target: that agent judges at least this share of what the NetworkPolicy-only agent judges.
+CNP_TARGET = 0.95
 #: In the label of the agent run without the kernel's verdict memory (--verdict-memory=false).
 NO_MEMORY = "verdict memory off"
 #: In the label of the agent run without the verdict loop's metric recording.
@@ -922,9 +950,20 @@ def target_lines(rows: list[UdpResult], full_load: bool) -> list[str]:
             met = met and by_cpu >= TARGET
         out.append(f"Target ({TARGET:.0%} of the Python accept-all), {r.label}: {', '.join(parts)}: "
                    f"{'met' if met else 'missed'}.")  # fmt: skip
+    for r in rows:
+        if not r.label.startswith(largest) or CNPS not in r.label:
+            continue
+        plain_label = re.sub(r", \d+ " + re.escape(CNPS), "", r.label)
+        plain = next((p for p in rows if p.label == plain_label), None)
+        if plain is not None and plain.cpu_median and r.cpu_median:
+            parts = [f"{r.median / plain.median:.1%} by flows/s" if full_load else "",
+                     f"{plain.cpu_median / r.cpu_median:.1%} by CPU per flow"]
+            met = plain.cpu_median / r.cpu_median >= CNP_TARGET and (not full_load or r.median / plain.median >= CNP_TARGET)
+            out.append(f"CNP target ({CNP_TARGET:.0%} of {plain.label}), {r.label}: {', '.join(p for p in parts if p)}: "
+                       f"{'met' if met else 'missed'}.")  # fmt: skip
     unrecorded = next((r for r in rows if r.label.startswith(largest) and UNRECORDED in r.label), None)
     recorded = next((r for r in rows if r.label.startswith(largest)
-                     and not any(other in r.label for other in (UNRECORDED, "cache miss", "decision logging"))), None)
+                     and not any(other in r.label for other in (UNRECORDED, "cache miss", "decision logging", CNPS))), None)
     if unrecorded is not None and recorded is not None and unrecorded.cpu_median and recorded.cpu_median:
         out.append(f"Metric recording, {recorded.label}: {recorded.cpu_median - unrecorded.cpu_median:+.2f} µs CPU "
                    f"per flow against the same agent with it patched out "
@@ -956,6 +995,9 @@ def main() -> int:
                         help="skip the agent run with decision logging on")  # fmt: skip
     parser.add_argument("--no-recording-comparison", action="store_true",
                         help="skip the agent run with the verdict loop's metric recording patched out")  # fmt: skip
+    parser.add_argument("--cnps", type=int, default=100,
+                        help="at the largest policy count, run the agent again with ClusterNetworkPolicy enabled and "
+                             "this many CNPs selecting none of its pods (0: skip)")  # fmt: skip
 
     helper = sub.add_parser("helper").add_subparsers(dest="helper", required=True)
     p = helper.add_parser("udp-flood")
