@@ -71,10 +71,26 @@ UDP new flows per second, for each consumer of the queue:
   (65,536 each, emptied wholesale when full), so every datagram is parsed
   and evaluated.
 
+- the path's CPU: the sender reports its own CPU time (user and kernel).
+  The kernel's work on each datagram up to the queue (the client's stack,
+  the node's netfilter hooks and forwarding) runs in the sender's syscall
+  and the softirq on its way out, and so does all of it for a datagram the
+  kernel answers itself; the bench kernel has no IRQ time accounting, so
+  that softirq time is charged to the sender. Sender plus consumer CPU per
+  flow is the whole path's cost, what a sender-bound run (sender busy 100%:
+  the no-queue ceiling and the kernel-answered rows) cannot show by flows/s.
+- two ceilings: no table at all in the node namespace (the kernel then
+  keeps no conntrack entries there), and "conntrack on", a table whose one
+  rule reads conntrack state, as on every Kubernetes node (kube-proxy, the
+  CNI's masquerading) and with the agent's table.
+
 TCP: connections per second (4 client processes, each connect + RST-close in
-a loop; median of ``--repeat`` runs) and the time connect() takes for 2,000 sequential connections, 1 ms
-apart (the SYN is the packet queued), with no agent and with the agent at
-the largest policy count.
+a loop; median of ``--repeat`` runs), the clients' CPU time per connection,
+and the time connect() takes for 2,000 sequential connections, 1 ms
+apart (the SYN is the packet queued), with no agent (without and with
+conntrack on) and with the agent at the largest policy count; with the
+agent, how many TCP packets it judged and how many the kernel's verdict
+memory answered (its metrics) during those runs.
 
 Not a test: run it and copy the tables into docs/performance.md.
 """
