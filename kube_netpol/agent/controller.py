@@ -156,6 +156,8 @@ class Agent:
         self._pending_since = 0.0
         # The source revision whose state the dataplane (and, in strict mode, conntrack) fully reflects.
         self._enforced_revision = ""
+        # How many full flow tables the kernel's verdict memory was flushed for (FlowHistory.tables_filled).
+        self._memory_flushed_for = 0
 
     # ------------------------------------------------------------ health
 
@@ -257,6 +259,8 @@ class Agent:
                         self._strict_due, time.monotonic(), self._last_strict, self.engine.last_kinds)
                 if self._synced_generation != self.engine.generation:
                     self._sync_dataplane()
+                if self.engine.history.tables_filled != self._memory_flushed_for:
+                    self._forget_remembered()
                 if self._repaired.is_set():  # connections made while the kernel had no (or a wrong) ruleset
                     self._repaired.clear()
                     if self._strict_mode:
@@ -281,6 +285,22 @@ class Agent:
                 self.guard.stop()
             self.dataplane.stop()
             log.info("agent stopped (%s)", "rules kept: fail-open" if self.config.fail_open else "rules removed")
+
+    def _forget_remembered(self) -> None:
+        """The flow table filled and was emptied: flush the kernel's verdict memory as well.
+
+        Its sets then never hold more keys than a flow table (ruleset.MEMORY_SIZE
+        has room for two): a full set would take no new key, and every new
+        connection would go through the queue until keys timed out. Checked
+        every CONTROL_INTERVAL; in between, the sets take what arrives.
+        """
+        self._memory_flushed_for = self.engine.history.tables_filled
+        if not self.dataplane.verdict_memory:
+            return
+        try:
+            self.dataplane.forget_remembered()
+        except Exception:  # noqa: BLE001 - a missing table is the guard's to repair; the memory is only a cache
+            log.exception("flushing the verdict memory failed")
 
     def _on_repair(self, drift: object) -> None:
         self._repaired.set()
