@@ -97,6 +97,7 @@ def parse_evaluators(text: str) -> tuple[str, ...]:
 class AgentConfig:
     kubeconfig: str | None = None
     manifests: str | None = None
+    watch_list: bool = True
     fail_open: bool = True
     nfqueue_id: int = 100
     metrics_bind_address: tuple[str, int] = ("", 9080)
@@ -153,6 +154,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     bool_flag: dict[str, Any] = {"nargs": "?", "const": True, "type": parse_bool, "metavar": "BOOL"}
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
     parser.add_argument("--manifests", metavar="DIR", help="read objects from YAML/JSON files in DIR instead of the API server")
+    parser.add_argument("--watch-list", default=True,
+                        help="stream each kind's initial state from the API server (a watch-list, sendInitialEvents) "
+                             "where the client supports it, falling back to paged lists where the server does not; "
+                             "false: paged lists always (default true)", **bool_flag)
     parser.add_argument("--fail-open", default=True, help="let traffic through when the agent cannot judge it (default true)", **bool_flag)
     parser.add_argument("--nfqueue-id", type=parse_queue_id, default=100, help="NFQUEUE number (default 100)")
     parser.add_argument("--metrics-bind-address", type=parse_bind_address, default=("", 9080),
@@ -222,6 +227,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         kubeconfig=args.kubeconfig,
         manifests=args.manifests,
+        watch_list=args.watch_list,
         fail_open=args.fail_open,
         nfqueue_id=args.nfqueue_id,
         metrics_bind_address=args.metrics_bind_address,
