@@ -28,7 +28,6 @@ from kube_netpol.api.errors import InvalidObject
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.policy.adminnetworkpolicy import (
     MAX_PRIORITY,
-    MAX_RULE_NAME,
     EgressRule,
     IngressRule,
     PodPeer,
@@ -39,6 +38,7 @@ from kube_netpol.policy.adminnetworkpolicy import (
     _no_unknown_fields,
     _parse_pod_peer,
     _parse_subject,
+    _rule_header as _shared_rule_header,
 )
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr_strict
 from kube_netpol.policy.ports import PortMatcher, check_port_number
@@ -123,21 +123,8 @@ def parse_cluster_network_policy(obj: Mapping[str, Any]) -> ClusterNetworkPolicy
 
 
 def _rule_header(rule: Any, index: int, direction: str, path: str, policy: str, peers: str) -> tuple[str, str, Decision]:
-    if not isinstance(rule, Mapping):
-        raise InvalidObject("must be an object", path)
-    _no_unknown_fields(rule, ("name", "action", peers, "protocols"), path)
-    name = rule.get("name")
-    if name is None or name == "":
-        name = f"{direction}[{index}]"  # unnamed rules are named by position, so decisions stay traceable
-    elif not isinstance(name, str):
-        raise InvalidObject("must be a string", f"{path}.name")
-    elif len(name) > MAX_RULE_NAME:
-        raise InvalidObject(f"must be at most {MAX_RULE_NAME} characters", f"{path}.name")
-    action = rule.get("action")
-    if action not in ACTIONS:
-        raise InvalidObject(f"action is required and must be one of {', '.join(ACTIONS)}, got {action!r}", f"{path}.action")
-    # Pass is a NEXT verdict that still names its policy and rule, for `explain`.
-    return name, action, Decision(_VERDICT_OF_ACTION[action], policy=policy, rule=name, reason=action)
+    return _shared_rule_header(rule, index, direction, path, policy, ACTIONS, "ClusterNetworkPolicy", peers,
+                               ports="protocols", verdicts=_VERDICT_OF_ACTION)
 
 
 def _parse_ingress_rule(rule: Any, index: int, path: str, policy: str) -> IngressRule:
