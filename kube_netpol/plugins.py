@@ -10,8 +10,9 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Mapping, Sequence
 
-from kube_netpol.api.evaluator import EvaluatorContext, PolicyEvaluator
+from kube_netpol.api.evaluator import EvaluatorContext, LearntNames, PolicyEvaluator
 from kube_netpol.api.kinds import KindSpec
+from kube_netpol.dns import DnsCache
 from kube_netpol.engine import PolicyEngine
 from kube_netpol.state import ClusterState, KindRegistry
 from kube_netpol.state.kinds import KindError
@@ -41,8 +42,10 @@ def available_evaluators() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def build_pipeline(names: Sequence[str], settings: Settings | None = None) -> list[PolicyEvaluator]:
-    """Instantiate the named evaluators in order, each with its own settings section."""
+def build_pipeline(
+    names: Sequence[str], settings: Settings | None = None, dns: LearntNames | None = None
+) -> list[PolicyEvaluator]:
+    """Instantiate the named evaluators in order, each with its own settings section (and ``dns``)."""
     found = available_evaluators()
     settings = settings or {}
     pipeline: list[PolicyEvaluator] = []
@@ -57,7 +60,7 @@ def build_pipeline(names: Sequence[str], settings: Settings | None = None) -> li
             raise PluginError(f"unknown evaluator {name!r} (installed: {known})")
         try:
             factory = entry.load()
-            evaluator = factory(EvaluatorContext(settings=dict(settings.get(name, {}))))
+            evaluator = factory(EvaluatorContext(settings=dict(settings.get(name, {})), dns=dns))
         except Exception as err:  # a broken plugin must say which one it is
             raise PluginError(f"evaluator {name!r} ({entry.value}) failed to load: {err}") from err
         missing = [member for member in _CONTRACT if not hasattr(evaluator, member)]
@@ -83,10 +86,14 @@ def build_engine(
     node_name: str = "",
     cluster_id: str = "",
 ) -> PolicyEngine[ClusterState]:
-    """The engine exactly as the agent assembles it, over a new, empty ClusterState (``engine.state``)."""
-    evaluators = build_pipeline(names, settings)
+    """The engine exactly as the agent assembles it, over a new, empty ClusterState (``engine.state``).
+
+    Its ``dns`` cache is the one its evaluators read and the verdict loop (or the offline harness) teaches.
+    """
+    dns = DnsCache()
+    evaluators = build_pipeline(names, settings, dns)
     state = ClusterState(kind_registry(evaluators), cluster_id=cluster_id, node_name=node_name)
-    return PolicyEngine(state, evaluators)
+    return PolicyEngine(state, evaluators, dns)
 
 
 def registry_for(names: Sequence[str] = DEFAULT_PIPELINE) -> KindRegistry:

@@ -11,8 +11,8 @@ AGENT_APT_PACKAGES=(nftables libnftables1 iptables libnetfilter-queue1 iproute2)
 BUILD_APT_PACKAGES=(libnetfilter-queue-dev gcc libc6-dev)
 # ... and what only the tests and benchmarks run: conntrack (they make and flush entries; the
 # agent itself speaks ctnetlink); qemu, cpio and kmod's depmod for the real-kernel tier, which
-# boots Debian's kernel (tests/realkernel fetches and caches it itself).
-TEST_APT_PACKAGES=(conntrack qemu-system-x86 cpio kmod)
+# boots Debian's kernel (tests/realkernel fetches and caches it itself); dnsmasq, the lab's DNS server.
+TEST_APT_PACKAGES=(conntrack qemu-system-x86 cpio kmod dnsmasq-base)
 APT_PACKAGES=("${AGENT_APT_PACKAGES[@]}" "${BUILD_APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}")
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -123,6 +123,14 @@ class AgentConfig:
     log_format: str = "text"
     verbosity: int = 0
     pod_netns_dir: str | None = None
+    observe_dns: bool | None = None  # None: when the pipeline has a ClusterNetworkPolicy tier
+
+    @property
+    def dns_observation(self) -> bool:
+        """Queue DNS answers to managed pods and learn from them (ClusterNetworkPolicy ``domainNames``)."""
+        if self.observe_dns is not None:
+            return self.observe_dns
+        return any(name.startswith("clusternetworkpolicy-") for name in self.pipeline)
 
     @property
     def node_name(self) -> str:
@@ -172,6 +180,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="enforce BaselineAdminNetworkPolicy (default false)", **bool_flag)
     parser.add_argument("--enable-cluster-network-policy", default=False,
                         help="enforce ClusterNetworkPolicy v1alpha2, both tiers (default false)", **bool_flag)
+    parser.add_argument("--observe-dns", default=None,
+                        help="queue every DNS answer (UDP from port 53) to a managed pod and learn the names it "
+                             "resolves, for ClusterNetworkPolicy domainNames (default: true when ClusterNetworkPolicy "
+                             "is enforced)", **bool_flag)
     parser.add_argument("--queue-backend", choices=("auto", "nft", "xt"), default="auto",
                         help="how packets reach the queue: native nftables queue, xtables NFQUEUE, or detect (default auto)")
     parser.add_argument("--nftables-table", default="kube-netpol", help="name of our inet table (default kube-netpol)")
@@ -253,4 +265,5 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         log_format=args.log_format,
         verbosity=args.verbosity,
         pod_netns_dir=args.pod_netns_dir,
+        observe_dns=args.observe_dns,
     )

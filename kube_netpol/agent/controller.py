@@ -122,12 +122,14 @@ class Agent:
                 new_flow_limit=config.new_flow_rate_limit,
                 verdict_memory=config.verdict_memory,
                 memory_timeout=config.verdict_memory_timeout,
+                observe_dns=config.dns_observation,
             )
         )
         self.verdict_loop = VerdictLoop(
             self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
             verdict_memory=self.dataplane.verdict_memory,  # marks only where the remember chain carries them out
+            observe_dns=config.dns_observation,
         )  # fmt: skip
         # Secondary networks: queues and rules inside attached pods' namespaces (agent/secondary.py).
         self.secondary = SecondaryNetworks(

@@ -136,6 +136,8 @@ def run_command(args: argparse.Namespace) -> int:
         dataplane_repairs=lambda: agent.guard.repair_counts() if agent.guard is not None else {},
         new_flows_limited=lambda: agent.dataplane.new_flows_limited() if agent.dataplane.started else 0,
         remembered_verdicts=lambda: agent.dataplane.remembered_verdicts() if agent.dataplane.started else (0, 0),
+        dns_stats=lambda: (agent.verdict_loop.counters.dns_answers, agent.verdict_loop.counters.dns_refused,
+                           len(agent.engine.dns), agent.engine.dns.refused),
     )
     REGISTRY.register(collector)
     stop = threading.Event()

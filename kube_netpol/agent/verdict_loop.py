@@ -14,6 +14,7 @@ from time import monotonic, perf_counter_ns
 from typing import Any, Callable
 
 from kube_netpol.dataplane.ruleset import (
+    DNS_ANSWER_MARK,
     MEMORY_EPOCHS,
     MEMORY_MARK,
     MEMORY_PROTOCOLS,
@@ -22,6 +23,7 @@ from kube_netpol.dataplane.ruleset import (
     memory_mark,
 )
 
+from kube_netpol.dns.observe import observe as observe_dns_answer
 from kube_netpol.engine import PolicyEngine, Snapshot
 from kube_netpol.engine.judgement import Judgement
 from kube_netpol.engine.flows import TIMING_EVERY, TableKey, table_key, unpack_raw_v4, unpack_raw_v6
@@ -42,10 +44,12 @@ _KEEP = 0xFFFFFFFF ^ MEMORY_MARK
 
 
 class VerdictCounters:
-    __slots__ = ("errors",)
+    __slots__ = ("errors", "dns_answers", "dns_refused")
 
     def __init__(self) -> None:
         self.errors = 0  # packets that could not be parsed or judged
+        self.dns_answers = 0  # DNS answers observed (the DNS observation), refused ones included
+        self.dns_refused = 0  # of those, the ones not learnt from (malformed, an error code, not to a pod, ...)
 
 
 class VerdictLoop:
@@ -65,6 +69,14 @@ class VerdictLoop:
     memory's mark bits" for packets queued on postrouting; the remember chain
     then keeps the key and carries out the verdict (kube_netpol.dataplane.ruleset).
     A verdict past its lifetime (``FlowStats.expires``) is judged again.
+
+    With ``observe_dns``, a packet carrying the ruleset's DNS answer bit
+    (``DNS_ANSWER_MARK``) is not judged: the pod it goes to learns from it
+    (``kube_netpol.dns.observe`` into ``engine.dns``) and it is accepted, in
+    that order. Such packets reach the loop only on the flow table's miss
+    path (they are never added to it); a packet of a key the table holds gets
+    that key's verdict without being learnt from, which can only narrow
+    (the names are then not learnt).
     """
 
     def __init__(
@@ -78,8 +90,10 @@ class VerdictLoop:
         on_error: Callable[[BaseException], None] | None = None,
         observer_gate: RecordGate | None = None,
         verdict_memory: bool = False,
+        observe_dns: bool = False,
     ) -> None:
         self.engine = engine
+        self.observe_dns = observe_dns
         self.queue_num = queue_num
         self.fail_open = fail_open
         self.audit = audit
@@ -156,6 +170,9 @@ class VerdictLoop:
 
     def _judge(self, snapshot: Snapshot, queued: Any, payload: bytes, raw: TableKey | None, started: int) -> None:
         """The full path: parse, judge, remember the verdict in the snapshot's flow table."""
+        if self.observe_dns and queued.get_mark() & DNS_ANSWER_MARK:
+            self._learn(snapshot, queued, payload)
+            return
         try:
             packet = parse_packet(payload)
             key = table_key(raw, packet)
@@ -189,6 +206,15 @@ class VerdictLoop:
             queued.drop()
         flow.record(elapsed)
         self._history.record_sample(elapsed)
+
+    def _learn(self, snapshot: Snapshot, queued: Any, payload: bytes) -> None:
+        """A DNS answer on its way to a pod: learn from it, then let it through (it answers an accepted query)."""
+        self.counters.dns_answers += 1
+        try:
+            observe_dns_answer(self.engine.dns, payload, snapshot.pod_by_ip)
+        except Exception:  # noqa: BLE001 - DnsError, or any bug: never end the loop; nothing is learnt
+            self.counters.dns_refused += 1
+        queued.accept()
 
     def _memory_mark(self, generation: int, judgement: Judgement, accepted: bool) -> int:
         """The mark bits that make the kernel remember this verdict; 0 when it must not.

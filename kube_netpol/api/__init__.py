@@ -17,6 +17,7 @@ from kube_netpol.api.errors import InvalidObject
 from kube_netpol.api.evaluator import (
     EvaluatorContext,
     EvaluatorFactory,
+    LearntNames,
     NetworkStage,
     PodInfoProvider,
     PolicyEvaluator,
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidObject",
     "KindSpec",
     "Labels",
+    "LearntNames",
     "NEXT",
     "NODE_KIND",
     "NO_LABELS",

@@ -102,11 +102,27 @@ class PolicyEvaluator(Protocol):
     def update(self, view: ClusterView, changes: Sequence[Change[object]]) -> Update: ...
 
 
+@runtime_checkable
+class LearntNames(Protocol):
+    """What pods learnt from the DNS answers the agent saw on their way to them (kube_netpol.dns).
+
+    ``names(pod, address)``: the names ``pod`` resolved to ``address``, each
+    with the ``time.monotonic()`` second its TTL runs out (entries already
+    expired may be included: compare with the clock). Read it on the packet
+    thread only; a verdict that depends on it must say so with
+    ``Decision.lifetime`` (docs/development.md, "The plugin contract").
+    """
+
+    def names(self, pod: PodKey, address: bytes) -> Mapping[str, float]: ...
+
+
 @dataclass(frozen=True)
 class EvaluatorContext:
-    """What an evaluator factory is given: its section of the evaluator configuration."""
+    """What an evaluator factory is given: its section of the evaluator configuration, and the
+    agent's DNS observations (``dns``; None where nothing observes DNS answers)."""
 
     settings: Mapping[str, object] = field(default_factory=dict)
+    dns: LearntNames | None = None
 
 
 class EvaluatorFactory(Protocol):

@@ -96,6 +96,8 @@ class DataplaneConfig:
     # ``memory_timeout`` seconds at most, until the next snapshot (kube_netpol.dataplane.ruleset).
     verdict_memory: bool = False
     memory_timeout: int = DEFAULT_MEMORY_TIMEOUT
+    # Queue every DNS answer to a managed pod for the DNS observation (ClusterNetworkPolicy domainNames).
+    observe_dns: bool = False
 
     def spec(self, backend: Backend, divert_all: bool = False, memory_epoch: int = 0) -> RulesetSpec:
         return RulesetSpec(
@@ -111,6 +113,7 @@ class DataplaneConfig:
             verdict_memory=self.verdict_memory,
             memory_timeout=self.memory_timeout,
             memory_epoch=memory_epoch,
+            observe_dns=self.observe_dns,
         )
 
 

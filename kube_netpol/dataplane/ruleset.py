@@ -12,6 +12,21 @@ The table holds two address sets and a chain on the postrouting hook::
     ct state established,related ................... accept   (the verdict lives in conntrack)
     ip saddr/daddr @managed-v4, ip6 ... @managed-v6  divert   (or every packet left, in divert-all mode)
 
+With DNS observation (``observe_dns``, for ClusterNetworkPolicy ``domainNames``)
+two rules come right after the first one, before anything that accepts::
+
+    ct direction reply, udp sport 53, ip daddr @managed-v4 / ip6 daddr @managed-v6
+    ................................................ set D, divert   (every DNS answer to a managed pod)
+
+Every answer is queued (not only a connection's first packet: each answer
+is a reply of an established connection), the bit D (``DNS_ANSWER_MARK``)
+tells the verdict loop that the packet is a DNS answer to learn from and
+accept, not a new connection to judge; the loop holds it until the cache has
+it, so the pod's first connection to the address is judged with it. No
+per-source limit (its source is the DNS server, shared by every pod) and no
+verdict memory (answers are never remembered). In divert-all mode, one rule
+without the address match.
+
 "Divert" is the queue statement for the native backend, and for the xtables
 backend a mark that one iptables/ip6tables rule turns into NFQUEUE (this
 kernel has no native ``queue`` expression).
@@ -118,6 +133,8 @@ DEFAULT_QUEUE_NUM: Final = 100
 #: Not used by kube-proxy (0x4000 masquerade, 0x8000 drop) nor by Calico's default 0xffff0000 mask.
 DEFAULT_MARK: Final = 0x200000
 DNS_PORT: Final = 53
+#: The bit on DNS answers queued for the DNS observation (below our DEFAULT_MARK, above kube-proxy's).
+DNS_ANSWER_MARK: Final = 0x100000
 #: New flows per second (and burst) one source address may send to the queue; 0 turns the limit off.
 #: The agent judges tens of thousands of new flows per second (docs/performance.md): two flooding
 #: pods at this rate left every other pod's connection on time in the lab, on a loaded 2-CPU VM,
@@ -231,6 +248,7 @@ class RulesetSpec:
     verdict_memory: bool = False  # the kernel remembers verdicts (see the module doc)
     memory_timeout: int = DEFAULT_MEMORY_TIMEOUT  # seconds a key with no lifetime of its own is remembered
     memory_epoch: int = 0  # which snapshot's verdicts the remember chain takes (generation % MEMORY_EPOCHS)
+    observe_dns: bool = False  # queue DNS answers to managed pods for the DNS observation (see the module doc)
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.table):
@@ -243,6 +261,8 @@ class RulesetSpec:
             raise ValueError(f"mark {self.mark:#x} must be a non-zero mask narrower than 32 bits")
         if not 0 <= self.new_flow_limit <= 10_000_000:
             raise ValueError(f"new flow limit {self.new_flow_limit} out of range 0-10000000 (0: no limit)")
+        if self.observe_dns and self.mark & DNS_ANSWER_MARK:
+            raise ValueError(f"mark {self.mark:#x} overlaps the DNS answer bit {DNS_ANSWER_MARK:#x}")
         if self.mark & MEMORY_MARK:
             raise ValueError(f"mark {self.mark:#x} overlaps the verdict memory's bits {MEMORY_MARK:#x}")
         if not 1 <= self.memory_timeout <= 86400:
@@ -321,6 +341,8 @@ DIVERT: Final = "divert"
 DIVERT_MARKED: Final = "divert-marked"
 #: Clear our bit (the xt postrouting rule must not queue the packet again) and accept.
 UNMARK_ACCEPT: Final = "unmark-accept"
+#: Set the DNS answer bit and divert (the DNS observation).
+DIVERT_DNS_ANSWER: Final = "divert-dns-answer"
 #: Count in the limiter's counter and drop.
 LIMITED_DROP: Final = "limited-drop"
 GOTO_DIVERT: Final = "goto-divert"
@@ -333,7 +355,7 @@ FORGET_ACCEPT: Final = "forget-accept"
 #: A key the kernel remembers: count, accept/drop.
 REMEMBERED_ACCEPT: Final = "remembered-accept"
 REMEMBERED_DROP: Final = "remembered-drop"
-Action = Literal["accept", "divert", "divert-marked", "unmark-accept", "limited-drop", "goto-divert", "goto-divert-dns",
+Action = Literal["accept", "divert", "divert-marked", "divert-dns-answer", "unmark-accept", "limited-drop", "goto-divert", "goto-divert-dns",
                  "not-remembered", "remember", "forget-drop", "forget-accept", "remembered-accept", "remembered-drop"]
 
 MATCH_ICMPV6_ND: Final = (
@@ -345,6 +367,23 @@ MATCH_ESTABLISHED: Final = (_match({"ct": {"key": "state"}}, ["established", "re
 MATCH_LOOPBACK: Final = (_match(_meta("iiftype"), "loopback"),)
 MATCH_NOT_UDP: Final = (_match(_meta("l4proto"), 17, op="!="),)
 MATCH_NOT_DNS: Final = (_match(_payload("udp", "dport"), DNS_PORT, op="!="),)
+MATCH_DNS_ANSWER: Final = (
+    _match({"ct": {"key": "direction"}}, "reply"),
+    _match(_meta("l4proto"), 17),
+    _match(_payload("udp", "sport"), DNS_PORT),
+)
+
+
+def _dns_answer_rules(spec: RulesetSpec) -> list[Rule]:
+    if not spec.observe_dns:
+        return []
+    if spec.divert_all:
+        return [Rule("dns-answer", MATCH_DNS_ANSWER, DIVERT_DNS_ANSWER)]
+    return [
+        Rule(f"dns-answer-v{s.version}", (*MATCH_DNS_ANSWER, _match(_payload(s.protocol, "daddr"), "@" + s.name)),
+             DIVERT_DNS_ANSWER)
+        for s in MANAGED_SETS
+    ]
 
 
 def _match_mark(mark: int) -> tuple[Json, ...]:
@@ -457,6 +496,7 @@ def rules(spec: RulesetSpec, chain: str = CHAIN) -> list[Rule]:
     out = []
     if spec.netfilter_bug_1766_fix:
         out.append(Rule("judged-at-prerouting", _match_mark(spec.mark), UNMARK_ACCEPT))
+    out += _dns_answer_rules(spec)  # before root-uid and established: answers are replies, maybe from root
     out.append(Rule("icmpv6-nd", MATCH_ICMPV6_ND, ACCEPT))
     if spec.accept_root:
         out.append(Rule("root-uid", MATCH_ROOT_UID, ACCEPT))
@@ -492,6 +532,15 @@ def action_statements(spec: RulesetSpec, action: str) -> list[Json]:
     if action == UNMARK_ACCEPT:
         keep_others = 0xFFFFFFFF ^ spec.mark
         return [{"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), keep_others]}}}, {"accept": None}]
+    if action == DIVERT_DNS_ANSWER:
+        bits = DNS_ANSWER_MARK | (spec.mark if spec.backend == "xt" else 0)
+        mark = {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bits]}}}
+        if spec.backend == "xt":
+            return [mark, {"accept": None}]  # iptables' mangle rule queues it (our bit is set)
+        answer_queue: Json = {"num": spec.queue_num}
+        if spec.fail_open:
+            answer_queue["flags"] = ["bypass"]
+        return [mark, {"queue": answer_queue}]
     if spec.backend == "xt":
         # Set our bit (keeping the others) and leave the chain; iptables' mangle rule queues it.
         # The bit also survives to postrouting, which is what "marked" asks for.
@@ -801,10 +850,11 @@ def installed_divert_all(spec: RulesetSpec, state: TableState | None) -> bool | 
         for fix in (spec.netfilter_bug_1766_fix, not spec.netfilter_bug_1766_fix):
             for limit in (spec.new_flow_limit, 0 if spec.new_flow_limit else DEFAULT_NEW_FLOW_LIMIT):
                 for memory in (spec.verdict_memory, not spec.verdict_memory):
-                    other = replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix, new_flow_limit=limit,
-                                    verdict_memory=memory)
-                    if chain.rule_comments == rule_comments(other):
-                        return mode
+                    for dns in (spec.observe_dns, not spec.observe_dns):
+                        other = replace(spec, divert_all=mode, netfilter_bug_1766_fix=fix, new_flow_limit=limit,
+                                        verdict_memory=memory, observe_dns=dns)
+                        if chain.rule_comments == rule_comments(other):
+                            return mode
     return None
 
 

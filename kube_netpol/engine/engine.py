@@ -20,6 +20,7 @@ from typing import Generic, Iterable, Protocol, Sequence, TypeVar
 from kube_netpol.api.cluster import Change, ClusterView, PodRecord
 from kube_netpol.api.evaluator import PolicyEvaluator, Stage, Update
 from kube_netpol.api.packet import Packet
+from kube_netpol.dns import DnsCache
 from kube_netpol.engine.flows import FlowHistory
 from kube_netpol.engine.judgement import Explanation, Judgement
 from kube_netpol.engine.managed import ManagedAddresses
@@ -40,10 +41,12 @@ S = TypeVar("S", bound=EngineState)
 
 
 class PolicyEngine(Generic[S]):
-    """``state`` is the cluster state it publishes from (the agent's ClusterState)."""
+    """``state`` is the cluster state it publishes from (the agent's ClusterState); ``dns`` the
+    names pods learnt from DNS answers, which its evaluators were given (a new empty cache if None)."""
 
-    def __init__(self, state: S, evaluators: Sequence[PolicyEvaluator]) -> None:
+    def __init__(self, state: S, evaluators: Sequence[PolicyEvaluator], dns: DnsCache | None = None) -> None:
         self.state = state
+        self.dns = dns if dns is not None else DnsCache()
         self._evaluators = tuple(evaluators)
         self.names = tuple(evaluator.name for evaluator in self._evaluators)
         self.history = FlowHistory()

@@ -128,6 +128,10 @@ class Snapshot:
                     found.setdefault(key, {}).update(dict.fromkeys(interfaces))
         return {key: tuple(interfaces) for key, interfaces in found.items()}
 
+    def pod_by_ip(self, ip: bytes) -> PodRecord | None:
+        """The pod that has address ``ip`` in this snapshot's cluster state (None: not a pod)."""
+        return self._pod_by_ip(ip)
+
     def evaluate(self, packet: Packet) -> Judgement:
         """The verdict for one packet: the flow table's if it has the key, else judged (and not stored).
 

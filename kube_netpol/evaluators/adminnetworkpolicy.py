@@ -210,7 +210,14 @@ class SubjectRulesEvaluator(IndexedEvaluator[SubjectRulesStage]):
     """
 
     def __init__(self) -> None:
-        super().__init__(SubjectRulesStage((), {}))
+        super().__init__(self.new_stage((), {}))
+
+    def new_stage(
+        self, policies: Sequence[object], nodes: NodeIndex, index: SubjectIndex | None = None
+    ) -> SubjectRulesStage:
+        """The stage for these policies (in precedence order) and nodes (``index``: the policies' subject
+        index when they did not change); a subclass may judge more."""
+        return SubjectRulesStage(policies, nodes, index)
 
     def ordered(self, view: ClusterView) -> tuple[object, ...]:
         raise NotImplementedError
@@ -226,12 +233,12 @@ class SubjectRulesEvaluator(IndexedEvaluator[SubjectRulesStage]):
                     continue
                 selector = policy.subject.namespace_selector  # type: ignore[attr-defined]
                 reached.update(ns.name for ns in namespaces if selector.matches(ns.labels))
-        return SubjectRulesStage(self.ordered(view), stage.nodes), reached
+        return self.new_stage(self.ordered(view), stage.nodes), reached
 
     def with_others(self, stage: SubjectRulesStage, view: ClusterView, changes: list[Change[object]]) -> SubjectRulesStage:
         if not any(change.kind == "Node" for change in changes):
             return stage  # the memo follows new pod and namespace records by itself
-        return SubjectRulesStage(stage.policies, index_nodes(view), stage.index)
+        return self.new_stage(stage.policies, index_nodes(view), stage.index)
 
 
 def index_nodes(view: ClusterView) -> dict[bytes, tuple[Labels, ...]]:

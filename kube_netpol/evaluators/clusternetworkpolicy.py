@@ -22,17 +22,28 @@ With v1alpha1 enabled too: each API's tier is judged as a block; a Pass
 skips the rest of its own tier only, so CNP Admin -> ANP -> NetworkPolicy ->
 BANP -> CNP Baseline. (The current API is judged outermost.)
 
-The stage and memo are the ANP evaluator's (``SubjectRulesStage``).
+The stage and memo are the ANP evaluator's (``SubjectRulesStage``), with the
+egress walk of ``DomainNamesStage`` for ``domainNames`` rules (the names the
+source pod learnt from DNS answers, ``EvaluatorContext.dns``).
 """
 
 from __future__ import annotations
 
 import logging
 
+from typing import Sequence
+
 from kube_netpol.api.cluster import ClusterView
-from kube_netpol.api.evaluator import EvaluatorContext
+from kube_netpol.api.evaluator import EvaluatorContext, LearntNames
 from kube_netpol.api.kinds import NODE_KIND, KindSpec
-from kube_netpol.evaluators.adminnetworkpolicy import ADMIN_GROUP, SubjectRulesEvaluator
+from kube_netpol.evaluators.adminnetworkpolicy import (
+    ADMIN_GROUP,
+    NodeIndex,
+    SubjectIndex,
+    SubjectRulesEvaluator,
+    SubjectRulesStage,
+)
+from kube_netpol.evaluators.domainnames import DomainNamesStage
 from kube_netpol.policy.clusternetworkpolicy import ClusterNetworkPolicy, parse_cluster_network_policy
 
 log = logging.getLogger(__name__)
@@ -51,10 +62,16 @@ class ClusterNetworkPolicyTierEvaluator(SubjectRulesEvaluator):
     kinds = (CLUSTER_NETWORK_POLICY, NODE_KIND)
     policy_kinds = frozenset({KIND})
 
-    def __init__(self) -> None:
+    def __init__(self, dns: LearntNames | None = None) -> None:
+        self._dns = dns
         super().__init__()
         # The groups of equal-priority policies last logged: a line only when they change.
         self._ties: frozenset[tuple[int, tuple[str, ...]]] = frozenset()
+
+    def new_stage(
+        self, policies: Sequence[object], nodes: NodeIndex, index: SubjectIndex | None = None
+    ) -> SubjectRulesStage:
+        return DomainNamesStage(policies, nodes, self._dns, index)
 
     def ordered(self, view: ClusterView) -> tuple[object, ...]:
         policies = [p for p in view.objects(KIND).values() if isinstance(p, ClusterNetworkPolicy) and p.tier == self.tier]
@@ -104,9 +121,9 @@ class BaselineTierEvaluator(ClusterNetworkPolicyTierEvaluator):
 
 def create_admin(context: EvaluatorContext) -> AdminTierEvaluator:
     """Entry point ``clusternetworkpolicy-admin`` of the ``kube_netpol.evaluators`` group."""
-    return AdminTierEvaluator()
+    return AdminTierEvaluator(context.dns)
 
 
 def create_baseline(context: EvaluatorContext) -> BaselineTierEvaluator:
     """Entry point ``clusternetworkpolicy-baseline`` of the ``kube_netpol.evaluators`` group."""
-    return BaselineTierEvaluator()
+    return BaselineTierEvaluator(context.dns)

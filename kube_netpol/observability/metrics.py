@@ -199,7 +199,9 @@ class AgentCollector(Collector):
         dataplane_repairs: Callable[[], dict[str, int]] = dict,
         new_flows_limited: Callable[[], int] = lambda: 0,
         remembered_verdicts: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        dns_stats: Callable[[], tuple[int, int, int, int]] = lambda: (0, 0, 0, 0),
     ) -> None:
+        self._dns_stats = dns_stats
         self._remembered_verdicts = remembered_verdicts
         self._dataplane_repairs = dataplane_repairs
         self._new_flows_limited = new_flows_limited
@@ -261,6 +263,19 @@ class AgentCollector(Collector):
         packet_errors = _counter(PREFIX + "packet_errors", "Packets that could not be parsed or judged; they got the fail-open/fail-closed verdict")
         packet_errors.add_sample(PREFIX + "packet_errors", {}, self._verdict_errors())
         yield packet_errors
+
+        answers, refused, entries, full = self._dns_stats()
+        dns = _counter(PREFIX + "dns_answers", "DNS answers to managed pods observed, by result (learnt from, or refused: "
+                       "malformed, an error code, not to a pod)")
+        dns.add_sample(PREFIX + "dns_answers", {"result": "learnt"}, answers - refused)
+        dns.add_sample(PREFIX + "dns_answers", {"result": "refused"}, refused)
+        yield dns
+        dns_entries = GaugeMetricFamily(PREFIX + "dns_cache_entries", "(pod, address, name) entries the DNS cache holds")
+        dns_entries.add_metric([], entries)
+        yield dns_entries
+        dns_full = _counter(PREFIX + "dns_cache_refused", "DNS cache entries refused because the cache was full")
+        dns_full.add_sample(PREFIX + "dns_cache_refused", {}, full)
+        yield dns_full
 
         if self._decision_log_stats is not None:
             records = _counter(PREFIX + "decision_records", "Decision records by fate (written, or dropped: rate_limited, queue_full, write_error)")

@@ -13,9 +13,9 @@ is refused with InvalidObject naming the field, never half-enforced.
 
 The compiled rules are the v1alpha1 ones (``IngressRule``/``EgressRule`` of
 ``kube_netpol.policy.adminnetworkpolicy``): one matcher for both API versions.
-``domainNames`` peers are parsed and validated; until addresses learned from
-DNS answers are wired into the evaluator they match no address, which for an
-Accept-only peer means "not accepted by this rule" (never wider than written).
+A rule with ``domainNames`` peers compiles to a ``DomainEgressRule``
+(kube_netpol.policy.domainnames): its names match the addresses the source
+pod learnt from DNS answers (kube_netpol.dns), in the tier's stage.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from kube_netpol.policy.adminnetworkpolicy import (
     _parse_subject,
     _rule_header as _shared_rule_header,
 )
+from kube_netpol.dns.names import DomainPatterns
 from kube_netpol.policy.cidrs import AddressRanges, parse_cidr_strict
+from kube_netpol.policy.domainnames import DomainEgressRule
 from kube_netpol.policy.ports import PortMatcher, check_port_number
 from kube_netpol.policy.selectors import LabelSelector, parse_label_selector
 
@@ -172,7 +174,10 @@ def _parse_egress_rule(rule: Any, index: int, path: str, policy: str) -> tuple[E
         # CEL rule of the CRD: nodes, networks and domain names have no named ports.
         raise InvalidObject(f"destinationNamedPort cannot be used in a rule with {address_peer.rsplit('.', 1)[1]} peers ({address_peer})", named_at)
     ranges = AddressRanges(networks, source=", ".join(texts)) if networks else None
-    return EgressRule(name, action, decision, tuple(pod_peers), ranges, tuple(node_selectors), ports), tuple(domains)
+    compiled = EgressRule(name, action, decision, tuple(pod_peers), ranges, tuple(node_selectors), ports)
+    if domains:
+        compiled = DomainEgressRule(compiled, DomainPatterns(domains))
+    return compiled, tuple(domains)
 
 
 def _parse_domain_names(peer: Mapping[str, Any], where: str) -> list[str]:

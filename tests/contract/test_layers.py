@@ -16,6 +16,7 @@ ROOT = pathlib.Path(kube_netpol.__file__).parent
 #: Lowest first. Within a layer, packages do not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "api"),  # the plugin contract (and the version)
+    ("dns",),  # pure: DNS answers, domainNames patterns, the per-pod name cache
     ("packet", "policy", "state", "engine"),  # pure: bytes, policies, cluster records, snapshots
     ("evaluators",),  # the built-in evaluators: api and policy only, as a plugin would be
     ("plugins",),  # evaluator discovery, assembling the engine over the state

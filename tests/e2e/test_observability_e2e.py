@@ -53,6 +53,9 @@ BAD_CIDR_POLICY = {
 QUEUE_ID = 4242
 #: Label names of every family the agent exports (decision_records only with decision logging on).
 FAMILY_LABELS = {
+    "dns_answers": {"result"},
+    "dns_cache_entries": set(),
+    "dns_cache_refused": set(),
     "packet_count": {"protocol", "family", "verdict"},
     "audit_would_deny_count": {"protocol", "family"},
     "verdicts_by_policy": {"direction", "evaluator", "policy", "verdict"},
@@ -77,7 +80,7 @@ FAMILY_LABELS = {
 }
 HISTOGRAMS = {"packet_process_time", "dataplane_sync_duration_seconds", "policy_apply_latency_seconds"}
 GAUGES = {"nfqueue_queue_total", "nfqueue_queue_dropped", "nfqueue_user_dropped", "nfqueue_packet_id",
-          "managed_pod_ips", "build_info"}
+          "managed_pod_ips", "build_info", "dns_cache_entries"}
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

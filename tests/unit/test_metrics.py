@@ -141,6 +141,7 @@ def test_proc_parsing() -> None:
 COUNTERS = {
     "packet_count", "audit_would_deny_count", "verdicts_by_policy", "invalid_objects", "dataplane_sync_errors",
     "packet_errors", "decision_records", "verdict_cache", "dataplane_repairs", "new_flows_rate_limited", "kernel_verdicts",
+    "dns_answers", "dns_cache_refused",
 }
 
 

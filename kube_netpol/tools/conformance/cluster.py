@@ -113,6 +113,7 @@ class External:
 
     name: str
     ips: Mapping[str, str]  # family -> address
+    dns_names: tuple[str, ...] = ()  # what the lab's DNS server answers with ``ips`` (format v2)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class Cluster:
         pods.extend(spec.pods)
         for i, ext in enumerate(spec.externals):
             cluster._claim(ext.ips, f"external {ext.name}", f"cluster.externals[{i}]")
-            cluster._externals[ext.name] = External(ext.name, _by_family(ext.ips))
+            cluster._externals[ext.name] = External(ext.name, _by_family(ext.ips), ext.dns_names)
         node_objects = cluster._add_nodes(spec)
         # Explicit addresses are claimed first, so that an automatic address colliding with one is reported.
         for pod_spec in pods:

@@ -28,6 +28,8 @@ from typing import Sequence
 from kube_netpol.tools.conformance.backend import BackendSetup
 from kube_netpol.tools.conformance.cluster import ClusterSnapshot, StepChange
 from kube_netpol.tools.conformance.dataplane_agent import APPLY_TIMEOUT, START_TIMEOUT, AgentProcess
+from kube_netpol.tools.conformance.dataplane_dns import HOST as DNS_HOST
+from kube_netpol.tools.conformance.dataplane_dns import LabDns, zone
 from kube_netpol.tools.conformance.dataplane_leaks import root_leaks
 from kube_netpol.tools.conformance.dataplane_manifests import ManifestFolder
 from kube_netpol.tools.conformance.dataplane_networks import NetnsLinks, host_attachments
@@ -82,6 +84,7 @@ class DataplaneBackend:
         self._apply_timeout = START_TIMEOUT  # the first change also waits for the agent to start
         self._agent: AgentProcess | None = None
         self._lab: Lab | None = None
+        self._dns: LabDns | None = None
         self._closed = False
         self._workdir = Path(tempfile.mkdtemp(prefix="kube-netpol-dataplane-"))
         self._folder = ManifestFolder(str(self._workdir))
@@ -109,6 +112,8 @@ class DataplaneBackend:
                 self.lab.add_network(network.key)
             self.lab.serve(setup.listen)
             self._sync_hosts(setup.cluster)
+            if zone(setup.cluster):
+                self._dns = LabDns(self.lab, setup.cluster, probe_timeout)
         except BaseException as err:
             try:
                 self._teardown()
@@ -144,6 +149,9 @@ class DataplaneBackend:
 
     def run(self, probes: Sequence[Probe]) -> list[bool]:
         offline = self.offline.run(probes)
+        lookups = list(dict.fromkeys((p.src, p.resolve, p.family) for p in probes if p.resolve and "/" in p.src))
+        if lookups and self._dns is not None:
+            self._dns.resolve_many(lookups)  # real queries from the pods; a blocked one teaches nothing
         observed = self.lab.probe_many(
             [LabProbe(p.src, p.dst_ip, p.port, p.protocol, p.src_ip if p.network else "") for p in probes])
         for probe, seen, judged in zip(probes, observed, offline):
@@ -179,6 +187,8 @@ class DataplaneBackend:
         attachments = host_attachments(cluster)
         present = self.lab.hosts
         for name, host in present.items():
+            if name == DNS_HOST:
+                continue  # the lab's DNS server: not a cluster host
             secondary = sorted(ip for _, _, ips in attachments.get(name, ()) for ip in ips)
             if sorted(host.ips) != wanted.get(name) or sorted(host.secondary) != [s.split("/")[0] for s in secondary]:
                 self.lab.remove_host(name)  # gone, or readdressed: removed first so its addresses are free
@@ -196,6 +206,8 @@ class DataplaneBackend:
             return
         self._closed = True
         problems: list[str] = []
+        if self._dns is not None:
+            self._dns.close()
         if self._agent is not None:
             status = self._agent.stop()
             if status != 0:

@@ -17,13 +17,20 @@ from kube_netpol.engine.judgement import Judgement
 from kube_netpol.tools.conformance.backend import BackendSetup
 from kube_netpol.tools.conformance.cluster import StepChange
 from kube_netpol.tools.conformance.probes import Probe
+from kube_netpol.dns.message import DnsError
+from kube_netpol.dns.observe import DNS_PORT, observe
 from kube_netpol.plugins import BUILTIN_ORDER, build_engine
+from kube_netpol.tools.conformance.probes import DNS_SERVER
+from kube_netpol.tools.lab import dnswire
+from kube_netpol.tools.lab.dnswire import TYPE_A, TYPE_AAAA
 
 #: The evaluator (plugins/kube-netpol-multinetwork) that judges scenarios with secondary networks.
 MULTINETWORK_EVALUATOR = "multinetwork"
 #: Source ports of probes: 40000, 40001, ... (the engine never looks at them; a lab would).
 EPHEMERAL_FIRST = 40000
 EPHEMERAL_COUNT = 20000
+#: The TTL of the lab DNS server's answers (SCENARIO_FORMAT.md, "externals[].dnsNames").
+LAB_DNS_TTL = 300
 
 
 class OfflineBackend:
@@ -40,7 +47,28 @@ class OfflineBackend:
         return [f"{r.kind} {r.reference} refused: {r.reason}" for r in self.state.take_refusals()]
 
     def run(self, probes: Sequence[Probe]) -> list[bool]:
-        return [self._judge(probe, n).allowed for n, probe in enumerate(probes)]
+        results = []
+        for n, probe in enumerate(probes):
+            if probe.resolve:
+                self._resolve(probe, n)
+            results.append(self._judge(probe, n).allowed)
+        return results
+
+    def _resolve(self, probe: Probe, n: int) -> None:
+        """Judge the probe's DNS query; if it passes, hand the server's answer to the agent's DNS observation."""
+        server = DNS_SERVER[probe.family]
+        sport = EPHEMERAL_FIRST + (n + EPHEMERAL_COUNT // 2) % EPHEMERAL_COUNT  # not the connection's port
+        src, dst = ipaddress.ip_address(probe.src_ip), ipaddress.ip_address(server)
+        request = Packet(src.version, PROTOCOL_BY_NAME["UDP"], src.packed, dst.packed, sport, DNS_PORT)
+        if not self.engine.evaluate(request).allowed:
+            return  # blocked: the name is not learnt
+        qtype = TYPE_A if probe.family == "IPv4" else TYPE_AAAA
+        answer = dnswire.response(dnswire.query(probe.resolve, qtype, n & 0xFFFF), list(probe.answer), LAB_DNS_TTL)
+        packet = dnswire.udp_packet(server, probe.src_ip, DNS_PORT, sport, answer)
+        try:
+            observe(self.engine.dns, packet, self.engine.snapshot.pod_by_ip)
+        except DnsError:
+            pass  # an answer to a source that is not a pod (an external or node) teaches nothing, as in the agent
 
     def _judge(self, probe: Probe, n: int) -> Judgement:
         if probe.network:  # a secondary network: only the stages that judge networks answer

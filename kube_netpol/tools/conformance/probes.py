@@ -29,6 +29,12 @@ class Probe:
     protocol: str  # TCP | UDP | SCTP
     family: str  # IPv4 | IPv6
     network: str = ""  # a secondary network's ns/name; "" the cluster network
+    resolve: str = ""  # a DNS name the source resolves first at the lab's DNS server (format v2)
+    answer: tuple[str, ...] = ()  # the addresses the lab's DNS server answers ``resolve`` with
+
+
+#: The lab's DNS server (format v2, "externals[].dnsNames"), by family: outside the cluster, port 53/UDP.
+DNS_SERVER = {"IPv4": "10.96.0.10", "IPv6": "fd00:10:96::10"}
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,27 @@ def expand_probe_set(expect: ExpectSpec, cluster: ClusterSnapshot) -> ProbeSetPl
             port = _resolve_port(expect, cluster, dst)
             if src_ip is None or dst_ip is None or port is None:
                 continue
-            probes.append(Probe(src, dst, src_ip, dst_ip, port, expect.protocol, expect.family, network))
+            resolve, answer = _resolution(expect, cluster, dst)
+            probes.append(Probe(src, dst, src_ip, dst_ip, port, expect.protocol, expect.family, network, resolve, answer))
             expected.append(_expected(expect, src, dst))
     if not probes:
         raise ScenarioError(_why_nothing_is_probed(expect, cluster, sources, destinations, addresses), expect.where)
     return ProbeSetPlan(
         expect.where, expect.port, expect.protocol, expect.family, sources, destinations, tuple(probes), tuple(expected)
     )
+
+
+def _resolution(expect: ExpectSpec, cluster: ClusterSnapshot, dst: str) -> tuple[str, tuple[str, ...]]:
+    """The name a probe to ``dst`` resolves first (its first dnsName, or the set's ``resolve``) and the
+    server's answer to it (the addresses of every external that lists the name); ("", ()) for no lookup."""
+    target = next((e for e in cluster.externals if e.name == dst), None)
+    if target is None or not target.dns_names:
+        return "", ()
+    name = expect.resolve or target.dns_names[0]
+    answer = tuple(ip for e in cluster.externals if name in e.dns_names for ip in e.ips.values())
+    if not answer:
+        raise ScenarioError(f"resolve: {name} is the dnsName of no external", f"{expect.where}.resolve")
+    return name, answer
 
 
 def _select(

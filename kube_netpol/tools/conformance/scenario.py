@@ -107,6 +107,7 @@ class PodSpec:
 class ExternalSpec:
     name: str
     ips: tuple[str, ...]
+    dns_names: tuple[str, ...] = ()  # format v2: names the lab's DNS server answers with ``ips``
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class ExpectSpec:
     default: bool | None
     overrides: tuple[Override, ...]
     network: str | None = None  # a secondary network's ns/name (None: the cluster network)
+    resolve: str | None = None  # format v2: the DNS name a destination with dnsNames is resolved by
 
 
 @dataclass(frozen=True)
@@ -370,9 +372,14 @@ def _parse_cluster_pod(data: object, where: str) -> PodSpec:
 
 def _parse_external(data: object, where: str) -> ExternalSpec:
     ext = fields.as_mapping(data, where)
-    fields.check_fields(ext, where, required=("name", "ips"))
+    fields.check_fields(ext, where, required=("name", "ips"), optional=("dnsNames",))
     name = fields.valid_name(ext["name"], f"{where}.name", fields.DNS_SUBDOMAIN, "an external's name")
-    return ExternalSpec(name, _ips(ext["ips"], f"{where}.ips"))
+    names = tuple(
+        fields.valid_name(text, f"{where}.dnsNames[{i}]", fields.DNS_SUBDOMAIN, "a DNS name").lower()
+        for i, text in enumerate(fields.as_list(ext.get("dnsNames", []), f"{where}.dnsNames"))
+    )
+    fields.no_duplicates(list(names), f"{where}.dnsNames", "DNS name")
+    return ExternalSpec(name, _ips(ext["ips"], f"{where}.ips"), names)
 
 
 def _ips(data: object, where: str) -> tuple[str, ...]:
@@ -536,7 +543,7 @@ def _parse_expect(data: object, where: str) -> ExpectSpec:
         entry,
         where,
         required=("port", "protocol"),
-        optional=("family", "from", "to", "reachability", "default", "overrides", "network"),
+        optional=("family", "from", "to", "reachability", "default", "overrides", "network", "resolve"),
     )
     raw_port = entry["port"]
     port: int | str = (
@@ -562,7 +569,10 @@ def _parse_expect(data: object, where: str) -> ExpectSpec:
     # Always ns/name here: a probe set belongs to no namespace.
     network = network_key(fields.as_string(entry["network"], f"{where}.network"), "", f"{where}.network") \
         if "network" in entry else None
-    return ExpectSpec(where, port, protocol, family, sources, destinations, table, default, overrides, network)
+    resolve = None
+    if "resolve" in entry:
+        resolve = fields.valid_name(entry["resolve"], f"{where}.resolve", fields.DNS_SUBDOMAIN, "a DNS name").lower()
+    return ExpectSpec(where, port, protocol, family, sources, destinations, table, default, overrides, network, resolve)
 
 
 def _parse_override(data: object, where: str) -> Override:
