@@ -116,7 +116,7 @@ class CgroupLocator:
     scan, not one each); a cached answer is checked with one ``stat`` (the
     process alive, its namespace the same) and re-resolved by the next scan
     when it is not. A pod not found waits for the next scan, at most one per
-    ``min_rescan`` seconds.
+    ``min_rescan`` seconds (or ten times the last scan's duration, if longer).
     """
 
     def __init__(self, proc_root: str = "/proc", *, max_processes: int = MAX_PROCESSES,
@@ -151,7 +151,8 @@ class CgroupLocator:
             if identity_of(self._netns_path(found.pid)) == found.identity:
                 return self._netns_path(found.pid)
             del self._found[uid]  # the process is gone (or its PID reused): the next scan re-resolves
-        if self._clock() - self._last_scan >= self.min_rescan:
+        # The scan runs on the control thread: at most a tenth of its time while pods are missing.
+        if self._clock() - self._last_scan >= max(self.min_rescan, 10 * self.last_scan_seconds):
             self.scan()
             found = self._found.get(uid)
             if found is not None:
