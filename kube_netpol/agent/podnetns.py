@@ -216,6 +216,10 @@ class CgroupLocator:
                         "the agent needs hostPID (or --host-proc pointing at the node's /proc)",
                         self.proc_root, seen)
 
+    def namespaces(self) -> dict[str, str]:
+        """Pod UID -> its namespace's path, for every pod the last scan saw (``kube-netpol cleanup``)."""
+        return {uid: self._netns_path(found.pid) for uid, found in self._found.items()}
+
     def _uids_of(self, pid: int) -> set[str]:
         try:
             with open(f"{self.proc_root}/{pid}/cgroup", "rb") as f:

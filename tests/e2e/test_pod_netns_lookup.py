@@ -17,7 +17,9 @@ import pytest
 from e2e_agentlab import requires_root
 from e2e_cgroups import RuntimePods, cgroup1_root, cgroup2_root
 
+from kube_netpol.agent.cleanup import cleanup_pod_namespaces_by_cgroup
 from kube_netpol.agent.podnetns import CgroupLocator, identity_of
+from kube_netpol.dataplane.secondary import Diverted, SecondaryRules
 from kube_netpol.api import PodRecord
 
 pytestmark = requires_root
@@ -122,3 +124,19 @@ def test_no_visible_pod_process_is_said_once(tmp_path: os.PathLike[str], caplog:
     assert [r.getMessage() for r in caplog.records] == [
         f"pod network namespaces: no process of any pod is visible under {tmp_path} (0 processes read): "
         "the agent needs hostPID (or --host-proc pointing at the node's /proc)"]
+
+
+@needs_v2
+def test_cleanup_removes_the_chain_from_pods_found_by_cgroup(runtime: RuntimePods, netns: list[str]) -> None:
+    uid = str(uuid.uuid4())
+    ns, untouched = new_netns(netns), new_netns(netns)
+    runtime.start(runtime.cgroup(uid, driver="systemd", version=2), ns)
+    rules = SecondaryRules()
+    rules.install(ns, [Diverted("net1", 101)], bypass=True)  # what a fail-open agent leaves
+    rules.install(untouched, [Diverted("net1", 101)], bypass=True)  # no pod's process: not a pod's namespace
+    try:
+        result = cleanup_pod_namespaces_by_cgroup("/proc")
+        assert "pod UIDs: " in result and uid in result
+        assert not rules.present(ns) and rules.present(untouched)
+    finally:
+        rules.remove(untouched)
