@@ -91,6 +91,7 @@ class SecondaryNetworks:
         for key in [k for k in self._installed if k not in wanted]:
             self._remove(key)
         not_found = set(self.not_found).intersection(wanted)
+        self._warned.intersection_update(wanted)  # a pod that comes back is said again
         for key, interfaces in wanted.items():
             present = self._installed.get(key)
             if present is not None and present.interfaces == interfaces and not recheck:
