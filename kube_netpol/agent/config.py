@@ -131,6 +131,8 @@ class AgentConfig:
         if self.observe_dns is not None:
             return self.observe_dns
         return any(name.startswith("clusternetworkpolicy-") for name in self.pipeline)
+    pod_netns_lookup: str = "cgroup"
+    host_proc: str = "/proc"
 
     @property
     def node_name(self) -> str:
@@ -215,7 +217,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record only denied connections, those audit mode let through included (default false)", **bool_flag)
     parser.add_argument("--pod-netns-dir", metavar="DIR",
                         help="secondary networks: each pod's network namespace is DIR/<namespace>_<name> (a bind "
-                             "mount or symlink), where the agent diverts its secondary interfaces (docs/multinetwork.md)")
+                             "mount or symlink), where the agent diverts its secondary interfaces (docs/multinetwork.md); "
+                             "implies --pod-netns-lookup=dir")
+    parser.add_argument("--pod-netns-lookup", choices=("cgroup", "dir"), default=None,
+                        help="secondary networks: how the agent finds a pod's network namespace: cgroup (a process "
+                             "in the cgroup of the pod's UID, read from --host-proc; needs hostPID) or dir "
+                             "(--pod-netns-dir) (default dir with --pod-netns-dir, else cgroup)")
+    parser.add_argument("--host-proc", metavar="DIR", default="/proc",
+                        help="the node's /proc, for --pod-netns-lookup=cgroup (default /proc: hostPID)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format (default text)")
     parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity", help="more logs (-v, -vv)")
 
@@ -236,6 +245,11 @@ def load_evaluator_settings(path: str | None) -> dict[str, dict[str, Any]]:
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if args.kubeconfig and args.manifests:
         raise ValueError("--kubeconfig and --manifests exclude each other")
+    lookup = args.pod_netns_lookup or ("dir" if args.pod_netns_dir else "cgroup")
+    if lookup == "dir" and not args.pod_netns_dir:
+        raise ValueError("--pod-netns-lookup=dir needs --pod-netns-dir")
+    if lookup == "cgroup" and args.pod_netns_dir:
+        raise ValueError("--pod-netns-dir is for --pod-netns-lookup=dir")
     return AgentConfig(
         kubeconfig=args.kubeconfig,
         manifests=args.manifests,
@@ -266,4 +280,6 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         verbosity=args.verbosity,
         pod_netns_dir=args.pod_netns_dir,
         observe_dns=args.observe_dns,
+        pod_netns_lookup=lookup,
+        host_proc=args.host_proc,
     )

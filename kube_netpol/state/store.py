@@ -404,6 +404,8 @@ class ClusterState:
             valid=valid,
             annotations=pod.annotations or NO_LABELS,
             owner=pod.owner,
+            # Only this node's pods need it (finding their network namespace): others share "".
+            uid=pod.uid if not self._node_name or pod.node_name == self._node_name else "",
         )
 
     def _rebuild_pods(self, pods: Iterable[PodRecord]) -> None:
@@ -417,7 +419,7 @@ class ClusterState:
                 old.node_name, node.labels if node is not None else NO_LABELS,
                 old.ips, old.host_network, old.terminal, old.container_ports, old.port_names,
                 updated_ns=self._now_ns(), cluster_id=old.cluster_id, valid=old.valid,
-                annotations=old.annotations, owner=old.owner,
+                annotations=old.annotations, owner=old.owner, uid=old.uid,
             )  # fmt: skip
             record.key = old.key  # the tuple every index shares
             self._replace_pod_record(old, record)
