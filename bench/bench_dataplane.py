@@ -71,10 +71,32 @@ UDP new flows per second, for each consumer of the queue:
   (65,536 each, emptied wholesale when full), so every datagram is parsed
   and evaluated.
 
+- the path's CPU: the sender reports its own CPU time (user and kernel).
+  The kernel's work on each datagram up to the queue (the client's stack,
+  the node's netfilter hooks and forwarding) runs in the sender's syscall
+  and the softirq on its way out, and so does all of it for a datagram the
+  kernel answers itself; the bench kernel has no IRQ time accounting, so
+  that softirq time is charged to the sender. Sender plus consumer CPU per
+  flow is the whole path's cost, what a sender-bound run (sender busy 100%:
+  the no-queue ceiling and the kernel-answered rows) cannot show by flows/s.
+- two ceilings: no table at all in the node namespace (the kernel then
+  keeps no conntrack entries there), and "conntrack on", a table whose one
+  rule reads conntrack state, as on every Kubernetes node (kube-proxy, the
+  CNI's masquerading) and with the agent's table.
+
+ClusterNetworkPolicy: at the largest K the agent runs once more with
+``--enable-cluster-network-policy`` and ``--cnps`` ClusterNetworkPolicies
+(half Admin, half Baseline) that select none of the lab's pods, so both CNP
+stages are in the pipeline around NetworkPolicy; the target is 95% of the
+NetworkPolicy-only agent's figures, cached and every flow a cache miss.
+
 TCP: connections per second (4 client processes, each connect + RST-close in
-a loop; median of ``--repeat`` runs) and the time connect() takes for 2,000 sequential connections, 1 ms
-apart (the SYN is the packet queued), with no agent and with the agent at
-the largest policy count.
+a loop; median of ``--repeat`` runs), the clients' CPU time per connection,
+and the time connect() takes for 2,000 sequential connections, 1 ms
+apart (the SYN is the packet queued), with no agent (without and with
+conntrack on) and with the agent at the largest policy count; with the
+agent, how many TCP packets it judged and how many the kernel's verdict
+memory answered (its metrics) during those runs.
 
 Not a test: run it and copy the tables into docs/performance.md.
 """
@@ -86,6 +108,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -175,6 +198,7 @@ def helper_udp_flood(args: argparse.Namespace) -> None:
     sent = errors = 0
     print("go", flush=True)  # the measurement window starts
     started = time.perf_counter()
+    cpu_started = time.process_time()
     deadline = started + args.seconds
     while True:
         now = time.perf_counter()
@@ -193,7 +217,11 @@ def helper_udp_flood(args: argparse.Namespace) -> None:
                 errors += 1
         sent += burst
     elapsed = time.perf_counter() - started
-    print(json.dumps({"sent": sent, "errors": errors, "seconds": elapsed}), flush=True)
+    # Its own CPU time, user and kernel: the kernel's work on each datagram (the client's stack, the
+    # node's netfilter hooks and forwarding, the server's stack) runs in the sender's syscall and the
+    # softirq on its way out, charged to it (no IRQ time accounting on the bench machine's kernel).
+    cpu = time.process_time() - cpu_started
+    print(json.dumps({"sent": sent, "errors": errors, "seconds": elapsed, "cpu_seconds": cpu}), flush=True)
 
 
 def helper_nfq_python(args: argparse.Namespace) -> None:
@@ -276,13 +304,16 @@ def _connect(dst: str, port: int, timeout: float) -> float | None:
 def helper_tcp_connect(args: argparse.Namespace) -> None:
     """Open connections one after another for ``seconds``; print how many succeeded."""
     ok = failed = 0
+    cpu_started = time.process_time()
     deadline = time.perf_counter() + args.seconds
     while time.perf_counter() < deadline:
         if _connect(args.dst, args.port, 1.0) is None:
             failed += 1
         else:
             ok += 1
-    print(json.dumps({"connections": ok, "failures": failed}), flush=True)
+    # The client's CPU time (user and kernel): its SYN's way through the node's hooks runs in it.
+    cpu = time.process_time() - cpu_started
+    print(json.dumps({"connections": ok, "failures": failed, "cpu_seconds": cpu}), flush=True)
 
 
 def helper_tcp_latency(args: argparse.Namespace) -> None:
@@ -310,6 +341,10 @@ class Flood:
     offered_per_s: float
     cpu_us_per_flow: float | None  # the consumer's CPU time (all threads, user + kernel) per datagram judged
     consumer_busy: float | None  # the consumer's CPU time / the sending time
+    #: The sender's own CPU time per datagram that got through: the kernel's part of the path, up to
+    #: the queue (and all of it for datagrams the kernel answers itself), runs in the sender.
+    sender_cpu_us_per_flow: float | None = None
+    sender_busy: float | None = None  # the sender's CPU time / the sending time (1: sender-bound)
     #: Time the consumer's busiest thread was ready to run but waited for its CPU while another
     #: process ran there (schedstat's run_delay, less its sibling threads' CPU time), share of the
     #: sending time: how much something else disturbed the figure.
@@ -341,6 +376,21 @@ class UdpResult:
         return self._median("cpu_us_per_flow")
 
     @property
+    def sender_cpu_median(self) -> float | None:
+        return self._median("sender_cpu_us_per_flow")
+
+    @property
+    def sender_busy_median(self) -> float | None:
+        return self._median("sender_busy")
+
+    @property
+    def path_cpu_median(self) -> float | None:
+        """CPU per flow of the whole path: the sender's (the kernel up to the queue) plus the consumer's."""
+        values = [r.sender_cpu_us_per_flow + (r.cpu_us_per_flow or 0.0) for r in self.runs
+                  if r.sender_cpu_us_per_flow is not None]
+        return statistics.median(values) if values else None
+
+    @property
     def busy_median(self) -> float | None:
         return self._median("consumer_busy")
 
@@ -355,6 +405,8 @@ class UdpResult:
             cpu = f", {self.cpu_median:.2f} µs CPU/flow, consumer busy {self.busy_median:.0%}"
         if self.waited_max is not None:
             cpu += f", waited for its CPU up to {self.waited_max:.1%}"
+        if self.sender_cpu_median is not None and self.sender_busy_median is not None:
+            cpu += f"; sender {self.sender_cpu_median:.2f} µs CPU/flow, busy {self.sender_busy_median:.0%}"
         again = f", {self.discarded} disturbed runs measured again" if self.discarded else ""
         return (f"{self.label}: {self.median:,.0f} judged/s{cpu} (runs {[round(r.judged_per_s) for r in self.runs]}, "
                 f"offered {self.offered:,.0f}/s{again})")  # fmt: skip
@@ -502,6 +554,8 @@ class Bench:
             cpu_us_per_flow=(cpu_drained - cpu_start) / 1000 / through if consumer and through else None,
             consumer_busy=(cpu_end - cpu_start) / 1e9 / (wall_end - wall_start) if consumer else None,
             waited=waited_for_others_ns(sched_start, sched_end) / 1e9 / (wall_end - wall_start) if consumer else None,
+            sender_cpu_us_per_flow=report["cpu_seconds"] * 1e6 / through if through else None,
+            sender_busy=report["cpu_seconds"] / report["seconds"],
         )
 
     def wait_quiet(self) -> bool:
@@ -535,6 +589,32 @@ class Bench:
         return result
 
     @contextlib.contextmanager
+    def conntrack_on(self) -> Iterator[None]:
+        """A table whose one rule reads conntrack state, so the node namespace tracks connections.
+
+        Without any table there the kernel keeps no conntrack entries for this namespace at all; every
+        Kubernetes node does (kube-proxy, the CNI's masquerading), and so does the agent's table."""
+        table = f"knbench-ct-{self.lab.lab_id}"
+        ruleset = {"nftables": [
+            {"add": {"table": {"family": "inet", "name": table}}},
+            {"add": {"chain": {"family": "inet", "table": table, "name": "postrouting", "type": "filter",
+                               "hook": "postrouting", "prio": 95, "policy": "accept"}}},
+            {"add": {"rule": {"family": "inet", "table": table, "chain": "postrouting", "expr": [
+                {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+                {"accept": None}]}}},
+        ]}  # fmt: skip
+        self._run(self.lab.node_command(["nft", "-j", "-f", str(self._write("conntrack-on.json", ruleset))]))
+        try:
+            yield
+        finally:
+            self._run(self.lab.node_command(["nft", "delete", "table", "inet", table]))
+
+    def _write(self, name: str, obj: object) -> Path:
+        path = self.workdir / name
+        path.write_text(json.dumps(obj))
+        return path
+
+    @contextlib.contextmanager
     def queue_rule(self) -> Iterator[None]:
         table = f"knbench-{self.lab.lab_id}"
         backend = self._run(self.lab.node_command([*HELPER, "dataplane", "start", "--table", table,
@@ -560,11 +640,13 @@ class Bench:
             results[0].note = out.strip().splitlines()[-1] if out.strip() else ""
         return results
 
-    def tcp_rate(self) -> tuple[float, int]:
-        """Connections per second of all clients, and how many connects failed (1 s timeout)."""
+    def tcp_rate(self) -> tuple[float, int, float]:
+        """Connections per second of all clients, how many connects failed (1 s timeout), and the
+        clients' CPU µs per connection."""
         argv = [*HELPER, "tcp-connect", "--dst", SERVER[1], "--port", str(TCP_PORT), "--seconds", str(self.args.seconds)]
         processes = [self._start(self.lab.host_command(CLIENT[0], argv), ready_line=None) for _ in range(TCP_CLIENTS)]
         total = failures = 0
+        cpu = 0.0
         for process in processes:
             out, err = process.communicate(timeout=60)
             if process.returncode != 0:
@@ -572,7 +654,8 @@ class Bench:
             report = json.loads(out)
             total += report["connections"]
             failures += report["failures"]
-        return total / self.args.seconds, failures
+            cpu += report["cpu_seconds"]
+        return total / self.args.seconds, failures, cpu * 1e6 / total if total else 0.0
 
     def tcp_latency(self) -> list[float]:
         argv = [*HELPER, "tcp-latency", "--dst", SERVER[1], "--port", str(TCP_PORT), "--count", str(LATENCY_CONNECTIONS)]
@@ -613,7 +696,19 @@ def policies(extra: int) -> list[dict[str, Any]]:
     return out
 
 
-def cluster_objects(extra_policies: int) -> list[dict[str, Any]]:
+def cold_cluster_network_policies(count: int) -> list[dict[str, Any]]:
+    """``count`` ClusterNetworkPolicies, half Admin and half Baseline, none selecting the bench's pods."""
+    return [
+        {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": f"cold-{i:05d}"},
+         "spec": {"tier": "Admin" if i % 2 else "Baseline", "priority": i % 1001,
+                  "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": f"cold-{i}"}}}},
+                  "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+                  "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}}  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def cluster_objects(extra_policies: int, cnps: int = 0) -> list[dict[str, Any]]:
     namespace = {"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": NAMESPACE, "labels": {"kubernetes.io/metadata.name": NAMESPACE}}}  # fmt: skip
     pods = [
@@ -623,24 +718,25 @@ def cluster_objects(extra_policies: int) -> list[dict[str, Any]]:
          "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}  # fmt: skip
         for name, ip in (CLIENT, *SERVERS)
     ]
-    return [namespace, *pods, *policies(extra_policies)]
+    return [namespace, *pods, *policies(extra_policies), *cold_cluster_network_policies(cnps)]
 
 
 class Agent:
     """``python -m kube_netpol run --manifests DIR`` in the node namespace, with its own table."""
 
     def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False, recording: bool = True,
-                 memory: bool = True) -> None:
+                 memory: bool = True, cnps: int = 0) -> None:
         from kube_netpol.sources.manifests import objects_revision
 
         self.bench = bench
         self.recording = recording
         name = (f"{extra_policies}{'-decision-log' if decision_log else ''}{'' if recording else '-unrecorded'}"
-                f"{'' if memory else '-no-memory'}")
+                f"{'' if memory else '-no-memory'}{f'-{cnps}-cnps' if cnps else ''}")
         self.folder = bench.workdir / f"manifests-{name}"
         self.folder.mkdir()
         self.file = self.folder / "cluster.json"
         self.extra = extra_policies
+        self.cnps = cnps
         self._revision_of = objects_revision
         self.table = f"knbench-agent-{bench.lab.lab_id}"
         revision = self.write()
@@ -652,6 +748,8 @@ class Agent:
                 "--metrics-bind-address", f"{AGENT_STATUS[0]}:{AGENT_STATUS[1]}",
                 # One sending pod: the per-source limit of new flows (docs/configuration.md) would measure itself.
                 "--new-flow-rate-limit", "0", f"--verdict-memory={str(memory).lower()}"]  # fmt: skip
+        if cnps:
+            argv.append("--enable-cluster-network-policy")  # both CNP tiers in the pipeline
         self.decision_log: Path | None = None
         if decision_log:
             self.decision_log = bench.workdir / f"decisions-{name}.jsonl"
@@ -662,7 +760,7 @@ class Agent:
         self.wait_enforced(revision, AGENT_START_TIMEOUT)
 
     def write(self) -> str:
-        objects = cluster_objects(self.extra)
+        objects = cluster_objects(self.extra, self.cnps)
         temporary = self.folder / ".cluster.json.tmp"
         temporary.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
         os.replace(temporary, self.file)
@@ -694,6 +792,16 @@ class Agent:
             if line.startswith("kube_network_policies_packet_count{") and 'verdict="accept"' in line:
                 total += int(float(line.rsplit(" ", 1)[1]))
         return total
+
+    def tcp_answers(self) -> tuple[int, int]:
+        """(TCP packets the agent judged in userspace, packets the kernel's verdict memory answered) so far."""
+        queued = kernel = 0
+        for line in self.http_get("/metrics").splitlines():
+            if line.startswith("kube_network_policies_packet_count{") and 'protocol="TCP"' in line:
+                queued += int(float(line.rsplit(" ", 1)[1]))
+            elif line.startswith("kube_network_policies_kernel_verdicts{"):
+                kernel += int(float(line.rsplit(" ", 1)[1]))
+        return queued, kernel
 
     def decision_records(self) -> dict[str, int]:
         """Decision records by fate so far (written, rate_limited, queue_full, write_error)."""
@@ -737,6 +845,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         binary = build_nfq_accept(workdir)
         print("UDP new flows per second:", flush=True)
         results["udp"].append(bench.udp_series("no queue rule (the path's ceiling)"))
+        with bench.conntrack_on():
+            results["udp"].append(bench.udp_series(CONNTRACK_CEILING))
         from kube_netpol.agent.verdict_loop import COPY_RANGE  # bind like the agent
 
         c_argv = [str(binary), str(QUEUE_NUM), str(COPY_RANGE)]
@@ -757,7 +867,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if equal:
                         label = f"agent, {policies_label}, {equal:,.0f}/s offered"
                         results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
-                    results["tcp"]["agent"] = tcp_figures(bench, f"agent, {policies_label}")
+                    results["tcp"]["agent"] = tcp_figures(bench, f"agent, {policies_label}", agent)
             finally:
                 agent.stop()
                 agent = None
@@ -765,7 +875,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             # The same agent again, at full load and at the equal rate: without its metric
             # recording, and with decision logging on.
-            variants = [(NO_MEMORY, {"memory": False}, args.no_memory_comparison),
+            variants = [(f"{args.cnps} {CNPS}", {"cnps": args.cnps}, not args.cnps),
+                        (NO_MEMORY, {"memory": False}, args.no_memory_comparison),
                         (UNRECORDED, {"recording": False}, args.no_recording_comparison),
                         ("decision logging on", {"decision_log": True}, args.no_decision_log)]
             for variant, options, skipped in variants:
@@ -774,10 +885,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 agent = Agent(bench, extra, **options)
                 try:
                     results["udp"].append(agent_series(bench, agent, f"agent, {policies_label}, {variant}"))
-                    if variant == NO_MEMORY:
+                    if variant == NO_MEMORY or CNPS in variant:
                         label = f"agent, {policies_label}, {variant}, every flow a cache miss"
                         results["udp"].append(bench.udp_series(label, agent.process.pid, mode="uncached"))
-                        results["tcp"]["agent-no-memory"] = tcp_figures(bench, f"agent, {policies_label}, {variant}")
+                        if variant == NO_MEMORY:
+                            results["tcp"]["agent-no-memory"] = tcp_figures(bench, f"agent, {policies_label}, {variant}",
+                                                                            agent)
                     if equal:
                         label = f"agent, {policies_label}, {variant}, {equal:,.0f}/s offered"
                         results["udp_equal"].append(agent_series(bench, agent, label, rate=equal))
@@ -785,6 +898,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     agent.stop()
                     agent = None
         results["tcp"]["none"] = tcp_figures(bench, "no agent")
+        with bench.conntrack_on():
+            results["tcp"]["conntrack"] = tcp_figures(bench, f"no agent, {CONNTRACK_CEILING.split(', ')[1]}")
     finally:
         if agent is not None:
             agent.stop()
@@ -811,14 +926,18 @@ def agent_series(bench: Bench, agent: Agent, label: str, rate: float | None = No
     return result
 
 
-def tcp_figures(bench: Bench, label: str) -> dict[str, float]:
+def tcp_figures(bench: Bench, label: str, agent: Agent | None = None) -> dict[str, Any]:
+    """Connections/s (median of ``--repeat`` runs), the clients' CPU per connection, connect() latency;
+    with an agent, how many of the TCP packets it judged itself and how many the kernel answered."""
     server = bench._start(bench.lab.host_command(SERVER[0], [*HELPER, "tcp-server", "--port", str(TCP_PORT)]))
+    answers_before = agent.tcp_answers() if agent is not None else (0, 0)
     try:
-        rates, failures = [], 0
+        rates, cpus, failures = [], [], 0
         for _ in range(bench.args.repeat):
             bench.wait_quiet()
-            rate, failed = bench.tcp_rate()
+            rate, failed, cpu = bench.tcp_rate()
             rates.append(rate)
+            cpus.append(cpu)
             failures += failed
         rate = statistics.median(rates)
         bench.wait_quiet()
@@ -826,11 +945,18 @@ def tcp_figures(bench: Bench, label: str) -> dict[str, float]:
     finally:
         server.kill()
         server.wait()
-    figures = {"label": label, "connections_per_s": rate, "p50_us": _percentile(latency, 0.5),
-               "p99_us": _percentile(latency, 0.99), "samples": len(latency), "rate_runs": rates,
-               "connect_failures": failures}  # fmt: skip
-    print(f"TCP, {label}: {rate:,.0f} connections/s (runs {[round(r) for r in rates]}, {failures} connects timed out), connect() p50 {figures['p50_us']:.0f} µs, "
-          f"p99 {figures['p99_us']:.0f} µs", flush=True)  # fmt: skip
+    figures: dict[str, Any] = {
+        "label": label, "connections_per_s": rate, "p50_us": _percentile(latency, 0.5),
+        "p99_us": _percentile(latency, 0.99), "samples": len(latency), "rate_runs": rates,
+        "client_cpu_us": statistics.median(cpus), "connect_failures": failures}  # fmt: skip
+    answered = ""
+    if agent is not None:
+        queued, kernel = agent.tcp_answers()
+        figures["queued"], figures["kernel_answered"] = queued - answers_before[0], kernel - answers_before[1]
+        answered = f"; the agent judged {figures['queued']:,} TCP packets, the kernel answered {figures['kernel_answered']:,}"
+    print(f"TCP, {label}: {rate:,.0f} connections/s (runs {[round(r) for r in rates]}, {failures} connects timed out), "
+          f"clients {figures['client_cpu_us']:.1f} µs CPU/connection, connect() p50 {figures['p50_us']:.0f} µs, "
+          f"p99 {figures['p99_us']:.0f} µs{answered}", flush=True)  # fmt: skip
     return figures
 
 
@@ -850,22 +976,48 @@ def report(results: dict[str, Any]) -> str:
     lines += target_lines(udp, full_load=True)
     lines += target_lines(equal, full_load=False)
     tcp = results["tcp"]
-    lines += ["", "| TCP | connections/s | connect() p50 µs | connect() p99 µs |", "|---|---:|---:|---:|"]
-    for key in ("none", "agent", "agent-no-memory"):
+    lines += ["", "| TCP | connections/s | clients' CPU µs/connection | connect() p50 µs | connect() p99 µs | "
+              "judged by the agent | answered by the kernel |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for key in ("none", "conntrack", "agent", "agent-no-memory"):
         if key in tcp:
             t = tcp[key]
-            lines.append(f"| {t['label']} | {t['connections_per_s']:,.0f} | {t['p50_us']:.0f} | {t['p99_us']:.0f} |")
+            lines.append(f"| {t['label']} | {t['connections_per_s']:,.0f} | {t['client_cpu_us']:.1f} | {t['p50_us']:.0f} | "
+                         f"{t['p99_us']:.0f} | {t.get('queued', '–')} | {t.get('kernel_answered', '–')} |")
     for key in ("agent", "agent-no-memory"):
         if "none" in tcp and key in tcp:
             t, none = tcp[key], tcp["none"]
             lines.append(f"\n{t['label']}: {t['connections_per_s'] / none['connections_per_s']:.0%} of the connections/s "
-                         f"without an agent; added connect() latency p50 {t['p50_us'] - none['p50_us']:.1f} µs, "
+                         f"without an agent, {none['client_cpu_us'] / t['client_cpu_us']:.0%} by the clients' CPU per "
+                         f"connection; added connect() latency p50 {t['p50_us'] - none['p50_us']:.1f} µs, "
                          f"p99 {t['p99_us'] - none['p99_us']:.1f} µs.")  # fmt: skip
-    ceiling = next((r for r in results["udp"] if r.label.startswith("no queue rule")), None)
-    if ceiling is not None:
+            if "conntrack" in tcp:
+                ct = tcp["conntrack"]
+                lines.append(f"Against no agent with conntrack on: {t['connections_per_s'] / ct['connections_per_s']:.0%} of "
+                             f"the connections/s, {ct['client_cpu_us'] / t['client_cpu_us']:.0%} by the clients' CPU per "
+                             f"connection; added p50 {t['p50_us'] - ct['p50_us']:.1f} µs, p99 {t['p99_us'] - ct['p99_us']:.1f} µs.")
+    ceiling = next((r for r in results["udp"] if r.label.startswith("no queue rule (")), None)
+    tracked = next((r for r in results["udp"] if r.label == CONNTRACK_CEILING), None)
+    if ceiling is not None and ceiling.path_cpu_median:
+        lines += ["", "The whole path (the sender carries the kernel's part up to the queue, the consumer the rest):", "",
+                  "| consumer | judged new flows/s | sender busy | sender CPU µs/flow | consumer CPU µs/flow | "
+                  "path CPU µs/flow | vs the ceiling by flows/s | by path CPU | vs the ceiling with conntrack by path CPU |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in results["udp"]:
-            if r.label.startswith("agent, ") and "cache miss" not in r.label and "offered" not in r.label:
-                lines.append(f"{r.label}: {r.median / ceiling.median:.0%} of the no-queue ceiling's new flows/s.")
+            if r.path_cpu_median is None:
+                continue
+            vs_tracked = f"{tracked.path_cpu_median / r.path_cpu_median:.0%}" if tracked and tracked.path_cpu_median else "–"
+            lines.append(f"| {r.label} | {r.median:,.0f} | {r.sender_busy_median or 0:.0%} | {r.sender_cpu_median or 0:.2f} | "
+                         f"{r.cpu_median if r.cpu_median is not None else 0:.2f} | {r.path_cpu_median:.2f} | "
+                         f"{r.median / ceiling.median:.0%} | {ceiling.path_cpu_median / r.path_cpu_median:.0%} | {vs_tracked} |")
+        lines.append("")
+        for r in results["udp"]:
+            if r.label.startswith("agent, ") and "cache miss" not in r.label and "offered" not in r.label and r.path_cpu_median:
+                text = (f"{r.label}: {r.median / ceiling.median:.0%} of the no-queue ceiling's new flows/s, "
+                        f"{ceiling.path_cpu_median / r.path_cpu_median:.0%} by the path's CPU per flow")
+                if tracked is not None and tracked.path_cpu_median:
+                    text += (f"; against the ceiling with conntrack on {r.median / tracked.median:.0%} by flows/s, "
+                             f"{tracked.path_cpu_median / r.path_cpu_median:.0%} by the path's CPU per flow")
+                lines.append(text + ".")
     return "\n".join(lines)
 
 
@@ -893,6 +1045,12 @@ DISTURBED = 0.05
 #: The target: the agent at the largest policy count judges at least this share of what the
 #: Python accept-all consumer judges.
 TARGET = 0.80
+#: In the label of the agent run with ClusterNetworkPolicy enabled and --cnps policies selecting nothing it sees.
+CNPS = "ClusterNetworkPolicies selecting nothing (CNP enabled)"
+#: The CNP target: that agent judges at least this share of what the NetworkPolicy-only agent judges.
+CNP_TARGET = 0.95
+#: The ceiling with conntrack on in the node namespace (as on every Kubernetes node, and with the agent).
+CONNTRACK_CEILING = "no queue rule, conntrack on"
 #: In the label of the agent run without the kernel's verdict memory (--verdict-memory=false).
 NO_MEMORY = "verdict memory off"
 #: In the label of the agent run without the verdict loop's metric recording.
@@ -922,9 +1080,20 @@ def target_lines(rows: list[UdpResult], full_load: bool) -> list[str]:
             met = met and by_cpu >= TARGET
         out.append(f"Target ({TARGET:.0%} of the Python accept-all), {r.label}: {', '.join(parts)}: "
                    f"{'met' if met else 'missed'}.")  # fmt: skip
+    for r in rows:
+        if not r.label.startswith(largest) or CNPS not in r.label:
+            continue
+        plain_label = re.sub(r", \d+ " + re.escape(CNPS), "", r.label)
+        plain = next((p for p in rows if p.label == plain_label), None)
+        if plain is not None and plain.cpu_median and r.cpu_median:
+            parts = [f"{r.median / plain.median:.1%} by flows/s" if full_load else "",
+                     f"{plain.cpu_median / r.cpu_median:.1%} by CPU per flow"]
+            met = plain.cpu_median / r.cpu_median >= CNP_TARGET and (not full_load or r.median / plain.median >= CNP_TARGET)
+            out.append(f"CNP target ({CNP_TARGET:.0%} of {plain.label}), {r.label}: {', '.join(p for p in parts if p)}: "
+                       f"{'met' if met else 'missed'}.")  # fmt: skip
     unrecorded = next((r for r in rows if r.label.startswith(largest) and UNRECORDED in r.label), None)
     recorded = next((r for r in rows if r.label.startswith(largest)
-                     and not any(other in r.label for other in (UNRECORDED, "cache miss", "decision logging"))), None)
+                     and not any(other in r.label for other in (UNRECORDED, "cache miss", "decision logging", CNPS))), None)
     if unrecorded is not None and recorded is not None and unrecorded.cpu_median and recorded.cpu_median:
         out.append(f"Metric recording, {recorded.label}: {recorded.cpu_median - unrecorded.cpu_median:+.2f} µs CPU "
                    f"per flow against the same agent with it patched out "
@@ -956,6 +1125,9 @@ def main() -> int:
                         help="skip the agent run with decision logging on")  # fmt: skip
     parser.add_argument("--no-recording-comparison", action="store_true",
                         help="skip the agent run with the verdict loop's metric recording patched out")  # fmt: skip
+    parser.add_argument("--cnps", type=int, default=100,
+                        help="at the largest policy count, run the agent again with ClusterNetworkPolicy enabled and "
+                             "this many CNPs selecting none of its pods (0: skip)")  # fmt: skip
 
     helper = sub.add_parser("helper").add_subparsers(dest="helper", required=True)
     p = helper.add_parser("udp-flood")

@@ -42,7 +42,10 @@ events) is not the agent's CPU, but it shares the machine's cores: wall times
 depend on it, the CPU figures do not. Run as root; everything lives in lab
 namespaces and is removed at the end::
 
-    python bench/bench_scale.py [--pods 1000,10000,100000] [--latency-policies 10000]
+    python bench/bench_scale.py [--pods 1000,10000,100000] [--latency-policies 10000] [--watch-list false]
+
+``--watch-list false`` runs the agent with paged lists instead of streaming
+the initial state (the fake server serves both).
 
 Not a test: copy the table into docs/performance.md (with ``uptime``).
 """
@@ -202,7 +205,7 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 @contextmanager
-def scale_lab(pods: int, policies: int) -> Iterator[tuple[KubeLab, dict[str, float]]]:
+def scale_lab(pods: int, policies: int, watch_list: bool = True) -> Iterator[tuple[KubeLab, dict[str, float]]]:
     """The lab, the server loaded with the cluster, the agent started; yields it once ready, with its figures."""
     lab = Lab("knlscale", probe_timeout=0.1)
     table = f"knlscale-{lab.lab_id}"
@@ -223,7 +226,8 @@ def scale_lab(pods: int, policies: int) -> Iterator[tuple[KubeLab, dict[str, flo
             lab.add_host(key, ips)
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         started = time.monotonic()
-        agent = KubeAgentProcess(lab, kubeconfig, workdir / "agent.log", node_name=NODE, table=table)
+        agent = KubeAgentProcess(lab, kubeconfig, workdir / "agent.log", node_name=NODE, table=table,
+                                 extra_args=[f"--watch-list={str(watch_list).lower()}"])
         env = KubeLab(lab, server, agent, dict(LAB_PODS))
         pid = agent.process.pid
         wanted = {kind: env.last_version(kind) for kind in ("Namespace", "Pod", "NetworkPolicy")}
@@ -306,6 +310,8 @@ def main() -> None:
     parser.add_argument("--churn-rate", type=int, default=100, help="pod creations (and deletions) per second")
     parser.add_argument("--churn-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of 4 policy changes")
+    parser.add_argument("--watch-list", default="true", choices=("true", "false"),
+                        help="the agent's --watch-list: stream the initial state (true) or list it in pages (false)")
     parser.add_argument("--json", help="append the figures here (one JSON object per line)")
     args = parser.parse_args()
     sys.setswitchinterval(0.0002)  # the server's watch thread takes its timestamps promptly
@@ -313,8 +319,8 @@ def main() -> None:
     results = []
     for pods in (int(p) for p in args.pods.split(",")):
         policies = max(1, pods // PODS_PER_POLICY)
-        with scale_lab(pods, policies) as (env, figures):
-            figures.update(pods=pods, policies=policies)
+        with scale_lab(pods, policies, args.watch_list == "true") as (env, figures):
+            figures.update(pods=pods, policies=policies, watch_list=args.watch_list == "true")
             print(f"# {pods} pods, {policies} policies: ready {figures['ready_s']:.1f} s, "
                   f"{figures['ready_cpu_s']:.1f} CPU s, RSS {figures['rss_mib']:.0f} MiB", file=sys.stderr)
             figures.update(churn(env, pods, args.churn_rate, args.churn_seconds))

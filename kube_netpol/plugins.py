@@ -19,13 +19,15 @@ from kube_netpol.state.kinds import KindError
 
 GROUP = "kube_netpol.evaluators"
 
-#: The pipeline order when none is configured.
-DEFAULT_PIPELINE = ("adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy")
 #: The order of every built-in evaluator, from which the agent takes those enabled (--enable-*): each API's
 #: tiers are a block, the current API (ClusterNetworkPolicy) outermost; see evaluators/clusternetworkpolicy.py.
 BUILTIN_ORDER = (
     "clusternetworkpolicy-admin", "adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy", "clusternetworkpolicy-baseline",
 )
+#: The pipeline when none is configured (explain, advise, build_engine): every built-in evaluator, so an
+#: offline tool judges whatever kinds the manifests hold; a stage without objects of its kind passes.
+#: (The agent's default is its --enable-* flags over BUILTIN_ORDER: NetworkPolicy alone.)
+DEFAULT_PIPELINE = BUILTIN_ORDER
 
 Settings = Mapping[str, Mapping[str, object]]
 

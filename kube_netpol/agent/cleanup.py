@@ -17,6 +17,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--nftables-table", default="kube-netpol", help="the table name the agent used (default kube-netpol)")
     parser.add_argument("--pod-netns-dir", metavar="DIR",
                         help="also remove the secondary-network chain from every pod namespace in DIR (as given to run)")
+    parser.add_argument("--pod-netns-lookup", choices=("cgroup",), default=None,
+                        help="also remove the secondary-network chain from every pod namespace found by the pods' "
+                             "cgroups under --host-proc (as run's --pod-netns-lookup=cgroup)")
+    parser.add_argument("--host-proc", metavar="DIR", default="/proc", help="the node's /proc (default /proc: hostPID)")
     parser.set_defaults(func=cleanup_command)
 
 
@@ -31,7 +35,27 @@ def cleanup_command(args: argparse.Namespace) -> int:
     print(describe(args.nftables_table, removed))
     if getattr(args, "pod_netns_dir", None):
         print(cleanup_pod_namespaces(args.pod_netns_dir))
+    if getattr(args, "pod_netns_lookup", None) == "cgroup":
+        print(cleanup_pod_namespaces_by_cgroup(args.host_proc))
     return 0
+
+
+def cleanup_pod_namespaces_by_cgroup(host_proc: str) -> str:
+    """Remove the secondary-network chain from the namespace of each pod whose processes ``host_proc`` shows."""
+    from kube_netpol.agent.podnetns import CgroupLocator
+    from kube_netpol.dataplane.secondary import SecondaryRules
+
+    rules = SecondaryRules()
+    locator = CgroupLocator(host_proc)
+    locator.scan()
+    cleaned = []
+    for uid, path in sorted(locator.namespaces().items()):
+        if rules.present(path):
+            rules.remove(path)
+            cleaned.append(uid)
+    if not cleaned:
+        return f"no secondary-network chain in the namespaces of the pods under {host_proc}"
+    return f"removed the secondary-network chain from {len(cleaned)} pod namespace(s), pod UIDs: {', '.join(cleaned)}"
 
 
 def cleanup_pod_namespaces(directory: str) -> str:

@@ -26,7 +26,8 @@ import time
 from typing import Any, Callable, Protocol
 
 from kube_netpol.agent.config import AgentConfig
-from kube_netpol.agent.secondary import DirectoryLocator, SecondaryNetworks
+from kube_netpol.agent.podnetns import locator_for
+from kube_netpol.agent.secondary import SecondaryNetworks
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import Dataplane, DataplaneConfig, conntrack
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: How often the control thread looks at its source when nothing else wakes it.
 CONTROL_INTERVAL = 0.05
+#: Seconds between looks at whether installed pods' network namespaces are still theirs (a sandbox recreated).
+SECONDARY_RECHECK_INTERVAL = 2.0
 #: Strict mode re-judges conntrack at most this often, so a burst of changes costs one pass.
 STRICT_MODE_MIN_INTERVAL = 0.2
 #: ... and at most this often for batches of pod changes alone: pods come and go all the time in a
@@ -133,8 +136,9 @@ class Agent:
         )  # fmt: skip
         # Secondary networks: queues and rules inside attached pods' namespaces (agent/secondary.py).
         self.secondary = SecondaryNetworks(
-            self.engine, DirectoryLocator(config.pod_netns_dir) if config.pod_netns_dir else None,
+            self.engine, locator_for(config.pod_netns_lookup, config.pod_netns_dir, config.host_proc),
             config.nfqueue_id, config.fail_open, config.audit)
+        self._secondary_checked = 0.0  # monotonic seconds of the last recheck of pods' namespaces
         self.stats = ControlStats()
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -158,6 +162,8 @@ class Agent:
         self._pending_since = 0.0
         # The source revision whose state the dataplane (and, in strict mode, conntrack) fully reflects.
         self._enforced_revision = ""
+        # How many full flow tables the kernel's verdict memory was flushed for (FlowHistory.tables_filled).
+        self._memory_flushed_for = 0
 
     # ------------------------------------------------------------ health
 
@@ -190,6 +196,10 @@ class Agent:
                 "repairs": self.guard.repair_counts() if self.guard is not None else {},
             },
             "verdicts": {"accepted": accepted, "dropped": dropped, "errors": self.verdict_loop.counters.errors},
+            "secondary_networks": {
+                "pods": len(self.secondary.installed),
+                "not_found": sorted(f"{ns}/{name}" for ns, name in self.secondary.not_found),
+            },
         }
 
     # ------------------------------------------------------------ running
@@ -243,10 +253,13 @@ class Agent:
             log.info("agent ready: pipeline %s, queue backend %s, node %s",
                      ",".join(self.config.pipeline), backend, self.config.node_name)
             self._pending_since = 0.0
+            if not self._sync_secondary():
+                self._synced_generation = -1  # a pod's namespace is not there yet: retried by the loop
             if self._strict_mode:
                 # Policies may have changed while no agent ran: judge what is established now.
                 self._enforce_strict_mode()
-            self._enforced_revision = revision
+            if self._synced_generation == self.engine.generation:
+                self._enforced_revision = revision
             stop_waker = threading.Thread(target=self._wake_on, args=(stop,), daemon=True)
             stop_waker.start()
             while not stop.is_set():
@@ -259,6 +272,11 @@ class Agent:
                         self._strict_due, time.monotonic(), self._last_strict, self.engine.last_kinds)
                 if self._synced_generation != self.engine.generation:
                     self._sync_dataplane()
+                elif time.monotonic() - self._secondary_checked >= SECONDARY_RECHECK_INTERVAL:
+                    if not self._sync_secondary(recheck=True):
+                        self._synced_generation = -1
+                if self.engine.history.tables_filled != self._memory_flushed_for:
+                    self._forget_remembered()
                 if self._repaired.is_set():  # connections made while the kernel had no (or a wrong) ruleset
                     self._repaired.clear()
                     if self._strict_mode:
@@ -283,6 +301,22 @@ class Agent:
                 self.guard.stop()
             self.dataplane.stop()
             log.info("agent stopped (%s)", "rules kept: fail-open" if self.config.fail_open else "rules removed")
+
+    def _forget_remembered(self) -> None:
+        """The flow table filled and was emptied: flush the kernel's verdict memory as well.
+
+        Its sets then never hold more keys than a flow table (ruleset.MEMORY_SIZE
+        has room for two): a full set would take no new key, and every new
+        connection would go through the queue until keys timed out. Checked
+        every CONTROL_INTERVAL; in between, the sets take what arrives.
+        """
+        self._memory_flushed_for = self.engine.history.tables_filled
+        if not self.dataplane.verdict_memory:
+            return
+        try:
+            self.dataplane.forget_remembered()
+        except Exception:  # noqa: BLE001 - a missing table is the guard's to repair; the memory is only a cache
+            log.exception("flushing the verdict memory failed")
 
     def _on_repair(self, drift: object) -> None:
         self._repaired.set()
@@ -345,7 +379,7 @@ class Agent:
         except Exception:  # noqa: BLE001 - keep enforcing the last good ruleset and retry
             ok = False
             log.exception("dataplane sync failed; retrying")
-        if ok and not self.secondary.sync():
+        if ok and not self._sync_secondary():
             ok = False  # a pod's namespace is not there yet: retried, the revision is not enforced yet
         self.stats.record_sync(time.perf_counter() - started, ok)
         if not ok:
@@ -354,6 +388,17 @@ class Agent:
         if self._pending_since:
             self.stats.record_apply_latency(time.monotonic() - self._pending_since)
             self._pending_since = 0.0
+
+    def _sync_secondary(self, recheck: bool = False) -> bool:
+        """The pods' secondary networks follow the snapshot; False while some pod is not set up."""
+        installs = self.secondary.installs
+        if recheck:
+            self._secondary_checked = time.monotonic()
+        ok = self.secondary.sync(recheck=recheck)
+        if self.secondary.installs != installs and self._strict_mode:
+            # A pod set up late (its namespace found, or moved): what it established meanwhile was never judged.
+            self._strict_due = self._strict_due or time.monotonic()
+        return ok
 
     def _enforce_strict_mode(self) -> None:
         """Cut the connections the current policies deny: delete their conntrack entries.

@@ -84,14 +84,15 @@ def run_command(args: argparse.Namespace) -> int:
             return ManifestFolderSource(folder, state)
     else:
         try:
-            from kube_netpol.sources.kubernetes import KubernetesConfigError, kubernetes_source_factory
+            from kube_netpol.sources.kubernetes import KubernetesConfigError, WatchSettings, kubernetes_source_factory
         except ImportError as err:
             print(f"kube-netpol run: the Kubernetes API source needs the `kubernetes` package "
                   f"(pip install 'kube-netpol[kubernetes]'), or use --manifests DIR ({err})", file=sys.stderr)
             return 2
         try:
             # In-cluster configuration unless --kubeconfig; the pipeline's kinds decide what is watched.
-            source_factory = kubernetes_source_factory(config.kubeconfig)  # type: ignore[assignment]
+            settings = WatchSettings(watch_list=config.watch_list)
+            source_factory = kubernetes_source_factory(config.kubeconfig, settings)  # type: ignore[assignment]
         except KubernetesConfigError as err:
             print(f"kube-netpol run: {err}", file=sys.stderr)
             return 2

@@ -1,12 +1,16 @@
 """Secondary networks on this node: rules and queue readers inside attached pods' namespaces.
 
-The control thread calls ``sync(snapshot)`` after each publication: for
-every pod the snapshot wants diverted (``Snapshot.network_attachments``) it
-finds the pod's namespace (``PodNetnsLocator``), binds one queue per diverted
-interface from inside that namespace, then installs the chain
-(``kube_netpol.dataplane.secondary``); pods no longer wanted lose both. One
-reader thread serves every bound queue: each packet is judged with the
-engine's current snapshot on the interface's network (``judge_on``).
+The control thread calls ``sync()`` after each publication: for every pod
+the snapshot wants diverted (``Snapshot.network_attachments``) it finds the
+pod's namespace (``kube_netpol.agent.podnetns``), opens it and keeps the file
+descriptor (every later step goes through that descriptor, so a reused PID
+or a recreated namespace can never redirect it), binds one queue per
+diverted interface from inside it, then installs the chain
+(``kube_netpol.dataplane.secondary``); pods no longer wanted lose all three.
+``sync(recheck=True)``, run every few seconds, also asks the locator again
+for every installed pod and moves a pod whose namespace changed (its sandbox
+recreated). One reader thread serves every bound queue: each packet is judged
+with the engine's current snapshot on the interface's network (``judge_on``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
-from kube_netpol.api.cluster import PodKey, PodRecord
+from kube_netpol.api.cluster import PodKey
+from kube_netpol.agent.podnetns import Identity, PodNetnsLocator, identity_of
 from kube_netpol.api.packet import Packet
 from kube_netpol.dataplane import conntrack
 from kube_netpol.dataplane.netns import run_in_netns
@@ -37,31 +42,17 @@ MAX_QUEUE_LEN = 1024
 Interfaces = tuple[tuple[str, str], ...]
 
 
-class PodNetnsLocator(Protocol):
-    def path(self, pod: PodRecord) -> str | None:
-        """The pod's network namespace as a path ``setns`` can open; None while it is not found."""
-        ...
-
-
-class DirectoryLocator:
-    """``--pod-netns-dir DIR``: the pod's namespace is ``DIR/<namespace>_<name>`` (a bind mount or symlink)."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-
-    def path(self, pod: PodRecord) -> str | None:
-        name = f"{pod.namespace}_{pod.name}"
-        if "/" in name or name.startswith("."):
-            return None
-        found = os.path.join(self.directory, name)
-        return found if os.path.exists(found) else None
-
-
 @dataclass
 class _Installed:
-    netns: str
+    fd: int  # the pod's namespace, held open while installed
+    identity: Identity
     interfaces: Interfaces
     queues: list[Any]  # NetfilterQueue objects bound in the pod's namespace
+
+    @property
+    def netns(self) -> str:
+        """A path to exactly this namespace, for ``setns`` and ``nsenter`` (the descriptor, by /proc)."""
+        return f"/proc/{os.getpid()}/fd/{self.fd}"
 
 
 class SecondaryNetworks:
@@ -78,6 +69,10 @@ class SecondaryNetworks:
         self._lock = threading.Lock()  # the reader's set of queues vs the control thread's changes
         self._generation = 0
         self._warned: set[PodKey] = set()
+        #: How many times a pod was set up (strict mode judges what was established before: controller.py).
+        self.installs = 0
+        #: Pods wanted whose namespace is not found (for /statusz; replaced whole, read from other threads).
+        self.not_found: frozenset[PodKey] = frozenset()
 
     @property
     def installed(self) -> Mapping[PodKey, _Installed]:
@@ -85,56 +80,74 @@ class SecondaryNetworks:
 
     # ------------------------------------------------------------------ control thread
 
-    def sync(self) -> bool:
-        """Follow the current snapshot; False when some pod could not be set up yet (retry later)."""
+    def sync(self, recheck: bool = False) -> bool:
+        """Follow the current snapshot; False when some pod could not be set up yet (retry later).
+
+        ``recheck``: also look up every installed pod's namespace again and move
+        the pods whose namespace changed."""
         snapshot = self.engine.snapshot
         wanted = snapshot.network_attachments()
         ok = True
         for key in [k for k in self._installed if k not in wanted]:
             self._remove(key)
+        not_found = set(self.not_found).intersection(wanted)
+        self._warned.intersection_update(wanted)  # a pod that comes back is said again
         for key, interfaces in wanted.items():
             present = self._installed.get(key)
-            if present is not None and present.interfaces == interfaces:
+            if present is not None and present.interfaces == interfaces and not recheck:
                 continue
             pod = self.engine.state.pod(key)
             netns = self.locator.path(pod) if pod is not None and self.locator is not None else None
             if netns is None:
+                if present is not None and present.interfaces == interfaces:
+                    continue  # not visible now (no process, say): what is installed stays until it changes
+                not_found.add(key)
                 if key not in self._warned:
                     self._warned.add(key)
                     log.warning("pod %s/%s: its network namespace is not found (%s); its secondary interfaces "
-                                "are not enforced yet", key[0], key[1],
-                                "no --pod-netns-dir" if self.locator is None else "not there yet")  # fmt: skip
+                                "are not enforced until it is", key[0], key[1],
+                                "no locator" if self.locator is None or pod is None else self.locator.describe(pod))
                 ok = False
                 continue
+            if present is not None and present.interfaces == interfaces:
+                if identity_of(netns) in (present.identity, None):
+                    continue
+                log.warning("pod %s/%s: its network namespace changed (sandbox recreated?); moving its "
+                            "secondary-network rules to the new one", *key)
             if present is not None:
                 self._remove(key)
             try:
                 self._install(key, netns, interfaces)
                 self._warned.discard(key)
+                not_found.discard(key)
             except Exception:  # noqa: BLE001 - one pod's failure must not stop the others
                 log.exception("pod %s/%s: installing its secondary-network rules failed; retrying", *key)
                 ok = False
+        self.not_found = frozenset(not_found)
         return ok
 
-    def _install(self, key: PodKey, netns: str, interfaces: Interfaces) -> None:
+    def _install(self, key: PodKey, path: str, interfaces: Interfaces) -> None:
         diverted = [Diverted(check_interface(interface), self.queue_base + i)
                     for i, (interface, _network) in enumerate(interfaces, start=1)]  # fmt: skip
-        queues: list[Any] = []
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        installed = _Installed(fd, (st.st_dev, st.st_ino), interfaces, [])
         try:
             for item, (_interface, network) in zip(diverted, interfaces):
-                queues.append(run_in_netns(netns, _binder(item.queue_num, self._handler(network))))
-            installed = _Installed(netns, interfaces, queues)
+                installed.queues.append(run_in_netns(installed.netns, _binder(item.queue_num, self._handler(network))))
             with self._lock:
                 self._installed[key] = installed
                 self._generation += 1
             # Queues first, then the rules that divert to them (fail-closed must not drop meanwhile).
-            self.rules.install(netns, diverted, bypass=self.fail_open)
+            self.rules.install(installed.netns, diverted, bypass=self.fail_open)
+            self.installs += 1
         except BaseException:
             with self._lock:
                 self._installed.pop(key, None)
                 self._generation += 1
-            for queue in queues:
+            for queue in installed.queues:
                 _unbind(queue)
+            os.close(fd)
             raise
         log.info("pod %s/%s: secondary interfaces %s diverted", key[0], key[1],
                  ", ".join(f"{i} ({n})" for i, n in interfaces))
@@ -145,13 +158,14 @@ class SecondaryNetworks:
             self._generation += 1
         if installed is None:
             return
-        if not keep_rules and os.path.exists(installed.netns):
+        if not keep_rules:
             try:
                 self.rules.remove(installed.netns)
             except Exception:  # noqa: BLE001
                 log.exception("pod %s/%s: removing its secondary-network rules failed", *key)
         for queue in installed.queues:
             _unbind(queue)
+        os.close(installed.fd)
 
     def stop(self) -> None:
         """Fail-open keeps the rules (they bypass the unbound queues); fail-closed removes them."""

@@ -79,13 +79,16 @@ class PodRecord:
     pod's controller (its ownerReference with ``controller: true``), e.g.
     ``ReplicaSet/web-7d4b9c``, or "" for a pod no controller owns; policies do
     not read it (decision records and ``kube-netpol advise`` do). The string is
-    interned: the pods of one controller share it.
+    interned: the pods of one controller share it. ``uid`` is ``metadata.uid``
+    ("" when absent): the container runtime names the pod's cgroups after it,
+    which is how the agent finds a pod's network namespace on a node
+    (``kube_netpol.agent.podnetns``); policies do not read it.
     """
 
     __slots__ = (
         "key", "namespace", "name", "labels", "namespace_labels", "node_name", "node_labels", "ips",
         "host_network", "terminal", "container_ports", "port_names", "updated_ns", "cluster_id", "valid",
-        "annotations", "owner",
+        "annotations", "owner", "uid",
     )  # fmt: skip
 
     def __init__(
@@ -106,6 +109,7 @@ class PodRecord:
         valid: bool = True,
         annotations: Mapping[str, str] = NO_LABELS,
         owner: str = "",
+        uid: str = "",
     ) -> None:
         self.key: PodKey = (namespace, name)
         self.namespace = namespace
@@ -124,6 +128,7 @@ class PodRecord:
         self.valid = valid
         self.annotations = annotations
         self.owner = owner
+        self.uid = uid
 
     @property
     def is_policy_target(self) -> bool:

@@ -42,6 +42,7 @@ from kube_netpol.dataplane.ruleset import (
     RulesetSpec,
     TableState,
     delete_table_commands,
+    flush_memory_commands,
     installed_divert_all,
     normalize_addresses,
     parse_table,
@@ -321,6 +322,19 @@ class Dataplane:
             if not self.spec.verdict_memory:
                 return 0, 0
             return self._read_counter(REMEMBERED_ACCEPTED_COUNTER), self._read_counter(REMEMBERED_DROPPED_COUNTER)
+
+    def forget_remembered(self) -> None:
+        """Flush the verdict memory's sets (nothing when the memory is off): one transaction.
+
+        For the agent when its flow table fills (controller.py): the kernel then
+        holds no more keys than the table did, so its sets never fill. Raises
+        NftablesError when the kernel refuses (the table is gone: the guard's
+        repair re-creates it, its sets empty).
+        """
+        with self._lock:
+            commands = flush_memory_commands(self.spec)
+            if commands:
+                self.nft.run(commands)
 
     def _read_counter(self, name: str) -> int:
         try:

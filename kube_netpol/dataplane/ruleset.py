@@ -101,7 +101,9 @@ SCTP keys are remembered (``th dport`` is their destination port), and only
 for packets queued on postrouting (the DNS requests judged on prerouting are
 judged with another destination on the xt backend). When an add fails (a
 full set), the rule is skipped: the verdict is carried out, the next packet
-of the key is queued again.
+of the key is queued again. A set never fills in practice: the agent empties
+its flow table when it holds 65,536 keys and flushes the memory then, and a
+set has room for twice that (``MEMORY_SIZE``).
 
 Every rule carries a comment ``"<name> <fingerprint>"``; the fingerprint hashes
 the rule's generated expression, so comparing comments tells whether the rules
@@ -146,8 +148,12 @@ METER_SIZE: Final = 65535
 #: Seconds a source's bucket is kept after its last new flow (a full bucket refills in one second).
 METER_TIMEOUT: Final = 10
 
-#: The verdict memory: keys per set, the default seconds a key is remembered.
-MEMORY_SIZE: Final = 65536
+#: The verdict memory: keys per set, the default seconds a key is remembered. The agent flushes
+#: the memory whenever its flow table (kube_netpol.engine.flows.DEFAULT_MAX_FLOWS, 65,536 keys)
+#: fills, so a set holds at most one table's keys plus those added before the flush lands: twice
+#: the table leaves that room. A full set would take no new key until its keys time out, and every
+#: new key's packets would go to the queue meanwhile.
+MEMORY_SIZE: Final = 131072
 DEFAULT_MEMORY_TIMEOUT: Final = 60
 REMEMBER_CHAIN: Final = "remember"
 REMEMBERED_ACCEPTED_COUNTER: Final = "remembered-accepted"

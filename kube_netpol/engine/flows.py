@@ -259,6 +259,9 @@ class FlowHistory:
 
     def __init__(self, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
         self.max_flows = max_flows
+        # Flow tables replaced because they were full (packet thread writes, control thread reads):
+        # the kernel's verdict memory is flushed with each (agent/controller.py).
+        self.tables_filled = 0
         # Recent timed packets for the summary's quantiles, written at sample_index & mask:
         # processing time (ns) and how many packets the time stands for.
         self.samples = [0] * SUMMARY_WINDOW

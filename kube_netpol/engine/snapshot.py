@@ -151,6 +151,7 @@ class Snapshot:
             # Full: a new table (a bound on memory). A retired snapshot keeps filling its
             # retired table: the packet thread is about to move to the next snapshot.
             history.retire(flows)
+            history.tables_filled += 1
             flows = self.flows = {}
         stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns)
         if judgement.lifetime is not None:

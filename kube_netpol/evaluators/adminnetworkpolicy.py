@@ -53,24 +53,58 @@ class _Subject(MemoEntry):
     egress: tuple[EgressRule, ...]
 
 
+class SubjectIndex:
+    """Policies (by precedence position) found from a pod's labels, so a pod's entry checks only likely ones.
+
+    A policy whose subject pod selector has matchLabels is filed under one of its
+    pairs (a pod without that pair cannot be selected); one whose pod selector is
+    empty is selected wherever its namespace selector matches; the rest (only
+    matchExpressions) are checked for every pod.
+    """
+
+    __slots__ = ("by_label", "all_pods", "others")
+
+    def __init__(self, policies: Sequence[object]) -> None:
+        self.by_label: dict[tuple[str, str], list[int]] = {}
+        all_pods: list[int] = []
+        others: list[int] = []
+        for position, policy in enumerate(policies):
+            selector = policy.subject.pod_selector  # type: ignore[attr-defined]
+            if selector.matches_all:
+                all_pods.append(position)
+            elif selector.required_labels:
+                self.by_label.setdefault(selector.required_labels[0], []).append(position)
+            else:
+                others.append(position)
+        self.all_pods = tuple(all_pods)
+        self.others = tuple(others)
+
+
 class SubjectRulesStage(SelectingStage):
     """Policies in precedence order, the node index, and the memos built from them.
 
-    ``by_namespace`` remembers, per namespace labels mapping, the policies whose
-    subject's namespace selector matches it (in precedence order): a pod's
-    entry then checks only those policies' pod selectors, so policies of
-    other namespaces cost nothing per pod (a namespace selector is judged once
-    per namespace, not once per pod).
+    ``by_namespace`` remembers, per namespace labels mapping, which policies'
+    subject namespace selector matches it (judged once per namespace, not once
+    per pod); with the ``SubjectIndex`` a pod's entry then looks only at the
+    policies filed under its own labels, so policies that select other pods
+    cost nothing per pod, however many there are.
     """
 
-    __slots__ = ("policies", "nodes", "memo", "by_namespace")
+    __slots__ = ("policies", "nodes", "memo", "by_namespace", "index")
 
-    def __init__(self, policies: Sequence[AdminNetworkPolicy] | Sequence[object], nodes: NodeIndex) -> None:
+    def __init__(
+        self,
+        policies: Sequence[AdminNetworkPolicy] | Sequence[object],
+        nodes: NodeIndex,
+        index: SubjectIndex | None = None,
+    ) -> None:
         self.policies = tuple(policies)
         self.nodes = nodes
+        self.index = index if index is not None else SubjectIndex(self.policies)
         self.memo: dict[int, _Subject] = {}
-        # id(namespace labels) -> (those labels, kept alive so the id stays theirs; the candidate policies)
-        self.by_namespace: dict[int, tuple[Labels, tuple[object, ...]]] = {}
+        # id(namespace labels) -> (those labels, kept alive so the id stays theirs; the positions of
+        # the empty-pod-selector policies selecting that namespace; those of the other policies)
+        self.by_namespace: dict[int, tuple[Labels, tuple[int, ...], frozenset[int]]] = {}
 
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if dst is None or src is None:
@@ -124,26 +158,41 @@ class SubjectRulesStage(SelectingStage):
             entry = self._remember(pod)
         return entry.selected
 
-    def _candidates(self, namespace_labels: Labels) -> tuple[object, ...]:
+    def _namespace(self, namespace_labels: Labels) -> tuple[tuple[int, ...], frozenset[int]]:
         known = self.by_namespace.get(id(namespace_labels))
         if known is not None and known[0] is namespace_labels:
-            return known[1]
-        candidates = tuple(
-            policy for policy in self.policies
-            if policy.subject.namespace_selector.matches(namespace_labels)  # type: ignore[attr-defined]
-        )  # fmt: skip
+            return known[1], known[2]
+        all_pods = set(self.index.all_pods)
+        whole: list[int] = []
+        selective: list[int] = []
+        for position, policy in enumerate(self.policies):
+            if policy.subject.namespace_selector.matches(namespace_labels):  # type: ignore[attr-defined]
+                (whole if position in all_pods else selective).append(position)
         if len(self.by_namespace) >= MEMO_SIZE:
             self.by_namespace.clear()
-        self.by_namespace[id(namespace_labels)] = (namespace_labels, candidates)
-        return candidates
+        found = (tuple(whole), frozenset(selective))
+        self.by_namespace[id(namespace_labels)] = (namespace_labels, *found)
+        return found
 
     def _remember(self, pod: PodRecord) -> _Subject:
         entry = _Subject(pod.labels)
         entry.namespace_labels = pod.namespace_labels
+        labels = pod.labels
+        whole, selective = self._namespace(pod.namespace_labels)
+        positions = list(whole)
+        if selective:
+            by_label = self.index.by_label
+            for item in labels.items():
+                filed = by_label.get(item)
+                if filed is not None:
+                    positions.extend(p for p in filed if p in selective)
+            positions.extend(p for p in self.index.others if p in selective)
+            positions.sort()  # precedence order; each policy is filed once, so no repeats
         ingress: list[IngressRule] = []
         egress: list[EgressRule] = []
-        labels = pod.labels
-        for policy in self._candidates(pod.namespace_labels):
+        policies = self.policies
+        for position in positions:
+            policy = policies[position]
             if policy.subject.pod_selector.matches(labels):  # type: ignore[attr-defined]
                 entry.selected = True
                 ingress.extend(policy.ingress)  # type: ignore[attr-defined]
@@ -163,9 +212,12 @@ class SubjectRulesEvaluator(IndexedEvaluator[SubjectRulesStage]):
     def __init__(self) -> None:
         super().__init__(self.new_stage((), {}))
 
-    def new_stage(self, policies: Sequence[object], nodes: NodeIndex) -> SubjectRulesStage:
-        """The stage for these policies (in precedence order) and nodes; a subclass may judge more."""
-        return SubjectRulesStage(policies, nodes)
+    def new_stage(
+        self, policies: Sequence[object], nodes: NodeIndex, index: SubjectIndex | None = None
+    ) -> SubjectRulesStage:
+        """The stage for these policies (in precedence order) and nodes (``index``: the policies' subject
+        index when they did not change); a subclass may judge more."""
+        return SubjectRulesStage(policies, nodes, index)
 
     def ordered(self, view: ClusterView) -> tuple[object, ...]:
         raise NotImplementedError
@@ -186,7 +238,7 @@ class SubjectRulesEvaluator(IndexedEvaluator[SubjectRulesStage]):
     def with_others(self, stage: SubjectRulesStage, view: ClusterView, changes: list[Change[object]]) -> SubjectRulesStage:
         if not any(change.kind == "Node" for change in changes):
             return stage  # the memo follows new pod and namespace records by itself
-        return self.new_stage(stage.policies, index_nodes(view))
+        return self.new_stage(stage.policies, index_nodes(view), stage.index)
 
 
 def index_nodes(view: ClusterView) -> dict[bytes, tuple[Labels, ...]]:

@@ -1,14 +1,14 @@
 """The two ClusterNetworkPolicy (v1alpha2) evaluators: the Admin tier and the Baseline tier.
 
-Default pipeline (kube_netpol.plugins.DEFAULT_PIPELINE)::
+Built-in order (kube_netpol.plugins.BUILTIN_ORDER, also the default pipeline of explain and advise)::
 
     clusternetworkpolicy-admin, adminnetworkpolicy, networkpolicy,
     baselineadminnetworkpolicy, clusternetworkpolicy-baseline
 
 Admin tier (before NetworkPolicy): the CNPs of tier Admin by ``priority``
 ascending; equal priorities are ordered by name ascending (deterministic, and
-logged once per pair as ambiguous, since the API leaves that order to the
-implementation). Rules in written order; the first match decides: Accept and
+logged as ambiguous, since the API leaves that order to the implementation:
+one line per tier whenever the groups of equal-priority policies change). Rules in written order; the first match decides: Accept and
 Deny are final, Pass gives a NEXT decision naming the policy and rule, which
 skips every remaining Admin-tier rule and hands the packet to what follows.
 
@@ -36,15 +36,22 @@ from typing import Sequence
 from kube_netpol.api.cluster import ClusterView
 from kube_netpol.api.evaluator import EvaluatorContext, LearntNames
 from kube_netpol.api.kinds import NODE_KIND, KindSpec
-from kube_netpol.evaluators.adminnetworkpolicy import ADMIN_GROUP, NodeIndex, SubjectRulesEvaluator, SubjectRulesStage
+from kube_netpol.evaluators.adminnetworkpolicy import (
+    ADMIN_GROUP,
+    NodeIndex,
+    SubjectIndex,
+    SubjectRulesEvaluator,
+    SubjectRulesStage,
+)
 from kube_netpol.evaluators.domainnames import DomainNamesStage
 from kube_netpol.policy.clusternetworkpolicy import ClusterNetworkPolicy, parse_cluster_network_policy
 
 log = logging.getLogger(__name__)
 
 KIND = "ClusterNetworkPolicy"
-#: Equal-priority pairs logged as ambiguous, per tier, before the evaluator stops naming them.
-MAX_REPORTED_TIES = 100
+#: In the ambiguous-order log line: the equal-priority groups named, and the names per group.
+MAX_GROUPS = 10
+MAX_NAMES = 5
 CLUSTER_NETWORK_POLICY = KindSpec(KIND, ADMIN_GROUP, "v1alpha2", "clusternetworkpolicies", False, parse_cluster_network_policy, order=20)
 
 
@@ -58,10 +65,13 @@ class ClusterNetworkPolicyTierEvaluator(SubjectRulesEvaluator):
     def __init__(self, dns: LearntNames | None = None) -> None:
         self._dns = dns
         super().__init__()
-        self._reported: set[tuple[str, str]] = set()
+        # The groups of equal-priority policies last logged: a line only when they change.
+        self._ties: frozenset[tuple[int, tuple[str, ...]]] = frozenset()
 
-    def new_stage(self, policies: Sequence[object], nodes: NodeIndex) -> SubjectRulesStage:
-        return DomainNamesStage(policies, nodes, self._dns)
+    def new_stage(
+        self, policies: Sequence[object], nodes: NodeIndex, index: SubjectIndex | None = None
+    ) -> SubjectRulesStage:
+        return DomainNamesStage(policies, nodes, self._dns, index)
 
     def ordered(self, view: ClusterView) -> tuple[object, ...]:
         policies = [p for p in view.objects(KIND).values() if isinstance(p, ClusterNetworkPolicy) and p.tier == self.tier]
@@ -70,22 +80,29 @@ class ClusterNetworkPolicyTierEvaluator(SubjectRulesEvaluator):
         return tuple(policies)
 
     def _report_ties(self, policies: list[ClusterNetworkPolicy]) -> None:
-        for first, second in zip(policies, policies[1:]):
-            pair = (first.name, second.name)
-            if first.priority == second.priority and pair not in self._reported:
-                if len(self._reported) >= MAX_REPORTED_TIES:
-                    # A bound on memory and log volume: thousands of ties are one misconfiguration, said once.
-                    if len(self._reported) == MAX_REPORTED_TIES:
-                        self._reported.add(("", ""))
-                        log.warning("more than %d pairs of ClusterNetworkPolicies of tier %s share a priority; "
-                                    "further ambiguous pairs are not logged", MAX_REPORTED_TIES, self.tier)
-                    return
-                self._reported.add(pair)
-                log.warning(
-                    "ClusterNetworkPolicies %s and %s of tier %s have the same priority %d: their order is ambiguous "
-                    "in the API; kube-netpol judges them by name (%s first)",
-                    first.name, second.name, self.tier, first.priority, first.name,
-                )  # fmt: skip
+        """Log the equal-priority groups when they differ from the last ones logged (not on every change)."""
+        names: dict[int, list[str]] = {}
+        for policy in policies:  # sorted: names ascending within a priority
+            names.setdefault(policy.priority, []).append(policy.name)
+        ties = frozenset((priority, tuple(group)) for priority, group in names.items() if len(group) > 1)
+        if ties == self._ties:
+            return
+        self._ties = ties
+        if not ties:
+            log.info("no two ClusterNetworkPolicies of tier %s share a priority any more", self.tier)
+            return
+        groups = sorted(ties)
+        # Bounded: thousands of ties are one misconfiguration; the line names the first groups and names.
+        shown = "; ".join(
+            f"priority {priority}: {', '.join(group[:MAX_NAMES])}{f' and {len(group) - MAX_NAMES} more' if len(group) > MAX_NAMES else ''}"
+            for priority, group in groups[:MAX_GROUPS]
+        )
+        more = f"; and {len(groups) - MAX_GROUPS} more priorities" if len(groups) > MAX_GROUPS else ""
+        log.warning(
+            "ClusterNetworkPolicies of tier %s share a priority (%d priorities, %d policies): their order is ambiguous "
+            "in the API; kube-netpol judges each group by name ascending: %s%s",
+            self.tier, len(groups), sum(len(group) for _, group in groups), shown, more,
+        )  # fmt: skip
 
 
 def precedence(policy: ClusterNetworkPolicy) -> tuple[int, str]:

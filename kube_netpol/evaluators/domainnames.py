@@ -28,7 +28,7 @@ from kube_netpol.api.cluster import NO_PORT_NAMES, Labels, PodRecord, PortNames
 from kube_netpol.api.evaluator import LearntNames
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import NEXT, Decision, Verdict
-from kube_netpol.evaluators.adminnetworkpolicy import NodeIndex, SubjectRulesStage
+from kube_netpol.evaluators.adminnetworkpolicy import NodeIndex, SubjectIndex, SubjectRulesStage
 from kube_netpol.policy.domainnames import DomainEgressRule
 
 #: NEXT after a domainNames rule that did not match: never reused.
@@ -40,8 +40,10 @@ class DomainNamesStage(SubjectRulesStage):
 
     __slots__ = ("dns", "_uncached")
 
-    def __init__(self, policies: Sequence[object], nodes: NodeIndex, dns: LearntNames | None) -> None:
-        super().__init__(policies, nodes)
+    def __init__(
+        self, policies: Sequence[object], nodes: NodeIndex, dns: LearntNames | None, index: SubjectIndex | None = None
+    ) -> None:
+        super().__init__(policies, nodes, index)
         self.dns = dns
         self._uncached: dict[Decision, Decision] = {}  # a rule's decision -> the same with lifetime 0 (built once)
 

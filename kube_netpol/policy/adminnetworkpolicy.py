@@ -341,12 +341,14 @@ def _parse_rules(
 
 
 def _rule_header(
-    rule: Any, index: int, direction: str, path: str, policy: str, actions: tuple[str, ...], kind: str, peers: str
+    rule: Any, index: int, direction: str, path: str, policy: str, actions: tuple[str, ...], kind: str, peers: str,
+    ports: str = "ports", verdicts: Mapping[str, Verdict] = _VERDICT_OF_ACTION,
 ) -> tuple[str, str, Decision]:
-    """(name, action, decision) of a rule, after checking its fields."""
+    """(name, action, decision) of a rule, after checking its fields; shared with ClusterNetworkPolicy
+    (whose ports field is ``protocols`` and whose actions are Accept, Deny, Pass)."""
     if not isinstance(rule, Mapping):
         raise InvalidObject("must be an object", path)
-    _no_unknown_fields(rule, ("name", "action", peers, "ports"), path)
+    _no_unknown_fields(rule, ("name", "action", peers, ports), path)
     name = rule.get("name")
     if name is None or name == "":
         # Rules may be unnamed; name them by position so that decisions stay traceable.
@@ -363,7 +365,7 @@ def _rule_header(
         raise InvalidObject(
             f"unsupported action {action!r} for {kind} (expected {', '.join(actions)}){hint}", f"{path}.action"
         )
-    verdict = _VERDICT_OF_ACTION[action]
+    verdict = verdicts[action]
     # Pass is a NEXT verdict that still names its policy and rule, for `explain`.
     decision = Decision(verdict, policy=policy, rule=name, reason=action)
     return name, action, decision

@@ -32,6 +32,38 @@ def parse_cidr(text: object, path: str = "cidr") -> ipaddress.IPv4Network | ipad
     return ipaddress.ip_network((address, prefix), strict=False)
 
 
+MAX_CEL_CIDR = 43  # the v1alpha2 CRD's maxLength for a CIDR
+
+
+def parse_cidr_strict(text: object, path: str = "cidr") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR as the CEL ``isCIDR`` of a CRD accepts it (Go's netip.ParsePrefix), host bits masked off.
+
+    Unlike stored core objects (see ``parse_cidr``) a CRD validated with CEL never
+    accepted leading zeros, so none are read here: no leading zero in an IPv4 part or
+    in the prefix, no zone, no IPv4-mapped IPv6 address, at most 43 characters.
+    """
+    if not isinstance(text, str) or "/" not in text:
+        raise InvalidObject(f"invalid CIDR {text!r}: expected address/prefix", path)
+    if len(text) > MAX_CEL_CIDR:
+        raise InvalidObject(f"invalid CIDR {text!r}: at most {MAX_CEL_CIDR} characters", path)
+    address_text, _, prefix_text = text.partition("/")
+    try:
+        address = ipaddress.ip_address(address_text) if "%" not in address_text else None
+    except ValueError:
+        address = None
+    if address is None:
+        raise InvalidObject(f"invalid CIDR {text!r}: {address_text!r} is not an IP address", path)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise InvalidObject(f"invalid CIDR {text!r}: IPv4-mapped IPv6 addresses are not accepted", path)
+    if not _PREFIX.match(prefix_text) or int(prefix_text) > address.max_prefixlen:
+        raise InvalidObject(
+            f"invalid CIDR {text!r}: the prefix must be a number from 0 to {address.max_prefixlen}", path
+        )
+    return ipaddress.ip_network((address, int(prefix_text)), strict=False)
+
+
+_PREFIX = re.compile(r"(0|[1-9][0-9]{0,2})\Z")
+
 # ASCII digits only: Go reads '0'-'9', where Python's int() would take any Unicode digit.
 _DECIMAL = re.compile(r"[0-9]+\Z")
 _HEX = re.compile(r"[0-9A-Fa-f]+\Z")

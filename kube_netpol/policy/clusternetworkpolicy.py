@@ -28,20 +28,20 @@ from kube_netpol.api.errors import InvalidObject
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.policy.adminnetworkpolicy import (
     MAX_PRIORITY,
-    MAX_RULE_NAME,
     EgressRule,
     IngressRule,
     PodPeer,
     Subject,
     _exactly_one,
+    _list_field as _list,
     _name_of,
     _no_unknown_fields,
-    _parse_network,
     _parse_pod_peer,
     _parse_subject,
+    _rule_header as _shared_rule_header,
 )
 from kube_netpol.dns.names import DomainPatterns
-from kube_netpol.policy.cidrs import AddressRanges
+from kube_netpol.policy.cidrs import AddressRanges, parse_cidr_strict
 from kube_netpol.policy.domainnames import DomainEgressRule
 from kube_netpol.policy.ports import PortMatcher, check_port_number
 from kube_netpol.policy.selectors import LabelSelector, parse_label_selector
@@ -124,37 +124,9 @@ def parse_cluster_network_policy(obj: Mapping[str, Any]) -> ClusterNetworkPolicy
     return ClusterNetworkPolicy(name, tier, priority, subject, ingress, tuple(egress), domain_names)
 
 
-def _list(obj: Mapping[str, Any], field: str, path: str, required: bool, limit: int) -> list[Any]:
-    value = obj.get(field)
-    if value is None:
-        if required:
-            raise InvalidObject(f"{field} is required and must list at least one entry", f"{path}.{field}")
-        return []
-    if not isinstance(value, list):
-        raise InvalidObject("must be a list", f"{path}.{field}")
-    if required and not value:
-        raise InvalidObject(f"{field} must list at least one entry", f"{path}.{field}")
-    if len(value) > limit:
-        raise InvalidObject(f"at most {limit} entries are allowed, got {len(value)}", f"{path}.{field}")
-    return value
-
-
 def _rule_header(rule: Any, index: int, direction: str, path: str, policy: str, peers: str) -> tuple[str, str, Decision]:
-    if not isinstance(rule, Mapping):
-        raise InvalidObject("must be an object", path)
-    _no_unknown_fields(rule, ("name", "action", peers, "protocols"), path)
-    name = rule.get("name")
-    if name is None or name == "":
-        name = f"{direction}[{index}]"  # unnamed rules are named by position, so decisions stay traceable
-    elif not isinstance(name, str):
-        raise InvalidObject("must be a string", f"{path}.name")
-    elif len(name) > MAX_RULE_NAME:
-        raise InvalidObject(f"must be at most {MAX_RULE_NAME} characters", f"{path}.name")
-    action = rule.get("action")
-    if action not in ACTIONS:
-        raise InvalidObject(f"action is required and must be one of {', '.join(ACTIONS)}, got {action!r}", f"{path}.action")
-    # Pass is a NEXT verdict that still names its policy and rule, for `explain`.
-    return name, action, Decision(_VERDICT_OF_ACTION[action], policy=policy, rule=name, reason=action)
+    return _shared_rule_header(rule, index, direction, path, policy, ACTIONS, "ClusterNetworkPolicy", peers,
+                               ports="protocols", verdicts=_VERDICT_OF_ACTION)
 
 
 def _parse_ingress_rule(rule: Any, index: int, path: str, policy: str) -> IngressRule:
@@ -189,7 +161,8 @@ def _parse_egress_rule(rule: Any, index: int, path: str, policy: str) -> tuple[E
             if len(set(map(str, cidrs))) != len(cidrs):
                 raise InvalidObject("networks must not repeat a CIDR", f"{where}.networks")
             for k, text in enumerate(cidrs):
-                networks.append(_parse_network(text, f"{where}.networks[{k}]"))
+                # The CRD's CEL isCIDR, stricter than the sloppy parse of stored core objects.
+                networks.append(parse_cidr_strict(text, f"{where}.networks[{k}]"))
                 texts.append(text)
         else:
             if action != "Accept":
@@ -240,8 +213,9 @@ def _parse_protocols(rule: Mapping[str, Any], path: str) -> tuple[PortMatcher | 
         value = entry[kind]
         where = f"{where}.{kind}"
         if kind == "destinationNamedPort":
-            if not isinstance(value, str) or not value or len(value) > 15:
-                raise InvalidObject("must be a port name of 1 to 15 characters", where)
+            # The CRD sets no length: a name no container port can have (over 15 characters) matches nothing.
+            if not isinstance(value, str) or not value:
+                raise InvalidObject("must be a non-empty port name", where)
             named.append((value, None))  # resolved on the receiving pod with the packet's protocol
             named_at = named_at or where
             continue
@@ -251,8 +225,8 @@ def _parse_protocols(rule: Mapping[str, Any], path: str) -> tuple[PortMatcher | 
         _no_unknown_fields(value, ("destinationPort",), where)
         port = value.get("destinationPort")
         if port is None:
-            ranges.append((protocol, 0, 65535))  # every port of the protocol
-            continue
+            # The CRD's minProperties 1: "tcp: {}" is refused; every port of a protocol is a 1-65535 range.
+            raise InvalidObject(f"{kind} must set destinationPort (the CRD refuses an empty {kind} entry)", where)
         where = f"{where}.destinationPort"
         which = _exactly_one(port, ("number", "range"), where, "destinationPort")
         if which == "number":

@@ -56,6 +56,11 @@ class LabelSelector:
         self.matches_all = not equal and not expressions
         self.source = source or {}
 
+    @property
+    def required_labels(self) -> tuple[tuple[str, str], ...]:
+        """The matchLabels pairs: a pod lacking any of them is never matched (an index key)."""
+        return self._equal
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         if self.matches_all:
             return True

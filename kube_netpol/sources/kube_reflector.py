@@ -2,7 +2,16 @@
 
 The loop:
 
-1. list the collection page by page (``limit``/``continue``), handing each
+1. stream the collection's current state with a watch-list request
+   (``sendInitialEvents=true``, KEP-3157) where the client's method takes it:
+   ADDED events gathered into pages and handed on as a list's pages are, up
+   to the BOOKMARK annotated ``k8s.io/initial-events-end``, which ends the
+   sync; the same watch then goes on as in 2. A server that refuses it (422,
+   as kube-apiserver before 1.27 or with the WatchList gate off) or that does
+   not end the initial state (no such bookmark: a plain bookmark first,
+   silence, or a time limit) makes this reflector list in pages from then on
+   (logged once). Otherwise (or with ``WatchSettings.watch_list`` off):
+   list the collection page by page (``limit``/``continue``), handing each
    page to the control thread as it arrives (the next page is read while it
    is applied, never more: a list costs the state's memory plus about two
    pages), then delete what the list did not hold, and remember the list's
@@ -40,7 +49,7 @@ from kube_netpol.sources.pod_pages import decode_pod_event, decode_pod_page
 from kube_netpol.sources.kube_watch_protocol import (
     GONE,
     BadEvent,
-    WatchEvent,
+    is_initial_events_end,
     parse_event,
     resource_version_of,
     split_lines,
@@ -78,6 +87,14 @@ class WatchSettings:
     backoff_max: float = 30.0
     #: A watch that lasted this long (or delivered an event) was healthy: the backoff starts over.
     healthy_watch: float = 1.0
+    #: Stream each kind's initial state with a watch-list request (sendInitialEvents) where the
+    #: client's method has the parameter; False: paged lists always (``--watch-list=false``).
+    watch_list: bool = True
+    #: While a watch-list's initial state streams: the longest silence, and the longest time in all,
+    #: before we decide that the server will not end it with its bookmark and list in pages instead.
+    #: kube-apiserver sends the bookmark within about a second of the last initial event.
+    watch_list_silence: float = 30.0
+    watch_list_timeout: float = 120.0
 
     @property
     def dead_connection_timeout(self) -> int:
@@ -113,6 +130,82 @@ class WatchFailed(Exception):
     """The server sent an ERROR event other than 410."""
 
 
+class WatchListUnsupported(Exception):
+    """The server does not stream the initial state (refused sendInitialEvents, or never ended it)."""
+
+
+#: How a server that does not know (or has switched off) sendInitialEvents refuses it: 422 Invalid
+#: ListOptions ("sendInitialEvents is forbidden for watch unless the WatchList feature gate is
+#: enabled"; before 1.27 "resourceVersionMatch is forbidden for watch"); 400 from odd proxies.
+_WATCH_LIST_REFUSED = frozenset({400, 422})
+#: Consecutive watch-lists that ended cleanly before their bookmark after which we stop trying.
+_EARLY_ENDS_TOLERATED = 3
+
+
+def _status_message(err: BaseException) -> str:
+    """The ``message`` of the Status an HTTP error carries (the client's ApiException.body), bounded."""
+    body = getattr(err, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return ""
+    try:
+        status = json.loads(body[:65536])
+    except ValueError:
+        return ""
+    message = status.get("message") if isinstance(status, Mapping) else None
+    return message[:300] if isinstance(message, str) else ""
+
+
+class _StreamWatchdog:
+    """Breaks a watch-list whose initial state stalls (no line for ``silence`` s) or lasts over ``limit`` s.
+
+    A server that ignores sendInitialEvents answers with a plain watch: its
+    events, then silence, never the bookmark we wait for.
+    """
+
+    def __init__(self, name: str, abort: Callable[[], None], silence: float, limit: float) -> None:
+        self._abort = abort
+        self._silence = silence
+        self._limit = limit
+        self._deadline = time.monotonic() + limit
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        #: Why the stream was broken ("" while it was not).
+        self.reason = ""
+        self._thread = threading.Thread(target=self._guard, name=f"watch-list-{name}", daemon=True)
+        self._thread.start()
+
+    def progress(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _guard(self) -> None:
+        tick = max(0.01, min(0.5, self._silence / 4))
+        while not self._done.wait(tick):
+            now = time.monotonic()
+            if now - self._last >= self._silence:
+                self.reason = f"nothing for {self._silence:g} s and no initial-events-end bookmark"
+            elif now >= self._deadline:
+                self.reason = f"no initial-events-end bookmark within {self._limit:g} s"
+            else:
+                continue
+            self._abort()
+            return
+
+
+@dataclass
+class _InitialState:
+    """What a watch-list gathers until its bookmark: the keys seen (filled on the control thread), the page being filled."""
+
+    seen: set[ObjectKey]
+    page: list[Any]
+    applied: threading.Event | None = None
+    listed: int = 0
+
+
 def describe_error(err: BaseException) -> str:
     """A short reason for a log line: ``HTTP 403 Forbidden``, ``connection refused``..."""
     status = getattr(err, "status", None)
@@ -136,7 +229,9 @@ class Reflector:
         state: ClusterState,
         submit: Submit,
         settings: WatchSettings | None = None,
+        watch_list: bool = False,
     ) -> None:
+        """``watch_list``: ``request`` takes ``send_initial_events`` (and ``settings.watch_list`` allows it)."""
         self.resource = resource
         self._request = request
         self._state = state
@@ -151,6 +246,8 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self._relist_reason = ""
         self._missing_reported = False
+        self._watch_list = watch_list and (settings or WatchSettings()).watch_list
+        self._early_ends = 0
         self.lists_completed = 0
         #: The resourceVersion of the last list or event applied to the state; set on the control thread.
         self.applied_version = ""
@@ -161,6 +258,11 @@ class Reflector:
     def synced(self) -> bool:
         """The first list has been applied to the state (by the control thread)."""
         return self._synced.is_set()
+
+    @property
+    def streams(self) -> bool:
+        """The next (re)list is a watch-list (False: paged lists, by settings or after the server refused)."""
+        return self._watch_list
 
     @property
     def resource_version(self) -> str | None:
@@ -191,10 +293,14 @@ class Reflector:
         while not self._stopping.is_set():
             phase = "list"
             try:
-                if self._resource_version is None:
-                    self._list()
-                phase = "watch"
-                healthy = self._watch()
+                if self._resource_version is None and self._watch_list:
+                    phase = "watch-list"
+                    healthy = self._watch(stream=True)
+                else:
+                    if self._resource_version is None:
+                        self._list()
+                    phase = "watch"
+                    healthy = self._watch()
                 if self._stopping.is_set():
                     break
                 if healthy:
@@ -205,6 +311,13 @@ class Reflector:
                 log.warning("%s: watch closed by the server at once; reconnecting from resourceVersion %s in %.2f s",
                             name, self._resource_version, delay, extra=self._log_extra())
                 self._stopping.wait(delay)
+            except WatchListUnsupported as refused:
+                if self._stopping.is_set():
+                    break
+                # Making progress beats waiting for a bookmark that may never come: list now, and from now on.
+                self._watch_list = False
+                log.warning("%s: the API server does not stream the initial state (%s); listing in pages instead",
+                            name, refused, extra=self._log_extra())
             except ResourceGone as gone:
                 if self._stopping.is_set():
                     break
@@ -217,9 +330,10 @@ class Reflector:
                     break
                 delay = self._backoff.next()
                 reason = describe_error(err)
+                listing = phase in ("list", "watch-list")
                 if getattr(err, "status", None) == 404 and self.resource.custom:
                     reason += " (is the CustomResourceDefinition installed?)"
-                    if phase == "list" and not self._synced.is_set() and not self._missing_reported:
+                    if listing and not self._synced.is_set() and not self._missing_reported:
                         # Not served at all: there are no such objects. Count the initial
                         # list as in (empty) so the other kinds are enforced, and keep
                         # retrying so the kind is picked up once its CRD is installed.
@@ -227,8 +341,9 @@ class Reflector:
                         log.error("%s: not served by the API server (is the CustomResourceDefinition "
                                   "installed?); enforcing without them and retrying", name, extra=self._log_extra())
                         self._submit_list([], None)
-                if phase == "list":
-                    log.warning("%s: list failed (%s); retrying in %.2f s", name, reason, delay, extra=self._log_extra())
+                if listing:
+                    log.warning("%s: %s failed (%s); retrying in %.2f s", name, phase, reason, delay,
+                                extra=self._log_extra())
                 else:
                     log.warning("%s: watch failed (%s); reconnecting from resourceVersion %s in %.2f s",
                                 name, reason, self._resource_version, delay, extra=self._log_extra())
@@ -278,15 +393,19 @@ class Reflector:
             raise ValueError("the list response has no resourceVersion")
         if applied is not None:
             self._wait_applied(applied)
+        self._finish_list(seen, version, listed, "")
+
+    def _finish_list(self, seen: set[ObjectKey], version: str, listed: int, how: str) -> None:
+        """After the last page (or a watch-list's bookmark): delete what it did not hold, resume from ``version``."""
         self._submit_list_end(seen, version)
         self._resource_version = version
         self._backoff.reset()
         self.lists_completed += 1
         if self._relist_reason:
-            log.info("%s: relisted %d objects at resourceVersion %s (after %s)",
-                     self.resource.plural, listed, version, self._relist_reason, extra=self._log_extra())
+            log.info("%s: relisted %d objects at resourceVersion %s%s (after %s)",
+                     self.resource.plural, listed, version, how, self._relist_reason, extra=self._log_extra())
         else:
-            log.info("%s: listed %d objects at resourceVersion %s", self.resource.plural, listed, version,
+            log.info("%s: listed %d objects at resourceVersion %s%s", self.resource.plural, listed, version, how,
                      extra=self._log_extra())
 
     def _read_page(self, body: bytes) -> tuple[Mapping[str, Any], list[Any]]:
@@ -318,11 +437,18 @@ class Reflector:
         self._submit(apply_page)
         return applied
 
-    def _wait_applied(self, applied: threading.Event) -> None:
-        """Until the control thread applied the previous page (a bound on what a list holds at once)."""
+    def _wait_applied(self, applied: threading.Event, waiting: Callable[[], None] | None = None) -> None:
+        """Until the control thread applied the previous page (a bound on what a list holds at once).
+
+        ``waiting`` is called meanwhile: a watch-list's watchdog must not take our wait for the server's silence.
+        """
         while not applied.wait(0.5):
+            if waiting is not None:
+                waiting()
             if self._stopping.is_set():
                 raise RuntimeError("stopping")
+        if waiting is not None:
+            waiting()
 
     def _submit_list_end(self, seen: set[ObjectKey], version: str) -> None:
         state, kind, synced = self._state, self.resource.kind, self._synced
@@ -352,42 +478,149 @@ class Reflector:
 
     # -------------------------------------------------------------------- watch
 
-    def _watch(self) -> bool:
-        """Follow the watch until it ends; True if it was healthy (lasted or delivered events)."""
+    def _watch(self, stream: bool = False) -> bool:
+        """Follow the watch until it ends; True if it was healthy (lasted or delivered events).
+
+        ``stream``: a watch-list, whose initial state is applied as a list's
+        pages are (see the module docstring); it raises WatchListUnsupported
+        when the server will not stream it.
+        """
         settings = self._settings
         timeout = max(1, int(settings.watch_timeout * random.uniform(1.0, 2.0)))
         started = time.monotonic()
         delivered = 0
+        query: dict[str, Any] = {
+            "watch": True,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout,
+            # A read timeout, not a deadline: any byte (an event or a BOOKMARK) starts it again.
+            "_request_timeout": (settings.connect_timeout, settings.watch_read_timeout),
+        }
+        if stream:
+            # No resourceVersion: the state as of now (a consistent read), as a list without one.
+            query.update(send_initial_events=True, resource_version_match="NotOlderThan")
+        else:
+            query["resource_version"] = self._resource_version
         try:
-            response = self._request(
-                watch=True,
-                resource_version=self._resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout,
-                # A read timeout, not a deadline: any byte (an event or a BOOKMARK) starts it again.
-                _request_timeout=(settings.connect_timeout, settings.watch_read_timeout),
-            )
+            response = self._request(**query)
         except Exception as err:
+            status = getattr(err, "status", None)
             # Most servers send 410 as an ERROR event; some answer the request with it.
-            if getattr(err, "status", None) == GONE:
+            if status == GONE:
                 raise ResourceGone(describe_error(err)) from None
+            if stream and status in _WATCH_LIST_REFUSED:
+                message = _status_message(err)
+                raise WatchListUnsupported(describe_error(err) + (f": {message}" if message else "")) from None
             raise
         self._set_response(response)
+        initial = _InitialState(set(), []) if stream else None
+        watchdog = (_StreamWatchdog(self.resource.plural, lambda: _abort(response), settings.watch_list_silence,
+                                    settings.watch_list_timeout) if stream else None)
         healthy = False
         try:
-            for line in split_lines(response.stream(2**16, decode_content=True)):
-                if self._stopping.is_set():
-                    break
-                if self._handle_line(line):
-                    delivered += 1
+            try:
+                for line in split_lines(response.stream(2**16, decode_content=True)):
+                    if self._stopping.is_set():
+                        break
+                    if initial is not None and watchdog is not None:
+                        watchdog.progress()
+                        if self._handle_initial_line(line, initial, watchdog):
+                            initial = None
+                            watchdog.stop()
+                            delivered += 1
+                    elif self._handle_line(line):
+                        delivered += 1
+            except Exception:
+                if initial is not None and watchdog is not None and watchdog.reason:
+                    raise WatchListUnsupported(watchdog.reason) from None
+                raise
+            if initial is not None and watchdog is not None and not self._stopping.is_set():
+                if watchdog.reason:
+                    raise WatchListUnsupported(watchdog.reason)
+                self._early_ends += 1
+                if self._early_ends >= _EARLY_ENDS_TOLERATED:
+                    raise WatchListUnsupported(f"{self._early_ends} watch-lists ended before their "
+                                               "initial-events-end bookmark")
+                raise WatchFailed("the watch-list ended before its initial-events-end bookmark")
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             self._set_response(None)
             response.close()
             # Judged also when the watch broke: a long or productive watch starts the backoff over.
-            healthy = bool(delivered) or time.monotonic() - started >= settings.healthy_watch
+            healthy = bool(delivered) or (initial is None and time.monotonic() - started >= settings.healthy_watch)
             if healthy:
                 self._backoff.reset()
         return healthy
+
+    def _handle_initial_line(self, line: bytes, initial: _InitialState, watchdog: _StreamWatchdog) -> bool:
+        """One line of a watch-list's initial state; True when it was the bookmark that ends it."""
+        event = self._decode(line)
+        if event is None:
+            return False
+        obj = event.object
+        if event.type == "ERROR":
+            self._raise_error(obj)
+        if event.type == "BOOKMARK":
+            if not is_initial_events_end(obj):
+                # kube-apiserver's first bookmark to a watch-list is the annotated one: a plain one
+                # means a server that took this for a plain watch and will never end the initial state.
+                raise WatchListUnsupported("a BOOKMARK without the k8s.io/initial-events-end annotation came first")
+            version = resource_version_of(obj)
+            if version is None:
+                raise WatchFailed("the initial-events-end bookmark has no resourceVersion")
+            self._flush_initial(initial, watchdog)
+            if initial.applied is not None:
+                self._wait_applied(initial.applied, watchdog.progress)
+            self._early_ends = 0
+            self._finish_list(initial.seen, version, initial.listed, " (watch-list)")
+            return True
+        if event.type in ("ADDED", "MODIFIED"):
+            # Changes made while the initial state streams may come before its bookmark: upserts like the rest.
+            initial.page.append(event.object if event.fast else self.resource.trim(obj))
+            initial.listed += 1
+            if len(initial.page) >= self._settings.page_size:
+                self._flush_initial(initial, watchdog)
+        elif event.type == "DELETED":
+            self._flush_initial(initial, watchdog)  # in order: the deletion after the pages before it
+            self._submit_delete(obj, resource_version_of(obj))
+        return False
+
+    def _flush_initial(self, initial: _InitialState, watchdog: _StreamWatchdog) -> None:
+        """Hand the page gathered so far to the control thread, once it applied the previous one."""
+        if not initial.page:
+            return
+        if initial.applied is not None:
+            self._wait_applied(initial.applied, watchdog.progress)
+        page, initial.page = initial.page, []
+        initial.applied = self._submit_page(page, initial.seen)
+
+    def _decode(self, line: bytes) -> _Event | None:
+        """A watch line as an event (pods: already trimmed), or None (logged) when it is not one."""
+        fast = decode_pod_event(line) if self.resource.kind == "Pod" else None
+        if fast is not None:
+            return _Event(fast[0], fast[1], True)  # already reduced to what the state reads
+        try:
+            event = parse_event(line)
+        except BadEvent as err:
+            log.warning("%s: skipping a watch event: %s", self.resource.plural, err, extra=self._log_extra())
+            return None
+        return _Event(event.type, event.object, False)
+
+    @staticmethod
+    def _raise_error(status: Mapping[str, Any]) -> None:
+        if status_code(status) == GONE:
+            raise ResourceGone(status_text(status))
+        raise WatchFailed(f"ERROR event: {status_text(status)}")
+
+    def _submit_delete(self, obj: Mapping[str, Any], version: str | None) -> None:
+        state, kind = self._state, self.resource.kind
+
+        def delete() -> None:
+            kube_apply.delete_object(state, kind, obj)
+            self._note_applied(version)
+
+        self._submit(delete)
 
     def _set_response(self, response: Any) -> None:
         with self._response_lock:
@@ -397,26 +630,16 @@ class Reflector:
 
     def _handle_line(self, line: bytes) -> bool:
         """Apply one watch line; True if it was an event (bookmarks included)."""
-        name, kind = self.resource.plural, self.resource.kind
-        fast = decode_pod_event(line) if kind == "Pod" else None
-        if fast is not None:
-            event = WatchEvent(*fast)  # already reduced to what the state reads
-        else:
-            try:
-                event = parse_event(line)
-            except BadEvent as err:
-                log.warning("%s: skipping a watch event: %s", name, err, extra=self._log_extra())
-                return False
+        event = self._decode(line)
+        if event is None:
+            return False
         obj = event.object
         if event.type == "ERROR":
-            code = status_code(obj)
-            if code == GONE:
-                raise ResourceGone(status_text(obj))
-            raise WatchFailed(f"ERROR event: {status_text(obj)}")
+            self._raise_error(obj)
         version = resource_version_of(obj)
-        state = self._state
+        state, kind = self._state, self.resource.kind
         if event.type in ("ADDED", "MODIFIED"):
-            trimmed = obj if fast is not None else self.resource.trim(obj)
+            trimmed = obj if event.fast else self.resource.trim(obj)
 
             def apply() -> None:
                 kube_apply.apply_object(state, kind, trimmed)
@@ -424,15 +647,18 @@ class Reflector:
 
             self._submit(apply)
         elif event.type == "DELETED":
-
-            def delete() -> None:
-                kube_apply.delete_object(state, kind, obj)
-                self._note_applied(version)
-
-            self._submit(delete)
+            self._submit_delete(obj, version)
         if version is not None:
             self._resource_version = version
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    type: str
+    object: Mapping[str, Any]
+    #: Decoded by msgspec into the trimmed shape already (pods of the usual shape).
+    fast: bool
 
 
 def _release(response: Any) -> None:

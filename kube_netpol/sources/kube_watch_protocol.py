@@ -4,6 +4,12 @@ A watch response is a stream of JSON objects, one per line:
 ``{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR", "object": {...}}``.
 ERROR events carry a ``Status`` object; code 410 means the resourceVersion we
 watched from is gone and the collection has to be listed again.
+
+A watch-list (``sendInitialEvents=true``, Kubernetes' WatchList, KEP-3157)
+starts with the collection's current objects as ADDED events (changes made
+meanwhile may follow as MODIFIED or DELETED) and marks the end of that initial
+state with a BOOKMARK whose ``metadata.annotations`` holds
+``k8s.io/initial-events-end: "true"``; the same watch then goes on as usual.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, Iterable, Iterator
 
 EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
 GONE = 410
+#: The annotation of the BOOKMARK that ends a watch-list's initial state.
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 class BadEvent(ValueError):
@@ -72,6 +80,13 @@ def resource_version_of(obj: Mapping[str, Any]) -> str | None:
         return None
     version = meta.get("resourceVersion")
     return version if isinstance(version, str) and version else None
+
+
+def is_initial_events_end(obj: Mapping[str, Any]) -> bool:
+    """Is this BOOKMARK's object the end of a watch-list's initial state?"""
+    meta = obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(annotations, Mapping) and annotations.get(INITIAL_EVENTS_END) == "true"
 
 
 def status_code(status: Mapping[str, Any]) -> int | None:

@@ -13,6 +13,7 @@ by work handed to the agent's control thread through ``submit``.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import socket
 from typing import Any, Callable, Iterable
@@ -43,6 +44,10 @@ _MIN_POOL_SIZE = 16
 #: Deployments, CRDs) is listed through CustomObjectsApi, which takes any group/version/plural.
 _CORE_LIST_METHODS = {"namespaces": "list_namespace", "nodes": "list_node", "pods": "list_pod_for_all_namespaces",
                       "services": "list_service_for_all_namespaces"}
+#: Kinds of API groups with a typed method in the client: unlike CustomObjectsApi's, it takes
+#: sendInitialEvents, so their initial state can be streamed (a watch-list).
+_GROUP_LIST_METHODS = {("networking.k8s.io", "v1", "networkpolicies"): ("NetworkingV1Api",
+                                                                        "list_network_policy_for_all_namespaces")}
 
 
 class KubernetesConfigError(RuntimeError):
@@ -84,22 +89,38 @@ def _socket_options(settings: WatchSettings) -> list[tuple[int, int, int]]:
     return options
 
 
+def _list_method(api_client: k8s_client.ApiClient, kind: KindSpec) -> Callable[..., Any]:
+    """The client's method listing (or watching) ``kind`` cluster-wide."""
+    typed = _GROUP_LIST_METHODS.get((kind.group, kind.version, kind.plural))
+    if typed is not None:
+        return getattr(getattr(k8s_client, typed[0])(api_client), typed[1])  # type: ignore[no-any-return]
+    if kind.group:
+        return functools.partial(
+            k8s_client.CustomObjectsApi(api_client).list_cluster_custom_object, kind.group, kind.version, kind.plural)
+    if kind.plural in _CORE_LIST_METHODS:
+        return getattr(k8s_client.CoreV1Api(api_client), _CORE_LIST_METHODS[kind.plural])  # type: ignore[no-any-return]
+    raise ValueError(f"cannot list {kind.path}: a core API kind other than {', '.join(_CORE_LIST_METHODS)}")
+
+
 def resource_request(api_client: k8s_client.ApiClient, kind: KindSpec) -> Request:
     """``request(**query)`` listing (or watching) one kind cluster-wide: the client's list method, unparsed response."""
-    method: Callable[..., Any]
-    if kind.group:
-        method = functools.partial(
-            k8s_client.CustomObjectsApi(api_client).list_cluster_custom_object, kind.group, kind.version, kind.plural)
-    elif kind.plural in _CORE_LIST_METHODS:
-        method = getattr(k8s_client.CoreV1Api(api_client), _CORE_LIST_METHODS[kind.plural])
-    else:
-        raise ValueError(f"cannot list {kind.path}: a core API kind other than {', '.join(_CORE_LIST_METHODS)}")
+    method = _list_method(api_client, kind)
 
     def request(**query: Any) -> Any:
         query = {key: value for key, value in query.items() if value is not None}
         return method(_preload_content=False, **query)
 
     return request
+
+
+def client_streams(api_client: k8s_client.ApiClient, kind: KindSpec) -> bool:
+    """Does the client's method for ``kind`` take ``send_initial_events`` (can its initial state be streamed)?"""
+    method = _list_method(api_client, kind)
+    target = method.func if isinstance(method, functools.partial) else method
+    try:
+        return "send_initial_events" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class KubernetesSource:
@@ -132,8 +153,12 @@ class KubernetesSource:
         specs = [self.state.kinds[kind] for kind in self.kinds]
         for spec in specs:
             request = resource_request(self.api_client, spec)
-            self._reflectors[spec.kind] = Reflector(spec, request, self.state, submit, self.settings)
-        log.info("watching %s at %s", ", ".join(spec.plural for spec in specs), self.api_client.configuration.host)
+            streams = self.settings.watch_list and client_streams(self.api_client, spec)
+            self._reflectors[spec.kind] = Reflector(spec, request, self.state, submit, self.settings, streams)
+        streamed = [spec.plural for spec in specs if self._reflectors[spec.kind].streams]
+        log.info("watching %s at %s (initial state %s)", ", ".join(spec.plural for spec in specs),
+                 self.api_client.configuration.host,
+                 f"streamed for {', '.join(streamed)}, paged lists for the rest" if streamed else "in paged lists")
         for reflector in self._reflectors.values():
             reflector.start()
 
@@ -155,8 +180,12 @@ class KubernetesSource:
         """The resourceVersion the watch of ``kind`` resumes from (None before the list or during a relist)."""
         return self._reflectors[kind].resource_version
 
+    def streams(self, kind: str) -> bool:
+        """Is the next (re)list of ``kind`` a watch-list (False: paged lists)?"""
+        return self._reflectors[kind].streams
+
     def lists_completed(self, kind: str) -> int:
-        """How many full lists of ``kind`` were read: 1 after the initial list, one more per relist."""
+        """How many full lists (or watch-lists' initial states) of ``kind`` were read: 1 after the first, one more per relist."""
         return self._reflectors[kind].lists_completed
 
     def revision(self) -> str:

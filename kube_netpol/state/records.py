@@ -9,6 +9,7 @@ into a PodRecord.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class PodObject:
     annotations: dict[str, str]
     #: ``Kind/name`` of the controller owner, "" for none (see PodRecord.owner).
     owner: str = ""
+    #: ``metadata.uid``, "" when absent (see PodRecord.uid).
+    uid: str = ""
 
 
 def metadata_of(obj: Mapping[str, Any], namespaced: bool) -> tuple[str, str]:
@@ -95,6 +98,16 @@ def controller_owner(obj: Mapping[str, Any]) -> str:
                 return sys.intern(f"{kind}/{name}")
             return ""
     return ""
+
+
+_UID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def uid_of(obj: Mapping[str, Any]) -> str:
+    """``metadata.uid`` when it is a plausible UID, else "" (lenient: policies never read it)."""
+    meta = obj.get("metadata")
+    uid = meta.get("uid") if isinstance(meta, Mapping) else None
+    return uid if isinstance(uid, str) and _UID.match(uid) else ""
 
 
 def packed_address(text: object, where: str) -> bytes:
@@ -192,6 +205,7 @@ def read_pod(obj: Mapping[str, Any], annotation_keys: frozenset[str] = frozenset
         container_ports=tuple(ports),
         annotations=annotations_of(obj, annotation_keys),
         owner=controller_owner(obj),
+        uid=uid_of(obj),
     )
 
 

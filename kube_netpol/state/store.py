@@ -122,6 +122,7 @@ class ClusterState:
         self._index_nodes = "Node" in self.kinds
         self._labels: Interner[Labels] = Interner()
         self._ports: Interner[tuple[tuple[ContainerPortTuple, ...], PortNames]] = Interner()
+        self._stamp = 0
         self._pending: dict[tuple[str, ObjectKey], Change[object]] = {}
         self._refusals: list[Refusal] = []
         self.invalid_objects: collections.Counter[str] = collections.Counter()
@@ -369,6 +370,15 @@ class ClusterState:
         ports = self._ports.acquire(pod.container_ports, lambda: (pod.container_ports, port_names_of(pod.container_ports)))
         return labels, ports
 
+    def _now_ns(self) -> int:
+        """time.time_ns(), but the same int object for every pod updated within a millisecond (a list page's):
+        32 bytes a pod less (tracemalloc, bench/bench_scale.py)."""
+        now = time.time_ns()
+        if 0 <= now - self._stamp < 1_000_000:
+            return self._stamp
+        self._stamp = now
+        return now
+
     def _release_pod(self, pod: PodRecord) -> None:
         self._labels.release((pod.namespace, frozenset(pod.labels.items())))
         self._ports.release(pod.container_ports)
@@ -389,11 +399,13 @@ class ClusterState:
             terminal=pod.terminal,
             container_ports=ports,
             port_names=port_names,
-            updated_ns=time.time_ns(),
+            updated_ns=self._now_ns(),
             cluster_id=self.cluster_id,
             valid=valid,
             annotations=pod.annotations or NO_LABELS,
             owner=pod.owner,
+            # Only this node's pods need it (finding their network namespace): others share "".
+            uid=pod.uid if not self._node_name or pod.node_name == self._node_name else "",
         )
 
     def _rebuild_pods(self, pods: Iterable[PodRecord]) -> None:
@@ -406,8 +418,8 @@ class ClusterState:
                 namespace.labels if namespace is not None else NO_LABELS,
                 old.node_name, node.labels if node is not None else NO_LABELS,
                 old.ips, old.host_network, old.terminal, old.container_ports, old.port_names,
-                updated_ns=time.time_ns(), cluster_id=old.cluster_id, valid=old.valid,
-                annotations=old.annotations, owner=old.owner,
+                updated_ns=self._now_ns(), cluster_id=old.cluster_id, valid=old.valid,
+                annotations=old.annotations, owner=old.owner, uid=old.uid,
             )  # fmt: skip
             record.key = old.key  # the tuple every index shares
             self._replace_pod_record(old, record)

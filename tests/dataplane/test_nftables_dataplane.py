@@ -356,6 +356,27 @@ def test_sync_adds_and_removes_elements_and_switches_divert_all(netns: str, tabl
     assert listed.chains["postrouting"]["handle"] == handle
 
 
+def test_forget_remembered_empties_only_the_memory_and_keeps_the_table(netns: str, table: str) -> None:
+    config = DataplaneConfig(table=table, queue_backend="xt", verdict_memory=True)
+    key = "10.1.0.1 . 10.1.0.2 . tcp . 80"
+
+    def scenario() -> None:
+        dp = Dataplane(config)
+        dp.start(["10.1.0.2"], [])
+        for verdict in ("accept", "drop"):  # what the remember chain adds from the packet path
+            sh("nft", "add", "element", "inet", table, f"remembered-{verdict}-v4", "{", key, "}")
+        dp.forget_remembered()
+        dp.stop()
+
+    in_netns(netns, scenario)
+    listed = list_table(netns, table)
+    assert listed is not None, "fail-open keeps the table"
+    assert listed.elements("remembered-accept-v4") == set() and listed.elements("remembered-drop-v4") == set()
+    assert listed.elements("managed-v4") == {"10.1.0.2"}
+    assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", verdict_memory=True))
+    in_netns(netns, lambda: cleanup(table))
+
+
 def test_start_reconciles_what_an_earlier_run_left(netns: str, table: str) -> None:
     earlier = DataplaneConfig(table=table, queue_num=5, fail_open=True, queue_backend="xt")
     in_netns(netns, lambda: Dataplane(earlier).start(["10.1.0.1", "10.1.0.9"], ["fd00::9"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import queue
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -13,7 +14,9 @@ from kube_netpol.state import ClusterState
 ANP_API = "policy.networking.k8s.io/v1alpha1"
 
 #: Small pages (to exercise continue), short backoff, short timeouts: every test runs in a few seconds.
+#: Paged lists (the fallback protocol); STREAM streams the initial state (tests/k8s/test_watch_list.py).
 FAST = WatchSettings(
+    watch_list=False,
     page_size=2,
     watch_timeout=30,
     connect_timeout=1.0,
@@ -23,6 +26,8 @@ FAST = WatchSettings(
     backoff_max=0.2,
     healthy_watch=0.2,
 )
+#: FAST with watch-lists (pages of two still: the initial events are handed on two at a time).
+STREAM = dataclasses.replace(FAST, watch_list=True, watch_list_silence=1.0, watch_list_timeout=5.0)
 
 
 class Driver:

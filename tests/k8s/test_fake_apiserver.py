@@ -150,3 +150,54 @@ def test_kubeconfig_points_at_the_server(apiserver: FakeApiServer, tmp_path) -> 
     config = yaml.safe_load(apiserver.write_kubeconfig(tmp_path / "config").read_text())
     assert config["clusters"][0]["cluster"]["server"] == apiserver.url
     assert config["users"][0]["user"] == {"token": TOKEN}
+
+
+WATCH_LIST = "/api/v1/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+
+
+def test_watch_list_streams_the_state_then_its_bookmark_then_changes(apiserver: FakeApiServer) -> None:
+    for name, ip in (("p1", "10.0.0.2"), ("p0", "10.0.0.1")):
+        apiserver.create(pod("a", name, ip))
+    apiserver.create(namespace("a"))  # another kind: moves the version, not in the stream
+    version = apiserver.resource_version
+    response, events = watch(apiserver, WATCH_LIST)
+    assert response.status == 200
+    initial = [next(events) for _ in range(3)]
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in initial] == [
+        ("ADDED", "p0"), ("ADDED", "p1"), ("BOOKMARK", None)]
+    end = initial[2]["object"]
+    assert end["kind"] == "Pod" and end["metadata"] == {
+        "resourceVersion": str(version), "annotations": {"k8s.io/initial-events-end": "true"}}
+    apiserver.wait_for_watches(["Pod"])
+    apiserver.delete("Pod", "p1", "a")
+    change = next(events)
+    assert (change["type"], change["object"]["metadata"]["name"]) == ("DELETED", "p1")
+    # Without bookmarks asked for there is no end marker; the events still come.
+    _, plain = watch(apiserver, WATCH_LIST.replace("&allowWatchBookmarks=true", ""))
+    assert [e["type"] for e in (next(plain),)] == ["ADDED"]
+
+
+@pytest.mark.parametrize("query, refused_for", [
+    ("watch=1&sendInitialEvents=true&allowWatchBookmarks=true", "requires setting resourceVersionMatch"),
+    ("watch=1&resourceVersionMatch=NotOlderThan", "forbidden for watch unless sendInitialEvents"),
+])
+def test_invalid_watch_list_options_are_refused_as_kube_apiserver_does(apiserver: FakeApiServer, query: str,
+                                                                       refused_for: str) -> None:
+    status, body = get(apiserver, f"/api/v1/pods?{query}")
+    assert status == 422 and body["reason"] == "Invalid" and refused_for in body["message"]
+
+
+def test_watch_list_refused_or_ignored_on_demand(apiserver: FakeApiServer) -> None:
+    apiserver.create(pod("a", "p0", "10.0.0.1"))
+    apiserver.watch_list = "refuse"
+    status, body = get(apiserver, WATCH_LIST)
+    assert status == 422 and "unless the WatchList feature gate is enabled" in body["message"]
+    apiserver.watch_list = "ignore"  # a plain watch: the objects, then only changes, never the bookmark
+    apiserver.create(pod("a", "p1", "10.0.0.2"))
+    response, events = watch(apiserver, WATCH_LIST)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in (next(events), next(events))] == [
+        ("ADDED", "p0"), ("ADDED", "p1")]
+    apiserver.wait_for_watches(["Pod"])
+    apiserver.create(pod("a", "p2", "10.0.0.3"))
+    assert next(events)["type"] == "ADDED"
+    response.close()

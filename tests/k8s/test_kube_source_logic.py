@@ -151,8 +151,8 @@ def test_kinds_follow_the_pipeline() -> None:
         "Namespace", "Node", "Pod", "AdminNetworkPolicy", "NetworkPolicy")
     assert registry_for(("networkpolicy", "baselineadminnetworkpolicy")).names == (
         "Namespace", "Node", "Pod", "BaselineAdminNetworkPolicy", "NetworkPolicy")
-    assert set(registry_for().names) == {
-        "Namespace", "Node", "Pod", "NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"}
+    assert set(registry_for().names) == {  # the default pipeline: every built-in evaluator
+        "Namespace", "Node", "Pod", "NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"}
 
 
 def test_resource_paths() -> None:

@@ -53,6 +53,29 @@ def test_factory_source_syncs_from_the_kubeconfig_server(apiserver: FakeApiServe
         source.stop()
 
 
+@pytest.mark.parametrize(("argv", "streams"), [([], True), (["--watch-list=false"], False), (["--watch-list"], True)])
+def test_the_watch_list_flag_reaches_the_source(kubeconfig: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                argv: list[str], streams: bool) -> None:
+    from kube_netpol.agent.config import add_agent_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    args = parser.parse_args(["--kubeconfig", str(kubeconfig), *argv])
+    config = config_from_args(args)
+    assert config.watch_list is streams
+    made: list[KubernetesSource] = []
+
+    def factory(kubeconfig: str | None, settings: object = None) -> object:
+        made.append(kubernetes_source_factory(kubeconfig, settings)(build_engine(config.pipeline).state))  # type: ignore[arg-type]
+        raise SystemExit(0)  # enough: the source the agent would run
+
+    monkeypatch.setattr("kube_netpol.sources.kubernetes.kubernetes_source_factory", factory)
+    with pytest.raises(SystemExit):
+        run.run_command(args)
+    (source,) = made
+    assert source.settings.watch_list is streams
+
+
 def test_bad_configuration_is_reported(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(KubernetesConfigError, match="kubeconfig"):
         kubernetes_source_factory(str(tmp_path / "missing"))

@@ -417,14 +417,11 @@ def test_multinetwork_value_enables_the_plugin_its_rbac_and_the_pod_namespaces()
     container = agent_container(objects)
     args = parse_agent_args(container["args"])
     assert args.evaluators == ("networkpolicy", "multinetwork")
-    assert args.pod_netns_dir == "/run/kube-netpol/pod-netns"
+    assert (args.pod_netns_lookup, args.host_proc, args.pod_netns_dir) == ("cgroup", "/proc", None)
     rules = rbac_rules(objects)
     assert rules == watched_rules(container["args"])
     assert {resource for _, resource, _ in rules} >= {"multi-networkpolicies", "network-attachment-definitions"}
-    assert "SYS_ADMIN" in container["securityContext"]["capabilities"]["add"]
+    assert {"SYS_ADMIN", "SYS_PTRACE"} <= set(container["securityContext"]["capabilities"]["add"])
     assert only(objects, "DaemonSet")["spec"]["template"]["spec"]["hostPID"] is True
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
-    assert mounts["/run/kube-netpol/pod-netns"]["readOnly"] is True
     default = agent_container(check_packaging.render_chart({}).objects())
     assert not any("multinetwork" in arg for arg in default["args"])

@@ -93,7 +93,7 @@ def agent_view(objects: list[dict[str, Any]]) -> dict[str, Any]:
         "selector": daemonset["spec"]["selector"],
         "update_strategy": daemonset["spec"]["updateStrategy"],
         "pod": {key: pod.get(key) for key in (
-            "serviceAccountName", "hostNetwork", "dnsPolicy", "priorityClassName", "nodeSelector",
+            "serviceAccountName", "hostNetwork", "hostPID", "dnsPolicy", "priorityClassName", "nodeSelector",
             "tolerations", "terminationGracePeriodSeconds", "volumes",
         )},
         "container": {key: container.get(key) for key in (
@@ -215,7 +215,7 @@ def test_one_image_reference_everywhere(manifest: list[dict[str, Any]]) -> None:
 
 
 def test_owned_files_name_only_the_current_image() -> None:
-    files = ["install.yaml", "install-anp.yaml", "Dockerfile", "docs/install.md", "docs/upgrade.md",
+    files = ["install.yaml", "install-anp.yaml", "install-multinetwork.yaml", "Dockerfile", "docs/install.md", "docs/upgrade.md",
              "docs/configuration.md", "docs/troubleshooting.md", "charts/kube-netpol/values.yaml",
              "charts/kube-netpol/Chart.yaml"]
     references: set[str] = set()

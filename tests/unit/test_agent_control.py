@@ -64,6 +64,7 @@ class RecordingDataplane:
         self.verdict_memory = False
         self.managed: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self.generations: list[int | None] = []
+        self.forgets = 0  # verdict memory flushes outside a sync
 
     def start(self, v4, v6, divert_all, generation=0):  # type: ignore[no-untyped-def]
         self.started = True
@@ -74,6 +75,9 @@ class RecordingDataplane:
         self.syncs.append((frozenset(v4), frozenset(v6), divert_all))
         self.generations.append(generation)
         return True
+
+    def forget_remembered(self) -> None:
+        self.forgets += 1
 
     def stop(self) -> None:
         self.started = False
@@ -95,8 +99,8 @@ def policy(name: str, selector: dict) -> Callable[[ClusterState], Any]:
                                       "spec": {"podSelector": selector, "policyTypes": ["Ingress"]}})
 
 
-@pytest.fixture
-def agent(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=[False], ids=["memory-off"])
+def agent(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     from kube_netpol.dataplane import guard
 
     monkeypatch.setattr(guard.DataplaneGuard, "start", lambda self: None)  # no kernel to watch
@@ -104,6 +108,7 @@ def agent(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(VerdictLoop, "bind", lambda self: None)
     monkeypatch.setattr(VerdictLoop, "run", lambda self, stop, poll_interval=0.05: stop.wait())
     dataplane = RecordingDataplane()
+    dataplane.verdict_memory = request.param
     agent = Agent(AgentConfig(hostname_override=NODE, strict_mode=False), ScriptedSource, dataplane=dataplane)  # type: ignore[arg-type]
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, args=(stop,))
@@ -169,3 +174,22 @@ def test_strict_mode_passes_at_most_once_a_second_while_only_pods_change() -> No
     # A policy change while a pod-paced pass is planned brings it forward; pods never push one back.
     assert strict_pass_due(10.9, now=10.0, last_pass=9.9, kinds=policies) == 10.1
     assert strict_pass_due(10.1, now=10.0, last_pass=9.9, kinds=pods) == 10.1
+
+
+@pytest.mark.parametrize("agent", [True], ids=["memory-on"], indirect=True)
+def test_a_full_flow_table_flushes_the_kernels_verdict_memory(agent: Agent) -> None:
+    from kube_netpol.api import Verdict
+    from kube_netpol.engine import END_OF_PIPELINE, Judgement
+
+    dataplane: RecordingDataplane = agent.dataplane  # type: ignore[assignment]
+    agent.engine.history.max_flows = 4
+    allow = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
+    syncs = len(dataplane.syncs)
+    for port in range(1, 5):
+        agent.engine.snapshot.add_flow((b"\x00" * 8, 6, port), allow, True, 6, 4)
+    time.sleep(0.2)  # a few control intervals: the table is not full yet, nothing to flush
+    assert dataplane.forgets == 0
+    agent.engine.snapshot.add_flow((b"\x00" * 8, 6, 5), allow, True, 6, 4)  # full: a new table
+    wait(lambda: dataplane.forgets == 1)
+    time.sleep(0.2)
+    assert dataplane.forgets == 1 and len(dataplane.syncs) == syncs  # once per full table, no sync

@@ -488,6 +488,46 @@ def test_unrelated_anps_cost_nothing_once_memoised(state: ClusterState, monkeypa
     assert len(selectors_checked) == 200
 
 
+def test_policies_for_other_pods_are_not_looked_at_when_a_pod_entry_is_built(
+    state: ClusterState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 300 policies of every namespace whose pod selectors ask for labels x/a lacks: filed under those
+    # labels, they are never judged for x/a, while the policies that may select it keep their precedence
+    # whatever kind of pod selector they have (matchLabels, matchExpressions only, empty).
+    for i in range(300):
+        state.apply(anp(f"cold-{i:03}", i % 7, pods_sel({}, {"app": f"cold-{i}"}), ingress=[rule("Deny", [{"namespaces": {}}])]))
+    by_expression = {"pods": {"namespaceSelector": {}, "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]}]}}}
+    state.apply(anp("hot-labels", 30, pods_sel({"ns": "x"}, {"pod": "a"}), ingress=[rule("Pass", [ns_sel(ns="z")], "pass-z")]))
+    state.apply(anp("hot-expression", 20, by_expression, ingress=[rule("Allow", [ns_sel(ns="z")], "allow-z")]))
+    state.apply(anp("hot-namespace", 10, ns_sel(ns="x"), ingress=[rule("Deny", [ns_sel(ns="y")], "deny-y")]))
+    state.apply(anp("not-mine", 5, pods_sel({"ns": "x"}, {"pod": "b"}), ingress=[rule("Allow", [{"namespaces": {}}], "allow-all")]))
+    engine = anp_engine(state)
+    (evaluator,) = engine.evaluators
+    cold = {id(p.subject.pod_selector) for key, p in state.objects("AdminNetworkPolicy").items() if key[1].startswith("cold-")}
+    consulted: list[int] = []
+    original = LabelSelector.matches
+
+    def counting(self: LabelSelector, labels: Any) -> bool:
+        consulted.append(id(self))
+        return original(self, labels)
+
+    monkeypatch.setattr(LabelSelector, "matches", counting)
+    state.apply(pod("x", "a", [ADDR["x/a"]], labels={"pod": "a", "fresh": "1"}))  # a new entry for x/a
+    dst = state.pod_by_ip(_ip(ADDR["x/a"]))
+    consulted.clear()
+    decisions = [
+        evaluator.stage.evaluate_ingress(Packet.from_strings(ADDR[src], ADDR["x/a"], "TCP", 80), state.pod_by_ip(_ip(ADDR[src])), dst)
+        for src in ("y/a", "z/a")
+    ]
+    assert [(d.policy, d.rule) for d in decisions] == [("hot-namespace", "deny-y"), ("hot-expression", "allow-z")]
+    assert consulted and not cold & set(consulted)
+    entry = evaluator.stage.memo[id(dst.labels)]
+    assert [r.name for r in entry.ingress] == ["deny-y", "allow-z", "pass-z"]
+    # x/b is selected by not-mine (filed under pod=b) first, and the cold policies still select their pods.
+    state.apply(pod("y", "b", [ADDR["y/b"]], labels={"app": "cold-7"}))
+    assert not allowed(engine, "x/a", "y/b") and allowed(engine, "z/a", "x/b") and not allowed(engine, "y/a", "x/a")
+
+
 def test_memo_entries_are_checked_by_identity(state: ClusterState) -> None:
     (evaluator,) = anp_engine(state).evaluators
     state.apply(anp("p", 1, ns_sel(ns="x"), ingress=[rule("Deny", [{"namespaces": {}}])]))
@@ -555,7 +595,9 @@ def _np(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def test_full_pipeline_pass_goes_to_networkpolicy(state: ClusterState) -> None:
     engine = _full_engine(state)
-    assert [e.name for e in engine.evaluators] == ["adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy"]
+    assert [e.name for e in engine.evaluators] == [
+        "clusternetworkpolicy-admin", "adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy", "clusternetworkpolicy-baseline",
+    ]
     state.apply(anp("x-in", 10, ns_sel(ns="x"), ingress=[rule("Pass", [ns_sel(ns="y")], "pass-y"), rule("Deny", [ns_sel(ns="z")], "deny-z")]))
     state.apply(banp({"namespaces": {}}, ingress=[rule("Deny", [ns_sel(ns="y")], "deny-y")]))
     judgement = check(engine, "y/a", "x/a")

@@ -93,7 +93,47 @@ def test_equal_priority_is_ordered_by_name_and_logged(state: PublishingState, ca
         state.apply(cnp("zeta", "Admin", 3, "x", ingress=[{"action": "Accept", "from": from_ns("y")}]))
         state.apply(cnp("alpha", "Admin", 3, "x", ingress=[{"action": "Deny", "from": from_ns("y")}]))
     assert check(engine, "y/a", "x/a").ingress.policy == "alpha"
-    assert any("ambiguous" in record.getMessage() and "alpha" in record.getMessage() for record in caplog.records)
+    assert any("ambiguous" in record.getMessage() and "alpha, zeta" in record.getMessage() for record in caplog.records)
+
+
+def test_the_ambiguous_order_is_logged_when_the_equal_priority_groups_change(
+    state: PublishingState, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine_for(state)
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if "ClusterNetworkPolicies of tier Admin" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO):
+        state.apply(cnp("zeta", "Admin", 3, "x", ingress=[{"action": "Accept", "from": from_ns("y")}]))
+        state.apply(cnp("alpha", "Admin", 3, "x", ingress=[{"action": "Deny", "from": from_ns("y")}]))
+        assert len(lines()) == 1
+        # Changes that leave the groups as they are log nothing: another policy, a rule edit, a pod.
+        state.apply(cnp("other", "Admin", 9, "x", ingress=[{"action": "Deny", "from": from_ns("z")}]))
+        state.apply(cnp("zeta", "Admin", 3, "x", ingress=[{"action": "Deny", "from": from_ns("z")}]))
+        assert lines() == []
+        state.apply(cnp("beta", "Admin", 9, "x", ingress=[{"action": "Deny", "from": from_ns("z")}]))
+        (line,) = lines()
+        assert "priority 3: alpha, zeta; priority 9: beta, other" in line and "2 priorities, 4 policies" in line
+        state.apply(cnp("beta", "Admin", 8, "x", ingress=[{"action": "Deny", "from": from_ns("z")}]))
+        (line,) = lines()
+        assert "(1 priorities, 2 policies)" in line and line.endswith("priority 3: alpha, zeta")
+        state.apply(cnp("zeta", "Admin", 4, "x", ingress=[{"action": "Deny", "from": from_ns("z")}]))
+        assert lines() == ["no two ClusterNetworkPolicies of tier Admin share a priority any more"]
+        state.delete("ClusterNetworkPolicy", "", "alpha")
+        assert lines() == []
+
+
+def test_the_ambiguous_order_line_is_bounded(state: PublishingState, caplog: pytest.LogCaptureFixture) -> None:
+    engine_for(state)
+    with caplog.at_level(logging.WARNING):
+        for i in range(60):
+            state.apply(cnp(f"p{i:02d}", "Admin", i % 12, "x", ingress=[{"action": "Deny", "from": from_ns("z")}]))
+    last = [r.getMessage() for r in caplog.records if "share a priority" in r.getMessage()][-1]
+    assert "12 priorities, 60 policies" in last and "and 2 more priorities" in last and "and 0 more" not in last
+    assert len(last) < 1000
 
 
 def test_admin_pass_goes_to_networkpolicy_then_baseline(state: PublishingState) -> None:

@@ -25,7 +25,7 @@ FULL = cnp(
         "ingress": [
             {"name": "in", "action": "Accept", "from": [{"namespaces": {}}, {"pods": {"namespaceSelector": {}, "podSelector": {}}}],
              "protocols": [{"tcp": {"destinationPort": {"number": 80}}}, {"udp": {"destinationPort": {"range": {"start": 1000, "end": 2000}}}},
-                           {"sctp": {}}, {"destinationNamedPort": "http"}]},
+                           {"sctp": {"destinationPort": {"range": {"start": 1, "end": 65535}}}}, {"destinationNamedPort": "http"}]},
         ],
         "egress": [
             {"name": "out", "action": "Deny", "to": [{"nodes": {"matchLabels": {"role": "infra"}}}, {"networks": ["10.0.0.0/8", "fd00::/8"]}]},
@@ -115,12 +115,24 @@ INVALID = [
     ("spec.ingress.0.protocols", [{"udp": {"destinationPort": {"range": {"start": 20}}}}], "spec.ingress[0].protocols[0].udp.destinationPort.range.end"),
     ("spec.ingress.0.protocols", [{"tcp": {"port": 80}}], "spec.ingress[0].protocols[0].tcp"),
     ("spec.ingress.0.protocols", [{"destinationNamedPort": ""}], "spec.ingress[0].protocols[0].destinationNamedPort"),
-    ("spec.ingress.0.protocols", [{"destinationNamedPort": "x" * 16}], "spec.ingress[0].protocols[0].destinationNamedPort"),
+    # minProperties 1 on the tcp, udp and sctp entries: an empty one is not "every port"
+    ("spec.ingress.0.protocols", [{"tcp": {}}], "spec.ingress[0].protocols[0].tcp"),
+    ("spec.ingress.0.protocols", [{"udp": {}}], "spec.ingress[0].protocols[0].udp"),
+    ("spec.ingress.0.protocols", [{"sctp": {}}], "spec.ingress[0].protocols[0].sctp"),
+    ("spec.ingress.0.protocols", [{"sctp": None}], "spec.ingress[0].protocols[0]"),
     ("spec.egress.0.to", [{"networks": []}], "spec.egress[0].to[0].networks"),
     ("spec.egress.0.to", [{"networks": ["10.0.0.0/8"] * 2}], "spec.egress[0].to[0].networks"),
     ("spec.egress.0.to", [{"networks": [f"10.0.{i}.0/24" for i in range(26)]}], "spec.egress[0].to[0].networks"),
     ("spec.egress.0.to", [{"networks": ["10.0.0.300/8"]}], "spec.egress[0].to[0].networks[0]"),
     ("spec.egress.0.to", [{"networks": ["::ffff:10.0.0.1/128"]}], "spec.egress[0].to[0].networks[0]"),
+    # isCIDR (Go's netip.ParsePrefix) and maxLength 43
+    ("spec.egress.0.to", [{"networks": ["010.0.0.0/8"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": ["10.0.0.0/08"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": ["10.0.0.0/33"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": ["10.0.0.0"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": ["fe80::1%eth0/64"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": ["0000:0000:0000:0000:0000:0000:255.255.255.255/128"]}], "spec.egress[0].to[0].networks[0]"),
+    ("spec.egress.0.to", [{"networks": [10]}], "spec.egress[0].to[0].networks[0]"),
     ("spec.egress.0.to", [{"nodes": {"matchLabels": {"a": "b"}}, "networks": ["10.0.0.0/8"]}], "spec.egress[0].to[0]"),
     ("spec.egress.0.to", [{"domainNames": ["example.com"]}], "spec.egress[0].to[0].domainNames"),  # Deny rule
     ("spec.egress.1.to", [{"domainNames": []}], "spec.egress[1].to[0].domainNames"),
@@ -140,6 +152,22 @@ def test_every_validation_rule_refuses_with_the_field(path: str, value: Any, whe
     with pytest.raises(InvalidObject) as caught:
         parse_cluster_network_policy(_set(path, value))
     assert caught.value.path == where, str(caught.value)
+
+
+def test_a_named_port_longer_than_any_container_port_name_is_accepted_and_matches_nothing() -> None:
+    # The CRD sets no length on destinationNamedPort; no container port is named with more than 15 characters.
+    policy = parse_cluster_network_policy(
+        cnp({"ingress": [{"action": "Deny", "from": [{"namespaces": {}}], "protocols": [{"destinationNamedPort": "x" * 16}]}]})
+    )
+    ports = policy.ingress[0].ports
+    assert ports is not None and not ports.matches(6, 80, {(6, 80): "x" * 15}) and not ports.matches(6, 80, {})
+
+
+def test_a_cidr_with_host_bits_is_accepted_and_masked() -> None:
+    # isCIDR accepts host bits (netip.ParsePrefix); the address range is the masked network.
+    policy = parse_cluster_network_policy(cnp({"egress": [{"action": "Deny", "to": [{"networks": ["10.1.2.3/16", "::1.2.3.4/128"]}]}]}))
+    ranges = policy.egress[0].networks
+    assert ranges is not None and ranges.contains(bytes([10, 1, 200, 1])) and not ranges.contains(bytes([10, 2, 0, 1]))
 
 
 def test_metadata_name_is_required() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
+import time
 
 from kube_netpol.plugins import registry_for
 from kube_netpol.sources.pod_pages import decode_pod_page
@@ -176,3 +177,14 @@ def test_the_event_decoder_takes_pod_changes_and_leaves_the_rest_to_parse_event(
     for line in (bookmark, error, bad):
         assert decode_pod_event(json.dumps(line).encode()) is None
     assert decode_pod_event(b"{") is None
+
+
+def test_pods_updated_together_share_their_update_time_and_later_ones_move_on() -> None:
+    state = new_state()
+    state.replace("Pod", [pod("x", f"p{i}", f"10.0.1.{i + 1}") for i in range(50)])
+    stamps = {id(state.pod(("x", f"p{i}")).updated_ns) for i in range(50)}
+    assert len(stamps) <= 3  # one int per millisecond the page took, not one per pod
+    first = state.pod(("x", "p0")).updated_ns
+    time.sleep(0.002)
+    state.apply(pod("x", "p0", "10.0.1.1", labels={"app": "new"}))
+    assert state.pod(("x", "p0")).updated_ns > first

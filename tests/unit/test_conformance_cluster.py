@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from kube_netpol.tools.conformance.cluster import Cluster, automatic_address
+from kube_netpol.tools.conformance.cluster import Cluster, automatic_address, pod_uid
 from kube_netpol.tools.conformance.plan import plan_scenario
 from kube_netpol.tools.conformance.scenario import ObjectRef, Scenario, ScenarioError, parse_scenario
 
@@ -246,7 +246,8 @@ def test_objects_are_complete_kubernetes_objects() -> None:
     objects = snap.objects(node_name="lab-node")
     assert [o["kind"] for o in objects] == ["Namespace"] * 3 + ["Pod"] * 9 + ["AdminNetworkPolicy"]
     pod = objects[3]
-    assert pod["metadata"] == {"name": "a", "namespace": "x", "labels": {"pod": "a"}}
+    assert pod["metadata"] == {"name": "a", "namespace": "x", "uid": pod_uid("x/a"), "labels": {"pod": "a"}}
+    assert len({o["metadata"]["uid"] for o in objects if o["kind"] == "Pod"}) == 9  # one UID per pod
     assert pod["spec"]["nodeName"] == "lab-node"
     (container,) = pod["spec"]["containers"]
     assert {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"} in container["ports"]

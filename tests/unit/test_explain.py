@@ -102,8 +102,12 @@ def scenario(tmp_path: pathlib.Path) -> str:
     return str(path)
 
 
-def explain_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
-    code = main(["explain", *args, "--output", "json"])
+#: The v1alpha1 pipeline the SCENARIO tests walk, evaluator by evaluator (the default adds both CNP tiers).
+V1ALPHA1 = "adminnetworkpolicy,networkpolicy,baselineadminnetworkpolicy"
+
+
+def explain_json(capsys: pytest.CaptureFixture[str], *args: str, pipeline: str = V1ALPHA1) -> tuple[int, dict[str, Any]]:
+    code = main(["explain", *args, *(("--evaluators", pipeline) if pipeline else ()), "--output", "json"])
     out = capsys.readouterr().out
     return code, json.loads(out)
 
@@ -177,7 +181,8 @@ def test_json_layout(capsys: pytest.CaptureFixture[str], scenario: str) -> None:
 
 
 def test_text_output(capsys: pytest.CaptureFixture[str], scenario: str) -> None:
-    code = main(["explain", "--scenario", scenario, "--step", "1", "--from", "y/b", "--to", "x/a", "--port", "81"])
+    code = main(["explain", "--scenario", scenario, "--step", "1", "--from", "y/b", "--to", "x/a", "--port", "81",
+                 "--evaluators", V1ALPHA1])
     out = capsys.readouterr().out
     assert code == 1
     lines = out.splitlines()
@@ -192,6 +197,87 @@ def test_text_output(capsys: pytest.CaptureFixture[str], scenario: str) -> None:
     assert "(end of pipeline)" in egress[3] and egress[3].endswith("<- decides")
     assert lines[-1] == ("verdict: DENY (egress allowed at the end of the pipeline; "
                          "ingress denied by networkpolicy x/only-80)")
+
+
+CNP_API = "policy.networking.k8s.io/v1alpha2"
+# Admin CNP admin-x (subject x): Deny z, Pass y (to NetworkPolicy x/only-80, which admits y on port 80);
+# Baseline CNP baseline-y (subject y, which no NetworkPolicy selects): Deny x.
+CNP_SCENARIO = f"""
+name: explain-cnp
+cluster:
+  model: {{namespaces: [x, y, z], pods: [a, b], ports: [80, 81], protocols: [TCP]}}
+steps:
+  - name: both tiers
+    apply:
+      - apiVersion: {CNP_API}
+        kind: ClusterNetworkPolicy
+        metadata: {{name: admin-x}}
+        spec:
+          tier: Admin
+          priority: 5
+          subject: {{namespaces: {{matchLabels: {{ns: x}}}}}}
+          ingress:
+            - {{name: deny-z, action: Deny, from: [{{namespaces: {{matchLabels: {{ns: z}}}}}}]}}
+            - {{name: pass-y, action: Pass, from: [{{namespaces: {{matchLabels: {{ns: y}}}}}}]}}
+      - apiVersion: {CNP_API}
+        kind: ClusterNetworkPolicy
+        metadata: {{name: baseline-y}}
+        spec:
+          tier: Baseline
+          priority: 5
+          subject: {{namespaces: {{matchLabels: {{ns: y}}}}}}
+          ingress:
+            - {{name: deny-x, action: Deny, from: [{{namespaces: {{matchLabels: {{ns: x}}}}}}]}}
+      - apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {{name: only-80, namespace: x}}
+        spec:
+          podSelector: {{}}
+          policyTypes: [Ingress]
+          ingress:
+            - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]
+              ports: [{{port: 80, protocol: TCP}}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "port", "ingress", "answers", "code"),
+    [
+        ("z/a", "x/a", "80", ("clusternetworkpolicy-admin", "deny", "admin-x", "deny-z"), ["DENY"], 1),
+        ("y/a", "x/a", "81", ("networkpolicy", "deny", "x/only-80", ""), ["NEXT", "NEXT", "DENY"], 1),
+        ("y/a", "x/a", "80", ("networkpolicy", "allow", "x/only-80", "ingress[0]"), ["NEXT", "NEXT", "ACCEPT"], 0),
+        ("x/a", "y/a", "80", ("clusternetworkpolicy-baseline", "deny", "baseline-y", "deny-x"),
+         ["NEXT", "NEXT", "NEXT", "NEXT", "DENY"], 1),
+        ("z/a", "y/a", "80", END, ["NEXT", "NEXT", "NEXT", "NEXT", "NEXT"], 0),
+    ],
+)
+def test_cnp_verdicts_name_the_tier_policy_and_rule(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, source: str, destination: str, port: str,
+    ingress: tuple, answers: list[str], code: int,
+) -> None:
+    path = tmp_path / "cnp.yaml"
+    path.write_text(CNP_SCENARIO)
+    status, data = explain_json(capsys, "--scenario", str(path), "--from", source, "--to", destination, "--port", port,
+                                pipeline="")  # the default pipeline: every built-in evaluator
+    assert data["pipeline"] == ["clusternetworkpolicy-admin", "adminnetworkpolicy", "networkpolicy",
+                                "baselineadminnetworkpolicy", "clusternetworkpolicy-baseline"]
+    assert status == code and decided(data["ingress"]) == ingress
+    steps = data["ingress"]["steps"]
+    assert [step["answer"] for step in steps] == answers
+    if source == "y/a":  # the Admin tier's Pass is named too, with its policy and rule
+        assert steps[0] == {"evaluator": "clusternetworkpolicy-admin", "answer": "NEXT", "policy": "admin-x",
+                            "rule": "pass-y", "reason": "Pass"}
+
+
+def test_cnp_text_output_names_the_tier(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "cnp.yaml"
+    path.write_text(CNP_SCENARIO)
+    assert main(["explain", "--scenario", str(path), "--from", "x/a", "--to", "y/a", "--port", "80"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    ingress = lines[lines.index("ingress (the destination y/a):") + 1:][:5]
+    assert ingress[4].split()[:3] == ["5.", "clusternetworkpolicy-baseline", "DENY"] and ingress[4].endswith("<- decides")
+    assert "policy baseline-y" in ingress[4] and "deny-x" in ingress[4]
+    assert lines[-1].endswith("ingress denied by clusternetworkpolicy-baseline baseline-y deny-x)")
 
 
 def test_step_selects_the_cluster(capsys: pytest.CaptureFixture[str], scenario: str) -> None:
@@ -223,7 +309,7 @@ def test_families_addresses_and_externals(capsys: pytest.CaptureFixture[str], sc
 
 def test_evaluators_option_changes_the_pipeline(capsys: pytest.CaptureFixture[str], scenario: str) -> None:
     code, data = explain_json(capsys, "--scenario", scenario, "--step", "1", "--from", "y/a", "--to", "x/a",
-                              "--port", "81", "--evaluators", "networkpolicy")
+                              "--port", "81", pipeline="networkpolicy")
     assert code == 1 and data["pipeline"] == ["networkpolicy"]
     assert decided(data["ingress"]) == ("networkpolicy", "deny", "x/only-80", "")
 

@@ -162,6 +162,7 @@ def test_full_tables_are_retired_and_nothing_is_lost(monkeypatch) -> None:
         flow = snapshot.add_flow((b"\x00" * 8, 6, port), judgement, True, 6, 4)
         flow.record(1500)
     assert len(snapshot.flows) <= 4
+    assert history.tables_filled == 2  # 4 + 4 + 2: what the agent flushes the kernel's verdict memory on
     first = history.totals(snapshot.flows)
     assert first.packets == {(6, 4, True): 10}
     assert first.buckets[(6, 4)][1] == 10  # 1.5 µs rounds up into the le=10 bucket

@@ -226,3 +226,42 @@ def test_packet_errors_and_decision_records() -> None:
     assert {l["result"]: v for l, v in samples["kube_network_policies_decision_records"]} == {
         "written": 5, "rate_limited": 2, "queue_full": 1, "write_error": 0,
     }
+
+
+def test_verdicts_are_counted_per_cluster_network_policy_and_tier() -> None:
+    from kube_netpol.plugins import BUILTIN_ORDER, build_engine
+
+    engine = build_engine(BUILTIN_ORDER)
+    state = engine.state
+    for ns, ip in (("x", "10.0.1.10"), ("y", "10.0.2.10"), ("z", "10.0.3.10")):
+        state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"ns": ns}}})
+        state.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": "a", "labels": {"pod": "a"}},
+                     "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running", "podIPs": [{"ip": ip}]}})
+
+    def cnp(name: str, tier: str, subject: str, action: str, peer: str) -> dict[str, object]:
+        return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": name},
+                "spec": {"tier": tier, "priority": 1, "subject": {"namespaces": {"matchLabels": {"ns": subject}}},
+                         "ingress": [{"name": f"{action.lower()}-{peer}", "action": action,
+                                      "from": [{"namespaces": {"matchLabels": {"ns": peer}}}]}]}}
+
+    assert state.apply(cnp("admin-x", "Admin", "x", "Deny", "z"))
+    assert state.apply(cnp("baseline-y", "Baseline", "y", "Deny", "x"))
+    assert state.apply(cnp("baseline-z", "Baseline", "z", "Accept", "y"))
+    assert engine.publish() is not None
+    loop = VerdictLoop(engine, 100, fail_open=True)
+    sent = [("10.0.3.10", "10.0.1.10", 80), ("10.0.3.10", "10.0.1.10", 81),  # z -> x: Admin Deny, two flows
+            ("10.0.1.10", "10.0.2.10", 80),  # x -> y: Baseline Deny
+            ("10.0.2.10", "10.0.3.10", 80),  # y -> z: Baseline Accept
+            ("10.0.2.10", "10.0.1.10", 80)]  # y -> x: nothing decides
+    for src, dst, port in sent:
+        loop.handle(Queued(syn(port, src, dst)))
+    samples = scrape(collector(VerdictMetrics(engine)))
+    by_policy = {(l["direction"], l["evaluator"], l["policy"], l["verdict"]): v
+                 for l, v in samples["kube_network_policies_verdicts_by_policy"]}
+    ingress = {key: v for key, v in by_policy.items() if key[0] == "ingress"}
+    assert ingress == {
+        ("ingress", "clusternetworkpolicy-admin", "admin-x", "deny"): 2,
+        ("ingress", "clusternetworkpolicy-baseline", "baseline-y", "deny"): 1,
+        ("ingress", "clusternetworkpolicy-baseline", "baseline-z", "allow"): 1,
+        ("ingress", "(none)", "(none)", "allow"): 1,
+    }

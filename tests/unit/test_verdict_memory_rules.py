@@ -214,3 +214,16 @@ def test_the_shortest_lifetime_of_the_answers_wins_next_included() -> None:
     assert judgement.lifetime == 2
     # Short's ingress NEXT has no lifetime and Short is not kube_netpol's: not for the kernel.
     assert not judgement.kernel
+
+
+def test_a_set_has_room_for_two_flow_tables() -> None:
+    # The agent flushes the memory each time its flow table fills (agent/controller.py): a set
+    # smaller than that would fill first and then take no new key until keys timed out.
+    from kube_netpol.dataplane.ruleset import MEMORY_SIZE
+    from kube_netpol.engine.flows import DEFAULT_MAX_FLOWS
+
+    assert MEMORY_SIZE >= 2 * DEFAULT_MAX_FLOWS
+    spec = RulesetSpec(verdict_memory=True)
+    sizes = {c["add"]["set"]["size"] for c in create_commands(spec)
+             if "set" in c.get("add", {}) and c["add"]["set"]["name"].startswith("remembered-")}
+    assert sizes == {MEMORY_SIZE}

@@ -75,7 +75,13 @@ what the agent does without knowing the defaults.
 {{- if .Values.clusterNetworkPolicy.enabled }}{{ $pipeline = append $pipeline "clusternetworkpolicy-baseline" }}{{ end }}
 {{- $pipeline = append $pipeline "multinetwork" }}
 - {{ printf "--evaluators=%s" (join "," $pipeline) | quote }}
+- {{ printf "--pod-netns-lookup=%s" .Values.multiNetworkPolicy.podNetnsLookup | quote }}
+{{- if eq .Values.multiNetworkPolicy.podNetnsLookup "dir" }}
 - {{ printf "--pod-netns-dir=%s" .Values.multiNetworkPolicy.podNetnsDir | quote }}
+{{- else }}
+{{- /* hostPID: the container's /proc is the node's. */}}
+- "--host-proc=/proc"
+{{- end }}
 {{- end }}
 - {{ printf "--log-format=%s" .Values.logFormat | quote }}
 {{- range until (int .Values.verbosity) }}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -66,6 +67,11 @@ class NamespaceState:
         return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.name, "labels": dict(self.labels)}}
 
 
+def pod_uid(key: str) -> str:
+    """The ``metadata.uid`` the harness gives pod ``ns/name`` (stable: a UUID named by the key)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kube-netpol-conformance:{key}"))
+
+
 @dataclass(frozen=True)
 class PodState:
     namespace: str
@@ -91,7 +97,8 @@ class PodState:
         }
         if node_name:
             spec["nodeName"] = node_name
-        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels)}
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "uid": pod_uid(self.key),
+                                    "labels": dict(self.labels)}
         if self.networks:
             metadata["annotations"] = secondary.pod_annotations(self.ips, self.networks)
         return {

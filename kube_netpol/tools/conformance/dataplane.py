@@ -75,6 +75,7 @@ class DataplaneBackend:
         strict_mode: bool = True,
         agent_args: Sequence[str] = (),
         lab_prefix: str = LAB_PREFIX,
+        pod_netns_lookup: str = "dir",
     ) -> None:
         self.setup = setup
         self.offline = OfflineBackend(pipeline_for(setup))
@@ -88,11 +89,13 @@ class DataplaneBackend:
         self._closed = False
         self._workdir = Path(tempfile.mkdtemp(prefix="kube-netpol-dataplane-"))
         self._folder = ManifestFolder(str(self._workdir))
-        # Secondary networks: the agent finds each pod's namespace by name in this folder.
+        # Secondary networks: the agent finds each pod's namespace by name in this folder, or
+        # ("cgroup") as on a node, by the pod's UID in processes' cgroups (the test makes those).
         self._links = NetnsLinks(self._workdir / "pod-netns")
         if setup.cluster.networks:
-            agent_args = (*agent_args, "--evaluators", ",".join(pipeline_for(setup)),
-                          "--pod-netns-dir", str(self._links.directory))
+            lookup = (["--pod-netns-lookup", "dir", "--pod-netns-dir", str(self._links.directory)]
+                      if pod_netns_lookup == "dir" else ["--pod-netns-lookup", pod_netns_lookup])
+            agent_args = (*agent_args, "--evaluators", ",".join(pipeline_for(setup)), *lookup)
         self.table = ""
         try:
             self._lab = Lab(lab_prefix, probe_timeout=probe_timeout)

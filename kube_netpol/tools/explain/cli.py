@@ -30,8 +30,9 @@ from kube_netpol.state import ClusterState
 DESCRIPTION = """\
 Explain why a connection is allowed or denied: the egress pipeline of the source
 and the ingress pipeline of the destination, evaluator by evaluator, with the
-policy and rule that decided. The pipeline is the full default one
-(adminnetworkpolicy,networkpolicy,baselineadminnetworkpolicy) unless --evaluators
+policy and rule that decided. The pipeline is every built-in evaluator
+(clusternetworkpolicy-admin,adminnetworkpolicy,networkpolicy,
+baselineadminnetworkpolicy,clusternetworkpolicy-baseline) unless --evaluators
 says otherwise. Exit status: 0 allowed, 1 denied, 2 usage error (unknown pod,
 bad address or port, no readable source of state).
 """

@@ -15,6 +15,14 @@ and the official ``kubernetes`` client:
   with ``allowWatchBookmarks``) and ERROR; ``timeoutSeconds`` ends a watch
   cleanly; a watch from a compacted resourceVersion gets 410 Gone, as an
   ERROR event (what kube-apiserver does) or as an HTTP status;
+- watch-lists (``sendInitialEvents=true`` with ``resourceVersionMatch=NotOlderThan``,
+  KEP-3157): the current objects as ADDED events, streamed from a snapshot
+  taken when the watch starts, then a BOOKMARK annotated
+  ``k8s.io/initial-events-end: "true"`` (when the watch asked for bookmarks),
+  then the changes since the snapshot; ``watch_list`` makes the server refuse
+  them as kube-apiserver with the WatchList gate off does (422 Invalid), or
+  ignore the parameters as a server that does not know them would (a plain
+  watch, no bookmark);
 - ``labelSelector`` on lists and watches; a watched object that starts or
   stops matching arrives as ADDED or DELETED, as kube-apiserver sends it;
 - the write verbs: create (POST), update (PUT, with the optimistic
@@ -62,6 +70,7 @@ import yaml
 
 from kube_netpol.advise.model import Selector
 from kube_netpol.api.kinds import KindSpec
+from kube_netpol.sources.kube_watch_protocol import INITIAL_EVENTS_END
 
 Key = tuple[str, str]  # (namespace or "", name)
 #: (apiGroup, resource, verb) as a ClusterRole grants it; "" is the core group.
@@ -221,6 +230,10 @@ class FakeApiServer:
     ``"event"`` (HTTP 200 and an ERROR event with code 410, as kube-apiserver
     does) or ``"status"`` (HTTP 410).
 
+    ``watch_list``: ``"serve"`` watch-lists, ``"refuse"`` them (422, as with
+    the WatchList feature gate off), or ``"ignore"`` their parameters (a
+    plain watch from "now": synthetic ADDED events, never the bookmark).
+
     ``socket_factory``: makes the unbound IPv4 stream socket to listen on
     (each ``start`` calls it again), e.g. one created inside a lab's node
     network namespace; the server binds it to 127.0.0.1.
@@ -235,6 +248,7 @@ class FakeApiServer:
         socket_factory: Callable[[], socket.socket] | None = None,
         kinds: Iterable[KindSpec] | None = None,
         rules: Iterable[Rule] | None = None,
+        watch_list: Literal["serve", "refuse", "ignore"] = "serve",
     ) -> None:
         resources = tuple(FakeResource.of(spec) for spec in (default_kinds() if kinds is None else kinds))
         #: RBAC: what the client may do; None allows everything.
@@ -244,6 +258,10 @@ class FakeApiServer:
         self._prefixes = sorted({r.prefix for r in resources}, key=len, reverse=True)
         self.token = token
         self.gone_as = gone_as
+        self.watch_list = watch_list
+        #: Cleared, watch-lists hold their initial-events-end bookmark (after the initial events) until it is set.
+        self.initial_events_end_gate = threading.Event()
+        self.initial_events_end_gate.set()
         self.socket_factory = socket_factory
         self.port = 0
         self.requests: list[RequestRecord] = []
@@ -827,18 +845,32 @@ class FakeApiServer:
         selector = self._selector(handler, query)
         if selector is False:
             return
+        watch_list = self._watch_list_request(handler, query)
+        if watch_list is None:
+            return
         rv_text = query.get("resourceVersion", "")
         timeout = float(query.get("timeoutSeconds") or 0)
         deadline = time.monotonic() + timeout if timeout > 0 else None
-        initial: list[bytes] = []
+        initial: list[tuple[Key, dict[str, Any]]] = []
+        bookmark: bytes | None = None
         watcher: _Watcher | None = None
         with self._cond:
-            if rv_text in ("", "0"):
-                # No resourceVersion: synthetic ADDED events for what exists, then changes.
+            if watch_list or rv_text in ("", "0"):
+                # A watch-list, or no resourceVersion: synthetic ADDED events for what exists (from a snapshot:
+                # stored objects are replaced, never changed), then changes. Only a watch-list says where the
+                # initial state ends; with NotOlderThan any resourceVersion up to now is satisfied by now.
+                if watch_list and rv_text and (not rv_text.isdigit() or int(rv_text) > self._rv):
+                    handler.send_json(504, _status(504, "Timeout", f"Too large resource version: {rv_text}, "
+                                                                   f"current: {self._rv}"))
+                    return
                 cursor = len(self._history)
-                initial = [_line("ADDED", obj) for key, obj in sorted(self._objects[resource.plural].items())
+                initial = [(key, obj) for key, obj in self._objects[resource.plural].items()
                            if (namespace is None or key[0] == namespace)
                            and (selector is None or selector.matches(_labels(obj)))]
+                if watch_list and query_bool(query.get("allowWatchBookmarks")):
+                    bookmark = _line("BOOKMARK", {
+                        "kind": resource.kind, "apiVersion": resource.group_version,
+                        "metadata": {"resourceVersion": str(self._rv), "annotations": {INITIAL_EVENTS_END: "true"}}})
             else:
                 try:
                     since = int(rv_text)
@@ -867,8 +899,12 @@ class FakeApiServer:
                     handler.end_chunked()
                 return
             handler.start_chunked()
-            for line in initial:
-                handler.write_chunk(line)
+            self._write_initial(handler, watcher, sorted(initial, key=lambda item: item[0]))
+            if bookmark is not None:
+                while not self.initial_events_end_gate.wait(0.05):
+                    if watcher.dropped or _client_gone(watcher.sock):
+                        return
+                handler.write_chunk(bookmark)
             self._follow(handler, watcher, deadline)
         except OSError:
             handler.close_connection = True  # the client went away or the test cut the connection
@@ -876,6 +912,47 @@ class FakeApiServer:
             if watcher is not None:
                 with self._cond:
                     self._watchers.discard(watcher)
+
+    def _watch_list_request(self, handler: _Handler, query: Mapping[str, str]) -> bool | None:
+        """Is this watch a watch-list (sendInitialEvents=true)? None when it was refused, as kube-apiserver validates it."""
+        send_initial = query.get("sendInitialEvents")
+        match = query.get("resourceVersionMatch")
+        if self.watch_list == "ignore":
+            return False
+        problems = []
+        if send_initial is not None:
+            if self.watch_list == "refuse":
+                problems.append("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the "
+                                "WatchList feature gate is enabled")
+            if match != "NotOlderThan":
+                problems.append("resourceVersionMatch: Forbidden: sendInitialEvents requires setting "
+                                "resourceVersionMatch to NotOlderThan")
+        elif match:
+            problems.append("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless "
+                            "sendInitialEvents is provided")
+        if problems:
+            handler.send_json(422, _status(422, "Invalid", 'ListOptions.meta.k8s.io "" is invalid: '
+                                                           + ", ".join(problems)))
+            return None
+        return query_bool(send_initial)
+
+    @staticmethod
+    def _write_initial(handler: _Handler, watcher: _Watcher, objects: list[tuple[Key, dict[str, Any]]]) -> None:
+        """The initial ADDED events, serialised as they are written (chunks of about 64 KiB)."""
+        pending: list[bytes] = []
+        size = 0
+        for _key, obj in objects:
+            if watcher.dropped:
+                raise OSError("the watch was cut")
+            line = _line("ADDED", obj)
+            pending.append(line)
+            size += len(line)
+            if size >= 65536:
+                handler.write_chunk(b"".join(pending))
+                pending.clear()
+                size = 0
+        if pending:
+            handler.write_chunk(b"".join(pending))
 
     def _follow(self, handler: _Handler, watcher: _Watcher, deadline: float | None) -> None:
         while True:
