@@ -32,12 +32,14 @@ from kube_netpol.dataplane.conntrack import Flow, flush_flows, list_flows
 from kube_netpol.dataplane.nft import NftClient
 from kube_netpol.dataplane.queue_backend import kernel_supports
 from kube_netpol.dataplane.ruleset import (
+    MEMORY_SIZE,
     PREROUTING_CHAIN,
     PRIORITY_NATIVE,
     PRIORITY_PREROUTING_NATIVE,
     PRIORITY_PREROUTING_XT,
     PRIORITY_XT,
     RulesetSpec,
+    create_commands,
     rule_comments,
 )
 from kube_netpol.dataplane.xtables import queue_rule_args
@@ -374,6 +376,32 @@ def test_forget_remembered_empties_only_the_memory_and_keeps_the_table(netns: st
     assert listed.elements("remembered-accept-v4") == set() and listed.elements("remembered-drop-v4") == set()
     assert listed.elements("managed-v4") == {"10.1.0.2"}
     assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", verdict_memory=True))
+    in_netns(netns, lambda: cleanup(table))
+
+
+def test_start_resizes_the_memory_sets_an_earlier_version_made_smaller(netns: str, table: str) -> None:
+    # Before the memory was flushed with each full flow table, its sets held 65,536 keys: such a
+    # table, with a key in it, is brought to MEMORY_SIZE by the next start (and forgets the key).
+    spec = RulesetSpec(table=table, backend="xt", verdict_memory=True)
+    commands = create_commands(spec)
+    for command in commands:
+        made = command.get("add", {}).get("set", {})
+        if made.get("name", "").startswith("remembered-"):
+            made["size"] = 65536
+    result = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-f", "-"],
+                            input=json.dumps({"nftables": commands}), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    sh("nft", "add", "element", "inet", table, "remembered-accept-v4", "{", "10.1.0.1 . 10.1.0.2 . tcp . 80", "}",
+       netns=netns)
+    config = DataplaneConfig(table=table, queue_backend="xt", verdict_memory=True)
+    in_netns(netns, lambda: Dataplane(config).start(["10.1.0.2"], []))
+    listed = list_table(netns, table)
+    assert listed is not None
+    for name in ("remembered-accept-v4", "remembered-drop-v4", "remembered-accept-v6", "remembered-drop-v6"):
+        assert listed.sets[name]["size"] == MEMORY_SIZE, name
+    assert "elem" not in listed.sets["remembered-accept-v4"]
+    assert listed.comments == rule_comments(spec)
+    assert listed.comments_in("remember") == rule_comments(spec, "remember")
     in_netns(netns, lambda: cleanup(table))
 
 
