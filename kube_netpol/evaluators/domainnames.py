@@ -55,7 +55,7 @@ class DomainNamesStage(SubjectRulesStage):
             entry = self._remember(src)
         rules = entry.egress
         if not rules:
-            return SubjectRulesStage.evaluate_egress(self, packet, src, dst)
+            return NEXT  # the pod's policies have no egress rules (not a second memo lookup)
         labels: Labels | None = None
         namespace_labels: Labels | None = None
         port_names: PortNames = NO_PORT_NAMES

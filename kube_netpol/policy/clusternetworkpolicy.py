@@ -53,16 +53,17 @@ MAX_PEERS = 25  # per rule
 MAX_PROTOCOLS = 25  # per rule
 MAX_NETWORKS = 25  # CIDRs per networks peer
 MAX_DOMAIN_NAMES = 25  # per domainNames peer
-MAX_DOMAIN_NAME = 253
 
 _VERDICT_OF_ACTION = {"Accept": Verdict.ACCEPT, "Deny": Verdict.DENY, "Pass": Verdict.NEXT}
 _PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 _INGRESS_PEER_KINDS = ("namespaces", "pods")
 _EGRESS_PEER_KINDS = ("namespaces", "pods", "nodes", "networks", "domainNames")
 _PROTOCOL_KINDS = ("tcp", "udp", "sctp", "destinationNamedPort")
-# The CRD's pattern: an optional leading "*." then DNS labels (underscores allowed inside), optional final dot.
-_LABEL = r"[a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?"
-_DOMAIN_NAME = re.compile(rf"^(\*\.)?({_LABEL}\.)+{_LABEL}\.?$")
+# The CRD's pattern, character for character: an optional leading "*." then DNS labels (underscores
+# allowed inside), optional final dot. Its first-character class is "[a-zA-z0-9]" (A-z also takes
+# [\]^_`): kept, because refusing a policy the API server stored would drop its Deny rules too.
+_LABEL = r"[a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?"
+_DOMAIN_NAME = re.compile(rf"(\*\.)?({_LABEL}\.)+{_LABEL}\.?")
 
 
 class ClusterNetworkPolicy:
@@ -187,16 +188,15 @@ def _parse_domain_names(peer: Mapping[str, Any], where: str) -> list[str]:
         at = f"{where}.domainNames[{k}]"
         if not isinstance(text, str) or not text:
             raise InvalidObject("must be a non-empty domain name", at)
-        if len(text) > MAX_DOMAIN_NAME:
-            raise InvalidObject(f"must be at most {MAX_DOMAIN_NAME} characters", at)
-        if not _DOMAIN_NAME.match(text):
+        if not _DOMAIN_NAME.fullmatch(text):
             raise InvalidObject(
                 f"invalid domain name {text!r}: DNS labels with an optional leading '*.' wildcard (at least two labels)", at
             )
-        out.append(text.rstrip(".").lower())
-    if len(set(out)) != len(out):
+        out.append(text)
+    if len(set(out)) != len(out):  # listType=set: the same string twice (case counts, as for the CRD)
         raise InvalidObject("domainNames must not repeat a name", f"{where}.domainNames")
-    return out
+    # Matching ignores case and the final dot (DNS names do): "A.example.com" and "a.example.com." are one.
+    return list(dict.fromkeys(name.rstrip(".").lower() for name in out))
 
 
 def _parse_protocols(rule: Mapping[str, Any], path: str) -> tuple[PortMatcher | None, str | None]:

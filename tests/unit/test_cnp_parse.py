@@ -140,7 +140,8 @@ INVALID = [
     ("spec.egress.1.to", [{"domainNames": ["*.*.example.com"]}], "spec.egress[1].to[0].domainNames[0]"),
     ("spec.egress.1.to", [{"domainNames": ["a*.example.com"]}], "spec.egress[1].to[0].domainNames[0]"),
     ("spec.egress.1.to", [{"domainNames": ["-a.example.com"]}], "spec.egress[1].to[0].domainNames[0]"),
-    ("spec.egress.1.to", [{"domainNames": ["a.example.com", "A.example.com"]}], "spec.egress[1].to[0].domainNames"),
+    ("spec.egress.1.to", [{"domainNames": ["a.example.com", "a.example.com"]}], "spec.egress[1].to[0].domainNames"),
+    ("spec.egress.1.to", [{"domainNames": ["a.example.com\n"]}], "spec.egress[1].to[0].domainNames[0]"),
     ("spec.egress.1.to", [{"domainNames": [f"h{i}.example.com" for i in range(26)]}], "spec.egress[1].to[0].domainNames"),
     ("spec.egress.1.protocols", [{"destinationNamedPort": "http"}], "spec.egress[1].protocols[0].destinationNamedPort"),
     ("spec.egress.0.protocols", [{"destinationNamedPort": "http"}], "spec.egress[0].protocols[0].destinationNamedPort"),
@@ -161,6 +162,15 @@ def test_a_named_port_longer_than_any_container_port_name_is_accepted_and_matche
     )
     ports = policy.ingress[0].ports
     assert ports is not None and not ports.matches(6, 80, {(6, 80): "x" * 15}) and not ports.matches(6, 80, {})
+
+
+def test_domain_names_the_crd_stores_are_accepted() -> None:
+    # The CRD's set is case-sensitive and its pattern's first-character class is [a-zA-z0-9] (which takes
+    # "_"), with no length limit: refusing what the API server stored would drop the policy's Deny rules.
+    # Matching ignores case and the final dot, so the names below are two patterns.
+    names = ["a.example.com", "A.example.com.", "_sip._tcp.example.com", "x" * 63 + "." + "y" * 200 + ".com"]
+    policy = parse_cluster_network_policy(cnp({"egress": [{"name": "dns", "action": "Accept", "to": [{"domainNames": names}]}]}))
+    assert policy.domain_names == {"dns": ("a.example.com", "_sip._tcp.example.com", "x" * 63 + "." + "y" * 200 + ".com")}
 
 
 def test_a_cidr_with_host_bits_is_accepted_and_masked() -> None:
