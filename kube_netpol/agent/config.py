@@ -124,6 +124,8 @@ class AgentConfig:
     verbosity: int = 0
     pod_netns_dir: str | None = None
     observe_dns: bool | None = None  # None: when the pipeline has a ClusterNetworkPolicy tier
+    pod_netns_lookup: str = "cgroup"
+    host_proc: str = "/proc"
 
     @property
     def dns_observation(self) -> bool:
@@ -131,8 +133,6 @@ class AgentConfig:
         if self.observe_dns is not None:
             return self.observe_dns
         return any(name.startswith("clusternetworkpolicy-") for name in self.pipeline)
-    pod_netns_lookup: str = "cgroup"
-    host_proc: str = "/proc"
 
     @property
     def node_name(self) -> str:
