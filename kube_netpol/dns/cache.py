@@ -132,8 +132,3 @@ class DnsCache:
         if names is None:
             return _NONE
         return names.by_address.get(address, _NONE)
-
-    def forget_pod(self, pod: PodKey) -> None:
-        names = self._pods.pop(pod, None)
-        if names is not None:
-            self._size -= len(names.order)
