@@ -555,12 +555,10 @@ class Reflector:
 
     def _handle_initial_line(self, line: bytes, initial: _InitialState, watchdog: _StreamWatchdog) -> bool:
         """One line of a watch-list's initial state; True when it was the bookmark that ends it."""
-        event = self._decode(line)
+        event = self._event(line)
         if event is None:
             return False
         obj = event.object
-        if event.type == "ERROR":
-            self._raise_error(obj)
         if event.type == "BOOKMARK":
             if not is_initial_events_end(obj):
                 # kube-apiserver's first bookmark to a watch-list is the annotated one: a plain one
@@ -607,11 +605,15 @@ class Reflector:
             return None
         return _Event(event.type, event.object, False)
 
-    @staticmethod
-    def _raise_error(status: Mapping[str, Any]) -> None:
-        if status_code(status) == GONE:
-            raise ResourceGone(status_text(status))
-        raise WatchFailed(f"ERROR event: {status_text(status)}")
+    def _event(self, line: bytes) -> _Event | None:
+        """``_decode``, and an ERROR event raised: ResourceGone for 410, WatchFailed otherwise."""
+        event = self._decode(line)
+        if event is not None and event.type == "ERROR":
+            status = event.object
+            if status_code(status) == GONE:
+                raise ResourceGone(status_text(status))
+            raise WatchFailed(f"ERROR event: {status_text(status)}")
+        return event
 
     def _submit_delete(self, obj: Mapping[str, Any], version: str | None) -> None:
         state, kind = self._state, self.resource.kind
@@ -630,12 +632,10 @@ class Reflector:
 
     def _handle_line(self, line: bytes) -> bool:
         """Apply one watch line; True if it was an event (bookmarks included)."""
-        event = self._decode(line)
+        event = self._event(line)
         if event is None:
             return False
         obj = event.object
-        if event.type == "ERROR":
-            self._raise_error(obj)
         version = resource_version_of(obj)
         state, kind = self._state, self.resource.kind
         if event.type in ("ADDED", "MODIFIED"):
