@@ -176,10 +176,10 @@ class VerdictLoop:
         try:
             packet = parse_packet(payload)
             key = table_key(raw, packet)
-            flow = snapshot.flows.get(key)
+            # ``handle`` looked the raw key up already; a packet the raw key misreads has its own key.
+            flow = None if key is raw else snapshot.flows.get(key)
             if flow is None or (flow.expires and flow.expires < monotonic()):
-                # A key the raw key misread may share its verdict with the parsed key's entry.
-                judgement = snapshot.evaluate(packet)
+                judgement = snapshot.judge(packet)
                 accepted = judgement.allowed or self.audit
                 flow = snapshot.add_flow(key, judgement, accepted, packet.protocol, packet.family)
                 if self.verdict_memory and packet.protocol in MEMORY_PROTOCOLS:

@@ -102,9 +102,20 @@ def packet_flow_key(packet: Packet) -> FlowKey:
 
 
 def table_key(raw: TableKey | None, packet: Packet) -> TableKey:
-    """The key a judged packet's entry is kept under: its raw key when that reads the packet right."""
-    key = packet_flow_key(packet)
-    return raw if raw is not None and parsed_key(raw) == key else key
+    """The key a judged packet's entry is kept under: its raw key when that reads the packet right.
+
+    ``packet`` is the parse of the payload ``raw`` was read from. That is
+    ``parsed_key(raw) == packet_flow_key(packet)``, checked on the fields that
+    can differ (the miss path runs this for every new key): a raw IPv4 key
+    was read with IHL 5 and the parse refused non-first fragments, so only the
+    port can differ (ICMP and other protocols without ports parse to port 0);
+    a raw IPv6-shaped key also needs an IPv6 header and the transport right
+    after it (its next header is the parsed protocol).
+    """
+    if raw is not None and raw[-1] == packet.dst_port:
+        if len(raw) == 5 or (raw[0] >> 4 == 6 and raw[1] == packet.protocol):  # type: ignore[operator]
+            return raw
+    return (packet.src + packet.dst, packet.protocol, packet.dst_port)
 
 
 def bucket_index(microseconds: int) -> int:
@@ -130,7 +141,10 @@ class FlowStats:
         "credited_hits", "last_bucket", "last_ns", "expires", "mark",
     )  # fmt: skip
 
-    def __init__(self, judgement: Judgement, accepted: bool, protocol: int, family: int, last_hit_ns: int = 0) -> None:
+    def __init__(
+        self, judgement: Judgement, accepted: bool, protocol: int, family: int, last_hit_ns: int = 0,
+        last_hit_bucket: int = -1,
+    ) -> None:
         self.judgement = judgement
         self.accepted = accepted  # the verdict handed to the kernel (audit mode accepts denials)
         self.protocol = protocol
@@ -142,7 +156,8 @@ class FlowStats:
         self.credited_hits = 0  # ``hits`` already in buckets/total_ns
         # The time untimed hits count with (0: none yet; the first judged packet's then).
         self.last_ns = last_hit_ns
-        self.last_bucket = bucket_index((last_hit_ns + 999) // 1000)
+        # The history keeps the bucket of its last timed hit (``last_hit_bucket``): no bisect per new entry.
+        self.last_bucket = last_hit_bucket if last_hit_bucket >= 0 else bucket_index((last_hit_ns + 999) // 1000)
         # Monotonic seconds after which the verdict must be judged again (0.0: at the next snapshot).
         self.expires = 0.0
         # The mark bits the verdict loop hands this verdict back with so that the kernel remembers
@@ -268,6 +283,7 @@ class FlowHistory:
         self.sample_weights = [0] * SUMMARY_WINDOW
         self.sample_index = 0
         self.last_hit_ns = 0  # the last timed hit's processing time, of any flow
+        self.last_hit_bucket = 0  # and its histogram bucket
         self._retired: list[tuple[float, FlowTable]] = []
         self._folded = Totals()
         self._fold_lock = threading.Lock()
@@ -294,6 +310,7 @@ class FlowHistory:
         """Count a timed flow-table hit (packet thread)."""
         flow.record(elapsed_ns, hit=True)
         self.last_hit_ns = elapsed_ns
+        self.last_hit_bucket = flow.last_bucket
         self.record_sample(elapsed_ns, TIMING_EVERY)
 
     def totals(self, current: FlowTable) -> Totals:

@@ -153,7 +153,7 @@ class Snapshot:
             history.retire(flows)
             history.tables_filled += 1
             flows = self.flows = {}
-        stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns)
+        stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns, history.last_hit_bucket)
         if judgement.lifetime is not None:
             stats.expires = monotonic() + judgement.lifetime
         displaced = flows.get(key)
