@@ -13,7 +13,9 @@ ports share one ports tuple and one port-name map, namespace and node names
 are interned; no copy of the object is kept: a namespace's or node's relabel
 rebuilds its pods' records from the records themselves. An address has one
 index entry; only an address two live pods claim (a replaced pod whose
-successor arrived first) has a second one.
+successor arrived first) has a second one. Pods are found by namespace, then
+name (no second table keyed by the pair), and a node's pods are a list of
+their keys (a set's table cost about 80 bytes a pod at 100 pods a node).
 """
 
 from __future__ import annotations
@@ -107,7 +109,6 @@ class ClusterState:
         self._node_name = node_name
         self._namespaces: dict[str, NamespaceRecord] = {}
         self._nodes: dict[str, NodeRecord] = {}
-        self._pods: dict[PodKey, PodRecord] = {}
         self._objects: dict[str, dict[ObjectKey, object]] = {
             spec.kind: {} for spec in self.kinds if spec.kind not in ("Namespace", "Node", "Pod")
         }
@@ -116,8 +117,10 @@ class ClusterState:
         # it can fall back to one of them when that pod goes away (a replaced pod whose
         # successor arrived first). Only contested addresses have an entry.
         self._ip_others: dict[bytes, dict[PodKey, PodRecord]] = {}
+        # The pods: namespace -> name -> record (pod(), pods() and keys("Pod") read it).
         self._pods_by_namespace: dict[str, dict[str, PodRecord]] = {}
-        self._pods_by_node: dict[str, set[PodKey]] = {}
+        # node -> its pods' keys; only create, delete and a move to another node change it.
+        self._pods_by_node: dict[str, list[PodKey]] = {}
         # Only a pipeline that reads nodes can see a node relabel, the one use of that index.
         self._index_nodes = "Node" in self.kinds
         self._labels: Interner[Labels] = Interner()
@@ -134,7 +137,8 @@ class ClusterState:
         return self._node_name
 
     def pod(self, key: PodKey) -> PodRecord | None:
-        return self._pods.get(key)
+        pods = self._pods_by_namespace.get(key[0])
+        return pods.get(key[1]) if pods is not None else None
 
     def pod_by_ip(self, ip: bytes) -> PodRecord | None:
         return self._pods_by_ip.get(ip)
@@ -144,7 +148,7 @@ class ClusterState:
         return list(pods.values()) if pods else ()
 
     def pods(self) -> Iterator[PodRecord]:
-        return iter(list(self._pods.values()))
+        return iter([pod for pods in self._pods_by_namespace.values() for pod in pods.values()])
 
     def namespace(self, name: str) -> NamespaceRecord | None:
         return self._namespaces.get(name)
@@ -168,7 +172,7 @@ class ClusterState:
         if kind == "Node":
             return [("", name) for name in self._nodes]
         if kind == "Pod":
-            return list(self._pods)
+            return [pod.key for pods in self._pods_by_namespace.values() for pod in pods.values()]
         return list(self._objects.get(kind, ()))
 
     def is_local(self, pod: PodRecord) -> bool:
@@ -242,7 +246,7 @@ class ClusterState:
         if kind == "Node":
             return key[1] in self._nodes
         if kind == "Pod":
-            return key in self._pods
+            return self.pod(key) is not None
         return key in self._objects.get(kind, {})
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
@@ -266,7 +270,7 @@ class ClusterState:
             self._rebuild_pods_of_node(name)
             return True
         if kind == "Pod":
-            old_pod = self._pods.pop(key, None)
+            old_pod = self.pod(key)
             if old_pod is None:
                 return False
             self._unindex_pod(old_pod)
@@ -335,7 +339,7 @@ class ClusterState:
             pod_object = read_pod(obj, self.kinds.pod_annotations)
         except InvalidObject as err:
             key = _pod_key(obj)
-            if key is None or key in self._pods:
+            if key is None or self.pod(key) is not None:
                 raise  # an invalid update keeps the last valid version
             salvaged = salvage_pod(obj)
             if salvaged is None:
@@ -350,17 +354,17 @@ class ClusterState:
     def _store_pod(self, pod_object: PodObject, valid: bool) -> None:
         record = self._build_pod(pod_object, valid)
         key = record.key  # one tuple, shared by every index
-        old = self._pods.get(key)
+        old = self.pod(key)
         if old is not None and old.same_as(record):
             # Nothing policies read changed (a status heartbeat, an annotation we do not keep).
             self._release_pod(record)
             return
+        moved = old is None or old.node_name != record.node_name
         if old is not None:
             record.key = key = old.key  # the tuple every index shares
-            self._unindex_pod(old)
+            self._unindex_pod(old, moved)
             self._release_pod(old)
-        self._pods[key] = record
-        self._index_pod(record)
+        self._index_pod(record, moved)
         self._record("Pod", key, old, record)
 
     def _acquire_pod(self, pod: PodObject) -> tuple[Labels, tuple[tuple[ContainerPortTuple, ...], PortNames]]:
@@ -427,12 +431,13 @@ class ClusterState:
 
     def _rebuild_pods_of_node(self, node_name: str) -> None:
         keys = self._pods_by_node.get(node_name, ())
-        self._rebuild_pods([self._pods[key] for key in list(keys)])
+        self._rebuild_pods([pod for pod in map(self.pod, keys) if pod is not None])
 
-    def _index_pod(self, pod: PodRecord) -> None:
+    def _index_pod(self, pod: PodRecord, node: bool = True) -> None:
+        """Index a pod; ``node`` False when its key is in its node's list already (an update on the same node)."""
         self._pods_by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
-        if pod.node_name and self._index_nodes:
-            self._pods_by_node.setdefault(pod.node_name, set()).add(pod.key)
+        if node and pod.node_name and self._index_nodes:
+            self._pods_by_node.setdefault(pod.node_name, []).append(pod.key)
         if pod.is_policy_target:
             for ip in pod.ips:
                 current = self._pods_by_ip.get(ip)
@@ -440,15 +445,19 @@ class ClusterState:
                     self._ip_others.setdefault(ip, {})[current.key] = current
                 self._pods_by_ip[ip] = pod  # the newest claimant wins
 
-    def _unindex_pod(self, pod: PodRecord) -> None:
+    def _unindex_pod(self, pod: PodRecord, node: bool = True) -> None:
+        """Unindex a pod; ``node`` False to leave its key in its node's list (its successor stays on that node)."""
         in_namespace = self._pods_by_namespace.get(pod.namespace)
         if in_namespace is not None:
             in_namespace.pop(pod.name, None)
             if not in_namespace:
                 del self._pods_by_namespace[pod.namespace]
-        on_node = self._pods_by_node.get(pod.node_name)
+        on_node = self._pods_by_node.get(pod.node_name) if node else None
         if on_node is not None:
-            on_node.discard(pod.key)
+            try:
+                on_node.remove(pod.key)  # a node's hundred-odd keys, on create and delete only
+            except ValueError:
+                pass
             if not on_node:
                 del self._pods_by_node[pod.node_name]
         for ip in pod.ips:
@@ -464,7 +473,6 @@ class ClusterState:
                 del self._ip_others[ip]
 
     def _replace_pod_record(self, pod: PodRecord, new: PodRecord) -> None:
-        self._pods[pod.key] = new
         self._pods_by_namespace[pod.namespace][pod.name] = new
         for ip in pod.ips:
             if self._pods_by_ip.get(ip) is pod:
