@@ -85,11 +85,12 @@ class PodRecord:
     (``kube_netpol.agent.podnetns``); policies do not read it.
 
     ``ips`` is kept as the one address itself when there is one (most pods):
-    the tuple around it would be 48 bytes a pod (docs/performance.md).
+    the tuple around it would be 48 bytes a pod (docs/performance.md); ``key``
+    is built when read, for the same reason (56 bytes).
     """
 
     __slots__ = (
-        "key", "namespace", "name", "labels", "namespace_labels", "node_name", "node_labels", "_ips",
+        "namespace", "name", "labels", "namespace_labels", "node_name", "node_labels", "_ips",
         "host_network", "terminal", "container_ports", "port_names", "updated_ns", "cluster_id", "valid",
         "annotations", "owner", "uid",
     )  # fmt: skip
@@ -114,7 +115,6 @@ class PodRecord:
         owner: str = "",
         uid: str = "",
     ) -> None:
-        self.key: PodKey = (namespace, name)
         self.namespace = namespace
         self.name = name
         self.labels = labels
@@ -132,6 +132,11 @@ class PodRecord:
         self.annotations = annotations
         self.owner = owner
         self.uid = uid
+
+    @property
+    def key(self) -> PodKey:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
 
     @property
     def ips(self) -> tuple[bytes, ...]:

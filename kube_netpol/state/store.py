@@ -15,8 +15,9 @@ are interned; no copy of the object is kept: a namespace's or node's relabel
 rebuilds its pods' records from the records themselves. An address has one
 index entry; only an address two live pods claim (a replaced pod whose
 successor arrived first) has a second one. Pods are found by namespace, then
-name (no second table keyed by the pair), and a node's pods are a list of
-their keys (a set's table cost about 80 bytes a pod at 100 pods a node).
+name (no second table keyed by the pair, no key tuple held per pod), and a
+node's pods are a list of their records (a set's table cost about 80 bytes a
+pod at 100 pods a node).
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ class ClusterState:
         self._ip_others: dict[bytes, dict[PodKey, PodRecord]] = {}
         # The pods: namespace -> name -> record (pod(), pods() and keys("Pod") read it).
         self._pods_by_namespace: dict[str, dict[str, PodRecord]] = {}
-        # node -> its pods' keys; only create, delete and a move to another node change it.
-        self._pods_by_node: dict[str, list[PodKey]] = {}
+        # node -> its pods' records (a node's hundred-odd, searched on each new record of one of them).
+        self._pods_by_node: dict[str, list[PodRecord]] = {}
         # Only a pipeline that reads nodes can see a node relabel, the one use of that index.
         self._index_nodes = "Node" in self.kinds
         self._labels: Interner[Labels] = Interner()
@@ -355,18 +356,22 @@ class ClusterState:
 
     def _store_pod(self, pod_object: PodObject, valid: bool) -> None:
         record = self._build_pod(pod_object, valid)
-        key = record.key  # one tuple, shared by every index
+        key = record.key
         old = self.pod(key)
         if old is not None and old.same_as(record):
             # Nothing policies read changed (a status heartbeat, an annotation we do not keep).
             self._release_pod(record)
             return
-        moved = old is None or old.node_name != record.node_name
+        if old is not None and old.node_name == record.node_name:
+            self._replace_on_node(old, record)
+            self._unindex_pod(old, node=False)
+            self._index_pod(record, node=False)
+        else:
+            if old is not None:
+                self._unindex_pod(old)
+            self._index_pod(record)
         if old is not None:
-            record.key = key = old.key  # the tuple every index shares
-            self._unindex_pod(old, moved)
             self._release_pod(old)
-        self._index_pod(record, moved)
         self._record("Pod", key, old, record)
 
     def _acquire_pod(self, pod: PodObject) -> tuple[Labels, tuple[tuple[ContainerPortTuple, ...], PortNames]]:
@@ -427,19 +432,17 @@ class ClusterState:
                 updated_ns=self._now_ns(), cluster_id=old.cluster_id, valid=old.valid,
                 annotations=old.annotations, owner=old.owner, uid=old.uid,
             )  # fmt: skip
-            record.key = old.key  # the tuple every index shares
             self._replace_pod_record(old, record)
-            self._record("Pod", old.key, old, record)
+            self._record("Pod", record.key, old, record)
 
     def _rebuild_pods_of_node(self, node_name: str) -> None:
-        keys = self._pods_by_node.get(node_name, ())
-        self._rebuild_pods([pod for pod in map(self.pod, keys) if pod is not None])
+        self._rebuild_pods(self._pods_by_node.get(node_name, ()))
 
     def _index_pod(self, pod: PodRecord, node: bool = True) -> None:
-        """Index a pod; ``node`` False when its key is in its node's list already (an update on the same node)."""
+        """Index a pod; ``node`` False when its node's list has it already (``_replace_on_node``)."""
         self._pods_by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
         if node and pod.node_name and self._index_nodes:
-            self._pods_by_node.setdefault(pod.node_name, []).append(pod.key)
+            self._pods_by_node.setdefault(pod.node_name, []).append(pod)
         if pod.is_policy_target:
             for ip in pod.ips:
                 current = self._pods_by_ip.get(ip)
@@ -448,7 +451,7 @@ class ClusterState:
                 self._pods_by_ip[ip] = pod  # the newest claimant wins
 
     def _unindex_pod(self, pod: PodRecord, node: bool = True) -> None:
-        """Unindex a pod; ``node`` False to leave its key in its node's list (its successor stays on that node)."""
+        """Unindex a pod; ``node`` False to leave its node's list alone (``_replace_on_node`` did it)."""
         in_namespace = self._pods_by_namespace.get(pod.namespace)
         if in_namespace is not None:
             in_namespace.pop(pod.name, None)
@@ -456,10 +459,9 @@ class ClusterState:
                 del self._pods_by_namespace[pod.namespace]
         on_node = self._pods_by_node.get(pod.node_name) if node else None
         if on_node is not None:
-            try:
-                on_node.remove(pod.key)  # a node's hundred-odd keys, on create and delete only
-            except ValueError:
-                pass
+            i = _place(on_node, pod)
+            if i is not None:
+                del on_node[i]
             if not on_node:
                 del self._pods_by_node[pod.node_name]
         for ip in pod.ips:
@@ -474,7 +476,15 @@ class ClusterState:
             if others is not None and not others:
                 del self._ip_others[ip]
 
+    def _replace_on_node(self, pod: PodRecord, new: PodRecord) -> None:
+        """Put ``new`` in the place of ``pod`` (the same pod, on the same node) in its node's list."""
+        on_node = self._pods_by_node.get(pod.node_name)
+        i = _place(on_node, pod) if on_node is not None else None
+        if on_node is not None and i is not None:
+            on_node[i] = new
+
     def _replace_pod_record(self, pod: PodRecord, new: PodRecord) -> None:
+        self._replace_on_node(pod, new)
         self._pods_by_namespace[pod.namespace][pod.name] = new
         for ip in pod.ips:
             if self._pods_by_ip.get(ip) is pod:
@@ -483,6 +493,14 @@ class ClusterState:
                 others = self._ip_others.get(ip)
                 if others is not None and pod.key in others:
                     others[pod.key] = new
+
+
+def _place(pods: list[PodRecord], pod: PodRecord) -> int | None:
+    """Where ``pod`` is in ``pods`` (records have no ``__eq__``: ``index`` compares identities, in C)."""
+    try:
+        return pods.index(pod)
+    except ValueError:
+        return None
 
 
 def _labels_key(namespace: str, labels: Labels) -> tuple[str, ...]:

@@ -80,7 +80,7 @@ def test_namespace_and_node_relabels_rebuild_records_without_the_object() -> Non
     state.apply(namespace("x", team="db"))
     state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "b"}}})
     after = state.pod(("x", "a"))
-    assert after is not before and after.key is before.key
+    assert after is not before and after.key == before.key
     assert after.namespace_labels["team"] == "db" and after.node_labels == {"zone": "b"}
     assert after.labels is before.labels and after.port_names == {(6, 80): ("http",)}
     assert state.pod_by_ip(ip("10.0.0.1")) is after
@@ -254,14 +254,20 @@ def test_a_nodes_pods_follow_creation_update_move_and_deletion() -> None:
     state.apply(pod("x", "b", "10.0.0.2"))
     for n in range(3):  # updates on the same node: the node's list keeps one key per pod
         state.apply(pod("x", "a", "10.0.0.1", {"rev": str(n)}))
-    assert sorted(state._pods_by_node["node-1"]) == [("x", "a"), ("x", "b")]
+    assert state._pods_by_node["node-1"] == [state.pod(("x", "a")), state.pod(("x", "b"))]  # the records now
     state.apply(pod("x", "a", "10.0.0.1", node="node-2"))  # moved (an update no kubelet makes, but valid input)
-    assert state._pods_by_node["node-1"] == [("x", "b")] and state._pods_by_node["node-2"] == [("x", "a")]
+    assert state._pods_by_node["node-1"] == [state.pod(("x", "b"))]
+    assert state._pods_by_node["node-2"] == [state.pod(("x", "a"))]
     state.take_changes()
     state.apply(node("node-2", zone="c"))  # a relabel rebuilds that node's pods, and only those
     changes = state.take_changes()
     assert sorted((c.kind, c.key) for c in changes) == [("Node", ("", "node-2")), ("Pod", ("x", "a"))]
     assert state.pod(("x", "a")).node_labels == {"zone": "c"} and state.pod(("x", "b")).node_labels == {"zone": "a"}
+    assert state._pods_by_node["node-2"] == [state.pod(("x", "a"))]  # the rebuilt record took its place
+    state.apply(namespace("x", team="db"))  # so does a namespace relabel's
+    assert state._pods_by_node["node-1"] == [state.pod(("x", "b"))]
+    assert state.pod(("x", "b")).namespace_labels["team"] == "db"
+    state.take_changes()
     state.delete("Pod", "x", "a")
     state.delete("Pod", "x", "b")
     assert state._pods_by_node == {}  # the last pod takes its node's entry with it
