@@ -176,8 +176,9 @@ class VerdictLoop:
         try:
             packet = parse_packet(payload)
             key = table_key(raw, packet)
-            # ``handle`` looked the raw key up already; a packet the raw key misreads has its own key.
-            flow = None if key is raw else snapshot.flows.get(key)
+            # Without an observer ``handle`` looked the raw key up already (with one, every packet comes
+            # here); a packet the raw key misreads has its own key.
+            flow = None if key is raw and self.observer is None else snapshot.flows.get(key)
             if flow is None or (flow.expires and flow.expires < monotonic()):
                 judgement = snapshot.judge(packet)
                 accepted = judgement.allowed or self.audit

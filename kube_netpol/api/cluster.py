@@ -83,10 +83,14 @@ class PodRecord:
     ("" when absent): the container runtime names the pod's cgroups after it,
     which is how the agent finds a pod's network namespace on a node
     (``kube_netpol.agent.podnetns``); policies do not read it.
+
+    ``ips`` is kept as the one address itself when there is one (most pods):
+    the tuple around it would be 48 bytes a pod (docs/performance.md); ``key``
+    is built when read, for the same reason (56 bytes).
     """
 
     __slots__ = (
-        "key", "namespace", "name", "labels", "namespace_labels", "node_name", "node_labels", "ips",
+        "namespace", "name", "labels", "namespace_labels", "node_name", "node_labels", "_ips",
         "host_network", "terminal", "container_ports", "port_names", "updated_ns", "cluster_id", "valid",
         "annotations", "owner", "uid",
     )  # fmt: skip
@@ -111,14 +115,13 @@ class PodRecord:
         owner: str = "",
         uid: str = "",
     ) -> None:
-        self.key: PodKey = (namespace, name)
         self.namespace = namespace
         self.name = name
         self.labels = labels
         self.namespace_labels = namespace_labels
         self.node_name = node_name
         self.node_labels = node_labels
-        self.ips = ips
+        self._ips: bytes | tuple[bytes, ...] = ips[0] if len(ips) == 1 else ips
         self.host_network = host_network
         self.terminal = terminal
         self.container_ports = container_ports
@@ -129,6 +132,17 @@ class PodRecord:
         self.annotations = annotations
         self.owner = owner
         self.uid = uid
+
+    @property
+    def key(self) -> PodKey:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+    @property
+    def ips(self) -> tuple[bytes, ...]:
+        """The pod's addresses, packed (4 bytes IPv4, 16 IPv6), in the object's order."""
+        ips = self._ips
+        return (ips,) if isinstance(ips, bytes) else ips
 
     @property
     def is_policy_target(self) -> bool:

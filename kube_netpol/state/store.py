@@ -7,18 +7,23 @@ packet thread only reads ``pod_by_ip``: records are immutable and indexes are
 updated by replacing single dict values (atomic under the GIL).
 
 Memory (docs/scale.md): a pod costs its record and its index entries, no
-more. Pods of one namespace with the same labels share one labels dict (held
+more. Pods of one namespace with the same labels (in the same order, as one
+template's pods have them) share one labels dict (held
 by a refcount, released with the last pod), pods with the same container
 ports share one ports tuple and one port-name map, namespace and node names
 are interned; no copy of the object is kept: a namespace's or node's relabel
 rebuilds its pods' records from the records themselves. An address has one
 index entry; only an address two live pods claim (a replaced pod whose
-successor arrived first) has a second one.
+successor arrived first) has a second one. Pods are found by namespace, then
+name (no second table keyed by the pair, no key tuple held per pod), and a
+node's pods are a list of their records (a set's table cost about 80 bytes a
+pod at 100 pods a node).
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import sys
 import time
@@ -107,7 +112,6 @@ class ClusterState:
         self._node_name = node_name
         self._namespaces: dict[str, NamespaceRecord] = {}
         self._nodes: dict[str, NodeRecord] = {}
-        self._pods: dict[PodKey, PodRecord] = {}
         self._objects: dict[str, dict[ObjectKey, object]] = {
             spec.kind: {} for spec in self.kinds if spec.kind not in ("Namespace", "Node", "Pod")
         }
@@ -116,8 +120,10 @@ class ClusterState:
         # it can fall back to one of them when that pod goes away (a replaced pod whose
         # successor arrived first). Only contested addresses have an entry.
         self._ip_others: dict[bytes, dict[PodKey, PodRecord]] = {}
+        # The pods: namespace -> name -> record (pod(), pods() and keys("Pod") read it).
         self._pods_by_namespace: dict[str, dict[str, PodRecord]] = {}
-        self._pods_by_node: dict[str, set[PodKey]] = {}
+        # node -> its pods' records (a node's hundred-odd, searched on each new record of one of them).
+        self._pods_by_node: dict[str, list[PodRecord]] = {}
         # Only a pipeline that reads nodes can see a node relabel, the one use of that index.
         self._index_nodes = "Node" in self.kinds
         self._labels: Interner[Labels] = Interner()
@@ -134,7 +140,8 @@ class ClusterState:
         return self._node_name
 
     def pod(self, key: PodKey) -> PodRecord | None:
-        return self._pods.get(key)
+        pods = self._pods_by_namespace.get(key[0])
+        return pods.get(key[1]) if pods is not None else None
 
     def pod_by_ip(self, ip: bytes) -> PodRecord | None:
         return self._pods_by_ip.get(ip)
@@ -144,7 +151,7 @@ class ClusterState:
         return list(pods.values()) if pods else ()
 
     def pods(self) -> Iterator[PodRecord]:
-        return iter(list(self._pods.values()))
+        return iter([pod for pods in self._pods_by_namespace.values() for pod in pods.values()])
 
     def namespace(self, name: str) -> NamespaceRecord | None:
         return self._namespaces.get(name)
@@ -168,7 +175,7 @@ class ClusterState:
         if kind == "Node":
             return [("", name) for name in self._nodes]
         if kind == "Pod":
-            return list(self._pods)
+            return [pod.key for pods in self._pods_by_namespace.values() for pod in pods.values()]
         return list(self._objects.get(kind, ()))
 
     def is_local(self, pod: PodRecord) -> bool:
@@ -242,7 +249,7 @@ class ClusterState:
         if kind == "Node":
             return key[1] in self._nodes
         if kind == "Pod":
-            return key in self._pods
+            return self.pod(key) is not None
         return key in self._objects.get(kind, {})
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
@@ -266,7 +273,7 @@ class ClusterState:
             self._rebuild_pods_of_node(name)
             return True
         if kind == "Pod":
-            old_pod = self._pods.pop(key, None)
+            old_pod = self.pod(key)
             if old_pod is None:
                 return False
             self._unindex_pod(old_pod)
@@ -335,7 +342,7 @@ class ClusterState:
             pod_object = read_pod(obj, self.kinds.pod_annotations)
         except InvalidObject as err:
             key = _pod_key(obj)
-            if key is None or key in self._pods:
+            if key is None or self.pod(key) is not None:
                 raise  # an invalid update keeps the last valid version
             salvaged = salvage_pod(obj)
             if salvaged is None:
@@ -349,24 +356,28 @@ class ClusterState:
 
     def _store_pod(self, pod_object: PodObject, valid: bool) -> None:
         record = self._build_pod(pod_object, valid)
-        key = record.key  # one tuple, shared by every index
-        old = self._pods.get(key)
+        key = record.key
+        old = self.pod(key)
         if old is not None and old.same_as(record):
             # Nothing policies read changed (a status heartbeat, an annotation we do not keep).
             self._release_pod(record)
             return
+        if old is not None and old.node_name == record.node_name:
+            self._replace_on_node(old, record)
+            self._unindex_pod(old, node=False)
+            self._index_pod(record, node=False)
+        else:
+            if old is not None:
+                self._unindex_pod(old)
+            self._index_pod(record)
         if old is not None:
-            record.key = key = old.key  # the tuple every index shares
-            self._unindex_pod(old)
             self._release_pod(old)
-        self._pods[key] = record
-        self._index_pod(record)
         self._record("Pod", key, old, record)
 
     def _acquire_pod(self, pod: PodObject) -> tuple[Labels, tuple[tuple[ContainerPortTuple, ...], PortNames]]:
         # Interned per namespace, empty labels too: evaluators key memos on the labels dict's identity,
         # and a pod's rules depend on its namespace.
-        labels = self._labels.acquire((pod.namespace, frozenset(pod.labels.items())), lambda: pod.labels)
+        labels = self._labels.acquire(_labels_key(pod.namespace, pod.labels), lambda: pod.labels)
         ports = self._ports.acquire(pod.container_ports, lambda: (pod.container_ports, port_names_of(pod.container_ports)))
         return labels, ports
 
@@ -380,7 +391,7 @@ class ClusterState:
         return now
 
     def _release_pod(self, pod: PodRecord) -> None:
-        self._labels.release((pod.namespace, frozenset(pod.labels.items())))
+        self._labels.release(_labels_key(pod.namespace, pod.labels))
         self._ports.release(pod.container_ports)
 
     def _build_pod(self, pod: PodObject, valid: bool) -> PodRecord:
@@ -421,18 +432,17 @@ class ClusterState:
                 updated_ns=self._now_ns(), cluster_id=old.cluster_id, valid=old.valid,
                 annotations=old.annotations, owner=old.owner, uid=old.uid,
             )  # fmt: skip
-            record.key = old.key  # the tuple every index shares
             self._replace_pod_record(old, record)
-            self._record("Pod", old.key, old, record)
+            self._record("Pod", record.key, old, record)
 
     def _rebuild_pods_of_node(self, node_name: str) -> None:
-        keys = self._pods_by_node.get(node_name, ())
-        self._rebuild_pods([self._pods[key] for key in list(keys)])
+        self._rebuild_pods(self._pods_by_node.get(node_name, ()))
 
-    def _index_pod(self, pod: PodRecord) -> None:
+    def _index_pod(self, pod: PodRecord, node: bool = True) -> None:
+        """Index a pod; ``node`` False when its node's list has it already (``_replace_on_node``)."""
         self._pods_by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
-        if pod.node_name and self._index_nodes:
-            self._pods_by_node.setdefault(pod.node_name, set()).add(pod.key)
+        if node and pod.node_name and self._index_nodes:
+            self._pods_by_node.setdefault(pod.node_name, []).append(pod)
         if pod.is_policy_target:
             for ip in pod.ips:
                 current = self._pods_by_ip.get(ip)
@@ -440,15 +450,18 @@ class ClusterState:
                     self._ip_others.setdefault(ip, {})[current.key] = current
                 self._pods_by_ip[ip] = pod  # the newest claimant wins
 
-    def _unindex_pod(self, pod: PodRecord) -> None:
+    def _unindex_pod(self, pod: PodRecord, node: bool = True) -> None:
+        """Unindex a pod; ``node`` False to leave its node's list alone (``_replace_on_node`` did it)."""
         in_namespace = self._pods_by_namespace.get(pod.namespace)
         if in_namespace is not None:
             in_namespace.pop(pod.name, None)
             if not in_namespace:
                 del self._pods_by_namespace[pod.namespace]
-        on_node = self._pods_by_node.get(pod.node_name)
+        on_node = self._pods_by_node.get(pod.node_name) if node else None
         if on_node is not None:
-            on_node.discard(pod.key)
+            i = _place(on_node, pod)
+            if i is not None:
+                del on_node[i]
             if not on_node:
                 del self._pods_by_node[pod.node_name]
         for ip in pod.ips:
@@ -463,8 +476,15 @@ class ClusterState:
             if others is not None and not others:
                 del self._ip_others[ip]
 
+    def _replace_on_node(self, pod: PodRecord, new: PodRecord) -> None:
+        """Put ``new`` in the place of ``pod`` (the same pod, on the same node) in its node's list."""
+        on_node = self._pods_by_node.get(pod.node_name)
+        i = _place(on_node, pod) if on_node is not None else None
+        if on_node is not None and i is not None:
+            on_node[i] = new
+
     def _replace_pod_record(self, pod: PodRecord, new: PodRecord) -> None:
-        self._pods[pod.key] = new
+        self._replace_on_node(pod, new)
         self._pods_by_namespace[pod.namespace][pod.name] = new
         for ip in pod.ips:
             if self._pods_by_ip.get(ip) is pod:
@@ -473,6 +493,24 @@ class ClusterState:
                 others = self._ip_others.get(ip)
                 if others is not None and pod.key in others:
                     others[pod.key] = new
+
+
+def _place(pods: list[PodRecord], pod: PodRecord) -> int | None:
+    """Where ``pod`` is in ``pods`` (records have no ``__eq__``: ``index`` compares identities, in C)."""
+    try:
+        return pods.index(pod)
+    except ValueError:
+        return None
+
+
+def _labels_key(namespace: str, labels: Labels) -> tuple[str, ...]:
+    """The interner's key of a pod's labels: (namespace, key, value, key, value...) in the labels' order.
+
+    One flat tuple, not a frozenset of item tuples (112 bytes for four labels instead of about 500,
+    per label set: per pod when the labels differ). Pods from one template list their labels in the
+    same order; equal labels in another order get a dict of their own, which nothing relies on.
+    """
+    return (namespace, *itertools.chain.from_iterable(labels.items()))
 
 
 def _pod_key(obj: Mapping[str, Any]) -> PodKey | None:

@@ -80,7 +80,7 @@ def test_namespace_and_node_relabels_rebuild_records_without_the_object() -> Non
     state.apply(namespace("x", team="db"))
     state.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "b"}}})
     after = state.pod(("x", "a"))
-    assert after is not before and after.key is before.key
+    assert after is not before and after.key == before.key
     assert after.namespace_labels["team"] == "db" and after.node_labels == {"zone": "b"}
     assert after.labels is before.labels and after.port_names == {(6, 80): ("http",)}
     assert state.pod_by_ip(ip("10.0.0.1")) is after
@@ -188,3 +188,88 @@ def test_pods_updated_together_share_their_update_time_and_later_ones_move_on() 
     time.sleep(0.002)
     state.apply(pod("x", "p0", "10.0.1.1", labels={"app": "new"}))
     assert state.pod(("x", "p0")).updated_ns > first
+
+
+def node(name: str, **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+def test_equal_labels_in_another_order_get_their_own_set_and_match_alike() -> None:
+    state = new_state()
+    state.apply(pod("x", "a", "10.0.0.1", {"app": "web", "tier": "1"}))
+    state.apply(pod("x", "b", "10.0.0.2", {"tier": "1", "app": "web"}))
+    state.apply(namespace("y", team="web"))
+    state.apply(pod("y", "a", "10.0.1.1", {"app": "web", "tier": "1"}))  # another namespace: never shared
+    a, b, other = state.pod(("x", "a")), state.pod(("x", "b")), state.pod(("y", "a"))
+    assert a.labels == b.labels == other.labels and a.labels is not other.labels
+    assert label_sets(state) == 3
+    state.take_changes()
+    state.apply(pod("x", "a", "10.0.0.1", {"tier": "1", "app": "web"}))  # reordered only: not a change
+    assert state.take_changes() == [] and label_sets(state) == 3
+    for ns, name in (("x", "a"), ("x", "b"), ("y", "a")):
+        state.delete("Pod", ns, name)
+    assert label_sets(state) == 0
+
+
+def test_a_pods_addresses_read_back_as_a_tuple_whatever_their_number() -> None:
+    state = new_state()
+    state.apply(pod("x", "one", "10.0.0.1"))
+    two = pod("x", "two", "fd00::2")
+    two["status"]["podIPs"].append({"ip": "10.0.0.2"})
+    state.apply(two)
+    none = pod("x", "none", "10.0.0.9")
+    none["status"]["podIPs"] = []
+    state.apply(none)
+    assert state.pod(("x", "one")).ips == (ip("10.0.0.1"),)
+    assert state.pod(("x", "two")).ips == (ip("fd00::2"), ip("10.0.0.2"))  # the object's order
+    assert state.pod(("x", "none")).ips == ()
+    assert state.pod_by_ip(ip("10.0.0.2")) is state.pod_by_ip(ip("fd00::2")) is state.pod(("x", "two"))
+    # One address is kept as itself, not in a tuple of its own (48 bytes a pod).
+    assert state.pod(("x", "one"))._ips == ip("10.0.0.1")
+    state.take_changes()
+    state.apply(pod("x", "one", "10.0.0.1"))  # the same address again: no change
+    assert state.take_changes() == []
+    state.apply(pod("x", "one", "10.0.0.3"))
+    (change,) = state.take_changes()
+    assert (change.old.ips, change.new.ips) == ((ip("10.0.0.1"),), (ip("10.0.0.3"),))
+    assert state.pod_by_ip(ip("10.0.0.3")) is change.new and state.pod_by_ip(ip("10.0.0.1")) is None
+
+
+def test_pods_are_found_by_key_and_listed_without_a_second_table() -> None:
+    state = new_state()
+    state.apply(namespace("y"))
+    for ns, name, address in (("x", "a", "10.0.0.1"), ("x", "b", "10.0.0.2"), ("y", "a", "10.0.1.1")):
+        state.apply(pod(ns, name, address))
+    assert {p.key for p in state.pods()} == set(state.keys("Pod")) == {("x", "a"), ("x", "b"), ("y", "a")}
+    assert state.pod(("y", "a")).ips == (ip("10.0.1.1"),) and state.pod(("z", "a")) is None
+    assert state.delete("Pod", "x", "a") and state.pod(("x", "a")) is None and not state.delete("Pod", "x", "a")
+    state.replace("Pod", [pod("y", "a", "10.0.1.1")])
+    assert state.keys("Pod") == [("y", "a")] and state.pod(("x", "b")) is None
+
+
+def test_a_nodes_pods_follow_creation_update_move_and_deletion() -> None:
+    state = new_state()
+    state.apply(node("node-2", zone="b"))
+    state.apply(pod("x", "a", "10.0.0.1"))
+    state.apply(pod("x", "b", "10.0.0.2"))
+    for n in range(3):  # updates on the same node: the node's list keeps one key per pod
+        state.apply(pod("x", "a", "10.0.0.1", {"rev": str(n)}))
+    assert state._pods_by_node["node-1"] == [state.pod(("x", "a")), state.pod(("x", "b"))]  # the records now
+    state.apply(pod("x", "a", "10.0.0.1", node="node-2"))  # moved (an update no kubelet makes, but valid input)
+    assert state._pods_by_node["node-1"] == [state.pod(("x", "b"))]
+    assert state._pods_by_node["node-2"] == [state.pod(("x", "a"))]
+    state.take_changes()
+    state.apply(node("node-2", zone="c"))  # a relabel rebuilds that node's pods, and only those
+    changes = state.take_changes()
+    assert sorted((c.kind, c.key) for c in changes) == [("Node", ("", "node-2")), ("Pod", ("x", "a"))]
+    assert state.pod(("x", "a")).node_labels == {"zone": "c"} and state.pod(("x", "b")).node_labels == {"zone": "a"}
+    assert state._pods_by_node["node-2"] == [state.pod(("x", "a"))]  # the rebuilt record took its place
+    state.apply(namespace("x", team="db"))  # so does a namespace relabel's
+    assert state._pods_by_node["node-1"] == [state.pod(("x", "b"))]
+    assert state.pod(("x", "b")).namespace_labels["team"] == "db"
+    state.take_changes()
+    state.delete("Pod", "x", "a")
+    state.delete("Pod", "x", "b")
+    assert state._pods_by_node == {}  # the last pod takes its node's entry with it
+    state.apply(node("node-1", zone="d"))
+    assert [c.kind for c in state.take_changes()] == ["Pod", "Pod", "Node"]  # the deletions, no rebuilt pod
