@@ -277,6 +277,7 @@ class Agent:
                         self._synced_generation = -1
                 if self.engine.history.tables_filled != self._memory_flushed_for:
                     self._forget_remembered()
+                self.engine.history.fold_retired()  # a bound on memory while new keys fill tables
                 if self._repaired.is_set():  # connections made while the kernel had no (or a wrong) ruleset
                     self._repaired.clear()
                     if self._strict_mode:

@@ -21,7 +21,8 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from operator import add
+from typing import Any, Final, Iterable
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Verdict
@@ -226,31 +227,67 @@ class Totals:
     entries: int = 0
 
     def add(self, stats: FlowStats) -> None:
-        count, flow_buckets, flow_total_ns = stats.snapshot()
-        if not count:
-            return
-        self.entries += 1
-        key = (stats.protocol, stats.family)
-        counted = (stats.protocol, stats.family, stats.accepted)
-        self.packets[counted] = self.packets.get(counted, 0) + count
-        buckets = self.buckets.setdefault(key, [0] * len(flow_buckets))
-        for i, n in enumerate(flow_buckets):
-            buckets[i] += n
-        self.total_ns[key] = self.total_ns.get(key, 0) + flow_total_ns
-        judgement = stats.judgement
-        if stats.accepted and not judgement.allowed:
-            self.would_deny[key] = self.would_deny.get(key, 0) + count
-        for direction, decision, evaluator in (
-            ("egress", judgement.egress, judgement.egress_by),
-            ("ingress", judgement.ingress, judgement.ingress_by),
-        ):
-            label = (
-                direction,
-                evaluator or "(none)",
-                decision.policy or "(none)",
-                "allow" if decision.verdict is Verdict.ACCEPT else "deny",
-            )
-            self.decisions[label] = self.decisions.get(label, 0) + count
+        self.add_all((stats,))
+
+    def add_all(self, flows: Iterable[FlowStats], settled: bool = False) -> None:
+        """Count entries: their packets, times, and the labels of their verdicts.
+
+        Folding a retired table is most of what a flood of new keys costs
+        besides judging them, so the labels and sums are worked out once per
+        group of entries with the same deciding decisions (shared rule
+        objects, grouped by identity; each group keeps one entry, and so its
+        decisions, alive). ``settled``: no packet thread can still write to
+        these entries (a table retired FOLD_AFTER_SECONDS ago), so an entry
+        with nothing to credit is read without ``_TIMING_LOCK``.
+        """
+        groups: dict[tuple[int, str, int, str, bool, int, int], list[Any]] = {}
+        entries = 0
+        for stats in flows:
+            if settled and stats.hits == stats.credited_hits:
+                count = stats.judged + stats.hits
+                flow_buckets, flow_total_ns = stats.buckets, stats.total_ns
+            else:
+                count, flow_buckets, flow_total_ns = stats.snapshot()
+            if not count:
+                continue
+            entries += 1
+            judgement = stats.judgement
+            group_key = (id(judgement.egress), judgement.egress_by, id(judgement.ingress), judgement.ingress_by,
+                         stats.accepted, stats.protocol, stats.family)  # fmt: skip
+            group = groups.get(group_key)
+            if group is None:
+                groups[group_key] = [count, stats, list(flow_buckets), flow_total_ns]
+                continue
+            group[0] += count
+            group[3] += flow_total_ns
+            if count == 1 and sum(flow_buckets) == 1:
+                group[2][flow_buckets.index(1)] += 1  # one packet (a judged new key): its one bucket
+            else:
+                group[2] = list(map(add, group[2], flow_buckets))
+        self.entries += entries
+        packets, would_deny, decisions = self.packets, self.would_deny, self.decisions
+        buckets_by, total_ns = self.buckets, self.total_ns
+        for count, stats, group_buckets, group_total_ns in groups.values():
+            key = (stats.protocol, stats.family)
+            buckets = buckets_by.get(key)
+            buckets_by[key] = group_buckets if buckets is None else list(map(add, buckets, group_buckets))
+            total_ns[key] = total_ns.get(key, 0) + group_total_ns
+            counted = (stats.protocol, stats.family, stats.accepted)
+            packets[counted] = packets.get(counted, 0) + count
+            judgement = stats.judgement
+            if stats.accepted and not judgement.allowed:
+                would_deny[key] = would_deny.get(key, 0) + count
+            for direction, decision, evaluator in (
+                ("egress", judgement.egress, judgement.egress_by),
+                ("ingress", judgement.ingress, judgement.ingress_by),
+            ):
+                label = (
+                    direction,
+                    evaluator or "(none)",
+                    decision.policy or "(none)",
+                    "allow" if decision.verdict is Verdict.ACCEPT else "deny",
+                )
+                decisions[label] = decisions.get(label, 0) + count
 
     def merged(self, other: "Totals") -> "Totals":
         result = Totals(entries=self.entries + other.entries)
@@ -313,32 +350,44 @@ class FlowHistory:
         self.last_hit_bucket = flow.last_bucket
         self.record_sample(elapsed_ns, TIMING_EVERY)
 
+    def fold_retired(self) -> None:
+        """Fold the tables retired at least FOLD_AFTER_SECONDS ago into the totals (control thread).
+
+        Called every control interval, not only at scrapes: retired tables
+        would otherwise pile up between scrapes (or forever, without a
+        scraper) while new keys keep filling tables.
+        """
+        with self._fold_lock:
+            self._fold_old()
+
+    def _fold_old(self) -> list[tuple[float, FlowTable]]:
+        """Fold the old retired tables; the ones still recent (``_fold_lock`` held)."""
+        cutoff = time.monotonic() - FOLD_AFTER_SECONDS
+        keep: list[tuple[float, FlowTable]] = []
+        # What retire() appends after this copy is kept by the slice assignment below.
+        with self._retire_lock:
+            retired = list(self._retired)
+        for retired_at, table in retired:
+            if retired_at <= cutoff:
+                self._folded.add_all(list(table.values()), settled=True)
+            else:
+                keep.append((retired_at, table))
+        with self._retire_lock:
+            self._retired[: len(retired)] = keep
+        return keep
+
     def totals(self, current: FlowTable) -> Totals:
         """Everything counted so far, ``current`` (the current snapshot's table) included (scrape thread)."""
         with self._fold_lock:
-            cutoff = time.monotonic() - FOLD_AFTER_SECONDS
-            keep: list[tuple[float, FlowTable]] = []
             # The retired tables and the current one as one consistent picture: a
             # retirement in between would make a table count twice or not at all.
-            # What retire() appends after this copy is kept by the slice assignment below.
-            with self._retire_lock:
-                retired = list(self._retired)
-            for retired_at, table in retired:
-                if retired_at <= cutoff:
-                    for stats in list(table.values()):
-                        self._folded.add(stats)
-                else:
-                    keep.append((retired_at, table))
-            with self._retire_lock:
-                self._retired[: len(retired)] = keep
+            keep = self._fold_old()
             live = Totals()
             seen = {id(table) for _, table in keep}
             for _, table in keep:
-                for stats in list(table.values()):
-                    live.add(stats)
+                live.add_all(list(table.values()))
             if id(current) not in seen:
-                for stats in list(current.values()):
-                    live.add(stats)
+                live.add_all(list(current.values()))
             return self._folded.merged(live)
 
     def recent_samples(self) -> list[tuple[int, int]]:

@@ -13,7 +13,7 @@ from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api import Decision, NEXT, Verdict
 from kube_netpol.engine import END_OF_PIPELINE, Judgement, Snapshot
 from kube_netpol.engine import flows as flowstats
-from kube_netpol.engine.flows import FlowHistory, flow_key, packet_flow_key, parsed_key, table_key
+from kube_netpol.engine.flows import FlowHistory, Totals, flow_key, packet_flow_key, parsed_key, table_key
 from kube_netpol.packet import parse_packet
 from unit_standins import Queued, engine_of, touch
 
@@ -259,3 +259,64 @@ def test_scrapes_see_every_histogram_bucket_grow_monotonically() -> None:
     assert len(seen) > 10
     for earlier, later in zip(seen, seen[1:]):
         assert all(b >= a for a, b in zip(earlier, later)), (earlier, later)
+
+
+def test_a_grouped_fold_counts_what_entry_by_entry_sums_count() -> None:
+    """add_all groups entries by their deciding decisions; every sum must equal the entry-by-entry one."""
+    allow = Decision(Verdict.ACCEPT, "x/allow", "ingress[0]")
+    deny = Decision(Verdict.DENY, "x/deny", "ingress[1]")
+    judgements = [
+        Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", allow, "networkpolicy"),
+        Judgement(Verdict.DENY, END_OF_PIPELINE, "", deny, "networkpolicy"),
+        Judgement(Verdict.DENY, deny, "adminnetworkpolicy", END_OF_PIPELINE, ""),
+    ]
+    snapshot, history = snapshot_of()
+    flows = []
+    for port in range(60):
+        judgement = judgements[port % 3]
+        accepted = judgement.allowed or port % 2 == 0  # audit-mode style accepts of denials too
+        flow = snapshot.add_flow((b"\x00" * 8, 6 if port % 4 else 17, port), judgement, accepted, 6 if port % 4 else 17, 4)
+        flow.record(1_000 * (1 + port))
+        if port % 5 == 0:
+            history.record_timed_hit(flow, 400_000)
+        if port % 7 == 0:
+            flow.hits += 3  # untimed hits still to credit
+        flows.append(flow)
+    expected = {"packets": {}, "buckets": {}, "total_ns": {}, "would_deny": {}, "decisions": {}}
+    for flow in flows:  # the sums as one entry at a time gives them
+        count, buckets, total_ns = flow.snapshot()
+        key = (flow.protocol, flow.family)
+        counted = (flow.protocol, flow.family, flow.accepted)
+        expected["packets"][counted] = expected["packets"].get(counted, 0) + count
+        expected["buckets"][key] = [a + b for a, b in zip(expected["buckets"].get(key, [0] * len(buckets)), buckets)]
+        expected["total_ns"][key] = expected["total_ns"].get(key, 0) + total_ns
+        if flow.accepted and not flow.judgement.allowed:
+            expected["would_deny"][key] = expected["would_deny"].get(key, 0) + count
+        for direction, decision, by in (("egress", flow.judgement.egress, flow.judgement.egress_by),
+                                        ("ingress", flow.judgement.ingress, flow.judgement.ingress_by)):
+            label = (direction, by or "(none)", decision.policy or "(none)",
+                     "allow" if decision.verdict is Verdict.ACCEPT else "deny")
+            expected["decisions"][label] = expected["decisions"].get(label, 0) + count
+    for settled in (False, True):
+        totals = Totals()
+        totals.add_all(flows, settled=settled)
+        assert totals.entries == 60
+        for name, value in expected.items():
+            assert getattr(totals, name) == value, (settled, name)
+    one_by_one = Totals()
+    for flow in flows:
+        one_by_one.add(flow)
+    assert one_by_one.decisions == expected["decisions"] and one_by_one.buckets == expected["buckets"]
+
+
+def test_retired_tables_are_folded_without_a_scrape(monkeypatch) -> None:
+    """fold_retired (the control loop calls it) empties the retired list: memory stays bounded under new keys."""
+    monkeypatch.setattr(flowstats, "FOLD_AFTER_SECONDS", 0.0)
+    snapshot, history = snapshot_of(max_flows=4)
+    judgement = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
+    for port in range(1, 15):
+        snapshot.add_flow((b"\x00" * 8, 6, port), judgement, True, 6, 4).record(1500)
+    assert len(history._retired) == 3
+    history.fold_retired()
+    assert history._retired == []
+    assert history.totals(snapshot.flows).packets == {(6, 4, True): 14}  # folded once, nothing lost
