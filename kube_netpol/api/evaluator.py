@@ -16,7 +16,9 @@ batch. A stage must not change what it answers after it is returned: build a
 new one when the policies change (memo caches inside it are fine). A verdict
 may depend only on the packet's addresses, protocol and destination port, and
 on the snapshot: the engine remembers it per (source, destination, protocol,
-destination port) until the next snapshot.
+destination port) until the next snapshot. A stage may say it answers NEXT
+(without a lifetime) to every packet with a true ``answers_nothing``
+attribute: the engine then skips it when judging (docs/development.md).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ class Snapshot:
     """
 
     __slots__ = ("generation", "revision", "names", "stages", "flows", "retired",
-                 "_pod_by_ip", "_egress", "_ingress", "_history", "_network_egress", "_network_ingress")  # fmt: skip
+                 "_pod_by_ip", "_egress", "_ingress", "_every_egress", "_every_ingress", "_history",
+                 "_network_egress", "_network_ingress")  # fmt: skip
 
     def __init__(
         self,
@@ -56,8 +57,13 @@ class Snapshot:
         # Bound methods, looked up once: the pipeline loop then costs a call per stage.
         # "ours": a stage of an evaluator shipped in kube_netpol, whose lifetime None the kernel may keep.
         ours = tuple(ships_with_kube_netpol(stage) for stage in self.stages)
-        self._egress = tuple(zip(self.names, (stage.evaluate_egress for stage in self.stages), ours))
-        self._ingress = tuple(zip(self.names, (stage.evaluate_ingress for stage in self.stages), ours))
+        self._every_egress = tuple(zip(self.names, (stage.evaluate_egress for stage in self.stages), ours))
+        self._every_ingress = tuple(zip(self.names, (stage.evaluate_ingress for stage in self.stages), ours))
+        # Judging skips the stages that say they answer NEXT, without a lifetime, to every packet
+        # (no policies of their kind): two calls each per new key. Explain still walks every stage.
+        answering = [not getattr(stage, "answers_nothing", False) for stage in self.stages]
+        self._egress = tuple(step for step, keep in zip(self._every_egress, answering) if keep)
+        self._ingress = tuple(step for step, keep in zip(self._every_ingress, answering) if keep)
         # Secondary networks: only the stages that judge them, in pipeline order.
         on_networks = [(name, stage) for name, stage in zip(self.names, self.stages) if isinstance(stage, NetworkStage)]
         self._network_egress = tuple((name, stage.evaluate_network_egress) for name, stage in on_networks)
@@ -166,8 +172,8 @@ class Snapshot:
         """Walk both pipelines, keeping every answer up to the deciding one."""
         src = self._pod_by_ip(packet.src)
         dst = self._pod_by_ip(packet.dst)
-        egress_steps = _walk(self._egress, packet, src, dst)
-        ingress_steps = _walk(self._ingress, packet, src, dst)
+        egress_steps = _walk(self._every_egress, packet, src, dst)
+        ingress_steps = _walk(self._every_ingress, packet, src, dst)
         egress, egress_by = _first_final(egress_steps)
         ingress, ingress_by = _first_final(ingress_steps)
         verdict = ACCEPT if egress.verdict is ACCEPT and ingress.verdict is ACCEPT else DENY

@@ -106,6 +106,10 @@ class SubjectRulesStage(SelectingStage):
         # the empty-pod-selector policies selecting that namespace; those of the other policies)
         self.by_namespace: dict[int, tuple[Labels, tuple[int, ...], frozenset[int]]] = {}
 
+    @property
+    def answers_nothing(self) -> bool:
+        return not self.policies
+
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if dst is None or src is None:
             # Ingress peers are pods only: traffic from outside the pod network matches no rule.

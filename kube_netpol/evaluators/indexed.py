@@ -58,6 +58,11 @@ class SelectingStage(Stage):
     def selects(self, pod: PodRecord) -> bool:
         raise NotImplementedError
 
+    @property
+    def answers_nothing(self) -> bool:
+        """True: NEXT without a lifetime for every packet (the engine then skips this stage when judging)."""
+        return False
+
 
 S = TypeVar("S", bound=SelectingStage)
 

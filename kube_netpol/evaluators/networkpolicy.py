@@ -72,6 +72,10 @@ class NetworkPolicyStage(SelectingStage):
         self.indexes = indexes
         self.memo: dict[int, _Target] = {}
 
+    @property
+    def answers_nothing(self) -> bool:
+        return not self.by_namespace
+
     # ------------------------------------------------------------- hot path
 
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:

@@ -218,3 +218,30 @@ def test_a_refused_pod_stays_isolated_by_its_namespaces_default_deny() -> None:
     judgement = engine.evaluate(packet())
     assert not judgement.allowed and judgement.ingress.policy == "x/default-deny"
     assert DST in set(engine.managed.addresses)  # and its traffic is diverted to be judged
+
+
+def test_stages_that_answer_nothing_are_skipped_when_judging_but_explained() -> None:
+    """A built-in stage without policies (answers_nothing) costs the miss path nothing; explain still lists it."""
+    from kube_netpol.plugins import build_engine
+
+    engine = build_engine(("adminnetworkpolicy", "networkpolicy", "baselineadminnetworkpolicy"))
+    state = engine.state
+    state.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "x"}}})
+    state.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "x", "name": "a", "labels": {"app": "a"}},
+                 "status": {"podIPs": [{"ip": "10.0.0.1"}]}})
+    engine.publish()
+    probe = Packet.from_strings("10.0.0.1", "10.0.0.1", "TCP", 80)
+    snapshot = engine.snapshot
+    assert [stage.answers_nothing for stage in snapshot.stages] == [True, True, True]
+    assert snapshot._egress == () and snapshot._ingress == ()
+    assert snapshot.judge(probe).allowed
+    explained = snapshot.explain(probe)
+    assert [step.evaluator for step in explained.egress_steps] == list(snapshot.names)
+    # A NetworkPolicy denying all ingress: its stage answers again, and the verdict follows it.
+    state.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"namespace": "x", "name": "deny"},
+                 "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    engine.publish()
+    snapshot = engine.snapshot
+    assert [stage.answers_nothing for stage in snapshot.stages] == [True, False, True]
+    assert [name for name, _, _ in snapshot._ingress] == ["networkpolicy"]
+    assert not snapshot.judge(probe).allowed
