@@ -44,12 +44,13 @@ _KEEP = 0xFFFFFFFF ^ MEMORY_MARK
 
 
 class VerdictCounters:
-    __slots__ = ("errors", "dns_answers", "dns_refused")
+    __slots__ = ("errors", "dns_answers", "dns_refused", "segment_answers")
 
     def __init__(self) -> None:
         self.errors = 0  # packets that could not be parsed or judged
         self.dns_answers = 0  # DNS answers observed (the DNS observation), refused ones included
         self.dns_refused = 0  # of those, the ones not learnt from (malformed, an error code, not to a pod, ...)
+        self.segment_answers = 0  # new keys given the judgement of their port segment (not parsed, not judged)
 
 
 class VerdictLoop:
@@ -223,6 +224,7 @@ class VerdictLoop:
 
     def _answer(self, snapshot: Snapshot, queued: Any, raw: TableKey, judgement: Judgement, started: int) -> None:
         """A new key in a port segment judged before: that judgement, without parsing or judging."""
+        self.counters.segment_answers += 1
         protocol, family = (raw[2], 4) if len(raw) == 5 else (raw[1], 6)
         accepted = judgement.allowed or self.audit
         flow = snapshot.add_flow(raw, judgement, accepted, protocol, family)  # type: ignore[arg-type]

@@ -247,7 +247,8 @@ class Totals:
     would_deny: dict[tuple[int, int], int] = field(default_factory=dict)
     # (direction, deciding evaluator, policy, allow|deny)
     decisions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
-    #: Flow-table entries that counted packets: each is one run of the pipeline.
+    #: Flow-table entries that counted packets: each is one run of the pipeline, or one new key given
+    #: its port segment's judgement (VerdictCounters.segment_answers).
     entries: int = 0
 
     def add(self, stats: FlowStats) -> None:

@@ -124,6 +124,7 @@ def test_new_keys_of_a_judged_segment_skip_the_pipeline_and_get_its_verdict(v6: 
     assert judged == [1000, 80, 79]
     assert verdicts[80] == ["accept"] and all(verdicts[p] == ["drop"] for p in (1000, 1001, 2000, 79, 81, 65535))
     assert len(snapshot.flows) == 7  # every key has its own flow-table entry (and counters)
+    assert loop.counters.segment_answers == 4
 
 
 def test_the_memo_is_not_used_for_fragments_or_extension_headers() -> None:
