@@ -11,7 +11,9 @@ methods, so the figures are the agent's own Python per packet. Reported:
   (with one, plus its observe); and with the logger's rate limit spent, when
   its gate sends packets back to the fast path;
 - ``handle``, every packet a new flow key: parsed, judged by the pipeline and
-  added to the flow table (an agent that just started or just changed policy);
+  added to the flow table (an agent that just started or just changed policy),
+  with the port-segment memo off; and with it on (the agent's default), where
+  new keys of a port segment judged before take its judgement unparsed;
 - the metric recording on the fast path: ``handle`` against the same loop
   with its recording patched out (unrecorded_loop.py: no clock readings or
   timing records; one hit in ``TIMING_EVERY`` per flow is timed and recorded
@@ -94,19 +96,22 @@ def main() -> None:
     def loop(**options: Any) -> VerdictLoop:
         return VerdictLoop(cluster(), 100, fail_open=True, **options)
 
-    def new_key_ns() -> float:
+    def new_key_ns(segments: bool = True) -> float:
         best = float("inf")
         for _ in range(5):
             fresh = loop()  # an empty flow table each round: every packet a new key
+            if not segments:  # every new key parsed and judged by the pipeline
+                fresh.engine.snapshot.segments = {}
             best = min(best, per_packet_ns(fresh, new_keys, rounds=1))
         return best
 
     default_gc = gc.get_threshold()
-    misses_default_gc = new_key_ns()
+    misses_default_gc = new_key_ns(segments=False)
     tune_garbage_collector()  # as the agent runs (kube_netpol/agent/run.py); the rows below with it
     recorded = per_packet_ns(loop(), packets)
     full = per_packet_ns(loop(observer=lambda *args: None), packets)
-    misses = new_key_ns()
+    misses = new_key_ns(segments=False)
+    segment_answers = new_key_ns()
     # No writer thread and no gate: the logger's queue fills and observe only counts,
     # as while the rate limit still has budget, every packet is parsed for a record.
     ungated = per_packet_ns(loop(observer=DecisionLogger(io.StringIO()).observe), packets)
@@ -124,10 +129,12 @@ def main() -> None:
     print(f"| the same without metric recording (baseline) | {unrecorded:.0f} |")
     print(f"| metric recording on the fast path (difference) | {recorded - unrecorded:.0f} |")
     print(f"| handle, full path (parse + flow table), no-op observer | {full:.0f} |")
-    print(f"| handle, every packet a new flow key, Python's default GC thresholds {default_gc} | "
+    print(f"| handle, every packet a new flow key (no port-segment memo), Python's default GC thresholds {default_gc} | "
           f"{misses_default_gc:.0f} |")
-    print(f"| handle, every packet a new flow key (parse + pipeline + new entry), the agent's GC thresholds "
+    print(f"| handle, every packet a new flow key (no port-segment memo: parse + pipeline + new entry), the agent's GC thresholds "
           f"{gc.get_threshold()} | {misses:.0f} |")
+    print(f"| handle, every packet a new flow key of a port segment judged before (the agent's default) | "
+          f"{segment_answers:.0f} |")
     print(f"| decision logging, records being made (full path + observe) | {ungated:.0f} |")
     print(f"| decision logging, rate limit spent (gate closed: flow table hits) | {gated:.0f} |")
 

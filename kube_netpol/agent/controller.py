@@ -175,11 +175,13 @@ class Agent:
         return (self._dataplane_ready.is_set() and self.dataplane.in_sync and self.source.ready()
                 and self.engine.ready())
 
-    def verdict_cache_stats(self) -> tuple[int, int]:
-        """(hits, misses): judged packets answered from the flow table, and those the pipeline judged."""
+    def verdict_cache_stats(self) -> tuple[int, int, int]:
+        """(hits, misses, segment): packets answered from the flow table, those the pipeline judged, and
+        new keys given their port segment's judgement (each flow-table entry is a miss or a segment answer)."""
         totals = self.engine.history.totals(self.engine.snapshot.flows)
         packets = sum(totals.packets.values())
-        return max(0, packets - totals.entries), totals.entries
+        segment = min(self.verdict_loop.counters.segment_answers, totals.entries)
+        return max(0, packets - totals.entries), totals.entries - segment, segment
 
     def status(self) -> dict[str, Any]:
         """For /statusz: a tool that changed the source waits until ``enforced_revision`` is its revision."""

@@ -26,7 +26,7 @@ from kube_netpol.dataplane.ruleset import (
 from kube_netpol.dns.observe import observe as observe_dns_answer
 from kube_netpol.engine import PolicyEngine, Snapshot
 from kube_netpol.engine.judgement import Judgement
-from kube_netpol.engine.flows import TIMING_EVERY, TableKey, table_key, unpack_raw_v4, unpack_raw_v6
+from kube_netpol.engine.flows import TIMING_EVERY, TableKey, segment_key, table_key, unpack_raw_v4, unpack_raw_v6
 from kube_netpol.observability.decisions import RecordGate, VerdictObserver
 from kube_netpol.packet import MalformedPacket, parse_packet
 
@@ -44,12 +44,13 @@ _KEEP = 0xFFFFFFFF ^ MEMORY_MARK
 
 
 class VerdictCounters:
-    __slots__ = ("errors", "dns_answers", "dns_refused")
+    __slots__ = ("errors", "dns_answers", "dns_refused", "segment_answers")
 
     def __init__(self) -> None:
         self.errors = 0  # packets that could not be parsed or judged
         self.dns_answers = 0  # DNS answers observed (the DNS observation), refused ones included
         self.dns_refused = 0  # of those, the ones not learnt from (malformed, an error code, not to a pod, ...)
+        self.segment_answers = 0  # new keys given the judgement of their port segment (not parsed, not judged)
 
 
 class VerdictLoop:
@@ -173,6 +174,14 @@ class VerdictLoop:
         if self.observe_dns and queued.get_mark() & DNS_ANSWER_MARK:
             self._learn(snapshot, queued, payload)
             return
+        segment = None
+        if raw is not None and self.observer is None:
+            segment = segment_key(raw, snapshot.segments)
+            if segment is not None:
+                judgement = snapshot.judged.get(segment)
+                if judgement is not None:
+                    self._answer(snapshot, queued, raw, judgement, started)
+                    return
         try:
             packet = parse_packet(payload)
             key = table_key(raw, packet)
@@ -181,6 +190,11 @@ class VerdictLoop:
             flow = None if key is raw and self.observer is None else snapshot.flows.get(key)
             if flow is None or (flow.expires and flow.expires < monotonic()):
                 judgement = snapshot.judge(packet)
+                if segment is not None and key is raw and judgement.lifetime is None:
+                    judged = snapshot.judged
+                    if len(judged) >= self._history.max_flows:
+                        judged.clear()  # a bound on memory, like the flow table's
+                    judged[segment] = judgement
                 accepted = judgement.allowed or self.audit
                 flow = snapshot.add_flow(key, judgement, accepted, packet.protocol, packet.family)
                 if self.verdict_memory and packet.protocol in MEMORY_PROTOCOLS:
@@ -202,6 +216,26 @@ class VerdictLoop:
             queued.set_mark((queued.get_mark() & _KEEP) | mark)
             queued.accept()
         elif flow.accepted:
+            queued.accept()
+        else:
+            queued.drop()
+        flow.record(elapsed)
+        self._history.record_sample(elapsed)
+
+    def _answer(self, snapshot: Snapshot, queued: Any, raw: TableKey, judgement: Judgement, started: int) -> None:
+        """A new key in a port segment judged before: that judgement, without parsing or judging."""
+        self.counters.segment_answers += 1
+        protocol, family = (raw[2], 4) if len(raw) == 5 else (raw[1], 6)
+        accepted = judgement.allowed or self.audit
+        flow = snapshot.add_flow(raw, judgement, accepted, protocol, family)  # type: ignore[arg-type]
+        if self.verdict_memory and protocol in MEMORY_PROTOCOLS:
+            flow.mark = self._memory_mark(snapshot.generation, judgement, accepted)
+        elapsed = perf_counter_ns() - started
+        mark = flow.mark
+        if mark and queued.hook == NF_INET_POST_ROUTING:
+            queued.set_mark((queued.get_mark() & _KEEP) | mark)
+            queued.accept()
+        elif accepted:
             queued.accept()
         else:
             queued.drop()

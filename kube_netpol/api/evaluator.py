@@ -18,7 +18,10 @@ may depend only on the packet's addresses, protocol and destination port, and
 on the snapshot: the engine remembers it per (source, destination, protocol,
 destination port) until the next snapshot. A stage may say it answers NEXT
 (without a lifetime) to every packet with a true ``answers_nothing``
-attribute: the engine then skips it when judging (docs/development.md).
+attribute: the engine then skips it when judging; with ``port_bounds()``
+(``PortBounds``) it says which destination ports it tells apart, and the
+verdict loop reuses a judgement for the other ports of a segment
+(docs/development.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Decision
 
 _NOTHING_SELECTED: Mapping[PodKey, bool] = MappingProxyType({})
+
+#: What a stage's optional ``port_bounds()`` returns: per protocol, the destination ports at which
+#: its answers may change (a rule's range [first, last] adds first and last + 1); None for a
+#: protocol: any port may (named ports, resolved on each pod); a protocol left out: ports play no part.
+PortBounds = dict[int, set[int] | None]
 
 
 @runtime_checkable

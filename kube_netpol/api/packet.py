@@ -13,6 +13,8 @@ IPPROTO_SCTP: Final = 132
 
 #: Kubernetes protocol names of the transport protocols policies can name.
 PROTOCOL_BY_NAME: Final[dict[str, int]] = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP, "SCTP": IPPROTO_SCTP}
+#: The protocols whose destination ports policies can name.
+PORT_PROTOCOLS: Final = tuple(PROTOCOL_BY_NAME.values())
 #: "IPv4"/"IPv6" by ``Packet.family``.
 FAMILY_NAMES: Final[dict[int, str]] = {4: "IPv4", 6: "IPv6"}
 PROTOCOL_NAMES: Final[dict[int, str]] = {

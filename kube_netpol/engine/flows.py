@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from operator import add
-from typing import Any, Final, Iterable
+from typing import Any, Final, Iterable, Mapping
 
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import Verdict
@@ -117,6 +117,30 @@ def table_key(raw: TableKey | None, packet: Packet) -> TableKey:
         if len(raw) == 5 or (raw[0] >> 4 == 6 and raw[1] == packet.protocol):  # type: ignore[operator]
             return raw
     return (packet.src + packet.dst, packet.protocol, packet.dst_port)
+
+
+def segment_key(raw: TableKey, segments: Mapping[int, tuple[int, ...]]) -> tuple[bytes, int, int] | None:
+    """The key of a raw key's port segment (``snapshot.port_segments``), or None when there is none.
+
+    Only raw keys whose fields are a first packet's as read (the layout
+    ``flow_key`` assumes, checked here without parsing: IPv4 with IHL 5 and no
+    fragment offset, IPv6 whose next header is the transport) of a protocol
+    with segments. Such a packet has exactly these addresses, protocol and
+    port, or is cut short, and then gets at most its key's verdict (as a
+    flow-table hit does).
+    """
+    if len(raw) == 5:
+        _, fragment, protocol, addresses, port = raw
+        if fragment & 0x1FFF:  # type: ignore[operator]
+            return None
+    else:
+        first, protocol, addresses, port = raw
+        if first >> 4 != 6:  # type: ignore[operator]
+            return None
+    bounds = segments.get(protocol)  # type: ignore[call-overload]
+    if bounds is None:
+        return None
+    return (addresses, protocol, bisect.bisect_right(bounds, port))  # type: ignore[return-value]
 
 
 def bucket_index(microseconds: int) -> int:
@@ -223,7 +247,8 @@ class Totals:
     would_deny: dict[tuple[int, int], int] = field(default_factory=dict)
     # (direction, deciding evaluator, policy, allow|deny)
     decisions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
-    #: Flow-table entries that counted packets: each is one run of the pipeline.
+    #: Flow-table entries that counted packets: each is one run of the pipeline, or one new key given
+    #: its port segment's judgement (VerdictCounters.segment_answers).
     entries: int = 0
 
     def add(self, stats: FlowStats) -> None:

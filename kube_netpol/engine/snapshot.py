@@ -9,11 +9,11 @@ land in the new table.
 from __future__ import annotations
 
 from time import monotonic
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from kube_netpol.api.cluster import PodKey, PodRecord
 from kube_netpol.api.evaluator import NetworkStage, Stage
-from kube_netpol.api.packet import Packet
+from kube_netpol.api.packet import PORT_PROTOCOLS, Packet
 from kube_netpol.api.verdict import Decision, Verdict
 from kube_netpol.engine.flows import FlowHistory, FlowStats, FlowTable, TableKey, packet_flow_key
 from kube_netpol.engine.judgement import END_OF_PIPELINE, Explanation, Judgement, Step
@@ -35,7 +35,7 @@ class Snapshot:
 
     __slots__ = ("generation", "revision", "names", "stages", "flows", "retired",
                  "_pod_by_ip", "_egress", "_ingress", "_every_egress", "_every_ingress", "_history",
-                 "_network_egress", "_network_ingress")  # fmt: skip
+                 "_network_egress", "_network_ingress", "segments", "judged")  # fmt: skip
 
     def __init__(
         self,
@@ -64,6 +64,10 @@ class Snapshot:
         answering = [not getattr(stage, "answers_nothing", False) for stage in self.stages]
         self._egress = tuple(step for step, keep in zip(self._every_egress, answering) if keep)
         self._ingress = tuple(step for step, keep in zip(self._every_ingress, answering) if keep)
+        # Judgements by (addresses, protocol, port segment): see ``port_segments``; the verdict
+        # loop fills and reads it (packet thread), it dies with the snapshot like the flow table.
+        self.segments = port_segments(stage for stage, keep in zip(self.stages, answering) if keep)
+        self.judged: dict[tuple[bytes, int, int], Judgement] = {}
         # Secondary networks: only the stages that judge them, in pipeline order.
         on_networks = [(name, stage) for name, stage in zip(self.names, self.stages) if isinstance(stage, NetworkStage)]
         self._network_egress = tuple((name, stage.evaluate_network_egress) for name, stage in on_networks)
@@ -183,6 +187,33 @@ class Snapshot:
         kernel = all(ours.get(step.evaluator, False) for step in steps if step.decision.lifetime is None)
         judgement = Judgement(verdict, egress, egress_by, ingress, ingress_by, min(bounds) if bounds else None, kernel)
         return Explanation(packet, src, dst, egress_steps, ingress_steps, judgement)
+
+
+def port_segments(stages: Iterable[Stage]) -> dict[int, tuple[int, ...]]:
+    """Per protocol, the ports where some stage's answer may change, sorted; {}: none can be bounded.
+
+    Between two of these bounds (``bisect_right(bounds, port)`` names the
+    segment) every stage answers every packet with the same addresses and
+    protocol the same way, so a judgement made for one port of a segment is
+    the judgement of all of them. Each stage must say so with
+    ``port_bounds()`` (the built-in stages derive it from their rules' ports);
+    a stage without it (a plugin) turns the memo off, and a protocol some
+    stage names ports of by name (resolved on each pod) is left out.
+    """
+    combined: dict[int, set[int] | None] = {protocol: set() for protocol in PORT_PROTOCOLS}
+    for stage in stages:
+        bounds_of = getattr(stage, "port_bounds", None)
+        if bounds_of is None:
+            return {}
+        for protocol, points in bounds_of().items():
+            if protocol not in combined:
+                continue
+            known = combined[protocol]
+            if points is None or known is None:
+                combined[protocol] = None
+            else:
+                known.update(points)
+    return {protocol: tuple(sorted(points)) for protocol, points in combined.items() if points is not None}
 
 
 def ships_with_kube_netpol(stage: object) -> bool:

@@ -26,6 +26,7 @@ from kube_netpol.api.kinds import NODE_KIND, KindSpec
 from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import NEXT, Decision
 from kube_netpol.evaluators.indexed import MEMO_SIZE, IndexedEvaluator, MemoEntry, SelectingStage, remember
+from kube_netpol.api.evaluator import PortBounds
 from kube_netpol.policy.adminnetworkpolicy import (
     AdminNetworkPolicy,
     EgressRule,
@@ -90,7 +91,7 @@ class SubjectRulesStage(SelectingStage):
     cost nothing per pod, however many there are.
     """
 
-    __slots__ = ("policies", "nodes", "memo", "by_namespace", "index")
+    __slots__ = ("policies", "nodes", "memo", "by_namespace", "index", "_bounds")
 
     def __init__(
         self,
@@ -109,6 +110,18 @@ class SubjectRulesStage(SelectingStage):
     @property
     def answers_nothing(self) -> bool:
         return not self.policies
+
+    def port_bounds(self) -> PortBounds:
+        """Where a destination port may change this stage's answers (computed once: the stage never changes)."""
+        bounds: PortBounds | None = getattr(self, "_bounds", None)
+        if bounds is None:
+            bounds = {}
+            for policy in self.policies:
+                for rule in (*getattr(policy, "ingress", ()), *getattr(policy, "egress", ())):
+                    if rule.ports is not None:
+                        rule.ports.add_bounds(bounds)
+            self._bounds = bounds
+        return bounds
 
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if dst is None or src is None:

@@ -28,6 +28,7 @@ from kube_netpol.api.verdict import NEXT, Decision, Verdict
 from kube_netpol.evaluators.indexed import IndexedEvaluator, MemoEntry, SelectingStage, remember
 from kube_netpol.policy.networkpolicy import NetworkPolicy, NetworkPolicyRule, parse_network_policy
 from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
+from kube_netpol.api.evaluator import PortBounds
 
 KIND = "NetworkPolicy"
 NETWORK_POLICY = KindSpec(
@@ -63,7 +64,7 @@ class _Target(MemoEntry):
 class NetworkPolicyStage(SelectingStage):
     """The policies of every namespace (sorted by name) and the memo built from them."""
 
-    __slots__ = ("by_namespace", "indexes", "memo")
+    __slots__ = ("by_namespace", "indexes", "memo", "_bounds")
 
     def __init__(self, by_namespace: dict[str, tuple[NetworkPolicy, ...]], indexes: _IndexCache) -> None:
         self.by_namespace = by_namespace
@@ -75,6 +76,18 @@ class NetworkPolicyStage(SelectingStage):
     @property
     def answers_nothing(self) -> bool:
         return not self.by_namespace
+
+    def port_bounds(self) -> PortBounds:
+        """Where a destination port may change this stage's answers (computed once: the stage never changes)."""
+        bounds: PortBounds | None = getattr(self, "_bounds", None)
+        if bounds is None:
+            bounds = {}
+            for policies in self.by_namespace.values():
+                for policy in policies:
+                    for rule in (*policy.ingress, *policy.egress):
+                        rule.ports.add_bounds(bounds)
+            self._bounds = bounds
+        return bounds
 
     # ------------------------------------------------------------- hot path
 

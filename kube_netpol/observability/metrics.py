@@ -192,7 +192,7 @@ class AgentCollector(Collector):
         control: ControlStats,
         invalid_objects: Callable[[], dict[str, int]],
         managed_ips: Callable[[], tuple[int, int]],
-        cache_stats: Callable[[], tuple[int, int]],
+        cache_stats: Callable[[], tuple[int, int, int]],
         queue_stats: Callable[[], list[QueueStats]] = read_nfqueue_stats,
         verdict_errors: Callable[[], int] = lambda: 0,
         decision_log_stats: Callable[[], dict[str, int]] | None = None,
@@ -289,10 +289,11 @@ class AgentCollector(Collector):
         managed.add_metric(["IPv6"], v6)
         yield managed
 
-        hits, misses = self._cache_stats()
+        hits, misses, segment = self._cache_stats()
         cache = _counter(PREFIX + "verdict_cache", "Verdict cache lookups by result")
         cache.add_sample(PREFIX + "verdict_cache", {"result": "hit"}, hits)
         cache.add_sample(PREFIX + "verdict_cache", {"result": "miss"}, misses)
+        cache.add_sample(PREFIX + "verdict_cache", {"result": "segment"}, segment)
         yield cache
 
         info = GaugeMetricFamily(PREFIX + "build_info", "Build information", labels=["version", "python"])

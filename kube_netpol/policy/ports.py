@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from kube_netpol.api.packet import PROTOCOL_BY_NAME
+from kube_netpol.api.evaluator import PortBounds
+from kube_netpol.api.packet import PORT_PROTOCOLS, PROTOCOL_BY_NAME
 from kube_netpol.api.cluster import PortNames
 
-__all__ = ["ALL_PORTS", "PortMatcher", "PortNames", "check_port_number", "parse_protocol"]
+__all__ = ["ALL_PORTS", "PortBounds", "PortMatcher", "PortNames", "check_port_number", "parse_protocol"]
 from kube_netpol.api.errors import InvalidObject
 
 
@@ -63,6 +64,18 @@ class PortMatcher:
                     if (named_protocol is None or named_protocol == protocol) and name in names:
                         return True
         return False
+
+    def add_bounds(self, bounds: PortBounds) -> None:
+        """Add where this matcher's answer may change, per protocol (see ``PortBounds``)."""
+        if self.matches_all:
+            return
+        for protocol, first, last in self._ranges:
+            points = bounds.setdefault(protocol, set())
+            if points is not None:
+                points.update((first, last + 1))
+        for _, named_protocol in self._named:
+            for protocol in PORT_PROTOCOLS if named_protocol is None else (named_protocol,):
+                bounds[protocol] = None
 
     def __repr__(self) -> str:
         if self.matches_all:

@@ -57,7 +57,7 @@ def exported_series() -> dict[str, set[str]]:
         control,
         invalid_objects=lambda: {"NetworkPolicy": 1},
         managed_ips=lambda: (2, 1),
-        cache_stats=lambda: (5, 3),
+        cache_stats=lambda: (5, 3, 1),
         queue_stats=lambda: [QueueStats(100, 1234, 2, 2, 128, 7, 1, 99)],
     )
     registry = CollectorRegistry()

@@ -69,7 +69,7 @@ def collector(verdicts: VerdictMetrics, queues: list[QueueStats] | None = None,
         control or ControlStats(),
         invalid_objects=lambda: {"NetworkPolicy": 2},
         managed_ips=lambda: (3, 1),
-        cache_stats=lambda: (10, 4),
+        cache_stats=lambda: (10, 4, 2),
         queue_stats=lambda: queues or [],
     )
 
@@ -100,7 +100,7 @@ def test_reference_names_labels_and_values(monkeypatch: pytest.MonkeyPatch) -> N
     assert samples["kube_network_policies_nfqueue_packet_id"] == [({"queue": "100"}, 99)]
     assert samples["kube_network_policies_invalid_objects"] == [({"kind": "NetworkPolicy"}, 2)]
     assert {l["family"]: v for l, v in samples["kube_network_policies_managed_pod_ips"]} == {"IPv4": 3, "IPv6": 1}
-    assert {l["result"]: v for l, v in samples["kube_network_policies_verdict_cache"]} == {"hit": 10, "miss": 4}
+    assert {l["result"]: v for l, v in samples["kube_network_policies_verdict_cache"]} == {"hit": 10, "miss": 4, "segment": 2}
     assert samples["kube_network_policies_build_info"][0][1] == 1
 
 
@@ -152,7 +152,7 @@ def test_counters_are_typed_counter_under_the_reference_name_in_help_type_and_sa
     engine = judged(monkeypatch, {80: ALLOW}, [(syn(80), 5_000)])
     registry.register(AgentCollector(
         VerdictMetrics(engine), ControlStats(), invalid_objects=lambda: {"NetworkPolicy": 2}, managed_ips=lambda: (3, 1),
-        cache_stats=lambda: (10, 4), queue_stats=lambda: [QueueStats(100, 1, 2, 2, 128, 7, 1, 99)],
+        cache_stats=lambda: (10, 4, 2), queue_stats=lambda: [QueueStats(100, 1, 2, 2, 128, 7, 1, 99)],
         decision_log_stats=lambda: {"written": 1},
     ))
     text = generate_text(registry).decode()
@@ -216,7 +216,7 @@ def test_packet_errors_and_decision_records() -> None:
         ControlStats(),
         invalid_objects=dict,
         managed_ips=lambda: (0, 0),
-        cache_stats=lambda: (0, 0),
+        cache_stats=lambda: (0, 0, 0),
         queue_stats=list,
         verdict_errors=lambda: 7,
         decision_log_stats=lambda: {"written": 5, "rate_limited": 2, "queue_full": 1, "write_error": 0},

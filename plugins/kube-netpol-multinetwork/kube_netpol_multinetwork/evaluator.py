@@ -72,7 +72,9 @@ class MultiNetworkStage:
         self.addresses = addresses  # network -> packed address -> pod attached there
         self.interfaces = interfaces  # this node's pods -> (interface, network) a policy selects them on
 
-    # The cluster network: never ours.
+    #: The cluster network: never ours (the engine skips this stage when it judges there).
+    answers_nothing = True
+
     def evaluate_egress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         return NEXT
 
