@@ -189,6 +189,11 @@ class Snapshot:
         return Explanation(packet, src, dst, egress_steps, ingress_steps, judgement)
 
 
+#: The stages ``port_segments`` last answered for (held, so that their ids stay theirs) and its answer:
+#: while only pods change, each snapshot has the same stages and the union is not worked out again.
+_last_segments: tuple[tuple[Stage, ...], dict[int, tuple[int, ...]]] = ((), {})
+
+
 def port_segments(stages: Iterable[Stage]) -> dict[int, tuple[int, ...]]:
     """Per protocol, the ports where some stage's answer may change, sorted; {}: none can be bounded.
 
@@ -200,10 +205,16 @@ def port_segments(stages: Iterable[Stage]) -> dict[int, tuple[int, ...]]:
     a stage without it (a plugin) turns the memo off, and a protocol some
     stage names ports of by name (resolved on each pod) is left out.
     """
+    global _last_segments
+    asked = tuple(stages)
+    last_stages, last = _last_segments
+    if len(asked) == len(last_stages) and all(a is b for a, b in zip(asked, last_stages)):
+        return last  # read-only for its users: shared between snapshots
     combined: dict[int, set[int] | None] = {protocol: set() for protocol in PORT_PROTOCOLS}
-    for stage in stages:
+    for stage in asked:
         bounds_of = getattr(stage, "port_bounds", None)
         if bounds_of is None:
+            _last_segments = (asked, {})
             return {}
         for protocol, points in bounds_of().items():
             if protocol not in combined:
@@ -213,7 +224,9 @@ def port_segments(stages: Iterable[Stage]) -> dict[int, tuple[int, ...]]:
                 combined[protocol] = None
             else:
                 known.update(points)
-    return {protocol: tuple(sorted(points)) for protocol, points in combined.items() if points is not None}
+    segments = {protocol: tuple(sorted(points)) for protocol, points in combined.items() if points is not None}
+    _last_segments = (asked, segments)
+    return segments
 
 
 def ships_with_kube_netpol(stage: object) -> bool:

@@ -160,3 +160,15 @@ def test_a_policy_change_starts_an_empty_memo() -> None:
 def replace_ports(policy: dict, ports: list[dict]) -> dict:
     policy["spec"]["ingress"][0]["ports"] = ports
     return policy
+
+
+def test_segments_are_worked_out_again_only_when_the_stages_change() -> None:
+    engine = _engine(_np([{"protocol": "TCP", "port": 80}]))
+    first = engine.snapshot
+    engine.state.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "x", "name": "other"},
+                        "status": {"podIPs": [{"ip": "10.0.0.9"}]}})
+    engine.publish()  # only a pod changed: the same stages
+    assert engine.snapshot is not first and engine.snapshot.segments is first.segments
+    engine.state.apply(replace_ports(_np([]), [{"protocol": "TCP", "port": 443}]))
+    engine.publish()
+    assert engine.snapshot.segments == {6: (443, 444), 17: (), 132: ()}
