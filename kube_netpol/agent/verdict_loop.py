@@ -180,7 +180,7 @@ class VerdictLoop:
             if segment is not None:
                 judgement = snapshot.judged.get(segment)
                 if judgement is not None:
-                    self._answer(snapshot, queued, raw, judgement, started)
+                    self._answer(snapshot, queued, raw, segment[1], judgement, started)
                     return
         try:
             packet = parse_packet(payload)
@@ -222,12 +222,18 @@ class VerdictLoop:
         flow.record(elapsed)
         self._history.record_sample(elapsed)
 
-    def _answer(self, snapshot: Snapshot, queued: Any, raw: TableKey, judgement: Judgement, started: int) -> None:
-        """A new key in a port segment judged before: that judgement, without parsing or judging."""
+    def _answer(
+        self, snapshot: Snapshot, queued: Any, raw: TableKey, protocol: int, judgement: Judgement, started: int
+    ) -> None:
+        """A new key in a port segment judged before: that judgement, without parsing or judging.
+
+        Repeats the end of ``_judge`` (entry, verdict, timing) on purpose, as ``handle`` does: shared
+        helpers cost two calls, measured 0.17 µs of a 3.8 µs new key.
+        """
         self.counters.segment_answers += 1
-        protocol, family = (raw[2], 4) if len(raw) == 5 else (raw[1], 6)
+        family = 4 if len(raw) == 5 else 6  # the two raw layouts (flows.flow_key)
         accepted = judgement.allowed or self.audit
-        flow = snapshot.add_flow(raw, judgement, accepted, protocol, family)  # type: ignore[arg-type]
+        flow = snapshot.add_flow(raw, judgement, accepted, protocol, family)
         if self.verdict_memory and protocol in MEMORY_PROTOCOLS:
             flow.mark = self._memory_mark(snapshot.generation, judgement, accepted)
         elapsed = perf_counter_ns() - started

@@ -122,25 +122,21 @@ def table_key(raw: TableKey | None, packet: Packet) -> TableKey:
 def segment_key(raw: TableKey, segments: Mapping[int, tuple[int, ...]]) -> tuple[bytes, int, int] | None:
     """The key of a raw key's port segment (``snapshot.port_segments``), or None when there is none.
 
-    Only raw keys whose fields are a first packet's as read (the layout
-    ``flow_key`` assumes, checked here without parsing: IPv4 with IHL 5 and no
-    fragment offset, IPv6 whose next header is the transport) of a protocol
-    with segments. Such a packet has exactly these addresses, protocol and
-    port, or is cut short, and then gets at most its key's verdict (as a
-    flow-table hit does).
+    Only raw keys with the layout ``flow_key`` assumes (``parsed_key``: IPv4
+    with IHL 5 and no fragment offset, IPv6 read as if the transport followed
+    its header) of a protocol with segments, which an IPv6 extension header
+    never is. Such a packet has exactly these addresses, protocol and port,
+    or is cut short, and then gets at most its key's verdict (as a flow-table
+    hit does).
     """
-    if len(raw) == 5:
-        _, fragment, protocol, addresses, port = raw
-        if fragment & 0x1FFF:  # type: ignore[operator]
-            return None
-    else:
-        first, protocol, addresses, port = raw
-        if first >> 4 != 6:  # type: ignore[operator]
-            return None
-    bounds = segments.get(protocol)  # type: ignore[call-overload]
+    parsed = parsed_key(raw)
+    if parsed is None:
+        return None
+    addresses, protocol, port = parsed
+    bounds = segments.get(protocol)
     if bounds is None:
         return None
-    return (addresses, protocol, bisect.bisect_right(bounds, port))  # type: ignore[return-value]
+    return (addresses, protocol, bisect.bisect_right(bounds, port))
 
 
 def bucket_index(microseconds: int) -> int:
