@@ -27,6 +27,7 @@ from kube_netpol.api.packet import Packet
 from kube_netpol.api.verdict import NEXT, Decision
 from kube_netpol.evaluators.indexed import MEMO_SIZE, IndexedEvaluator, MemoEntry, SelectingStage, remember
 from kube_netpol.api.evaluator import PortBounds
+from kube_netpol.policy.ports import port_bounds_of
 from kube_netpol.policy.adminnetworkpolicy import (
     AdminNetworkPolicy,
     EgressRule,
@@ -106,6 +107,7 @@ class SubjectRulesStage(SelectingStage):
         # id(namespace labels) -> (those labels, kept alive so the id stays theirs; the positions of
         # the empty-pod-selector policies selecting that namespace; those of the other policies)
         self.by_namespace: dict[int, tuple[Labels, tuple[int, ...], frozenset[int]]] = {}
+        self._bounds: PortBounds | None = None  # port_bounds(), worked out when first asked
 
     @property
     def answers_nothing(self) -> bool:
@@ -113,15 +115,10 @@ class SubjectRulesStage(SelectingStage):
 
     def port_bounds(self) -> PortBounds:
         """Where a destination port may change this stage's answers (computed once: the stage never changes)."""
-        bounds: PortBounds | None = getattr(self, "_bounds", None)
-        if bounds is None:
-            bounds = {}
-            for policy in self.policies:
-                for rule in (*getattr(policy, "ingress", ()), *getattr(policy, "egress", ())):
-                    if rule.ports is not None:
-                        rule.ports.add_bounds(bounds)
-            self._bounds = bounds
-        return bounds
+        if self._bounds is None:
+            self._bounds = port_bounds_of(rule.ports for policy in self.policies
+                                          for rule in (*policy.ingress, *policy.egress))  # type: ignore[attr-defined]
+        return self._bounds
 
     def evaluate_ingress(self, packet: Packet, src: PodRecord | None, dst: PodRecord | None) -> Decision:
         if dst is None or src is None:

@@ -29,6 +29,7 @@ from kube_netpol.evaluators.indexed import IndexedEvaluator, MemoEntry, Selectin
 from kube_netpol.policy.networkpolicy import NetworkPolicy, NetworkPolicyRule, parse_network_policy
 from kube_netpol.policy.rule_index import RuleIndex, build_rule_index
 from kube_netpol.api.evaluator import PortBounds
+from kube_netpol.policy.ports import port_bounds_of
 
 KIND = "NetworkPolicy"
 NETWORK_POLICY = KindSpec(
@@ -72,6 +73,7 @@ class NetworkPolicyStage(SelectingStage):
         # those immutable policies (kept alive so that their ids stay unique), so it never goes stale.
         self.indexes = indexes
         self.memo: dict[int, _Target] = {}
+        self._bounds: PortBounds | None = None  # port_bounds(), worked out when first asked
 
     @property
     def answers_nothing(self) -> bool:
@@ -79,15 +81,10 @@ class NetworkPolicyStage(SelectingStage):
 
     def port_bounds(self) -> PortBounds:
         """Where a destination port may change this stage's answers (computed once: the stage never changes)."""
-        bounds: PortBounds | None = getattr(self, "_bounds", None)
-        if bounds is None:
-            bounds = {}
-            for policies in self.by_namespace.values():
-                for policy in policies:
-                    for rule in (*policy.ingress, *policy.egress):
-                        rule.ports.add_bounds(bounds)
-            self._bounds = bounds
-        return bounds
+        if self._bounds is None:
+            self._bounds = port_bounds_of(rule.ports for policies in self.by_namespace.values() for policy in policies
+                                          for rule in (*policy.ingress, *policy.egress))
+        return self._bounds
 
     # ------------------------------------------------------------- hot path
 

@@ -8,7 +8,7 @@ from kube_netpol.api.evaluator import PortBounds
 from kube_netpol.api.packet import PORT_PROTOCOLS, PROTOCOL_BY_NAME
 from kube_netpol.api.cluster import PortNames
 
-__all__ = ["ALL_PORTS", "PortBounds", "PortMatcher", "PortNames", "check_port_number", "parse_protocol"]
+__all__ = ["ALL_PORTS", "PortBounds", "PortMatcher", "PortNames", "check_port_number", "parse_protocol", "port_bounds_of"]
 from kube_netpol.api.errors import InvalidObject
 
 
@@ -84,3 +84,12 @@ class PortMatcher:
 
 
 ALL_PORTS = PortMatcher(matches_all=True)
+
+
+def port_bounds_of(matchers: Iterable[PortMatcher | None]) -> PortBounds:
+    """Where any of these rules' ports may change an answer (None: a rule without ports, all alike)."""
+    bounds: PortBounds = {}
+    for matcher in matchers:
+        if matcher is not None:
+            matcher.add_bounds(bounds)
+    return bounds
