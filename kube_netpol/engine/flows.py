@@ -155,11 +155,17 @@ class FlowStats:
     flow has one, of the last timed hit of any flow when the entry was made
     (all hits run the same few statements). ``snapshot`` adds the hits not
     credited yet, so the histogram counts every packet.
+
+    One entry may stand for several keys of one table (``keys``): the new keys
+    of a port segment share the entry of the key judged for it (the verdict
+    loop's segment answers), so a new key costs a dict insertion, not an
+    object, and folding a table costs one entry per segment. The counters are
+    then the keys' sums, which is all the metrics read.
     """
 
     __slots__ = (
         "judgement", "accepted", "protocol", "family", "judged", "hits", "buckets", "total_ns",
-        "credited_hits", "last_bucket", "last_ns", "expires", "mark",
+        "credited_hits", "last_bucket", "last_ns", "expires", "mark", "keys",
     )  # fmt: skip
 
     def __init__(
@@ -184,6 +190,7 @@ class FlowStats:
         # The mark bits the verdict loop hands this verdict back with so that the kernel remembers
         # it (kube_netpol.dataplane.ruleset, "verdict memory"); 0: plain accept/drop.
         self.mark = 0
+        self.keys = 1  # the table's keys that hold this entry (more: a port segment's shared entry)
 
     @property
     def packets(self) -> int:
@@ -243,7 +250,7 @@ class Totals:
     would_deny: dict[tuple[int, int], int] = field(default_factory=dict)
     # (direction, deciding evaluator, policy, allow|deny)
     decisions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
-    #: Flow-table entries that counted packets: each is one run of the pipeline, or one new key given
+    #: Flow-table keys that counted packets: each is one run of the pipeline, or one new key given
     #: its port segment's judgement (VerdictCounters.segment_answers).
     entries: int = 0
 
@@ -265,7 +272,7 @@ class Totals:
         # judgement to every new key of it) first, then those groups by their deciding decisions.
         shared: dict[tuple[int, bool, int, int], list[Any]] = {}
         entries = 0
-        for stats in flows:
+        for stats in dict.fromkeys(flows):  # an entry several keys share (FlowStats.keys) counts once
             if settled and stats.hits == stats.credited_hits:
                 count = stats.judged + stats.hits
                 flow_buckets, flow_total_ns = stats.buckets, stats.total_ns
@@ -273,7 +280,7 @@ class Totals:
                 count, flow_buckets, flow_total_ns = stats.snapshot()
             if not count:
                 continue
-            entries += 1
+            entries += stats.keys
             shared_key = (id(stats.judgement), stats.accepted, stats.protocol, stats.family)
             group = shared.get(shared_key)
             if group is None:
@@ -403,6 +410,9 @@ class FlowHistory:
         for retired_at, table in retired:
             if retired_at <= cutoff:
                 self._folded.add_all(list(table.values()), settled=True)
+                # Emptied, so that a scrape still holding it as its current table (read before it
+                # was retired) does not count it again; it frees the entries now, too.
+                table.clear()
             else:
                 keep.append((retired_at, table))
         with self._retire_lock:

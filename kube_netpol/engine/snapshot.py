@@ -64,10 +64,12 @@ class Snapshot:
         answering = [not getattr(stage, "answers_nothing", False) for stage in self.stages]
         self._egress = tuple(step for step, keep in zip(self._every_egress, answering) if keep)
         self._ingress = tuple(step for step, keep in zip(self._every_ingress, answering) if keep)
-        # Judgements by (addresses, protocol, port segment): see ``port_segments``; the verdict
-        # loop fills and reads it (packet thread), it dies with the snapshot like the flow table.
+        # The flow-table entry judged for each (addresses, protocol, port segment): see
+        # ``port_segments``; the verdict loop fills and reads it (packet thread) and gives new keys
+        # of the segment that entry (FlowStats.keys). It holds entries of ``flows`` only: emptied
+        # when the table is replaced, it dies with the snapshot like the table.
         self.segments = port_segments(stage for stage, keep in zip(self.stages, answering) if keep)
-        self.judged: dict[tuple[bytes, int, int], Judgement] = {}
+        self.judged: dict[tuple[bytes, int, int], FlowStats] = {}
         # Secondary networks: only the stages that judge them, in pipeline order.
         on_networks = [(name, stage) for name, stage in zip(self.names, self.stages) if isinstance(stage, NetworkStage)]
         self._network_egress = tuple((name, stage.evaluate_network_egress) for name, stage in on_networks)
@@ -163,12 +165,15 @@ class Snapshot:
             history.retire(flows)
             history.tables_filled += 1
             flows = self.flows = {}
+            self.judged.clear()  # its entries belong to the retired table
         stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns, history.last_hit_bucket)
         if judgement.lifetime is not None:
             stats.expires = monotonic() + judgement.lifetime
         displaced = flows.get(key)
-        if displaced is not None:
-            history.fold(displaced)  # keep what it counted (a caller recording by hand)
+        if displaced is not None and displaced.keys == 1:
+            # Keep what it counted (a caller recording by hand). A shared entry stays in the
+            # table under its other keys (and has no lifetime, so the loop never replaces it).
+            history.fold(displaced)
         flows[key] = stats
         return stats
 

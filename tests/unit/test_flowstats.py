@@ -173,6 +173,21 @@ def test_full_tables_are_retired_and_nothing_is_lost(monkeypatch) -> None:
     assert again.packets == {(6, 4, True): 10} and again.total_ns == {(6, 4): 15000}
 
 
+def test_a_scrape_holding_a_table_folded_since_counts_it_once(monkeypatch) -> None:
+    """A scrape reads the current table, the table fills and is retired and folded before the scrape sums it."""
+    monkeypatch.setattr(flowstats, "FOLD_AFTER_SECONDS", 0.0)
+    snapshot, history = snapshot_of(max_flows=4)
+    judgement = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
+    for port in range(1, 5):
+        snapshot.add_flow((b"\x00" * 8, 6, port), judgement, True, 6, 4).record(1500)
+    stale = snapshot.flows  # what the scrape read as current
+    snapshot.add_flow((b"\x00" * 8, 6, 5), judgement, True, 6, 4).record(1500)  # full: retired
+    history.fold_retired()
+    # Its four packets once (not again as current); the newer table is not in its view, the next scrape's
+    assert history.totals(stale).packets == {(6, 4, True): 4}
+    assert history.totals(snapshot.flows).packets == {(6, 4, True): 5}
+
+
 def test_a_displaced_entry_keeps_its_counts() -> None:
     snapshot, history = snapshot_of()
     allow = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")

@@ -123,8 +123,43 @@ def test_new_keys_of_a_judged_segment_skip_the_pipeline_and_get_its_verdict(v6: 
     # One judgement per segment: [81, 65535] (1000 first), [80], [0, 79]; the rest from the memo.
     assert judged == [1000, 80, 79]
     assert verdicts[80] == ["accept"] and all(verdicts[p] == ["drop"] for p in (1000, 1001, 2000, 79, 81, 65535))
-    assert len(snapshot.flows) == 7  # every key has its own flow-table entry (and counters)
+    assert len(snapshot.flows) == 7  # every key is in the flow table ...
+    # ... and the new keys of a segment share the entry judged for it, counted together
+    entries = {id(flow): flow for flow in snapshot.flows.values()}
+    assert sorted(flow.keys for flow in entries.values()) == [1, 1, 5]
+    assert snapshot.flows[unpack_raw_v6(_syn(65535, v6)) if v6 else unpack_raw_v4(_syn(65535))].packets == 5
     assert loop.counters.segment_answers == 4
+    totals = engine.history.totals(snapshot.flows)
+    assert totals.entries == 7 and sum(totals.packets.values()) == 7
+
+
+def test_shared_entries_stay_in_their_table_and_every_packet_counts_once(monkeypatch) -> None:
+    """Full tables are replaced under a flood of new keys of one segment; the memo starts again with each."""
+    from kube_netpol.engine import flows as flowstats
+
+    monkeypatch.setattr(flowstats, "FOLD_AFTER_SECONDS", 0.0)
+    engine = _engine(_np([{"protocol": "TCP", "port": 80}]))
+    engine.history.max_flows = 4
+    snapshot = engine.snapshot
+    loop = VerdictLoop(engine, 100, fail_open=True)
+    tables = []
+    for port in range(1000, 1010):
+        for _ in range(2):  # a new key, then a hit on it
+            queued = Queued(_syn(port))
+            loop.handle(queued)
+            assert queued.verdicts == ["drop"]
+        if not tables or tables[-1] is not snapshot.flows:
+            tables.append(snapshot.flows)
+        assert all(flow in snapshot.flows.values() for flow in snapshot.judged.values())
+    assert engine.history.tables_filled == 2 and [len(table) for table in tables] == [4, 4, 2]
+    owners = [{id(flow) for flow in table.values()} for table in tables]
+    assert all(not a & b for a in owners for b in owners if a is not b)  # no entry in two tables
+    totals = engine.history.totals(snapshot.flows)
+    assert sum(totals.packets.values()) == 20 and totals.entries == 10
+    assert loop.counters.segment_answers == 7  # each table's first key is judged
+    engine.history.fold_retired()
+    again = engine.history.totals(snapshot.flows)
+    assert sum(again.packets.values()) == 20 and again.entries == 10
 
 
 def test_the_memo_is_not_used_for_fragments_or_extension_headers() -> None:
