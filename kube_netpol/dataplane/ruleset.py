@@ -89,8 +89,9 @@ either backend) adds the packet's key to the set with the class's timeout,
 clears the bits and accepts or drops::
 
     meta mark & MEMORY == 0 ............................. accept   (every other packet: one rule)
-    meta mark & MEMORY == remember|verdict|class|epoch .. add key to @remembered-<verdict>-v4/-v6 timeout T
-    meta mark & DROP == DROP ............................ clear the bits, drop
+    meta mark & MEMORY == remember|verdict|class|epoch .. add key to @remembered-<verdict>-v4/-v6 timeout T,
+                                                          clear the bits, accept/drop
+    meta mark & DROP == DROP ............................ clear the bits, drop    (the add failed)
     ..................................................... clear the bits, accept
 
 A new snapshot flushes the four sets and moves the epoch in the transaction
@@ -347,16 +348,19 @@ DIVERT_DNS_ANSWER: Final = "divert-dns-answer"
 LIMITED_DROP: Final = "limited-drop"
 GOTO_DIVERT: Final = "goto-divert"
 GOTO_DIVERT_DNS: Final = "goto-divert-dns"
-#: The remember chain: leave it (an unmarked packet), add the key (no verdict), clear the bits and drop/accept.
+#: The remember chain: leave it (an unmarked packet); add the key, clear the bits and accept/drop (one
+#: rule, so that a remembered packet walks no further; a failed add skips to forget-*); clear the bits
+#: and drop/accept.
 NOT_REMEMBERED: Final = "not-remembered"
-REMEMBER: Final = "remember"
+REMEMBER_ACCEPT: Final = "remember-accept"
+REMEMBER_DROP: Final = "remember-drop"
 FORGET_DROP: Final = "forget-drop"
 FORGET_ACCEPT: Final = "forget-accept"
 #: A key the kernel remembers: count, accept/drop.
 REMEMBERED_ACCEPT: Final = "remembered-accept"
 REMEMBERED_DROP: Final = "remembered-drop"
 Action = Literal["accept", "divert", "divert-marked", "divert-dns-answer", "unmark-accept", "limited-drop", "goto-divert", "goto-divert-dns",
-                 "not-remembered", "remember", "forget-drop", "forget-accept", "remembered-accept", "remembered-drop"]
+                 "not-remembered", "remember-accept", "remember-drop", "forget-drop", "forget-accept", "remembered-accept", "remembered-drop"]
 
 MATCH_ICMPV6_ND: Final = (
     _match(_meta("l4proto"), 58),
@@ -471,7 +475,7 @@ def _remember_rules(spec: RulesetSpec) -> list[Rule]:
             add = {"set": {"op": "add", "elem": elem, "set": "@" + s.name}}
             out.append(Rule(f"{s.name}-class{lifetime_class}",
                             (_match({"&": [mark, MEMORY_MARK]}, bits), _match(_meta("nfproto"), f"ipv{s.version}"),
-                             protocols, add), REMEMBER))  # fmt: skip
+                             protocols, add), REMEMBER_DROP if s.verdict == "drop" else REMEMBER_ACCEPT))  # fmt: skip
     out.append(Rule("drop", (_match({"&": [mark, MEMORY_DROP]}, MEMORY_DROP),), FORGET_DROP))
     out.append(Rule("accept", (), FORGET_ACCEPT))
     return out
@@ -520,11 +524,10 @@ def action_statements(spec: RulesetSpec, action: str) -> list[Json]:
         return [{"counter": REMEMBERED_DROPPED_COUNTER}, {"drop": None}]
     if action == NOT_REMEMBERED:
         return [{"accept": None}]
-    if action == REMEMBER:
-        return []  # the add is the last match; a failed add (full set) skips to the next rule
-    if action in (FORGET_DROP, FORGET_ACCEPT):
+    if action in (REMEMBER_ACCEPT, REMEMBER_DROP, FORGET_DROP, FORGET_ACCEPT):
+        # After a remember rule's add (its last match; a failed add, a full set, skips to forget-*).
         clear = {"mangle": {"key": _meta("mark"), "value": {"&": [_meta("mark"), 0xFFFFFFFF ^ MEMORY_MARK]}}}
-        return [clear, {"drop": None} if action == FORGET_DROP else {"accept": None}]
+        return [clear, {"drop": None} if action in (FORGET_DROP, REMEMBER_DROP) else {"accept": None}]
     if action == GOTO_DIVERT:
         return [{"goto": {"target": DIVERT_CHAIN}}]
     if action == GOTO_DIVERT_DNS:

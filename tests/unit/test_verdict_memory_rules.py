@@ -58,9 +58,11 @@ def test_the_memory_is_looked_up_after_established_and_before_the_divert(backend
 def test_every_remembered_verdict_is_carried_out_even_when_the_add_fails() -> None:
     remember = rules(MEMORY, REMEMBER_CHAIN)
     assert remember[0].name == "not-remembered" and remember[0].action == "not-remembered"
-    adds = [r for r in remember if r.action == "remember"]
+    adds = [r for r in remember if r.action.startswith("remember-")]
     assert len(adds) == len(MEMORY_SETS) * 4
     assert all("set" in r.matches[-1] for r in adds)  # the add is last: a full set only skips the rule
+    # After the add the rule carries out the set's verdict itself: a remembered packet walks no further.
+    assert all(r.action == "remember-" + r.matches[-1]["set"]["set"].split("-")[1] for r in adds)
     assert [r.action for r in remember[-2:]] == ["forget-drop", "forget-accept"]
 
 
