@@ -30,7 +30,6 @@ from kube_netpol.dataplane.ruleset import (
     DEFAULT_NEW_FLOW_LIMIT,
     DEFAULT_QUEUE_NUM,
     DEFAULT_TABLE,
-    FAMILY,
     LIMITED_COUNTER,
     MANAGED_SET_BY_VERSION,
     MEMORY_EPOCHS,
@@ -338,9 +337,8 @@ class Dataplane:
 
     def _read_counter(self, name: str) -> int:
         try:
-            out = self.nft.run([{"list": {"counter": {"family": FAMILY, "table": self.spec.table, "name": name}}}])
-            packets = int(next(o["counter"]["packets"] for o in out if "counter" in o))
-        except (NftablesError, StopIteration, KeyError, TypeError, ValueError) as e:
+            packets = self.nft.counter_packets(self.spec.table)[name]
+        except (NftablesError, KeyError) as e:  # a NetlinkError is one
             log.debug("cannot read the counter %s: %s", name, e)
             packets = 0  # gone with the table: the repair brings it back from 0
         last = self._counted_last.get(name, 0)

@@ -67,14 +67,52 @@ class NftClient:
         return [o for o in output.get("nftables", []) if "metainfo" not in o]
 
     def list_table(self, table: str, family: str = FAMILY, *, terse: bool = False) -> list[Json] | None:
-        """The table's objects (table, sets with elements unless ``terse``, chains, rules), None when it
-        does not exist."""
+        """The table's objects (table, sets with elements unless ``terse``, chains, rules, counters), None
+        when it does not exist.
+
+        ``terse`` lists in the same shape without reading a set element (a rule has its chain and
+        comment, a counter its name and packets): libnftables reads them all before it lists rules
+        or counters, 553 ms at 65,536 remembered keys (kube_netpol.dataplane.nfnetlink). A table
+        with neither chains nor sets reads as missing there: creating it again changes nothing.
+        """
+        if terse and family == "inet":
+            return self._list_table_terse(table)
         try:
             return self.run([{"list": {"table": {"family": family, "name": table}}}], terse=terse)
         except NftablesError as e:
             if e.not_found:
                 return None
             raise
+
+    def _list_table_terse(self, table: str) -> list[Json] | None:
+        from kube_netpol.dataplane import nfnetlink  # it builds on NftablesError, defined here
+
+        def ours(kind: str, listing: list[Json]) -> list[Json]:
+            return [o for o in listing if kind in o and o[kind].get("table") == table]
+
+        # Listing all the family's chains, or its sets tersely, reads no elements (0.2-0.7 ms).
+        sets = ours("set", self.run([{"list": {"sets": {"family": "inet"}}}], terse=True))
+        chains = ours("chain", self.run([{"list": {"chains": {"family": "inet"}}}]))
+        if not sets and not chains:
+            return None
+        comments = nfnetlink.rule_comments(table)
+        packets = nfnetlink.counter_packets(table)
+        ref = {"family": "inet", "table": table}
+        rules: list[Json] = [
+            {"rule": {**ref, "chain": chain, **({} if comment is None else {"comment": comment})}}
+            for chain, chain_comments in comments.items()
+            for comment in chain_comments
+        ]
+        counters: list[Json] = [{"counter": {**ref, "name": name, "packets": n}} for name, n in packets.items()]
+        return [{"table": {"family": "inet", "name": table}}, *sets, *chains, *rules, *counters]
+
+    def counter_packets(self, table: str) -> dict[str, int]:
+        """Packets of each named counter of ``table`` (none for a missing table), without libnftables: its
+        ``list counter`` reads every set element of every table first (1,103 ms a scrape at 65,536
+        remembered keys)."""
+        from kube_netpol.dataplane import nfnetlink
+
+        return nfnetlink.counter_packets(table)
 
     def list_set(self, table: str, name: str, family: str = FAMILY) -> Json | None:
         """One set with its elements (the ``set`` object's value), None when it does not exist."""

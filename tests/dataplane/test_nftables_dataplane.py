@@ -771,3 +771,32 @@ def test_bug_1766_dns_requests_are_judged_on_prerouting_only(topology: Topology)
     assert in_netns(client, dns_answers, SERVER_V4[0], 4) == 4
     assert queued_packets(node, "iptables", "POSTROUTING") == 4
     assert xt_rules(node, chain="PREROUTING") == [] and xt_rules(node, "ip6tables", chain="PREROUTING") == []
+
+
+def test_the_terse_read_matches_libnftables_listing_without_reading_set_elements(netns: str, table: str) -> None:
+    """NftClient.list_table(terse=True) reads rules and counters with nf_tables dumps (nfnetlink): the same
+    parsed state as libnftables' full listing, counters counting, and None for a missing table."""
+    from kube_netpol.dataplane.ruleset import parse_table
+
+    config = DataplaneConfig(table=table, queue_backend="xt", verdict_memory=True, new_flow_limit=100, observe_dns=True)
+
+    def scenario() -> tuple[Any, Any, Any, Any, Any]:
+        Dataplane(config).start(["10.1.0.2"], ["fd00::2"])
+        # A rule without a comment, in a chain of ours, reads as one too; a counter that counted.
+        sh("nft", "insert", "rule", "inet", table, "postrouting", "counter", "name", "remembered-accepted")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"x", ("127.0.0.1", 9))
+        nft = NftClient()
+        full, terse = nft.list_table(table), nft.list_table(table, terse=True)
+        return full, terse, nft.counter_packets(table), nft.list_table("nope", terse=True), nft.counter_packets("nope")
+
+    full, terse, packets, missing, no_counters = in_netns(netns, scenario)
+    assert full is not None and terse is not None and missing is None and no_counters == {}
+    expected, got = parse_table(full), parse_table(terse)
+    assert got.chains == expected.chains and got.counters == expected.counters
+    assert {n: (s.type, s.flags, s.timeout, s.size) for n, s in got.sets.items()} == {
+        n: (s.type, s.flags, s.timeout, s.size) for n, s in expected.sets.items()}
+    assert got.chains["postrouting"].rule_comments[0] is None
+    assert packets["remembered-accepted"] >= 1  # the datagram, counted by the rule inserted above
+    assert set(packets) == expected.counters
+    in_netns(netns, lambda: cleanup(table))

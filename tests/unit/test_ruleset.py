@@ -417,6 +417,10 @@ class FakeNft:
         return [{"set": {k: v for k, v in o["set"].items() if k != "elem"}} if "set" in o else o
                 for o in copy.deepcopy(listed)]
 
+    def counter_packets(self, table: str) -> dict[str, int]:
+        return {o["counter"]["name"]: o["counter"].get("packets", 0) for o in self.tables.get(table) or []
+                if "counter" in o}
+
     def list_set(self, table: str, name: str) -> dict | None:
         return next((copy.deepcopy(o["set"]) for o in self.tables.get(table) or [] if o.get("set", {}).get("name") == name),
                     None)
