@@ -41,7 +41,7 @@ from kube_netpol.dataplane.ruleset import (
     RulesetSpec,
     TableState,
     delete_table_commands,
-    flush_memory_commands,
+    forget_memory_commands,
     installed_divert_all,
     normalize_addresses,
     parse_table,
@@ -323,7 +323,8 @@ class Dataplane:
             return self._read_counter(REMEMBERED_ACCEPTED_COUNTER), self._read_counter(REMEMBERED_DROPPED_COUNTER)
 
     def forget_remembered(self) -> None:
-        """Flush the verdict memory's sets (nothing when the memory is off): one transaction.
+        """Forget what the verdict memory holds (nothing when the memory is off): one transaction that
+        makes its sets again with the chains that use them (ruleset.forget_memory_commands).
 
         For the agent when its flow table fills (controller.py): the kernel then
         holds no more keys than the table did, so its sets never fill. Raises
@@ -331,7 +332,7 @@ class Dataplane:
         repair re-creates it, its sets empty).
         """
         with self._lock:
-            commands = flush_memory_commands(self.spec)
+            commands = forget_memory_commands(self.spec)
             if commands:
                 self.nft.run(commands)
 

@@ -94,8 +94,10 @@ clears the bits and accepts or drops::
     meta mark & DROP == DROP ............................ clear the bits, drop    (the add failed)
     ..................................................... clear the bits, accept
 
-A new snapshot flushes the four sets and moves the epoch in the transaction
-that updates the managed sets; a verdict the loop judged with an older
+A new snapshot empties the four sets and moves the epoch in the transaction
+that updates the managed sets (the sets are deleted and made again with the
+two chains that use them, ``forget_memory_commands``: a ``flush set`` would
+send every listener to nftables events one message per key); a verdict the loop judged with an older
 snapshot and handed back after that transaction carries the old epoch, is
 not remembered, and is still carried out (drop stays drop). Only TCP, UDP and
 SCTP keys are remembered (``th dport`` is their destination port), and only
@@ -603,8 +605,29 @@ def counters(spec: RulesetSpec) -> tuple[str, ...]:
 
 
 def flush_memory_commands(spec: RulesetSpec) -> list[Json]:
-    """Forget every remembered verdict (part of the transaction that brings a new snapshot)."""
+    """Empty the memory's sets as they are (the repair's way: the chains may be missing then)."""
     return [{"flush": {"set": {**_table_ref(spec), "name": s.name}}} for s in memory_sets(spec)]
+
+
+#: The chains whose rules use the memory's sets (lookups, adds).
+MEMORY_CHAINS: Final = (CHAIN, REMEMBER_CHAIN)
+
+
+def forget_memory_commands(spec: RulesetSpec) -> list[Json]:
+    """Forget every remembered verdict: the memory's sets made again, with the two chains that use them.
+
+    Not ``flush set``: while anything listens to nftables events (the guard's
+    monitor does), the kernel sends one message per flushed element, 75 ms
+    for 65,536 keys against 15 unheard (``bench/bench_memory_control.py``); a
+    set deleted takes its elements without a word. One transaction, so no
+    packet sees the chains without their rules.
+    """
+    if not spec.verdict_memory:
+        return []
+    cmds: list[Json] = [{"flush": chain_object(spec, name, base=False)} for name in MEMORY_CHAINS]
+    cmds += [{"delete": {"set": {**_table_ref(spec), "name": s.name}}} for s in MEMORY_SETS]
+    cmds += [{"add": memory_set_object(spec, s)} for s in MEMORY_SETS]
+    return cmds + [{"add": r} for name in MEMORY_CHAINS for r in rule_objects(spec, name)]
 
 
 def chain_object(spec: RulesetSpec, name: str = CHAIN, *, base: bool = True) -> Json:
@@ -740,10 +763,11 @@ def sync_commands(
     """
     if chain_names(old) != chain_names(new):
         raise ValueError("sync cannot add or remove chains; reconcile does")
-    cmds: list[Json] = flush_memory_commands(new)
+    cmds: list[Json] = forget_memory_commands(new)  # refills the chains that use the memory, too
+    refilled = MEMORY_CHAINS if new.verdict_memory else ()
     for name in chain_names(new):
         # Equal specs make equal rules: no need to render and hash them (most syncs only move set elements).
-        if old != new and rule_comments(old, name) != rule_comments(new, name):
+        if name not in refilled and old != new and rule_comments(old, name) != rule_comments(new, name):
             cmds += replace_rules_commands(new, name)
     for s in MANAGED_SETS:
         cmds += element_commands(new, s.name, diff_elements(current.get(s.name, ()), desired.get(s.name, ())))

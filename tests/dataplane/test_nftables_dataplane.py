@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -799,4 +800,43 @@ def test_the_terse_read_matches_libnftables_listing_without_reading_set_elements
     assert got.chains["postrouting"].rule_comments[0] is None
     assert packets["remembered-accepted"] >= 1  # the datagram, counted by the rule inserted above
     assert set(packets) == expected.counters
+    in_netns(netns, lambda: cleanup(table))
+
+
+def test_forgetting_the_memory_sends_no_message_per_key(netns: str, table: str) -> None:
+    """forget_remembered makes the sets again instead of flushing them: a flush sends whoever listens to
+    nftables events (the guard's monitor) one message per key, 75 ms of the agent's CPU for 65,536 keys."""
+    config = DataplaneConfig(table=table, queue_backend="xt", verdict_memory=True)
+    keys = 2000
+
+    def scenario() -> tuple[int, int]:
+        dp = Dataplane(config)
+        dp.start(["10.1.0.2"], [])
+        lines = "\n".join(f"add element inet {table} remembered-accept-v4 {{ 10.2.{i >> 8}.{i & 255} . 10.1.0.2 . tcp . 80 }}"
+                          for i in range(keys))
+        subprocess.run(["nft", "-f", "-"], input=lines, text=True, check=True, timeout=30)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as listener:  # NETLINK_NETFILTER
+            listener.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: room for every message
+            listener.bind((0, 1 << 6))  # NFNLGRP_NFTABLES
+            dp.forget_remembered()
+            listener.setblocking(False)
+            messages = deleted = 0
+            while True:
+                try:
+                    data = listener.recv(1 << 16)
+                except BlockingIOError:
+                    break
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    messages += 1
+                    deleted += kind == (10 << 8 | 14)  # NFT_MSG_DELSETELEM
+                    offset += (length + 3) & ~3
+        return messages, deleted
+
+    messages, deleted = in_netns(netns, scenario)
+    assert deleted == 0 and 0 < messages < 200, (messages, deleted)
+    listed = list_table(netns, table)
+    assert listed is not None and listed.elements("remembered-accept-v4") == set()
+    assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", verdict_memory=True))
     in_netns(netns, lambda: cleanup(table))

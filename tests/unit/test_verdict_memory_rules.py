@@ -11,6 +11,7 @@ from kube_netpol.agent import verdict_loop as verdict_loop_module
 from kube_netpol.agent.verdict_loop import VerdictLoop
 from kube_netpol.api import NEXT, Decision, Verdict
 from kube_netpol.dataplane.ruleset import (
+    rule_comments,
     CHAIN,
     MEMORY_DROP,
     MEMORY_EPOCH_SHIFT,
@@ -70,11 +71,22 @@ def test_a_new_snapshot_flushes_the_memory_and_moves_the_epoch_in_one_transactio
     old, new = MEMORY, replace(MEMORY, memory_epoch=1)
     elements = {"managed-v4": frozenset({"10.0.0.1"}), "managed-v6": frozenset()}
     cmds = sync_commands(old, new, elements, elements)
-    flushed = [c["flush"]["set"]["name"] for c in cmds if "flush" in c and "set" in c["flush"]]
-    assert sorted(flushed) == sorted(s.name for s in MEMORY_SETS)
+    # The sets are made again (a flush would send a listener one message per key), so the two chains
+    # whose rules use them are emptied first and refilled after, each once; the remember chain's rules
+    # take the new epoch.
+    memory = sorted(s.name for s in MEMORY_SETS)
+    assert sorted(c["delete"]["set"]["name"] for c in cmds if "set" in c.get("delete", {})) == memory
+    assert sorted(c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})) == memory
+    assert not [c for c in cmds if "set" in c.get("flush", {})]
     refilled = [c["flush"]["chain"]["name"] for c in cmds if "flush" in c and "chain" in c["flush"]]
-    assert refilled == [REMEMBER_CHAIN]
-    # Nothing else changed: the transaction holds only the flush and the remember chain's new rules.
+    assert refilled == [CHAIN, REMEMBER_CHAIN]
+    order = [next(iter(c)) + ":" + next(iter(next(iter(c.values())))) for c in cmds]
+    assert order.index("add:set") > max(i for i, o in enumerate(order) if o in ("flush:chain", "delete:set"))
+    assert min(i for i, o in enumerate(order) if o == "add:rule") > order.index("add:set")
+    added = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
+    assert [r["comment"] for r in added if r["chain"] == REMEMBER_CHAIN] == rule_comments(new, REMEMBER_CHAIN)
+    assert [r["comment"] for r in added if r["chain"] == CHAIN] == rule_comments(new, CHAIN)
+    # Nothing else changed: the transaction holds only the memory's renewal.
     desired = {"managed-v4": frozenset({"10.0.0.2"}), "managed-v6": frozenset()}
     both = sync_commands(old, new, elements, desired)
     assert any("element" in c.get("add", {}) for c in both) and all(c in both for c in cmds)
