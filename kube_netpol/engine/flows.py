@@ -158,9 +158,10 @@ class FlowStats:
 
     One entry may stand for several keys of one table (``keys``): the new keys
     of a port segment share the entry of the key judged for it (the verdict
-    loop's segment answers), so a new key costs a dict insertion, not an
-    object, and folding a table costs one entry per segment. The counters are
-    then the keys' sums, which is all the metrics read.
+    loop's segment answers, counted and timed like hits: neither parsed nor
+    judged), so a new key costs a dict insertion, not an object, and folding a
+    table costs one entry per segment. The counters are then the keys' sums,
+    which is all the metrics read.
     """
 
     __slots__ = (
@@ -177,7 +178,7 @@ class FlowStats:
         self.protocol = protocol
         self.family = family
         self.judged = 0  # packets parsed and judged (the full path; always timed)
-        self.hits = 0  # flow-table hits (the loop's fast path counts them inline)
+        self.hits = 0  # answered without judging: flow-table hits and new keys of its segment (the loop counts them)
         self.buckets = [0] * (len(PROCESS_TIME_BUCKETS_US) + 1)
         self.total_ns = 0
         self.credited_hits = 0  # ``hits`` already in buckets/total_ns
