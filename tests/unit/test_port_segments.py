@@ -207,3 +207,21 @@ def test_segments_are_worked_out_again_only_when_the_stages_change() -> None:
     engine.state.apply(replace_ports(_np([]), [{"protocol": "TCP", "port": 443}]))
     engine.publish()
     assert engine.snapshot.segments == {6: (443, 444), 17: (), 132: ()}
+
+
+def test_segment_answers_are_timed_like_hits_and_every_one_counts(monkeypatch) -> None:
+    from kube_netpol.engine.flows import TIMING_EVERY, FlowHistory
+
+    engine = _engine(_np([{"protocol": "TCP", "port": 80}]))
+    timed: list[int] = []
+    real = FlowHistory.record_timed_hit
+    monkeypatch.setattr(FlowHistory, "record_timed_hit", lambda self, flow, ns: timed.append(ns) or real(self, flow, ns))
+    loop = VerdictLoop(engine, 100, fail_open=True)
+    for port in range(1000, 1000 + 2 * TIMING_EVERY):
+        loop.handle(Queued(_syn(port)))
+    # The first key is judged (and always timed); of the new keys after it, one in TIMING_EVERY is timed.
+    assert loop.counters.segment_answers == 2 * TIMING_EVERY - 1
+    assert len(timed) == 1
+    totals = engine.history.totals(engine.snapshot.flows)
+    assert sum(totals.buckets[(6, 4)]) == 2 * TIMING_EVERY == sum(totals.packets.values())
+    assert totals.entries == 2 * TIMING_EVERY
