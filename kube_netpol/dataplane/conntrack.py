@@ -35,20 +35,24 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final, NamedTuple
 
+from kube_netpol.dataplane.netlink import ATTR as _ATTR
+from kube_netpol.dataplane.netlink import HEADER as _HEADER
+from kube_netpol.dataplane.netlink import NETLINK_NETFILTER as NETLINK_NETFILTER
+from kube_netpol.dataplane.netlink import NFGEN as _NFGEN
+from kube_netpol.dataplane.netlink import NLA_TYPE_MASK as _NLA_TYPE_MASK
+from kube_netpol.dataplane.netlink import NLM_F_ACK as _NLM_F_ACK
+from kube_netpol.dataplane.netlink import NLM_F_DUMP as _NLM_F_DUMP
+from kube_netpol.dataplane.netlink import NLM_F_REQUEST as _NLM_F_REQUEST
+from kube_netpol.dataplane.netlink import NLMSG_DONE as _NLMSG_DONE
+from kube_netpol.dataplane.netlink import NLMSG_ERROR as _NLMSG_ERROR
+
 
 # Netlink (linux/netlink.h) and nfnetlink/ctnetlink (linux/netfilter/nfnetlink*.h) numbers.
-NETLINK_NETFILTER: Final = 12
 _SOL_NETLINK: Final = 270
 _NETLINK_CAP_ACK: Final = 10  # acks and errors without the request echoed back
-_NLM_F_REQUEST: Final = 0x1
-_NLM_F_ACK: Final = 0x4
-_NLM_F_DUMP: Final = 0x300
-_NLMSG_ERROR: Final = 2
-_NLMSG_DONE: Final = 3
 _CT_NEW: Final = 0x100  # (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW: what a dump's entries are
 _CT_GET: Final = 0x101
 _CT_DELETE: Final = 0x102
-_NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _CTA_TUPLE_ORIG: Final = 1
 _CTA_TUPLE_REPLY: Final = 2
 _CTA_STATUS: Final = 3
@@ -76,9 +80,6 @@ _TCP_CLOSED_STATES: Final = frozenset({7, 8})
 _AF: Final = {4: socket.AF_INET, 6: socket.AF_INET6}
 _VERSION: Final = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
-_HEADER: Final = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
-_NFGEN: Final = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id
-_ATTR: Final = struct.Struct("=HH")  # nlattr: length, type
 _ERROR: Final = struct.Struct("=i")
 _BE16: Final = struct.Struct(">H")
 _BE32: Final = struct.Struct(">I")

@@ -19,7 +19,8 @@ import select
 import socket
 from typing import Final
 
-NETLINK_NETFILTER: Final = 12
+from kube_netpol.dataplane.netlink import NETLINK_NETFILTER
+
 NFNLGRP_NFTABLES: Final = 7
 _RECV_BUFFER: Final = 1 << 16
 

@@ -25,18 +25,16 @@ import socket
 import struct
 from typing import Final, Iterator
 
+from kube_netpol.dataplane.netlink import ATTR as _ATTR
+from kube_netpol.dataplane.netlink import HEADER as _HEADER
+from kube_netpol.dataplane.netlink import NETLINK_NETFILTER, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+from kube_netpol.dataplane.netlink import NFGEN as _NFGEN
 from kube_netpol.dataplane.nft import NftablesError
 
-NETLINK_NETFILTER: Final = 12
 NFNL_SUBSYS_NFTABLES: Final = 10
 NFT_MSG_GETRULE: Final = 7
 NFT_MSG_GETOBJ: Final = 19
 NFPROTO_INET: Final = 1
-NLM_F_REQUEST: Final = 0x1
-NLM_F_DUMP: Final = 0x300
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 NFTA_RULE_TABLE: Final = 1
 NFTA_RULE_CHAIN: Final = 2
 NFTA_RULE_USERDATA: Final = 7
@@ -52,9 +50,6 @@ TIMEOUT: Final = 2.0
 #: Bytes of one dump this reads at most (our table has some dozens of rules and four counters).
 MAX_BYTES: Final = 8 << 20
 
-_HEADER: Final = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
-_NFGEN: Final = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id (big-endian, 0 here)
-_ATTR: Final = struct.Struct("=HH")
 _sequence = itertools.count(1)
 
 

@@ -30,6 +30,7 @@ import pytest
 
 from kube_netpol.dataplane import Dataplane, DataplaneConfig, QueueBackendUnavailable, cleanup, detect_queue_backend
 from kube_netpol.dataplane.conntrack import Flow, flush_flows, list_flows
+from kube_netpol.dataplane.netlink import NETLINK_NETFILTER
 from kube_netpol.dataplane.nft import NftClient
 from kube_netpol.dataplane.queue_backend import kernel_supports
 from kube_netpol.dataplane.ruleset import (
@@ -815,7 +816,7 @@ def test_forgetting_the_memory_sends_no_message_per_key(netns: str, table: str) 
         lines = "\n".join(f"add element inet {table} remembered-accept-v4 {{ 10.2.{i >> 8}.{i & 255} . 10.1.0.2 . tcp . 80 }}"
                           for i in range(keys))
         subprocess.run(["nft", "-f", "-"], input=lines, text=True, check=True, timeout=30)
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as listener:  # NETLINK_NETFILTER
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as listener:
             listener.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: room for every message
             listener.bind((0, 1 << 6))  # NFNLGRP_NFTABLES
             dp.forget_remembered()
