@@ -121,6 +121,15 @@ def syn(sport: int, dport: int) -> bytes:
     return bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=sport, dport=dport, flags="S"))
 
 
+ACCEPT_ALL = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
+
+
+def add_flows(snapshot: Snapshot, ports: range) -> None:
+    """An accepted TCP entry per port, each with one judged packet of 1.5 µs."""
+    for port in ports:
+        snapshot.add_flow((b"\x00" * 8, 6, port), ACCEPT_ALL, True, 6, 4).record(1500)
+
+
 def test_repeated_flow_keys_skip_the_engine_until_verdicts_change() -> None:
     evaluator = Counting()
     engine = engine_of(evaluator)
@@ -177,11 +186,9 @@ def test_a_scrape_holding_a_table_folded_since_counts_it_once(monkeypatch) -> No
     """A scrape reads the current table, the table fills and is retired and folded before the scrape sums it."""
     monkeypatch.setattr(flowstats, "FOLD_AFTER_SECONDS", 0.0)
     snapshot, history = snapshot_of(max_flows=4)
-    judgement = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
-    for port in range(1, 5):
-        snapshot.add_flow((b"\x00" * 8, 6, port), judgement, True, 6, 4).record(1500)
+    add_flows(snapshot, range(1, 5))
     stale = snapshot.flows  # what the scrape read as current
-    snapshot.add_flow((b"\x00" * 8, 6, 5), judgement, True, 6, 4).record(1500)  # full: retired
+    add_flows(snapshot, range(5, 6))  # full: retired
     history.fold_retired()
     # Its four packets once (not again as current); the newer table is not in its view, the next scrape's
     assert history.totals(stale).packets == {(6, 4, True): 4}
@@ -328,9 +335,7 @@ def test_retired_tables_are_folded_without_a_scrape(monkeypatch) -> None:
     """fold_retired (the control loop calls it) empties the retired list: memory stays bounded under new keys."""
     monkeypatch.setattr(flowstats, "FOLD_AFTER_SECONDS", 0.0)
     snapshot, history = snapshot_of(max_flows=4)
-    judgement = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
-    for port in range(1, 15):
-        snapshot.add_flow((b"\x00" * 8, 6, port), judgement, True, 6, 4).record(1500)
+    add_flows(snapshot, range(1, 15))
     assert len(history._retired) == 3
     history.fold_retired()
     assert history._retired == []
