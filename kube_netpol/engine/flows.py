@@ -269,11 +269,10 @@ class Totals:
         these entries (a table retired FOLD_AFTER_SECONDS ago), so an entry
         with nothing to credit is read without ``_TIMING_LOCK``.
         """
-        # Two levels: entries sharing one Judgement object (the verdict loop hands a port segment's
-        # judgement to every new key of it) first, then those groups by their deciding decisions.
-        shared: dict[tuple[int, bool, int, int], list[Any]] = {}
+        # Entries several keys share (a port segment's, FlowStats.keys) count once.
+        groups: dict[tuple[int, str, int, str, bool, int, int], list[Any]] = {}
         entries = 0
-        for stats in dict.fromkeys(flows):  # an entry several keys share (FlowStats.keys) counts once
+        for stats in dict.fromkeys(flows):
             if settled and stats.hits == stats.credited_hits:
                 count = stats.judged + stats.hits
                 flow_buckets, flow_total_ns = stats.buckets, stats.total_ns
@@ -282,10 +281,12 @@ class Totals:
             if not count:
                 continue
             entries += stats.keys
-            shared_key = (id(stats.judgement), stats.accepted, stats.protocol, stats.family)
-            group = shared.get(shared_key)
+            judgement = stats.judgement
+            group_key = (id(judgement.egress), judgement.egress_by, id(judgement.ingress), judgement.ingress_by,
+                         stats.accepted, stats.protocol, stats.family)  # fmt: skip
+            group = groups.get(group_key)
             if group is None:
-                shared[shared_key] = [count, stats, list(flow_buckets), flow_total_ns]
+                groups[group_key] = [count, stats, list(flow_buckets), flow_total_ns]
                 continue
             group[0] += count
             group[3] += flow_total_ns
@@ -293,18 +294,6 @@ class Totals:
                 group[2][flow_buckets.index(1)] += 1  # one packet (a judged new key): its one bucket
             else:
                 group[2] = list(map(add, group[2], flow_buckets))
-        groups: dict[tuple[int, str, int, str, bool, int, int], list[Any]] = {}
-        for count, stats, group_buckets, group_total_ns in shared.values():
-            judgement = stats.judgement
-            group_key = (id(judgement.egress), judgement.egress_by, id(judgement.ingress), judgement.ingress_by,
-                         stats.accepted, stats.protocol, stats.family)  # fmt: skip
-            group = groups.get(group_key)
-            if group is None:
-                groups[group_key] = [count, stats, group_buckets, group_total_ns]
-            else:
-                group[0] += count
-                group[2] = list(map(add, group[2], group_buckets))
-                group[3] += group_total_ns
         self.entries += entries
         packets, would_deny, decisions = self.packets, self.would_deny, self.decisions
         buckets_by, total_ns = self.buckets, self.total_ns
