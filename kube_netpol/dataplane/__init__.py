@@ -309,7 +309,7 @@ class Dataplane:
         0 when the limit is off. Survives the table being re-created by a repair.
         """
         with self._lock:
-            return self._read_counter(LIMITED_COUNTER) if self.spec.new_flow_limit else 0
+            return self._read_counters(LIMITED_COUNTER)[0] if self.spec.new_flow_limit else 0
 
     def remembered_verdicts(self) -> tuple[int, int]:
         """(accepted, dropped): packets the verdict memory answered in the kernel since start.
@@ -320,7 +320,8 @@ class Dataplane:
         with self._lock:
             if not self.spec.verdict_memory:
                 return 0, 0
-            return self._read_counter(REMEMBERED_ACCEPTED_COUNTER), self._read_counter(REMEMBERED_DROPPED_COUNTER)
+            accepted, dropped = self._read_counters(REMEMBERED_ACCEPTED_COUNTER, REMEMBERED_DROPPED_COUNTER)
+            return accepted, dropped
 
     def forget_remembered(self) -> None:
         """Forget what the verdict memory holds (nothing when the memory is off): one transaction that
@@ -336,17 +337,24 @@ class Dataplane:
             if commands:
                 self.nft.run(commands)
 
-    def _read_counter(self, name: str) -> int:
+    def _read_counters(self, *names: str) -> tuple[int, ...]:
+        """The named counters' packets since start, from one read of the table's counters."""
         try:
-            packets = self.nft.counter_packets(self.spec.table)[name]
-        except (NftablesError, KeyError) as e:  # a NetlinkError is one
-            log.debug("cannot read the counter %s: %s", name, e)
-            packets = 0  # gone with the table: the repair brings it back from 0
-        last = self._counted_last.get(name, 0)
-        if packets < last:
-            self._counted_before[name] = self._counted_before.get(name, 0) + last
-        self._counted_last[name] = packets
-        return self._counted_before.get(name, 0) + packets
+            read = self.nft.counter_packets(self.spec.table)
+        except NftablesError as e:  # a NetlinkError is one
+            log.debug("cannot read the counters %s: %s", ", ".join(names), e)
+            read = {}
+        out = []
+        for name in names:
+            packets = read.get(name, 0)  # 0: gone with the table, the repair brings it back from 0
+            if name not in read:
+                log.debug("no counter %s in the table", name)
+            last = self._counted_last.get(name, 0)
+            if packets < last:
+                self._counted_before[name] = self._counted_before.get(name, 0) + last
+            self._counted_last[name] = packets
+            out.append(self._counted_before.get(name, 0) + packets)
+        return tuple(out)
 
     def stop(self) -> None:
         """Fail-open: leave everything (bypass lets traffic flow until the next start).
