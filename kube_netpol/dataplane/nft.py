@@ -75,7 +75,7 @@ class NftClient:
         or counters, 553 ms at 65,536 remembered keys (kube_netpol.dataplane.nfnetlink). A table
         with neither chains nor sets reads as missing there: creating it again changes nothing.
         """
-        if terse and family == "inet":
+        if terse and family == FAMILY:  # nfnetlink's dumps ask for our family, inet
             return self._list_table_terse(table)
         try:
             return self.run([{"list": {"table": {"family": family, "name": table}}}], terse=terse)
@@ -91,20 +91,20 @@ class NftClient:
             return [o for o in listing if kind in o and o[kind].get("table") == table]
 
         # Listing all the family's chains, or its sets tersely, reads no elements (0.2-0.7 ms).
-        sets = ours("set", self.run([{"list": {"sets": {"family": "inet"}}}], terse=True))
-        chains = ours("chain", self.run([{"list": {"chains": {"family": "inet"}}}]))
+        sets = ours("set", self.run([{"list": {"sets": {"family": FAMILY}}}], terse=True))
+        chains = ours("chain", self.run([{"list": {"chains": {"family": FAMILY}}}]))
         if not sets and not chains:
             return None
         comments = nfnetlink.rule_comments(table)
         packets = nfnetlink.counter_packets(table)
-        ref = {"family": "inet", "table": table}
+        ref = {"family": FAMILY, "table": table}
         rules: list[Json] = [
             {"rule": {**ref, "chain": chain, **({} if comment is None else {"comment": comment})}}
             for chain, chain_comments in comments.items()
             for comment in chain_comments
         ]
         counters: list[Json] = [{"counter": {**ref, "name": name, "packets": n}} for name, n in packets.items()]
-        return [{"table": {"family": "inet", "name": table}}, *sets, *chains, *rules, *counters]
+        return [{"table": {"family": FAMILY, "name": table}}, *sets, *chains, *rules, *counters]
 
     def counter_packets(self, table: str) -> dict[str, int]:
         """Packets of each named counter of ``table`` (none for a missing table), without libnftables: its
