@@ -342,13 +342,14 @@ def summary(values: Sequence[float]) -> str:
 Samples = dict[str, list[tuple[str, float]]]  # measure -> [(change, seconds)]
 
 
-def run_configuration(pods: int, policies: int, strict: bool, args: argparse.Namespace) -> dict[str, Any]:
+def run_configuration(pods: int, policies: int, strict: bool, memory: bool, args: argparse.Namespace) -> dict[str, Any]:
     samples: Samples = {key: [] for key in (
         "status", "agent", "sync", "probe", "status_probing", "agent_probing", "status_cut", "pass_cut")}
     started = time.monotonic()
     with kube_agent_lab(
         LAB_PODS, objects=api_only_objects(pods - len(LAB_PODS)) + background_policies(policies),
         strict_mode=strict, probe_timeout=args.probe_timeout, prefix="knlbench", start_timeout=60,
+        extra_args=(f"--verdict-memory={str(memory).lower()}",),
     ) as env:
         setup = time.monotonic() - started
         untrack_loopback(env)
@@ -367,7 +368,7 @@ def run_configuration(pods: int, policies: int, strict: bool, args: argparse.Nam
             foreign_netns = [name for name in list_netns() if name not in env.lab.netns_names]
         finally:
             poller.close()
-    return {"pods": pods, "policies": policies, "strict": strict, "setup_s": setup, "probes": probes,
+    return {"pods": pods, "policies": policies, "strict": strict, "memory": memory, "setup_s": setup, "probes": probes,
             "statusz_round_trip_ms": statistics.median(poller.round_trips) * 1000,
             "load_average_1m": os.getloadavg()[0],  # others' work on the machine skews every figure
             "foreign_netns": len(foreign_netns),
@@ -509,6 +510,8 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=1000, help="pods in the API, all on the agent's node")
     parser.add_argument("--policies", default="0,100,1000", help="comma-separated counts of background policies")
     parser.add_argument("--strict-mode", default="true,false", help="comma-separated: true, false")
+    parser.add_argument("--verdict-memory", default="true",
+                        help="comma-separated: true, false (the kernel's verdict memory, which each change flushes)")
     parser.add_argument("--rounds", type=int, default=13, help="rounds of 4 changes per phase")
     parser.add_argument("--gap", type=float, default=0.3, help="idle seconds between changes")
     parser.add_argument("--poll", type=float, default=0.001, help="/statusz poll interval in the status phase")
@@ -523,17 +526,20 @@ def main() -> None:
     sys.setswitchinterval(0.0002)
 
     results = []
-    for strict in (value.strip() == "true" for value in args.strict_mode.split(",")):
+    configurations = [(strict, memory) for strict in (v.strip() == "true" for v in args.strict_mode.split(","))
+                      for memory in (v.strip() == "true" for v in args.verdict_memory.split(","))]
+    for strict, memory in configurations:
         for policies in (int(p) for p in args.policies.split(",")):
-            result = run_configuration(args.pods, policies, strict, args)
+            result = run_configuration(args.pods, policies, strict, memory, args)
             results.append(result)
-            print(f"# pods={result['pods']} policies={policies} strict={strict}: set up in {result['setup_s']:.1f} s, "
+            print(f"# pods={result['pods']} policies={policies} strict={strict} memory={memory}: "
+                  f"set up in {result['setup_s']:.1f} s, "
                   f"{result['probes']} probes, /statusz round trip {result['statusz_round_trip_ms']:.2f} ms (median), "
                   f"load average {result['load_average_1m']:.2f}, {result['foreign_netns']} other network namespaces",
                   file=sys.stderr)
 
-    print("| strict mode | pods | policies | measured | changes | p50 ms | p90 ms | p99 ms | max ms |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| strict mode | verdict memory | pods | policies | measured | changes | p50 ms | p90 ms | p99 ms | max ms |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
     labels = {"status": "event -> /statusz enforced", "agent": "agent: received -> dataplane synced",
               "sync": "agent: dataplane sync", "probe": "event -> probe shows verdict",
               "status_probing": "event -> /statusz enforced, during the probe stream",
@@ -544,7 +550,8 @@ def main() -> None:
         for key, label in labels.items():
             values = [v for _, v in result["samples"][key]]
             if values:
-                print(f"| {'on' if result['strict'] else 'off'} | {result['pods']} | {result['policies']} | {label} | "
+                print(f"| {'on' if result['strict'] else 'off'} | {'on' if result['memory'] else 'off'} | "
+                      f"{result['pods']} | {result['policies']} | {label} | "
                       f"{len(values)} | {summary(values)} |")
     print()
     print("By change (event -> /statusz enforced, p50 / max ms):")
@@ -554,12 +561,14 @@ def main() -> None:
             values = [v * 1000 for k, v in result["samples"]["status"] if k == kind]
             if values:
                 parts.append(f"{kind} {statistics.median(values):.1f} / {max(values):.1f}")
-        print(f"- strict {'on' if result['strict'] else 'off'}, {result['policies']} policies: " + ", ".join(parts))
+        print(f"- strict {'on' if result['strict'] else 'off'}, memory {'on' if result['memory'] else 'off'}, "
+              f"{result['policies']} policies: " + ", ".join(parts))
     print()
     print("Netlink dump of the node's conntrack table, timed in the node namespace (median ms; entries, live):")
     for result in results:
         pieces = result["strict_pieces"]
-        print(f"- {result['policies']} policies, strict {'on' if result['strict'] else 'off'}: " + "; ".join(
+        print(f"- {result['policies']} policies, strict {'on' if result['strict'] else 'off'}, "
+              f"memory {'on' if result['memory'] else 'off'}: " + "; ".join(
             f"{phase}: {p['dump_ms']:.1f} ({p['conntrack_entries']:.0f} entries, {p['live_entries']:.0f} live)"
             for phase, p in pieces.items()))
         denials = [n for kind, n in result["connections_cut_probing"] if n]

@@ -132,7 +132,7 @@ class Agent:
             self.engine, config.nfqueue_id, config.fail_open, config.audit, observer=observer,
             observer_gate=observer_gate,
             verdict_memory=self.dataplane.verdict_memory,  # marks only where the remember chain carries them out
-            observe_dns=config.dns_observation,
+            observe_dns=config.dns_observation, memory_timeout=config.verdict_memory_timeout,
         )  # fmt: skip
         # Secondary networks: queues and rules inside attached pods' namespaces (agent/secondary.py).
         self.secondary = SecondaryNetworks(
@@ -368,8 +368,14 @@ class Agent:
         wanted = (managed.version, managed.divert_all, generation if self.dataplane.verdict_memory else None)
         ok = True
         try:
-            if wanted == self._synced_managed and self.dataplane.in_sync:
-                # Most snapshots (pods of other nodes coming and going) divert the same addresses.
+            synced = self._synced_managed
+            # Most snapshots (pods of other nodes coming and going) divert the same addresses.
+            same_addresses = synced is not None and wanted[:2] == synced[:2] and self.dataplane.in_sync
+            if same_addresses and wanted == synced:
+                changed = False
+            elif same_addresses:
+                self.dataplane.follow(generation)  # only the verdict memory follows the snapshot
+                self._synced_managed = wanted
                 changed = False
             else:
                 v4, v6, divert_all = self._desired_managed()

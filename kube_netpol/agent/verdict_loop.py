@@ -14,11 +14,13 @@ from time import monotonic, perf_counter_ns
 from typing import Any, Callable
 
 from kube_netpol.dataplane.ruleset import (
+    DEFAULT_MEMORY_TIMEOUT,
     DNS_ANSWER_MARK,
     MEMORY_EPOCHS,
     MEMORY_MARK,
     MEMORY_PROTOCOLS,
     NF_INET_POST_ROUTING,
+    mark_seconds,
     memory_class,
     memory_mark,
 )
@@ -94,6 +96,7 @@ class VerdictLoop:
         observer_gate: RecordGate | None = None,
         verdict_memory: bool = False,
         observe_dns: bool = False,
+        memory_timeout: int = DEFAULT_MEMORY_TIMEOUT,
     ) -> None:
         self.engine = engine
         self.observe_dns = observe_dns
@@ -105,6 +108,7 @@ class VerdictLoop:
         self.observer_gate = observer_gate  # while closed, packets are not parsed for the observer
         self.on_error = on_error
         self.verdict_memory = verdict_memory
+        self.memory_timeout = memory_timeout  # what a decision record says the kernel keeps a verdict
         self.counters = VerdictCounters()
         self._history = engine.history
         self._queue: Any = None
@@ -212,7 +216,9 @@ class VerdictLoop:
         if self.observer is not None:
             gate = self.observer_gate
             if gate is None or gate.open:
-                self.observer(packet, judgement, flow.accepted, perf_counter_ns() - started)
+                mark = flow.mark  # the kernel remembers only what postrouting queued (the remember chain's hook)
+                remembered = mark_seconds(mark, self.memory_timeout) if mark and queued.hook == NF_INET_POST_ROUTING else 0
+                self.observer(packet, judgement, flow.accepted, perf_counter_ns() - started, remembered)
             else:
                 gate.skip(judgement)
         elapsed = perf_counter_ns() - started

@@ -268,6 +268,17 @@ class Dataplane:
             epoch = memory_epoch(generation) if generation is not None else (self.spec.memory_epoch + 1) % MEMORY_EPOCHS
             return self._sync(desired, divert_all, epoch)
 
+    def follow(self, generation: int) -> None:
+        """A new snapshot that diverts the same addresses: with the verdict memory, forget what it
+        holds and take snapshot ``generation``'s verdicts from then on; nothing without it.
+
+        ``sync`` without reading the addresses again: the agent's common case (a policy change that
+        selects the same pods), where normalising 1,000 managed addresses took 6.5 of a 9.6 ms sync.
+        """
+        with self._lock:
+            if self.spec.verdict_memory:
+                self._sync(self._elements, self.spec.divert_all, memory_epoch(generation))
+
     def check(self) -> Drift:
         """Read the kernel back and say how it differs from what this dataplane wants; changes nothing.
 

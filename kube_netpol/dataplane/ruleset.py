@@ -89,6 +89,7 @@ either backend) adds the packet's key to the set with the class's timeout,
 clears the bits and accepts or drops::
 
     meta mark & MEMORY == 0 ............................. accept   (every other packet: one rule)
+    meta l4proto not tcp, udp, sctp ..................... clear the bits, drop/accept  (no port: not remembered)
     meta mark & MEMORY == remember|verdict|class|epoch .. add key to @remembered-<verdict>-v4/-v6 timeout T,
                                                           clear the bits, accept/drop
     meta mark & DROP == DROP ............................ clear the bits, drop    (the add failed)
@@ -116,10 +117,12 @@ libnftables' normalised listing with our input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
@@ -441,8 +444,20 @@ def memory_mark(drop: bool, lifetime_class: int, epoch: int) -> int:
 
 
 def memory_class_seconds(spec: RulesetSpec, lifetime_class: int) -> int:
+    return class_seconds(lifetime_class, spec.memory_timeout)
+
+
+def class_seconds(lifetime_class: int, timeout: int) -> int:
+    """Seconds the kernel keeps a key of ``lifetime_class`` with the memory's ``timeout``."""
     seconds = MEMORY_CLASS_SECONDS[lifetime_class]
-    return spec.memory_timeout if seconds is None else min(seconds, spec.memory_timeout)
+    return timeout if seconds is None else min(seconds, timeout)
+
+
+def mark_seconds(mark: int, timeout: int) -> int:
+    """Seconds the kernel keeps the key of a verdict handed back with ``mark`` (0: not remembered)."""
+    if not mark & MEMORY_REMEMBER:
+        return 0
+    return class_seconds(mark >> MEMORY_CLASS_SHIFT & 3, timeout)
 
 
 def memory_class(lifetime: float | None) -> int | None:
@@ -469,7 +484,13 @@ def _lookup_rules(spec: RulesetSpec) -> list[Rule]:
 def _remember_rules(spec: RulesetSpec) -> list[Rule]:
     mark = _meta("mark")
     out = [Rule("not-remembered", (_match({"&": [mark, MEMORY_MARK]}, 0),), NOT_REMEMBERED)]
-    protocols = _match(_meta("l4proto"), {"set": list(MEMORY_PROTOCOLS)}, op="in")
+    # ``th dport`` is a destination port only for these protocols: any other marked packet gets its
+    # verdict unremembered. Comparisons in two rules here, not an anonymous set in each of the 16
+    # below: those sets took 0.4 ms of the 1.9 ms that refilling this chain costs every snapshot.
+    other = tuple(_match(_meta("l4proto"), number, op="!=") for number in MEMORY_PROTOCOLS)
+    drop_bit = _match({"&": [mark, MEMORY_DROP]}, MEMORY_DROP)
+    out.append(Rule("other-protocol-drop", (*other, drop_bit), FORGET_DROP))
+    out.append(Rule("other-protocol", other, FORGET_ACCEPT))
     for s in MEMORY_SETS:
         for lifetime_class in range(len(MEMORY_CLASS_SECONDS)):
             bits = memory_mark(s.verdict == "drop", lifetime_class, spec.memory_epoch)
@@ -477,8 +498,8 @@ def _remember_rules(spec: RulesetSpec) -> list[Rule]:
             add = {"set": {"op": "add", "elem": elem, "set": "@" + s.name}}
             out.append(Rule(f"{s.name}-class{lifetime_class}",
                             (_match({"&": [mark, MEMORY_MARK]}, bits), _match(_meta("nfproto"), f"ipv{s.version}"),
-                             protocols, add), REMEMBER_DROP if s.verdict == "drop" else REMEMBER_ACCEPT))  # fmt: skip
-    out.append(Rule("drop", (_match({"&": [mark, MEMORY_DROP]}, MEMORY_DROP),), FORGET_DROP))
+                             add), REMEMBER_DROP if s.verdict == "drop" else REMEMBER_ACCEPT))  # fmt: skip
+    out.append(Rule("drop", (drop_bit,), FORGET_DROP))
     out.append(Rule("accept", (), FORGET_ACCEPT))
     return out
 
@@ -650,12 +671,22 @@ def fingerprint(expr: list[Json]) -> str:
 
 
 def rule_objects(spec: RulesetSpec, chain: str = CHAIN) -> list[Json]:
+    """The rules of ``chain`` as libnftables JSON objects, shared between calls: never modify them.
+
+    Rendered once per (spec, chain): with the verdict memory every snapshot re-adds the two chains
+    that use it, and rendering (each rule's fingerprint) took 1.5 ms of a 4.5 ms sync.
+    """
+    return list(_rendered_rules(spec, chain))
+
+
+@functools.lru_cache(maxsize=64)  # a few specs live at once: the memory's 4 epochs, divert-all on/off
+def _rendered_rules(spec: RulesetSpec, chain: str) -> tuple[Json, ...]:
     objects = []
     for rule in rules(spec, chain):
         expr = [*rule.matches, *action_statements(spec, rule.action)]
         comment = f"{rule.name} {fingerprint(expr)}"
         objects.append({"rule": {**_table_ref(spec), "chain": chain, "expr": expr, "comment": comment}})
-    return objects
+    return tuple(objects)
 
 
 def rule_comments(spec: RulesetSpec, chain: str = CHAIN) -> list[str]:
@@ -713,6 +744,9 @@ def normalize_addresses(addresses: Iterable[Address], version: int) -> frozenset
     """Addresses as libnftables lists them (compressed text); rejects the other family."""
     out = set()
     for a in addresses:
+        if version == 4 and type(a) is bytes and len(a) == 4:
+            out.add(socket.inet_ntop(socket.AF_INET, a))  # the agent's own form: 0.3 µs, not 6 (ipaddress)
+            continue
         ip = a if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address) else ipaddress.ip_address(a)
         if ip.version != version:
             raise ValueError(f"{ip} is not an IPv{version} address")

@@ -55,10 +55,12 @@ DEFAULT_INTERVAL = 0.1
 #: At most one "suppressed K records" line per this many seconds.
 DEFAULT_REPORT_INTERVAL = 10.0
 
-#: What the packet thread queues: (wall time, packet, judgement, accepted, nanoseconds spent).
-Pending = tuple[float, Packet, Judgement, bool, int]
-#: Observer of every judged packet: (packet, judgement, accepted, nanoseconds spent).
-VerdictObserver = Callable[[Packet, Judgement, bool, int], None]
+#: What the packet thread queues: (wall time, packet, judgement, accepted, nanoseconds spent,
+#: seconds the kernel's verdict memory keeps the verdict).
+Pending = tuple[float, Packet, Judgement, bool, int, int]
+#: Observer of every judged packet: (packet, judgement, accepted, nanoseconds spent, seconds the
+#: kernel's verdict memory answers the key's next connections itself, 0 when it does not).
+VerdictObserver = Callable[[Packet, Judgement, bool, int, int], None]
 
 
 # ------------------------------------------------------------------ formatting
@@ -112,6 +114,7 @@ def decision_record(
     accepted: bool,
     elapsed_ns: int,
     provider: PodInfoProvider | None,
+    remembered_s: int = 0,
 ) -> dict[str, Any]:
     """The record of one judged connection (names resolved now, at write time)."""
     allowed = judgement.verdict is Verdict.ACCEPT
@@ -140,6 +143,9 @@ def decision_record(
     record["verdict"] = "allow" if allowed else "deny"
     record["audit"] = would_deny
     record["process_time_us"] = round(elapsed_ns / 1000, 1)
+    if remembered_s:
+        # The next connections of this key within that time are answered by the kernel: no record.
+        record["remembered_s"] = remembered_s
     record["egress"] = direction_fields(judgement.egress_by, judgement.egress)
     record["ingress"] = direction_fields(judgement.ingress_by, judgement.ingress)
     workload_fields(record, packet, src, dst)
@@ -270,14 +276,14 @@ class DecisionLogger:
 
     # ------------------------------------------------------- packet thread
 
-    def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int) -> None:
+    def observe(self, packet: Packet, judgement: Judgement, accepted: bool, elapsed_ns: int, remembered_s: int = 0) -> None:
         if not self.gate.wants(judgement):
             return
         pending = self._pending
         if len(pending) >= self._capacity:
             self.queue_full += 1
             return
-        pending.append((self._wall_clock(), packet, judgement, accepted, elapsed_ns))
+        pending.append((self._wall_clock(), packet, judgement, accepted, elapsed_ns, remembered_s))
         budget = self._budget - 1
         self._budget = budget
         if budget <= 0:
@@ -336,7 +342,8 @@ class DecisionLogger:
                     limited += 1
                     continue
                 try:
-                    record = decision_record(*item, provider=self.provider)
+                    when, packet, judgement, accepted, elapsed_ns, remembered_s = item
+                    record = decision_record(when, packet, judgement, accepted, elapsed_ns, self.provider, remembered_s)
                 except Exception as err:  # noqa: BLE001 - a bad record must not end the writer
                     log.debug("cannot format a decision record: %s", err)
                     unformatted += 1

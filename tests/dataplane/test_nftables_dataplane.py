@@ -23,12 +23,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
-from kube_netpol.dataplane import Dataplane, DataplaneConfig, QueueBackendUnavailable, cleanup, detect_queue_backend
+from kube_netpol.dataplane import (
+    Dataplane, DataplaneConfig, QueueBackendUnavailable, cleanup, detect_queue_backend, memory_epoch,
+)
 from kube_netpol.dataplane.conntrack import Flow, flush_flows, list_flows
 from kube_netpol.dataplane.netlink import NETLINK_NETFILTER
 from kube_netpol.dataplane.nft import NftClient
@@ -40,6 +42,7 @@ from kube_netpol.dataplane.ruleset import (
     PRIORITY_PREROUTING_NATIVE,
     PRIORITY_PREROUTING_XT,
     PRIORITY_XT,
+    REMEMBER_CHAIN,
     RulesetSpec,
     create_commands,
     rule_comments,
@@ -378,6 +381,30 @@ def test_forget_remembered_empties_only_the_memory_and_keeps_the_table(netns: st
     assert listed.elements("remembered-accept-v4") == set() and listed.elements("remembered-drop-v4") == set()
     assert listed.elements("managed-v4") == {"10.1.0.2"}
     assert listed.comments == rule_comments(RulesetSpec(table=table, backend="xt", verdict_memory=True))
+    in_netns(netns, lambda: cleanup(table))
+
+
+def test_follow_forgets_the_memory_and_moves_its_epoch_without_touching_the_addresses(netns: str, table: str) -> None:
+    config = DataplaneConfig(table=table, queue_backend="xt", verdict_memory=True)
+    key = "10.1.0.1 . 10.1.0.2 . tcp . 80"
+
+    def scenario() -> None:
+        dp = Dataplane(config)
+        dp.start(["10.1.0.2"], [], generation=0)
+        sh("nft", "add", "element", "inet", table, "remembered-accept-v4", "{", key, "}")
+        dp.follow(7)
+        assert dp.in_sync and dp.spec.memory_epoch == memory_epoch(7)
+        dp.stop()
+
+    in_netns(netns, scenario)
+    listed = list_table(netns, table)
+    assert listed is not None
+    assert listed.elements("remembered-accept-v4") == set()
+    assert listed.elements("managed-v4") == {"10.1.0.2"}
+    followed = RulesetSpec(table=table, backend="xt", verdict_memory=True, memory_epoch=memory_epoch(7))
+    assert listed.comments == rule_comments(followed)
+    assert listed.comments_in(REMEMBER_CHAIN) == rule_comments(followed, REMEMBER_CHAIN)  # remembers the new epoch
+    assert rule_comments(followed, REMEMBER_CHAIN) != rule_comments(replace(followed, memory_epoch=0), REMEMBER_CHAIN)
     in_netns(netns, lambda: cleanup(table))
 
 

@@ -65,6 +65,7 @@ class RecordingDataplane:
         self.managed: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self.generations: list[int | None] = []
         self.forgets = 0  # verdict memory flushes outside a sync
+        self.follows: list[int] = []  # snapshots the memory followed without a sync (the same addresses)
 
     def start(self, v4, v6, divert_all, generation=0):  # type: ignore[no-untyped-def]
         self.started = True
@@ -78,6 +79,9 @@ class RecordingDataplane:
 
     def forget_remembered(self) -> None:
         self.forgets += 1
+
+    def follow(self, generation: int) -> None:
+        self.follows.append(generation)
 
     def stop(self) -> None:
         self.started = False
@@ -174,6 +178,24 @@ def test_strict_mode_passes_at_most_once_a_second_while_only_pods_change() -> No
     # A policy change while a pod-paced pass is planned brings it forward; pods never push one back.
     assert strict_pass_due(10.9, now=10.0, last_pass=9.9, kinds=policies) == 10.1
     assert strict_pass_due(10.1, now=10.0, last_pass=9.9, kinds=pods) == 10.1
+
+
+@pytest.mark.parametrize("agent", [True], ids=["memory-on"], indirect=True)
+def test_with_the_memory_every_snapshot_reaches_the_kernel_and_the_same_addresses_only_move_the_memory(
+        agent: Agent) -> None:
+    """A snapshot diverting the same addresses flushes the memory (``follow``) without the addresses
+    being read and compared again; one that changes them is a sync, which flushes it too."""
+    dataplane: RecordingDataplane = agent.dataplane  # type: ignore[assignment]
+    assert enforce(agent, namespace("x"), pod("a", "10.0.0.1", app="web")) == (1, 0)
+    assert dataplane.follows[-1] == agent.engine.generation
+    assert enforce(agent, policy("deny-web", {"matchLabels": {"app": "web"}})) == (1, 1)
+    assert dataplane.generations[-1] == agent.engine.generation
+    follows = len(dataplane.follows)
+    assert enforce(agent, policy("deny-web-too", {"matchLabels": {"app": "web"}})) == (1, 0)  # same pods selected
+    assert dataplane.follows[follows:] == [agent.engine.generation]
+    dataplane.in_sync = False  # after drift: a whole sync, not only the memory
+    assert enforce(agent, namespace("x", team="t")) == (1, 1)
+    assert len(dataplane.follows) == follows + 1
 
 
 @pytest.mark.parametrize("agent", [True], ids=["memory-on"], indirect=True)

@@ -45,7 +45,7 @@ def syn(dport: int) -> bytes:
 
 def loop(fail_open: bool, audit: bool = False, observed: list | None = None) -> VerdictLoop:
     engine = engine_of(DenyPort(81, 99))
-    observer = (lambda p, j, accepted, ns: observed.append((p.dst_port, accepted, ns))) if observed is not None else None
+    observer = (lambda p, j, accepted, ns, _: observed.append((p.dst_port, accepted, ns))) if observed is not None else None
     return VerdictLoop(engine, 100, fail_open=fail_open, audit=audit, observer=observer)
 
 

@@ -23,6 +23,7 @@ from kube_netpol.dataplane.ruleset import (
     RulesetSpec,
     chain_names,
     create_commands,
+    mark_seconds,
     memory_class,
     memory_mark,
     parse_table,
@@ -65,6 +66,21 @@ def test_every_remembered_verdict_is_carried_out_even_when_the_add_fails() -> No
     # After the add the rule carries out the set's verdict itself: a remembered packet walks no further.
     assert all(r.action == "remember-" + r.matches[-1]["set"]["set"].split("-")[1] for r in adds)
     assert [r.action for r in remember[-2:]] == ["forget-drop", "forget-accept"]
+
+
+def test_a_marked_packet_without_ports_gets_its_verdict_and_is_not_remembered() -> None:
+    """``th dport`` is a port only for TCP, UDP and SCTP: the two rules after the first carry out any
+    other marked packet's verdict before an add could read it; no rule of the chain holds a set of its
+    own (each one made the transaction that renews the memory slower)."""
+    remember = rules(MEMORY, REMEMBER_CHAIN)
+    other_drop, other = remember[1], remember[2]
+    assert (other_drop.action, other.action) == ("forget-drop", "forget-accept")
+    protocols = [m["match"]["right"] for m in other.matches]
+    assert protocols == [6, 17, 132] and all(m["match"]["op"] == "!=" for m in other.matches)
+    assert other_drop.matches[:3] == other.matches and "&" in other_drop.matches[3]["match"]["left"]
+    assert all(r.action != "remember-accept" and r.action != "remember-drop" for r in remember[:3])
+    for rule in remember:
+        assert not any(isinstance(m.get("match", {}).get("right"), dict) for m in rule.matches), rule.name
 
 
 def test_a_new_snapshot_flushes_the_memory_and_moves_the_epoch_in_one_transaction() -> None:
@@ -241,3 +257,44 @@ def test_a_set_has_room_for_two_flow_tables() -> None:
     sizes = {c["add"]["set"]["size"] for c in create_commands(spec)
              if "set" in c.get("add", {}) and c["add"]["set"]["name"].startswith("remembered-")}
     assert sizes == {MEMORY_SIZE}
+
+
+# --- what a decision record says of the memory ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("case", "remembered_s"), [
+    ("a lifetime of 1000 s", 30),  # class 1: 30 s, below the timeout
+    ("a lifetime of 1000 s, timeout 20", 20),  # ... and never beyond the timeout
+    ("a lifetime of 3 s", 1),  # class 3 (1 s): the longest class not above 3 s
+    ("prerouting", None),  # the remember chain only follows the postrouting queue
+    ("memory off", None),
+    ("a lifetime of 0", None),
+    ("an evaluator from outside kube_netpol, no lifetime", None),
+])  # fmt: skip
+def test_a_decision_record_says_how_long_the_kernel_answers_the_key(case: str, remembered_s: int | None) -> None:
+    """Its next connections within that time get no record: the kernel answers them."""
+    import io
+    import json
+
+    from kube_netpol.observability.decisions import DecisionLogger
+
+    lifetime = {"a lifetime of 3 s": 3.0, "a lifetime of 0": 0.0,
+                "an evaluator from outside kube_netpol, no lifetime": None}.get(case, 1000.0)
+    stream = io.StringIO()
+    logger = DecisionLogger(stream)
+    v = VerdictLoop(engine_of(Rule(lifetime)), 100, fail_open=True, verdict_memory=case != "memory off",
+                    observer=logger.observe, memory_timeout=20 if "timeout 20" in case else 60)
+    v.handle(Marked(syn(81), hook=0 if case == "prerouting" else NF_INET_POST_ROUTING))
+    logger.drain()
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["verdict"] == "deny"
+    assert record.get("remembered_s") == remembered_s
+
+
+@pytest.mark.parametrize(("drop", "lifetime_class", "timeout", "seconds"), [
+    (False, 0, 60, 60), (True, 0, 7, 7), (False, 1, 60, 30), (False, 1, 10, 10), (True, 2, 60, 5), (False, 3, 60, 1),
+])  # fmt: skip
+def test_mark_seconds_reads_the_class_back_from_the_mark(drop: bool, lifetime_class: int, timeout: int, seconds: int) -> None:
+    for epoch in range(4):
+        assert mark_seconds(memory_mark(drop, lifetime_class, epoch) | 0x4000, timeout) == seconds
+    assert mark_seconds(0x4000, timeout) == 0
