@@ -20,6 +20,9 @@ kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode offline
 # The same scenarios with the real agent, nftables and NFQUEUE in the lab (root);
 # it also fails if any probe's dataplane result differs from the offline one.
 kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode dataplane
+# Once more with the kernel's verdict memory (off by default, about 7 minutes): the multi-step
+# scenarios then check that each change is enforced for keys the kernel remembered before it.
+kube-netpol conformance run "$SHARED_EXAMPLES" tests/conformance --mode dataplane --agent-arg=--verdict-memory=true
 python -m pytest -q -p no:cacheprovider tests plugins/kube-netpol-allowlist/tests plugins/kube-netpol-multinetwork/tests --ignore=tests/prometheus --ignore=tests/realkernel
 # The real-kernel tier: Debian's kernel under qemu runs the native nftables queue backend, which
 # this machine's kernel lacks (docs/development.md; about 4 minutes without KVM). It prints the

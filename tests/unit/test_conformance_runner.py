@@ -307,3 +307,30 @@ def test_offline_mode_loads_through_the_same_seam() -> None:
     from kube_netpol.tools.conformance import offline
 
     assert load_backend_factory("offline") is offline.create_backend
+
+
+def test_agent_args_reach_the_dataplane_backend_of_every_scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given: list[tuple[str, ...]] = []
+
+    def create_backend(setup: BackendSetup, *, agent_args: Sequence[str] = ()) -> FakeBackend:
+        given.append(tuple(agent_args))
+        return FakeBackend([])
+
+    monkeypatch.setattr(conformance_cli, "load_backend_factory", lambda mode: create_backend)
+    write(tmp_path, "a.yaml")
+    write(tmp_path, "b.yaml", name="other")
+    argv = ["conformance", "run", str(tmp_path), "--mode", "dataplane",
+            "--agent-arg=--verdict-memory=true", "--agent-arg=--verdict-memory-timeout=5"]  # fmt: skip
+    assert main(argv) == 0
+    assert given == [("--verdict-memory=true", "--verdict-memory-timeout=5")] * 2
+
+
+def test_agent_args_are_refused_in_offline_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_mode(monkeypatch)
+    write(tmp_path, "a.yaml")
+    assert main(["conformance", "run", str(tmp_path), "--agent-arg=--verdict-memory=true"]) == 2
+    assert "--agent-arg is for dataplane mode, not offline" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`kube-netpol conformance run PATH... [--mode offline|dataplane] [--tag TAG] [--json FILE]`."""
+"""`kube-netpol conformance run PATH... [--mode offline|dataplane] [--tag TAG] [--agent-arg=ARG] [--json FILE]`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable, cast
 
-from kube_netpol.tools.conformance.backend import MODES, ModeUnavailable, load_backend_factory
+from kube_netpol.tools.conformance.backend import MODES, Backend, BackendFactory, ModeUnavailable, load_backend_factory
 from kube_netpol.tools.conformance.report import format_scenario, format_summary, to_json
 from kube_netpol.tools.conformance.runner import EXIT_INVALID, ScenarioResult, prepare, run
 
@@ -38,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="TAG",
         help="run only scenarios with this tag; repeat to run those with any of several",
     )
+    run_parser.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="dataplane mode: one more argument for the agent under test, e.g. --agent-arg=--verdict-memory=true "
+        "(with '=': it starts with '--'); repeat for several",
+    )
     run_parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
     run_parser.set_defaults(func=run_command)
 
@@ -48,6 +57,11 @@ def run_command(args: argparse.Namespace) -> int:
     except ModeUnavailable as err:
         print(f"kube-netpol conformance: {err}", file=sys.stderr)
         return EXIT_INVALID
+    if args.agent_arg:
+        if args.mode != "dataplane":
+            print(f"kube-netpol conformance: --agent-arg is for dataplane mode, not {args.mode}", file=sys.stderr)
+            return EXIT_INVALID
+        factory = _with_agent_args(factory, tuple(args.agent_arg))
     entries, skipped = prepare(args.paths, args.tag)
     if not entries:
         print(
@@ -64,6 +78,11 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"kube-netpol conformance: cannot write {args.json}: {err}", file=sys.stderr)
             return EXIT_INVALID
     return result.exit_code
+
+
+def _with_agent_args(factory: BackendFactory, agent_args: tuple[str, ...]) -> BackendFactory:
+    create = cast(Callable[..., Backend], factory)  # the dataplane mode's create_backend takes agent_args
+    return lambda setup: create(setup, agent_args=agent_args)
 
 
 def _print_result(result: ScenarioResult) -> None:

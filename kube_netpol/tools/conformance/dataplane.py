@@ -228,8 +228,9 @@ class DataplaneBackend:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def create_backend(setup: BackendSetup) -> DataplaneBackend:
-    return DataplaneBackend(setup)
+def create_backend(setup: BackendSetup, *, agent_args: Sequence[str] = ()) -> DataplaneBackend:
+    """The backend for one scenario; ``agent_args`` go to the agent after the harness's own."""
+    return DataplaneBackend(setup, agent_args=agent_args)
 
 
 def _word(allowed: bool) -> str:
