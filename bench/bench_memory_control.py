@@ -14,7 +14,10 @@ backend, memory on), for each fill level of ``remembered-accept-v4``:
 - ``sync``: a new snapshot (one managed address added; it flushes the memory);
 - ``forget_remembered``: the flush when the flow table fills, with and
   without a listener on the nftables notification group (the guard's
-  monitor): the kernel sends the listener one message per flushed element.
+  monitor): the kernel sends the listener one message per flushed element;
+- the kernel memory the keys take: ``Slab`` of /proc/meminfo with the keys
+  in the set, less with the set emptied (the whole machine's slab: other
+  activity adds noise of a few hundred KiB).
 
     python bench/bench_memory_control.py [--keys 0,1024,8192,65536] [--repeat 3]
 """
@@ -47,6 +50,11 @@ def fill(table: str, keys: int) -> None:
     subprocess.run(["nft", "-f", "-"], input=lines, text=True, check=True, timeout=120)
 
 
+def slab_kib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) for line in meminfo if line.startswith("Slab:"))
+
+
 def best_ms(action: Callable[[], object], before: Callable[[], None], repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -70,8 +78,8 @@ def measure(table: str, levels: list[int], repeat: int) -> None:
         dataplane.sync(managed, [], False, generation[0])
 
     print("| keys in the memory | check ms | scrape's counter reads ms | sync (new snapshot) ms "
-          "| flush ms | flush with a listener ms |")
-    print("|---:|---:|---:|---:|---:|---:|")
+          "| flush ms | flush with a listener ms | kernel memory of the keys MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for keys in levels:
         refill = functools.partial(fill, table, keys)
         same = lambda: None  # noqa: E731
@@ -83,7 +91,13 @@ def measure(table: str, levels: list[int], repeat: int) -> None:
         with NftablesMonitor() as monitor:
             listened = best_ms(dataplane.forget_remembered, refill, repeat)
             monitor.wait(0)
-        print(f"| {keys:,} | {check:.1f} | {counters:.1f} | {sync:.1f} | {flush:.1f} | {listened:.1f} |", flush=True)
+        refill()
+        filled = slab_kib()
+        dataplane.forget_remembered()
+        time.sleep(1)  # deleted elements are freed after an RCU grace period
+        kernel_mib = (filled - slab_kib()) / 1024
+        print(f"| {keys:,} | {check:.1f} | {counters:.1f} | {sync:.1f} | {flush:.1f} | {listened:.1f} | {kernel_mib:.1f} |",
+              flush=True)
 
 
 def main() -> None:

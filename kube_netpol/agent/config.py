@@ -13,9 +13,10 @@ import yaml
 from kube_netpol.dataplane.ruleset import DEFAULT_MEMORY_TIMEOUT, DEFAULT_NEW_FLOW_LIMIT
 from kube_netpol.plugins import BUILTIN_ORDER
 
-#: The kernel's verdict memory: off until its figures hold (docs/performance.md, "TCP with the memory"):
-#: against the lab without an agent (and so without conntrack) cached keys reach 77% of its TCP
-#: connections/s and 65% of its UDP flows/s, connect() p50 +5-7 µs; 90-92% against conntrack on.
+#: The kernel's verdict memory: off until issue 16's figures hold (docs/performance.md, "Verdict memory:
+#: the default"). On 2026-12-03 cached keys reached 64-66% of the lab's UDP flows/s without conntrack and
+#: 88-89% with it, and each policy change took 3-4 ms more. Were it on, decision records would still turn
+#: it off unless the flag is given (``verdict_memory_of``): the kernel's answers would have no record.
 DEFAULT_VERDICT_MEMORY = False
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -64,6 +65,20 @@ def parse_memory_timeout(text: str) -> int:
     if not 1 <= value <= 86400:
         raise argparse.ArgumentTypeError(f"verdict memory timeout {value} out of range 1-86400 seconds")
     return value
+
+
+def _memory_default_text() -> str:
+    if DEFAULT_VERDICT_MEMORY:
+        return "true; false with --log-decisions or --decision-log, whose records need every connection judged"
+    return "false"
+
+
+def verdict_memory_of(args: argparse.Namespace) -> bool:
+    """``--verdict-memory`` as given; unset, the default, except that decision records turn it off
+    (the connections the kernel answered would reach no record)."""
+    if args.verdict_memory is not None:
+        return bool(args.verdict_memory)
+    return DEFAULT_VERDICT_MEMORY and not (args.log_decisions or args.decision_log)
 
 
 def parse_new_flow_limit(text: str) -> int:
@@ -193,10 +208,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new connections per second one source address may send to the queue; beyond, they are "
                              f"dropped before it, so that one pod's flood cannot delay the others' (default "
                              f"{DEFAULT_NEW_FLOW_LIMIT}; 0: no limit)")
-    parser.add_argument("--verdict-memory", default=DEFAULT_VERDICT_MEMORY,
+    parser.add_argument("--verdict-memory", default=None,
                         help="let the kernel remember the agent's verdicts per (source, destination, protocol, "
                              "destination port) until the next policy change, so that repeat connections skip the "
-                             f"queue (default {str(DEFAULT_VERDICT_MEMORY).lower()})", **bool_flag)
+                             f"queue (default {_memory_default_text()})", **bool_flag)
     parser.add_argument("--verdict-memory-timeout", type=parse_memory_timeout, default=DEFAULT_MEMORY_TIMEOUT,
                         metavar="SECONDS",
                         help=f"longest time the kernel remembers a verdict (default {DEFAULT_MEMORY_TIMEOUT})")
@@ -266,7 +281,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         queue_backend=args.queue_backend,
         nftables_table=args.nftables_table,
         new_flow_rate_limit=args.new_flow_rate_limit,
-        verdict_memory=args.verdict_memory,
+        verdict_memory=verdict_memory_of(args),
         verdict_memory_timeout=args.verdict_memory_timeout,
         evaluators=args.evaluators,
         evaluator_settings=load_evaluator_settings(args.evaluator_config),

@@ -57,7 +57,7 @@ def kill_agent(env) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_fail_open_traffic_to_managed_pods_flows_after_the_agent_is_killed() -> None:
-    with agent_lab(PODS, fail_open=True, policies=[deny_ingress("x", "a")]) as env:
+    with agent_lab(PODS, fail_open=True, policies=[deny_ingress("x", "a")], extra_args=("--verdict-memory=false",)) as env:
         assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [False, False, True]
         backend = queue_backend(env)
         kill_agent(env)
@@ -66,6 +66,21 @@ def test_fail_open_traffic_to_managed_pods_flows_after_the_agent_is_killed() -> 
         assert_still_queued(env, backend, bypass=True)
         assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [True, True, True]
         assert env.probe("x/b", "x/a", protocol="UDP")
+
+
+def test_fail_open_with_the_memory_keys_judged_before_the_kill_keep_their_verdict_until_the_timeout() -> None:
+    """What the kernel remembers was judged by the agent: a dead agent does not lower it to a pass
+    (docs/configuration.md, --verdict-memory); only keys it never judged pass unjudged."""
+    with agent_lab(PODS, fail_open=True, policies=[deny_ingress("x", "a")],
+                   extra_args=("--verdict-memory=true", "--verdict-memory-timeout=3")) as env:
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [False, False, True]
+        backend = queue_backend(env)
+        kill_agent(env)
+        assert_still_queued(env, backend, bypass=True)
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a"), ("x/a", "x/b")]) == [False, False, True]
+        assert env.probe("x/b", "x/a", protocol="UDP"), "a key never judged passes (bypass)"
+        time.sleep(3.5)  # the remembered drops time out
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a")]) == [True, True]
 
 
 def test_fail_closed_new_connections_to_selected_pods_are_dropped_after_the_agent_is_killed() -> None:

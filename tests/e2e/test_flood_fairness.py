@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from e2e_agentlab import agent_lab, allow_ingress_from_pod, requires_root
 
 from kube_netpol.tools.lab import Probe
@@ -55,8 +56,20 @@ def _limited(env) -> float:  # type: ignore[no-untyped-def]
     return next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
 
 
-def test_a_flood_of_new_flows_from_two_pods_fails_no_connection_of_the_others() -> None:
-    with agent_lab(PODS, served=((80, "TCP"),), policies=[_server_policy(0)]) as env:
+def _kernel_dropped(env) -> float:  # type: ignore[no-untyped-def]
+    """Packets the kernel's verdict memory dropped (its counter; 0 without the memory)."""
+    listed = env.node(["nft", "-j", "list", "counter", "inet", env.agent.table, "remembered-dropped"], check=False)
+    if listed.returncode != 0:
+        return 0.0
+    return next(o["counter"]["packets"] for o in json.loads(listed.stdout)["nftables"] if "counter" in o)
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["limit", "limit-and-memory"])
+def test_a_flood_of_new_flows_from_two_pods_fails_no_connection_of_the_others(memory: bool) -> None:
+    """Without the verdict memory the per-source limit stops the flood before the queue; with it, the
+    kernel also drops the flood's remembered key, between the policy rewrites that make it forget."""
+    with agent_lab(PODS, served=((80, "TCP"),), policies=[_server_policy(0)],
+                   extra_args=(f"--verdict-memory={str(memory).lower()}",)) as env:
         server = env.ip("s/server")
         assert env.probe("c/one", "s/server")
         assert not env.probe("f/one", "s/server", protocol="UDP", port=80)
@@ -85,7 +98,10 @@ def test_a_flood_of_new_flows_from_two_pods_fails_no_connection_of_the_others() 
             rewriter.join()
             sent = [json.loads(flood.communicate(timeout=60)[0]) for flood in floods]
         rate = sum(s["sent"] for s in sent) / FLOOD_SECONDS
+        limited, remembered = _limited(env), _kernel_dropped(env)
         print(f"flood: {rate:.0f} new flows/s; allowed connections: {results.count(True)} of {len(results)}; "
-              f"limited: {_limited(env):.0f}")
+              f"limited: {limited:.0f}; dropped by the memory: {remembered:.0f}")
         assert results and all(results), f"{results.count(False)} of {len(results)} allowed connections failed"
-        assert _limited(env) > 0.5 * sum(s["sent"] for s in sent)  # most of the flood never reached the queue
+        # Most of the flood never reached the queue.
+        assert limited + remembered > 0.5 * sum(s["sent"] for s in sent)
+        assert (remembered > 0) is memory

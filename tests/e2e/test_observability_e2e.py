@@ -168,8 +168,45 @@ def check_record(record: Mapping[str, Any], env: AgentLab, attempt: Attempt, ver
 # ----------------------------------------------------------------------- tests
 
 
+def mixed_attempts(env: AgentLab) -> list[Attempt]:
+    """Allowed and denied, TCP and UDP, IPv4 and IPv6, a repeated key, a retransmitted SYN."""
+    attempts = [
+        tcp_connect(env, "x/b", "x/a")[0],
+        tcp_connect(env, "x/b", "x/a")[0],  # same pods and port: a verdict cache hit
+        tcp_connect(env, "x/b", "x/a", version=6)[0],
+        udp_exchange(env, "x/a", "y/a"),  # x/a's egress is not isolated: allowed, judged as x/a's traffic
+        # Held past the first SYN retransmission (1 s): two SYNs, two first packets of one connection.
+        tcp_connect(env, "y/a", "x/a", timeout=1.3)[0],
+        tcp_connect(env, "y/a", "x/a", version=6, timeout=0.3)[0],
+        udp_exchange(env, "x/b", "x/a"),  # the policy admits x/b on TCP only
+    ]
+    assert [a.connected for a in attempts] == [True] * 4 + [False] * 3
+    assert attempts[4].queued >= 2, "the denied SYN was not retransmitted"
+    return attempts
+
+
+def test_with_the_verdict_memory_the_agent_and_the_kernel_count_every_first_packet_once() -> None:
+    """packet_count (what userspace judged) plus kernel_verdicts (what the memory answered) is every
+    first packet, by verdict; the queue's own count and the processing times follow packet_count."""
+    with agent_lab(PODS, policies=[POLICY], extra_args=["--nfqueue-id", str(QUEUE_ID), "--verdict-memory=true"]) as env:
+        attempts = mixed_attempts(env)
+        metrics = scrape(env)
+        judged = labelled(metrics, "packet_count", "protocol", "family", "verdict")
+        kernel = labelled(metrics, "kernel_verdicts", "verdict")
+        # The repeated key and the retransmitted SYN were answered in the kernel.
+        assert kernel[("accept",)] >= 1 and kernel[("drop",)] >= 1, kernel
+        for verdict in ("accept", "drop"):
+            expected = sum(n for (_, _, v), n in expected_packets(attempts).items() if v == verdict)
+            seen = sum(n for (_, _, v), n in judged.items() if v == verdict)
+            assert seen + kernel[(verdict,)] == expected, (verdict, judged, kernel)
+        total = sum(judged.values())
+        assert labelled(metrics, "nfqueue_packet_id", "queue") == {(str(QUEUE_ID),): total}
+        assert metrics.value("packet_process_duration_microseconds_count") == total
+
+
 def test_metrics_count_real_connections_exactly() -> None:
-    with agent_lab(PODS, extra_args=["--nfqueue-id", str(QUEUE_ID)]) as env:
+    # Every first packet reaches the queue (the memory on: test_with_the_verdict_memory_...).
+    with agent_lab(PODS, extra_args=["--nfqueue-id", str(QUEUE_ID), "--verdict-memory=false"]) as env:
         idle = scrape(env)
         assert labelled(idle, "managed_pod_ips", "family") == {("IPv4",): 0, ("IPv6",): 0}
         assert labelled(idle, "invalid_objects", "kind") == {}
@@ -182,18 +219,7 @@ def test_metrics_count_real_connections_exactly() -> None:
         assert applied.value("dataplane_sync_duration_seconds_count") >= 1
         assert labelled(applied, "packet_count", "protocol", "family", "verdict") == {}
 
-        attempts = [
-            tcp_connect(env, "x/b", "x/a")[0],
-            tcp_connect(env, "x/b", "x/a")[0],  # same pods and port: a verdict cache hit
-            tcp_connect(env, "x/b", "x/a", version=6)[0],
-            udp_exchange(env, "x/a", "y/a"),  # x/a's egress is not isolated: allowed, judged as x/a's traffic
-            # Held past the first SYN retransmission (1 s): two SYNs, two judged packets.
-            tcp_connect(env, "y/a", "x/a", timeout=1.3)[0],
-            tcp_connect(env, "y/a", "x/a", version=6, timeout=0.3)[0],
-            udp_exchange(env, "x/b", "x/a"),  # the policy admits x/b on TCP only
-        ]
-        assert [a.connected for a in attempts] == [True] * 4 + [False] * 3
-        assert attempts[4].queued >= 2, "the denied SYN was not retransmitted"
+        attempts = mixed_attempts(env)
         # Neither end is selected by a policy: not queued, not counted.
         unmanaged, _ = tcp_connect(env, "y/a", "x/b")
         assert unmanaged.connected
@@ -264,6 +290,7 @@ def test_decision_records_name_pods_policies_and_rules_and_keep_to_the_rate(tmp_
         records = wait_for(lambda: read_records(log_path), all_recorded(attempts))
         # One record per judged packet (all within the burst), nothing else.
         assert len(records) == sum(a.queued for a in attempts), records
+        assert not any("remembered_s" in r for r in records), "decision logging turns the memory's default off"
 
         (record,) = records_of(records, allowed)
         check_record(record, env, allowed, "allow", audit=False)
@@ -316,6 +343,22 @@ def test_decision_records_name_pods_policies_and_rules_and_keep_to_the_rate(tmp_
         assert sum(s["suppressed"] for s in summaries) == fates[("rate_limited",)] + fates[("queue_full",)]
         assert sum(s["rate_limited"] for s in summaries) == fates[("rate_limited",)]
         assert read_records(log_path) == records  # nothing was written after the scrape
+
+
+def test_with_decision_records_and_the_memory_a_record_says_the_kernel_answers_the_key_next(tmp_path: Path) -> None:
+    """Decision logging turns the memory's default off (the test above counts every packet); asked for
+    both, the first connection's record says how long the kernel answers the key, and the next has none."""
+    log_path = tmp_path / "decisions.jsonl"
+    with agent_lab(PODS, policies=[POLICY], extra_args=["--decision-log", str(log_path), "--verdict-memory=true"]) as env:
+        first, _ = tcp_connect(env, "x/b", "x/a")
+        second, _ = tcp_connect(env, "x/b", "x/a")
+        assert first.connected and second.connected
+        (record,) = records_of(wait_for(lambda: read_records(log_path), all_recorded([first])), first)
+        check_record(record, env, first, "allow", audit=False)
+        assert record["remembered_s"] == 60
+        time.sleep(0.5)  # the writer drains every 0.1 s
+        assert records_of(read_records(log_path), second) == []
+        assert labelled(scrape(env), "kernel_verdicts", "verdict")[("accept",)] >= second.queued >= 1
 
 
 def test_audit_mode_lets_denied_connections_through_and_records_them_as_denied() -> None:

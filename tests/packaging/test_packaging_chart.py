@@ -24,7 +24,7 @@ from packaging_helpers import (
     watched_rules,
 )
 
-from kube_netpol.agent.config import config_from_args
+from kube_netpol.agent.config import DEFAULT_VERDICT_MEMORY, config_from_args
 
 CHART = REPO / "charts" / "kube-netpol"
 ALERT_RULES = REPO / "docs" / "prometheus-alerts.yaml"
@@ -57,6 +57,9 @@ def test_lint_sees_the_values_it_is_given() -> None:
         ({"failOpen": "false"}, "/failOpen"),
         ({"nfqueueId": 70000}, "/nfqueueId"),
         ({"metricsPort": 0}, "/metricsPort"),
+        ({"verdictMemory": {"timeoutSeconds": 0}}, "/verdictMemory/timeoutSeconds"),
+        ({"verdictMemory": {"enabled": "yes"}}, "/verdictMemory/enabled"),
+        ({"verdictMemory": {"timeout": 30}}, "timeout"),
         ({"extraArgs": ["audit"]}, "/extraArgs"),
         ({"failopen": False}, "failopen"),  # a misspelt key is refused, not ignored
         # ... at every level, not only the top one.
@@ -150,6 +153,7 @@ def test_agent_values_become_the_agents_configuration() -> None:
         "logFormat": "json",
         "verbosity": 2,
         "queueBackend": "xt",
+        "verdictMemory": {"enabled": False, "timeoutSeconds": 30},
         "extraArgs": ["--audit=true", "--exempt-root-traffic=false"],
     })
     objects = rendered.objects()
@@ -158,10 +162,26 @@ def test_agent_values_become_the_agents_configuration() -> None:
     assert (config.fail_open, config.strict_mode, config.nfqueue_id) == (False, False, 7)
     assert config.metrics_bind_address == ("", 9191)
     assert (config.log_format, config.verbosity, config.queue_backend) == ("json", 2, "xt")
+    assert (config.verdict_memory, config.verdict_memory_timeout) == (False, 30)
     assert (config.audit, config.exempt_root_traffic) == (True, False)
     assert container["ports"][0]["containerPort"] == 9191
     assert only(objects, "Service")["spec"]["ports"][0]["port"] == 9191
     assert "drops new connections" in rendered.notes
+
+
+@pytest.mark.parametrize(("values", "memory", "timeout"), [
+    ({}, DEFAULT_VERDICT_MEMORY, 60),  # the agent's default: no --verdict-memory flag
+    ({"extraArgs": ["--decision-log=/var/log/kube-netpol/d.jsonl"]}, False, 60),  # never on with decision records
+    ({"verdictMemory": {"enabled": True}, "extraArgs": ["--log-decisions"]}, True, 60),  # the value wins
+    ({"verdictMemory": {"enabled": False, "timeoutSeconds": 5}}, False, 5),
+    ({"verdictMemory": None}, DEFAULT_VERDICT_MEMORY, 60),  # values of an older release (helm upgrade --reuse-values) lack it
+])  # fmt: skip
+def test_the_verdict_memory_value_becomes_the_agents_setting(values: dict[str, Any], memory: bool, timeout: int) -> None:
+    container = agent_container(check_packaging.render_chart(values).objects())
+    config = config_from_args(parse_agent_args(container["args"]))
+    assert (config.verdict_memory, config.verdict_memory_timeout) == (memory, timeout)
+    assert any(arg.startswith("--verdict-memory=") for arg in container["args"]) == isinstance(
+        (values.get("verdictMemory") or {}).get("enabled"), bool)
 
 
 def test_extra_env_volumes_and_mounts_carry_a_decision_log_and_an_evaluator_config() -> None:

@@ -62,6 +62,15 @@ what the agent does without knowing the defaults.
 - {{ printf "--fail-open=%t" .Values.failOpen | quote }}
 - {{ printf "--strict-mode=%t" .Values.strictMode | quote }}
 - {{ printf "--queue-backend=%s" .Values.queueBackend | quote }}
+{{- /* "with": values reused from a release older than these values (helm upgrade --reuse-values) lack them. */}}
+{{- with .Values.verdictMemory }}
+{{- if kindIs "bool" .enabled }}
+- {{ printf "--verdict-memory=%t" .enabled | quote }}
+{{- end }}
+{{- if .timeoutSeconds }}
+- {{ printf "--verdict-memory-timeout=%d" (int .timeoutSeconds) | quote }}
+{{- end }}
+{{- end }}
 - {{ printf "--enable-admin-network-policy=%t" .Values.adminNetworkPolicy.enabled | quote }}
 - {{ printf "--enable-baseline-admin-network-policy=%t" .Values.baselineAdminNetworkPolicy.enabled | quote }}
 - {{ printf "--enable-cluster-network-policy=%t" .Values.clusterNetworkPolicy.enabled | quote }}
