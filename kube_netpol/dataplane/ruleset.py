@@ -443,10 +443,6 @@ def memory_mark(drop: bool, lifetime_class: int, epoch: int) -> int:
             | epoch << MEMORY_EPOCH_SHIFT)
 
 
-def memory_class_seconds(spec: RulesetSpec, lifetime_class: int) -> int:
-    return class_seconds(lifetime_class, spec.memory_timeout)
-
-
 def class_seconds(lifetime_class: int, timeout: int) -> int:
     """Seconds the kernel keeps a key of ``lifetime_class`` with the memory's ``timeout``."""
     seconds = MEMORY_CLASS_SECONDS[lifetime_class]
@@ -494,7 +490,7 @@ def _remember_rules(spec: RulesetSpec) -> list[Rule]:
     for s in MEMORY_SETS:
         for lifetime_class in range(len(MEMORY_CLASS_SECONDS)):
             bits = memory_mark(s.verdict == "drop", lifetime_class, spec.memory_epoch)
-            elem = {"elem": {"val": memory_key(s.version), "timeout": memory_class_seconds(spec, lifetime_class)}}
+            elem = {"elem": {"val": memory_key(s.version), "timeout": class_seconds(lifetime_class, spec.memory_timeout)}}
             add = {"set": {"op": "add", "elem": elem, "set": "@" + s.name}}
             out.append(Rule(f"{s.name}-class{lifetime_class}",
                             (_match({"&": [mark, MEMORY_MARK]}, bits), _match(_meta("nfproto"), f"ipv{s.version}"),
