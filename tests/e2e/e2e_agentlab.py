@@ -9,6 +9,7 @@ root namespace.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import shutil
 import socket
@@ -129,6 +130,13 @@ class AgentLab:
 
     def host(self, name: str, argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.lab.host_command(name, argv), capture_output=True, text=True, timeout=timeout)
+
+    def counter_packets(self, name: str) -> int | None:
+        """Packets the named counter of the agent's table holds; None when the table has no such counter."""
+        listed = self.node(["nft", "-j", "list", "counter", "inet", self.agent.table, name], check=False)
+        if listed.returncode != 0:
+            return None
+        return next(int(o["counter"]["packets"]) for o in json.loads(listed.stdout)["nftables"] if "counter" in o)
 
     def table_exists(self) -> bool:
         return self.node(["nft", "list", "table", "inet", self.agent.table], check=False).returncode == 0

@@ -47,23 +47,6 @@ def _server_policy(revision: int) -> dict:  # type: ignore[type-arg]
     return policy
 
 
-def _limited(env) -> float:  # type: ignore[no-untyped-def]
-    """The limiter's counter, read in the node namespace (0 without the limit)."""
-    listed = env.node(["nft", "-j", "list", "counter", "inet", env.agent.table, "new-flows-limited"], check=False)
-    if listed.returncode != 0:
-        return 0.0
-    out = listed.stdout
-    return next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
-
-
-def _kernel_dropped(env) -> float:  # type: ignore[no-untyped-def]
-    """Packets the kernel's verdict memory dropped (its counter; 0 without the memory)."""
-    listed = env.node(["nft", "-j", "list", "counter", "inet", env.agent.table, "remembered-dropped"], check=False)
-    if listed.returncode != 0:
-        return 0.0
-    return next(o["counter"]["packets"] for o in json.loads(listed.stdout)["nftables"] if "counter" in o)
-
-
 @pytest.mark.parametrize("memory", [False, True], ids=["limit", "limit-and-memory"])
 def test_a_flood_of_new_flows_from_two_pods_fails_no_connection_of_the_others(memory: bool) -> None:
     """Without the verdict memory the per-source limit stops the flood before the queue; with it, the
@@ -98,7 +81,9 @@ def test_a_flood_of_new_flows_from_two_pods_fails_no_connection_of_the_others(me
             rewriter.join()
             sent = [json.loads(flood.communicate(timeout=60)[0]) for flood in floods]
         rate = sum(s["sent"] for s in sent) / FLOOD_SECONDS
-        limited, remembered = _limited(env), _kernel_dropped(env)
+        # Each counter is absent without its feature (the limit; the memory): none counted.
+        limited = env.counter_packets("new-flows-limited") or 0
+        remembered = env.counter_packets("remembered-dropped") or 0
         print(f"flood: {rate:.0f} new flows/s; allowed connections: {results.count(True)} of {len(results)}; "
               f"limited: {limited:.0f}; dropped by the memory: {remembered:.0f}")
         assert results and all(results), f"{results.count(False)} of {len(results)} allowed connections failed"

@@ -41,10 +41,10 @@ def remembered(env: AgentLab, verdict: str) -> int:
 
 def answered(env: AgentLab, counter: str) -> int:
     """Packets the kernel answered from its memory (the lookup rules' named counter)."""
-    for obj in table_objects(env):
-        if obj.get("counter", {}).get("name") == counter:
-            return int(obj["counter"]["packets"])
-    raise AssertionError(f"no counter {counter} in the agent's table")
+    packets = env.counter_packets(counter)
+    if packets is None:
+        raise AssertionError(f"no counter {counter} in the agent's table")
+    return packets
 
 
 def test_a_remembered_accept_is_answered_by_the_kernel_and_denied_right_after_a_policy_change() -> None:
