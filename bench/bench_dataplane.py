@@ -725,22 +725,21 @@ class Agent:
     """``python -m kube_netpol run --manifests DIR`` in the node namespace, with its own table."""
 
     def __init__(self, bench: Bench, extra_policies: int, decision_log: bool = False, recording: bool = True,
-                 memory: bool = True, cnps: int = 0) -> None:
+                 memory: bool = True, cnps: int = 0, extra_args: Sequence[str] = ()) -> None:
         from kube_netpol.sources.manifests import objects_revision
 
         self.bench = bench
         self.recording = recording
         name = (f"{extra_policies}{'-decision-log' if decision_log else ''}{'' if recording else '-unrecorded'}"
                 f"{'' if memory else '-no-memory'}{f'-{cnps}-cnps' if cnps else ''}")
-        self.folder = bench.workdir / f"manifests-{name}"
-        self.folder.mkdir()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"manifests-{name}-", dir=bench.workdir))  # one per start
         self.file = self.folder / "cluster.json"
         self.extra = extra_policies
         self.cnps = cnps
         self._revision_of = objects_revision
         self.table = f"knbench-agent-{bench.lab.lab_id}"
         revision = self.write()
-        self.log = open(bench.workdir / f"agent-{name}.log", "wb")
+        self.log = open(bench.workdir / f"agent-{self.folder.name}.log", "wb")
         # Without recording: kube-netpol with the verdict loop's recording patched out (bench/unrecorded_loop.py).
         program = ["-m", "kube_netpol"] if recording else [str(Path(__file__).resolve().parent / "unrecorded_loop.py")]
         argv = [sys.executable, *program, "run", "--manifests", str(self.folder),
@@ -750,6 +749,7 @@ class Agent:
                 "--new-flow-rate-limit", "0", f"--verdict-memory={str(memory).lower()}"]  # fmt: skip
         if cnps:
             argv.append("--enable-cluster-network-policy")  # both CNP tiers in the pipeline
+        argv += extra_args
         self.decision_log: Path | None = None
         if decision_log:
             self.decision_log = bench.workdir / f"decisions-{name}.jsonl"

@@ -10,12 +10,14 @@ from typing import Any
 
 import yaml
 
+from kube_netpol.dataplane.kernel_release import fixes_bug_1766
 from kube_netpol.dataplane.ruleset import DEFAULT_MEMORY_TIMEOUT, DEFAULT_NEW_FLOW_LIMIT
 from kube_netpol.plugins import BUILTIN_ORDER
 
 #: The kernel's verdict memory: off until issue 16's figures hold (docs/performance.md, "Verdict memory:
 #: the default"). On 2026-12-03 cached keys reached 64-66% of the lab's UDP flows/s without conntrack and
-#: 88-89% with it, and each policy change took 3-4 ms more. Were it on, decision records would still turn
+#: 88-89% with it, and each policy change took 3-4 ms more; on 2026-12-07, without the bug 1766
+#: workaround's chains, 75% and 92%, and a cached key's connect() p50 +8 to +21 µs. Were it on, decision records would still turn
 #: it off unless the flag is given (``verdict_memory_of``): the kernel's answers would have no record.
 DEFAULT_VERDICT_MEMORY = False
 
@@ -71,6 +73,24 @@ def _memory_default_text() -> str:
     if DEFAULT_VERDICT_MEMORY:
         return "true; false with --log-decisions or --decision-log, whose records need every connection judged"
     return "false"
+
+
+def parse_bool_or_auto(text: str) -> bool | None:
+    """``true``/``false`` as ``parse_bool``, or ``auto`` (None): the agent decides from the node."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return parse_bool(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r} (use true, false or auto)") from None
+
+
+def bug_1766_fix_of(args: argparse.Namespace, release: str | None = None) -> bool:
+    """``--netfilter-bug-1766-fix`` as given; ``auto``, on unless the kernel (``release``, default this
+    node's) is known to fix the bug (kube_netpol.dataplane.kernel_release)."""
+    if args.netfilter_bug_1766_fix is not None:
+        return bool(args.netfilter_bug_1766_fix)
+    return not fixes_bug_1766(os.uname().release if release is None else release)
 
 
 def verdict_memory_of(args: argparse.Namespace) -> bool:
@@ -189,9 +209,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address of /metrics, /healthz and /readyz (default :9080, IPv4 and IPv6; 0 disables)")
     parser.add_argument("--hostname-override", help="this node's name (default: $NODE_NAME, else the host name)")
     parser.add_argument("--strict-mode", default=True, help="cut established connections that policies no longer allow (default true)", **bool_flag)
-    parser.add_argument("--netfilter-bug-1766-fix", default=True,
-                        help="work around netfilter bug 1766 (conntrack races on parallel UDP, e.g. DNS; "
-                             "not needed from kernel 6.12) (default true)", **bool_flag)
+    parser.add_argument("--netfilter-bug-1766-fix", default=None, nargs="?", const=True, type=parse_bool_or_auto,
+                        metavar="BOOL|auto",
+                        help="judge new DNS requests on prerouting, working around netfilter bug 1766 (conntrack "
+                             "races on parallel UDP, e.g. DNS); auto: on for kernels before 6.12, which fixed it "
+                             "(default auto)")
     parser.add_argument("--enable-admin-network-policy", default=False, help="enforce AdminNetworkPolicy (default false)", **bool_flag)
     parser.add_argument("--enable-baseline-admin-network-policy", default=False,
                         help="enforce BaselineAdminNetworkPolicy (default false)", **bool_flag)
@@ -274,7 +296,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         metrics_bind_address=args.metrics_bind_address,
         hostname_override=args.hostname_override,
         strict_mode=args.strict_mode,
-        netfilter_bug_1766_fix=args.netfilter_bug_1766_fix,
+        netfilter_bug_1766_fix=bug_1766_fix_of(args),
         enable_admin_network_policy=args.enable_admin_network_policy,
         enable_baseline_admin_network_policy=args.enable_baseline_admin_network_policy,
         enable_cluster_network_policy=args.enable_cluster_network_policy,

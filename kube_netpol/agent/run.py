@@ -6,6 +6,7 @@ import argparse
 import gc
 import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -77,6 +78,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"kube-netpol run: {err}", file=sys.stderr)
         return 2
     configure_logging(config.log_format, config.verbosity)
+    if args.netfilter_bug_1766_fix is None:
+        log.info("netfilter bug 1766 workaround %s: kernel %s %s (--netfilter-bug-1766-fix=auto)",
+                 "on" if config.netfilter_bug_1766_fix else "off", os.uname().release,
+                 "may lack the fix (before 6.12)" if config.netfilter_bug_1766_fix else "has the fix (6.12 or later)")
     if config.manifests:
         folder = config.manifests
 

@@ -46,8 +46,9 @@ after its last new flow); the named counter ``new-flows-limited`` counts the
 drops. ``goto`` (not ``jump``) makes each packet pass the limiter once, however
 many divert rules it matches.
 
-With the netfilter bug 1766 workaround (on by default, not needed from
-kernel 6.12) a second chain judges new DNS requests on the prerouting hook::
+With the netfilter bug 1766 workaround (``netfilter_bug_1766_fix``; the agent's
+``auto`` turns it on for kernels before 6.12, kube_netpol.dataplane.kernel_release)
+a second chain judges new DNS requests on the prerouting hook::
 
     meta iiftype loopback .......................... accept   (the node's own traffic, judged on its way out)
     meta l4proto != udp, udp dport != 53 ........... accept   (only DNS requests are judged here)

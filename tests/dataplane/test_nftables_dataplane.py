@@ -32,6 +32,7 @@ from kube_netpol.dataplane import (
     Dataplane, DataplaneConfig, QueueBackendUnavailable, cleanup, detect_queue_backend, memory_epoch,
 )
 from kube_netpol.dataplane.conntrack import Flow, flush_flows, list_flows
+from kube_netpol.dataplane.kernel_release import fixes_bug_1766
 from kube_netpol.dataplane.netlink import NETLINK_NETFILTER
 from kube_netpol.dataplane.nft import NftClient
 from kube_netpol.dataplane.queue_backend import kernel_supports
@@ -800,6 +801,82 @@ def test_bug_1766_dns_requests_are_judged_on_prerouting_only(topology: Topology)
     assert in_netns(client, dns_answers, SERVER_V4[0], 4) == 4
     assert queued_packets(node, "iptables", "POSTROUTING") == 4
     assert xt_rules(node, chain="PREROUTING") == [] and xt_rules(node, "ip6tables", chain="PREROUTING") == []
+
+
+#: A Service address in the node namespace, DNATed to the two servers in turn (``numgen inc``).
+DNS_SERVICE = "10.77.9.53"
+
+
+def _holding_reader(queue_num: int, log_path: str) -> Callable[[], None]:
+    """A queue reader that logs each packet's destination and holds it 50 ms before accepting it, so that
+    both datagrams of a pair sit in the queue at once, their conntrack entries unconfirmed."""
+    def start() -> None:
+        from netfilterqueue import NetfilterQueue
+
+        def judge(packet: Any) -> None:
+            with open(log_path, "a") as out:
+                out.write(socket.inet_ntoa(packet.get_payload()[16:20]) + "\n")
+            time.sleep(0.05)
+            packet.accept()
+
+        queue = NetfilterQueue()
+        queue.bind(queue_num, judge)
+        threading.Thread(target=queue.run, daemon=True).start()
+    return start
+
+
+def dns_pair_answers(address: str, pairs: int, timeout: float = 1.0) -> int:
+    """Send ``pairs`` pairs of datagrams to ``address`` port 53, both of a pair at once from one socket
+    (glibc's A and AAAA queries); returns how many of them were echoed back."""
+    answered = 0
+    for i in range(pairs):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            queries = {b"a-%d" % i, b"aaaa-%d" % i}
+            for query in sorted(queries):
+                s.sendto(query, (address, DNS_PORT))
+            got: set[bytes] = set()
+            try:
+                while got != queries:
+                    got.add(s.recv(2048))
+            except OSError:
+                pass
+            answered += len(got & queries)
+    return answered
+
+
+@pytest.mark.skipif(not fixes_bug_1766(os.uname().release), reason="kernel before 6.12: the workaround stays on (auto)")
+def test_bug_1766_this_kernel_keeps_parallel_queries_to_a_service_without_the_workaround(topology: Topology, tmp_path: Any) -> None:
+    """``--netfilter-bug-1766-fix=auto`` turns the workaround off from kernel 6.12: there, the bug's own
+    case passes without it. Two datagrams of one flow to a DNS Service, DNATed to different servers, both
+    held in the queue on postrouting at once: the kernel that has the fix delivers both."""
+    node, client, table = topology.node, topology.client, unique("kntest")
+    log = tmp_path / "destinations"
+    (tmp_path / "dnat.nft").write_text("\n".join([
+        f"table ip {table}-dnat {{",
+        "  chain prerouting {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        f"    ip daddr {DNS_SERVICE} udp dport {DNS_PORT} dnat to numgen inc mod 2 map "
+        f"{{ 0 : {SERVER_V4[0]}, 1 : {SERVER_V4[1]} }}",
+        "  }",
+        "}",
+        "",
+    ]))
+    sh("nft", "-f", str(tmp_path / "dnat.nft"), netns=node)
+    config = DataplaneConfig(table=table, queue_num=11, fail_open=False, netfilter_bug_1766_fix=False)
+    in_netns(node, lambda: Dataplane(config).start(list(SERVER_V4), [], False) and None)
+    reader = spawn_in_netns(node, _holding_reader(11, str(log)))
+    try:
+        pairs = 10
+        answered = in_netns(client, dns_pair_answers, DNS_SERVICE, pairs)
+        destinations = log.read_text().split()
+    finally:
+        os.kill(reader, signal.SIGKILL)
+        os.waitpid(reader, 0)
+    # The bug's conditions held: every datagram was queued (the second of a pair did not find the first's
+    # entry, which was unconfirmed), and DNAT sent the two of a pair to different servers.
+    assert len(destinations) == 2 * pairs and destinations[:2] == list(SERVER_V4), destinations
+    assert answered == 2 * pairs
 
 
 def test_the_terse_read_matches_libnftables_listing_without_reading_set_elements(netns: str, table: str) -> None:

@@ -44,6 +44,27 @@ def test_auto_picks_the_native_queue_backend_exactly_when_the_kernel_has_it() ->
             assert env.xt_rules()
 
 
+def _release_before_6_12(release: str) -> bool:
+    """Independent oracle for ``auto``: the release's first two numbers, compared by hand."""
+    major, minor = release.split("-", 1)[0].split(".")[:2]
+    return (int(major), int(minor)) < (6, 12)
+
+
+def test_auto_turns_the_bug_1766_workaround_on_exactly_before_kernel_6_12() -> None:
+    """The default ``--netfilter-bug-1766-fix=auto``: the prerouting chain (and with xt its mangle PREROUTING
+    rules) exists on kernels before 6.12 and not after (the lab: 6.18; the real-kernel tier: Debian's 6.1)."""
+    release = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
+    with agent_lab(PODS, served=((80, "TCP"), (53, "UDP")), policies=[allow_ingress_from_pod("x", "a", "b")]) as env:
+        expected = _release_before_6_12(release)
+        table = env.node(["nft", "list", "table", "inet", env.agent.table]).stdout
+        assert ("chain prerouting {" in table) is expected, table
+        assert f"netfilter bug 1766 workaround {'on' if expected else 'off'}: kernel {release}" in env.agent.log_text()
+        if env.agent.status()["queue_backend"] == "xt":
+            assert any("PREROUTING" in rule for rule in env.xt_rules()) is expected, env.xt_rules()
+        # Either way DNS is judged: a UDP request to port 53 of a pod the policy does not admit it from is dropped.
+        assert env.probe_many([("x/b", "x/a"), ("y/a", "x/a")], port=53, protocol="UDP") == [True, False]
+
+
 def _kernel_has_sctp_sockets() -> bool:
     try:
         socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
