@@ -333,8 +333,8 @@ def flag_rows() -> list[tuple[str, str, str, str]]:
             value = "(repeat)"
         elif action.choices:
             value = "|".join(str(c) for c in action.choices)
-        elif action.metavar == "BOOL":
-            value = "true|false"
+        elif action.metavar and "BOOL" in action.metavar:
+            value = action.metavar.replace("BOOL", "true|false")
         else:
             value = action.metavar or action.dest.upper()
         if action.default is None:

@@ -88,10 +88,13 @@ class PolicyEngine(Generic[S]):
         self.last_kinds = frozenset(change.kind for change in changes)
         snapshot = Snapshot(self.generation, revision, self.names, self._stages, self.state.pod_by_ip, self.history)
         old = getattr(self, "snapshot", None)
-        self.snapshot = snapshot  # the one publication: the verdict loop reads this attribute
         if old is not None:
+            # Retired before the new snapshot is published: a scrape in between reads the old
+            # snapshot's table as current and finds it retired too (counted once); in the other
+            # order it would find neither table holding the old one's counts.
             old.retired = True
             self.history.retire(old.flows)
+        self.snapshot = snapshot  # the one publication: the verdict loop reads this attribute
         return snapshot
 
     def _update(self, index: int, evaluator: PolicyEvaluator, changes: list[Change[object]]) -> Update | None:

@@ -359,7 +359,10 @@ class FlowHistory:
     def retire(self, table: FlowTable) -> None:
         """Keep ``table`` for the totals: it is no longer current (any thread)."""
         with self._retire_lock:
-            self._retired.append((time.monotonic(), table))
+            # Once only: a full table replaced by the packet thread while the control thread
+            # retires its snapshot may reach here twice.
+            if all(retired is not table for _, retired in self._retired):
+                self._retired.append((time.monotonic(), table))
 
     def fold(self, stats: FlowStats) -> None:
         """Count an entry that left its table (replaced under its key) into the totals."""

@@ -195,6 +195,38 @@ def test_a_scrape_holding_a_table_folded_since_counts_it_once(monkeypatch) -> No
     assert history.totals(snapshot.flows).packets == {(6, 4, True): 5}
 
 
+def test_a_table_retired_twice_counts_once() -> None:
+    """A full table replaced by the packet thread while the control thread retires its snapshot."""
+    snapshot, history = snapshot_of()
+    add_flows(snapshot, range(1, 4))
+    table = snapshot.flows
+    history.retire(table)
+    history.retire(table)
+    assert history.totals({}).packets == {(6, 4, True): 3}
+
+
+def test_a_scrape_between_two_snapshots_sees_the_old_ones_counts() -> None:
+    """Publishing retires the old snapshot's table before the new snapshot is visible."""
+    engine = engine_of(Counting())
+    loop = VerdictLoop(engine, 100, fail_open=True)
+    for i in range(5):
+        loop.handle(Queued(syn(40000 + i, 80)))
+    history = engine.history
+    retire = history.retire
+    seen: list[int] = []
+
+    def scrape_then_retire(table):  # type: ignore[no-untyped-def]
+        # A scrape the moment before the old table is retired, and the moment after.
+        seen.append(sum(history.totals(engine.snapshot.flows).packets.values()))
+        retire(table)
+        seen.append(sum(history.totals(engine.snapshot.flows).packets.values()))
+
+    history.retire = scrape_then_retire  # type: ignore[method-assign]
+    touch(engine)
+    seen.append(sum(history.totals(engine.snapshot.flows).packets.values()))  # and once the new one is current
+    assert seen == [5, 5, 5]
+
+
 def test_a_displaced_entry_keeps_its_counts() -> None:
     snapshot, history = snapshot_of()
     allow = Judgement(Verdict.ACCEPT, END_OF_PIPELINE, "", END_OF_PIPELINE, "")
