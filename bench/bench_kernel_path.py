@@ -28,6 +28,14 @@ in this order, one run each:
   workaround on before 6.12, off from 6.12), warmed up the same way;
 - ``conntrack on`` and ``no table``: the ceilings.
 
+In the rows of the agent with the workaround on, the agent with auto and
+the two ceilings, the bench also times 2,000 sequential TCP connections
+(bench/bench_dataplane.py's connect() latency, 1 ms apart, to one server
+port): with the agent, the key is remembered after its first SYN, so the
+figure is a cached key's. Interleaved with the ceilings round by round, the
+p50 differences are less at the mercy of the machine's drift than one run
+of each.
+
 The rows are interleaved by round, so slow drift of the machine shows in
 every row alike. Reported: the median of the rounds, and the fastest run of
 each row (sender CPU per flow, µs: what else runs on the machine only adds
@@ -56,6 +64,8 @@ AUTO = "agent, auto"
 CT_ON = "conntrack on"
 NO_TABLE = "no table"
 ROWS = (WORKAROUND_ON, NO_REMEMBER, NO_PREROUTING, NO_XT_PREROUTING, AUTO, CT_ON, NO_TABLE)
+#: The rows whose TCP connect() latency is measured too (a cached key: the kernel answers every SYN).
+LATENCY_ROWS = (WORKAROUND_ON, AUTO, CT_ON, NO_TABLE)
 
 
 class KernelPath:
@@ -65,13 +75,21 @@ class KernelPath:
         self.bench = bd.Bench(bench_args, Path(tempfile.mkdtemp(prefix="kube-netpol-bench-path-")))
         self.policies = args.policies
         self.runs: dict[str, list[bd.Flood]] = {row: [] for row in ROWS}
+        self.connects: dict[str, list[list[float]]] = {row: [] for row in LATENCY_ROWS}
+        self.tcp_server = self.bench._start(self.bench.lab.host_command(
+            bd.SERVER[0], [*bd.HELPER, "tcp-server", "--port", str(bd.TCP_PORT)]))
 
     def measure(self, row: str) -> None:
         self.bench.wait_quiet()
         flood = self.bench.flood("cached", None)
         self.runs[row].append(flood)
-        print(f"  {row:48s} {flood.judged_per_s:10,.0f} flows/s, sender {flood.sender_cpu_us_per_flow or 0:.3f} µs/flow",
-              flush=True)
+        text = f"  {row:48s} {flood.judged_per_s:10,.0f} flows/s, sender {flood.sender_cpu_us_per_flow or 0:.3f} µs/flow"
+        if row in LATENCY_ROWS:
+            self.bench.wait_quiet()
+            connects = self.bench.tcp_latency()
+            self.connects[row].append(connects)
+            text += f", connect() p50 {bd._percentile(connects, 0.5):.1f} µs"
+        print(text, flush=True)
 
     def node(self, *argv: str) -> str:
         return self.bench._run(self.bench.lab.node_command(list(argv)))
@@ -123,7 +141,20 @@ class KernelPath:
             each = ", ".join(f"{f.sender_cpu_us_per_flow or 0:.2f}" for f in self.runs[row])
             lines.append(f"| {row} | {rate:,.0f} | {rate / ct_rate:.0%} | {cpu:.2f} | {cpu - ct_cpu:+.2f} | "
                          f"{fastest:.2f} | {fastest - ct_fastest:+.2f} | {each} |")
+        lines += ["", "| row | connect() p50 µs (median of rounds) | p99 µs | p50 more than conntrack on | "
+                  "p50 more than no table | runs' p50 µs |", "|---|---:|---:|---:|---:|---|"]
+        p50 = {row: statistics.median(bd._percentile(run, 0.5) for run in self.connects[row]) for row in LATENCY_ROWS}
+        for row in LATENCY_ROWS:
+            p99 = statistics.median(bd._percentile(run, 0.99) for run in self.connects[row])
+            each = ", ".join(f"{bd._percentile(run, 0.5):.1f}" for run in self.connects[row])
+            lines.append(f"| {row} | {p50[row]:.1f} | {p99:.1f} | {p50[row] - p50[CT_ON]:+.1f} | "
+                         f"{p50[row] - p50[NO_TABLE]:+.1f} | {each} |")
         return "\n".join(lines)
+
+    def close(self) -> None:
+        self.tcp_server.kill()
+        self.tcp_server.wait()
+        self.bench.close()
 
 
 def main() -> int:
@@ -144,7 +175,7 @@ def main() -> int:
             print(f"round {number + 1}:", flush=True)
             path.round()
     finally:
-        path.bench.close()
+        path.close()
     print(path.report())
     return 0
 
