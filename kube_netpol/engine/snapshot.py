@@ -166,6 +166,10 @@ class Snapshot:
             history.tables_filled += 1
             flows = self.flows = {}
             self.judged.clear()  # its entries belong to the retired table
+            if self.retired:
+                # Retired by the control thread meanwhile, which may have read the full table as
+                # this snapshot's: the new one is retired too, or its counts would never be seen.
+                history.retire(flows)
         stats = FlowStats(judgement, accepted, protocol, family, history.last_hit_ns, history.last_hit_bucket)
         if judgement.lifetime is not None:
             stats.expires = monotonic() + judgement.lifetime

@@ -205,6 +205,25 @@ def test_a_table_retired_twice_counts_once() -> None:
     assert history.totals({}).packets == {(6, 4, True): 3}
 
 
+def test_a_table_that_fills_while_its_snapshot_is_retired_is_retired_too() -> None:
+    """The packet thread replaces a full table just as the control thread retires its snapshot."""
+    snapshot, history = snapshot_of(max_flows=4)
+    add_flows(snapshot, range(1, 5))
+    retire = history.retire
+
+    def control_thread_interleaves(table):  # type: ignore[no-untyped-def]
+        # The control thread publishes between the packet thread's check and its new table.
+        history.retire = retire  # type: ignore[method-assign]
+        snapshot.retired = True
+        retire(snapshot.flows)
+        retire(table)
+
+    history.retire = control_thread_interleaves  # type: ignore[method-assign]
+    add_flows(snapshot, range(5, 7))  # the first fills the table; both land in the new one
+    assert len(snapshot.flows) == 2
+    assert history.totals({}).packets == {(6, 4, True): 6}  # a scrape of the next snapshot's table
+
+
 def test_a_scrape_between_two_snapshots_sees_the_old_ones_counts() -> None:
     """Publishing retires the old snapshot's table before the new snapshot is visible."""
     engine = engine_of(Counting())
