@@ -657,6 +657,10 @@ class Bench:
             cpu += report["cpu_seconds"]
         return total / self.args.seconds, failures, cpu * 1e6 / total if total else 0.0
 
+    def start_tcp_server(self) -> subprocess.Popen[str]:
+        """The TCP measurements' server (on SERVER, port TCP_PORT); the caller kills it."""
+        return self._start(self.lab.host_command(SERVER[0], [*HELPER, "tcp-server", "--port", str(TCP_PORT)]))
+
     def tcp_latency(self) -> list[float]:
         argv = [*HELPER, "tcp-latency", "--dst", SERVER[1], "--port", str(TCP_PORT), "--count", str(LATENCY_CONNECTIONS)]
         return list(json.loads(self._run(self.lab.host_command(CLIENT[0], argv), timeout=120))["microseconds"])
@@ -929,7 +933,7 @@ def agent_series(bench: Bench, agent: Agent, label: str, rate: float | None = No
 def tcp_figures(bench: Bench, label: str, agent: Agent | None = None) -> dict[str, Any]:
     """Connections/s (median of ``--repeat`` runs), the clients' CPU per connection, connect() latency;
     with an agent, how many of the TCP packets it judged itself and how many the kernel answered."""
-    server = bench._start(bench.lab.host_command(SERVER[0], [*HELPER, "tcp-server", "--port", str(TCP_PORT)]))
+    server = bench.start_tcp_server()
     answers_before = agent.tcp_answers() if agent is not None else (0, 0)
     try:
         rates, cpus, failures = [], [], 0

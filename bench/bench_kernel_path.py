@@ -76,8 +76,7 @@ class KernelPath:
         self.policies = args.policies
         self.runs: dict[str, list[bd.Flood]] = {row: [] for row in ROWS}
         self.connects: dict[str, list[list[float]]] = {row: [] for row in LATENCY_ROWS}
-        self.tcp_server = self.bench._start(self.bench.lab.host_command(
-            bd.SERVER[0], [*bd.HELPER, "tcp-server", "--port", str(bd.TCP_PORT)]))
+        self.tcp_server = self.bench.start_tcp_server()
 
     def measure(self, row: str) -> None:
         self.bench.wait_quiet()
@@ -130,23 +129,25 @@ class KernelPath:
         def median(row: str, field: str) -> float:
             return statistics.median(getattr(f, field) or 0.0 for f in self.runs[row])
 
-        ct_rate, ct_cpu = median(CT_ON, "judged_per_s"), median(CT_ON, "sender_cpu_us_per_flow")
-        ct_fastest = min(f.sender_cpu_us_per_flow or 0.0 for f in self.runs[CT_ON])
+        def fastest(row: str) -> float:
+            return min(f.sender_cpu_us_per_flow or 0.0 for f in self.runs[row])
+
+        ct_rate, ct_cpu, ct_fastest = median(CT_ON, "judged_per_s"), median(CT_ON, "sender_cpu_us_per_flow"), fastest(CT_ON)
         lines = ["| row | new flows/s | % of conntrack on | sender CPU µs/flow | more than conntrack on | "
                  "fastest run | more than conntrack on's fastest | runs (µs/flow) |",
                  "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for row in ROWS:
             rate, cpu = median(row, "judged_per_s"), median(row, "sender_cpu_us_per_flow")
-            fastest = min(f.sender_cpu_us_per_flow or 0.0 for f in self.runs[row])
             each = ", ".join(f"{f.sender_cpu_us_per_flow or 0:.2f}" for f in self.runs[row])
             lines.append(f"| {row} | {rate:,.0f} | {rate / ct_rate:.0%} | {cpu:.2f} | {cpu - ct_cpu:+.2f} | "
-                         f"{fastest:.2f} | {fastest - ct_fastest:+.2f} | {each} |")
+                         f"{fastest(row):.2f} | {fastest(row) - ct_fastest:+.2f} | {each} |")
         lines += ["", "| row | connect() p50 µs (median of rounds) | p99 µs | p50 more than conntrack on | "
                   "p50 more than no table | runs' p50 µs |", "|---|---:|---:|---:|---:|---|"]
-        p50 = {row: statistics.median(bd._percentile(run, 0.5) for run in self.connects[row]) for row in LATENCY_ROWS}
+        run_p50 = {row: [bd._percentile(run, 0.5) for run in self.connects[row]] for row in LATENCY_ROWS}
+        p50 = {row: statistics.median(values) for row, values in run_p50.items()}
         for row in LATENCY_ROWS:
             p99 = statistics.median(bd._percentile(run, 0.99) for run in self.connects[row])
-            each = ", ".join(f"{bd._percentile(run, 0.5):.1f}" for run in self.connects[row])
+            each = ", ".join(f"{value:.1f}" for value in run_p50[row])
             lines.append(f"| {row} | {p50[row]:.1f} | {p99:.1f} | {p50[row] - p50[CT_ON]:+.1f} | "
                          f"{p50[row] - p50[NO_TABLE]:+.1f} | {each} |")
         return "\n".join(lines)

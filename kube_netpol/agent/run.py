@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from kube_netpol.agent.config import add_agent_arguments, add_version_flag, config_from_args
+from kube_netpol.dataplane.kernel_release import BUG_1766_FIXED_IN
 from kube_netpol.logs import configure_logging
 from kube_netpol.plugins import PluginError
 from kube_netpol.sources.manifests import ManifestFolderSource
@@ -79,9 +80,11 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_format, config.verbosity)
     if args.netfilter_bug_1766_fix is None:
+        fixed_in = "%d.%d" % BUG_1766_FIXED_IN
         log.info("netfilter bug 1766 workaround %s: kernel %s %s (--netfilter-bug-1766-fix=auto)",
                  "on" if config.netfilter_bug_1766_fix else "off", os.uname().release,
-                 "may lack the fix (before 6.12)" if config.netfilter_bug_1766_fix else "has the fix (6.12 or later)")
+                 f"may lack the fix (before {fixed_in})" if config.netfilter_bug_1766_fix
+                 else f"has the fix ({fixed_in} or later)")
     if config.manifests:
         folder = config.manifests
 
