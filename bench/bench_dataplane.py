@@ -486,8 +486,8 @@ class Bench:
 
     # --- small tools ------------------------------------------------------------------
 
-    def _run(self, argv: list[str], check: bool = True, timeout: float = 60) -> str:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    def _run(self, argv: list[str], check: bool = True, timeout: float = 60, stdin: str | None = None) -> str:
+        result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"{argv} failed: {result.stderr.strip()}")
         return result.stdout
@@ -594,7 +594,18 @@ class Bench:
 
         Without any table there the kernel keeps no conntrack entries for this namespace at all; every
         Kubernetes node does (kube-proxy, the CNI's masquerading), and so does the agent's table."""
+        self.conntrack_table(add=True)
+        try:
+            yield
+        finally:
+            self.conntrack_table(add=False)
+
+    def conntrack_table(self, add: bool) -> None:
+        """Add or delete the table of ``conntrack_on``."""
         table = f"knbench-ct-{self.lab.lab_id}"
+        if not add:
+            self._run(self.lab.node_command(["nft", "delete", "table", "inet", table]))
+            return
         ruleset = {"nftables": [
             {"add": {"table": {"family": "inet", "name": table}}},
             {"add": {"chain": {"family": "inet", "table": table, "name": "postrouting", "type": "filter",
@@ -604,10 +615,6 @@ class Bench:
                 {"accept": None}]}}},
         ]}  # fmt: skip
         self._run(self.lab.node_command(["nft", "-j", "-f", str(self._write("conntrack-on.json", ruleset))]))
-        try:
-            yield
-        finally:
-            self._run(self.lab.node_command(["nft", "delete", "table", "inet", table]))
 
     def _write(self, name: str, obj: object) -> Path:
         path = self.workdir / name
@@ -661,9 +668,10 @@ class Bench:
         """The TCP measurements' server (on SERVER, port TCP_PORT); the caller kills it."""
         return self._start(self.lab.host_command(SERVER[0], [*HELPER, "tcp-server", "--port", str(TCP_PORT)]))
 
-    def tcp_latency(self) -> list[float]:
-        argv = [*HELPER, "tcp-latency", "--dst", SERVER[1], "--port", str(TCP_PORT), "--count", str(LATENCY_CONNECTIONS)]
-        return list(json.loads(self._run(self.lab.host_command(CLIENT[0], argv), timeout=120))["microseconds"])
+    def tcp_latency(self, count: int = LATENCY_CONNECTIONS) -> list[float]:
+        """connect() durations (µs) of ``count`` sequential connections; fewer if some failed (1 s timeout)."""
+        argv = [*HELPER, "tcp-latency", "--dst", SERVER[1], "--port", str(TCP_PORT), "--count", str(count)]
+        return list(json.loads(self._run(self.lab.host_command(CLIENT[0], argv), timeout=60 + count * 0.05))["microseconds"])
 
     def close(self) -> None:
         self.lab.close()

@@ -40,11 +40,25 @@ The rows are interleaved by round, so slow drift of the machine shows in
 every row alike. Reported: the median of the rounds, and the fastest run of
 each row (sender CPU per flow, µs: what else runs on the machine only adds
 to it, so the fastest run is the least disturbed).
+
+``--latency-pairs N`` measures only connect() latency, interleaved much
+finer: one agent (memory on, the default flags) remembers the key, is
+stopped with SIGSTOP, and its table (listed with its remembered keys,
+without their expiry) and iptables' mangle tables are saved; then N times
+the node namespace switches between three states, ``agent's table`` (the
+saved tables restored), ``conntrack on`` and ``no table``, with
+``--latency-connections`` sequential connections in each (the order
+reversed every other pair, so that neither side always follows a
+switch). A SYN that missed the memory would wait in the stopped agent's
+queue and fail after 1 s: such failures are counted and reported. The
+difference is taken pair by pair (the machine's drift is slow next to
+one pair) and over all connections of each state pooled.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -90,8 +104,8 @@ class KernelPath:
             text += f", connect() p50 {bd._percentile(connects, 0.5):.1f} µs"
         print(text, flush=True)
 
-    def node(self, *argv: str) -> str:
-        return self.bench._run(self.bench.lab.node_command(list(argv)))
+    def node(self, *argv: str, stdin: str | None = None) -> str:
+        return self.bench._run(self.bench.lab.node_command(list(argv)), stdin=stdin)
 
     def agent(self, extra_args: tuple[str, ...]) -> bd.Agent:
         agent = bd.Agent(self.bench, self.policies, memory=True, extra_args=extra_args)
@@ -158,6 +172,108 @@ class KernelPath:
         self.bench.close()
 
 
+AGENT_TABLE = "agent's table"
+XT_FAMILIES = (("iptables", "ip"), ("ip6tables", "ip6"))
+LATENCY_STATES = (AGENT_TABLE, CT_ON, NO_TABLE)
+
+
+def _without_state(obj: object) -> object:
+    """A ``nft -j list`` answer without what a restore must not carry: handles, elements' expiry."""
+    if isinstance(obj, dict):
+        return {key: _without_state(value) for key, value in obj.items() if key not in ("handle", "expires")}
+    if isinstance(obj, list):
+        return [_without_state(value) for value in obj]
+    return obj
+
+
+class InterleavedLatency:
+    """connect() latency of a cached key with the agent's table, conntrack on and no table, switched pair by pair."""
+
+    def __init__(self, path: KernelPath) -> None:
+        self.path = path
+        self.bench = path.bench
+        self.samples: dict[str, list[list[float]]] = {state: [] for state in LATENCY_STATES}
+        self.failed: dict[str, int] = dict.fromkeys(LATENCY_STATES, 0)
+
+    def mangle_rules(self, binary: str, family: str) -> str:
+        """iptables-restore input for the node's mangle table with exactly the chains it has ("" if none).
+
+        iptables-save declares every built-in chain, and iptables-nft would create each one restored:
+        four base chains more than the agent made, on hooks a forwarded packet passes."""
+        try:
+            listing = json.loads(self.path.node("nft", "-j", "list", "table", family, "mangle"))["nftables"]
+        except RuntimeError:
+            return ""  # no such table
+        chains = {o["chain"]["name"] for o in listing if "chain" in o}
+        saved = self.path.node(f"{binary}-save", "-t", "mangle").splitlines()
+        return "\n".join(line for line in saved if not line.startswith(":") or line[1:].split()[0] in chains) + "\n"
+
+    def run(self, pairs: int, connections: int) -> None:
+        agent = bd.Agent(self.bench, self.path.policies, memory=True)
+        try:
+            self.bench.tcp_latency(50)  # the first SYN is judged, the kernel remembers the key
+            os.kill(agent.process.pid, signal.SIGSTOP)
+            listing = _without_state(json.loads(self.path.node("nft", "-j", "list", "table", "inet", agent.table)))
+            assert isinstance(listing, dict)
+            listing["nftables"] = [o for o in listing["nftables"] if "metainfo" not in o]
+            saved = self.bench._write("agent-table.json", listing)
+            mangle = {binary: self.mangle_rules(binary, family) for binary, family in XT_FAMILIES}
+            table = agent.table
+
+            def enter(state: str) -> None:
+                if state == AGENT_TABLE:
+                    self.path.node("nft", "-j", "-f", str(saved))
+                    for binary, rules in mangle.items():
+                        if rules:
+                            self.path.node(f"{binary}-restore", stdin=rules)
+                elif state == CT_ON:
+                    self.bench.conntrack_table(add=True)
+
+            def leave(state: str) -> None:
+                if state == AGENT_TABLE:
+                    self.path.node("nft", "delete", "table", "inet", table)
+                    for binary, family in XT_FAMILIES:
+                        if mangle[binary]:
+                            self.path.node("nft", "delete", "table", family, "mangle")
+                elif state == CT_ON:
+                    self.bench.conntrack_table(add=False)
+
+            leave(AGENT_TABLE)
+            try:
+                for number in range(pairs):
+                    order = LATENCY_STATES if number % 2 == 0 else LATENCY_STATES[::-1]
+                    for state in order:
+                        enter(state)
+                        try:
+                            samples = self.bench.tcp_latency(connections)
+                        finally:
+                            leave(state)
+                        self.samples[state].append(samples)
+                        self.failed[state] += connections - len(samples)
+                    print(f"  pair {number + 1}: " + ", ".join(
+                        f"{state} {bd._percentile(self.samples[state][-1], 0.5):.1f}" for state in LATENCY_STATES
+                    ) + " µs p50", flush=True)
+            finally:
+                os.kill(agent.process.pid, signal.SIGCONT)
+        finally:
+            agent.stop()
+
+    def report(self) -> str:
+        pooled = {state: [value for run in self.samples[state] for value in run] for state in LATENCY_STATES}
+        p50 = {state: bd._percentile(values, 0.5) for state, values in pooled.items()}
+        lines = ["| state | connections | failed | connect() p50 µs (all pooled) | p99 µs | p50 more than conntrack on "
+                 "(pooled) | the same, median of pairs | mean of pairs ± standard error |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for state in LATENCY_STATES:
+            differences = [bd._percentile(mine, 0.5) - bd._percentile(ct, 0.5)
+                           for mine, ct in zip(self.samples[state], self.samples[CT_ON], strict=True)]  # fmt: skip
+            error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
+            lines.append(f"| {state} | {len(pooled[state]):,} | {self.failed[state]} | {p50[state]:.1f} | "
+                         f"{bd._percentile(pooled[state], 0.99):.1f} | {p50[state] - p50[CT_ON]:+.1f} | "
+                         f"{statistics.median(differences):+.1f} | {statistics.mean(differences):+.1f} ± {error:.1f} |")
+        return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds of all rows (the median is reported)")
@@ -165,11 +281,24 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400_000, help="datagrams per second offered (above what the sender can)")
     parser.add_argument("--policies", type=int, default=10, help="extra policies selecting the servers")
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for an idle machine before each run")
+    parser.add_argument("--latency-pairs", type=int, default=0,
+                        help="measure only connect() latency, switching states this many times (see above)")
+    parser.add_argument("--latency-connections", type=int, default=250, help="connections per state and pair")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_kernel_path: needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
     path = KernelPath(args)
+    if args.latency_pairs:
+        latency = InterleavedLatency(path)
+        try:
+            print(f"kernel {os.uname().release}; {args.latency_pairs} pairs of {args.latency_connections} "
+                  "connections per state", flush=True)  # fmt: skip
+            latency.run(args.latency_pairs, args.latency_connections)
+        finally:
+            path.close()
+        print(latency.report())
+        return 0
     try:
         print(f"kernel {os.uname().release}; {args.rounds} rounds", flush=True)
         for number in range(args.rounds):
